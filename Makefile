@@ -1,0 +1,47 @@
+# Two commands do everything on a fresh machine, idempotently:
+#   make run    start the local mesh (embedded Redis + Kafka-compatible broker + every service)
+#   make test   run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEPS_STAMP := $(VENV)/.deps-stamp
+PROTOS := $(shell find protos -name '*.proto')
+GEN_STAMP := gen/.stamp
+
+.PHONY: setup run test lint protos compose-check clean bench-ratelimit
+
+setup: $(DEPS_STAMP) $(GEN_STAMP)
+
+$(DEPS_STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	# Make the repo root and the generated protobuf code importable from the venv.
+	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/gen" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/safeguards_mesh.pth"
+	touch $@
+
+$(GEN_STAMP): $(DEPS_STAMP) $(PROTOS) tools/protogen.py
+	$(PY) -m tools.protogen --out gen
+	touch $@
+
+protos: $(GEN_STAMP)
+
+run: setup
+	$(PY) -m tools.run_mesh
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(PY) -m ruff check services tools tests bench
+	$(PY) -m tools.protolint
+
+compose-check: setup
+	$(PY) -m tools.compose_check compose.yaml
+
+bench-ratelimit: setup
+	$(PY) -m bench.ratelimit
+
+clean:
+	rm -rf gen build .pytest_cache

@@ -1,0 +1,173 @@
+"""The grpc.aio server bootstrap every service uses.
+
+It owns the cross-cutting parts so services only register servicers: health
+(grpc.health.v1), reflection (grpcurl and ghz work without proto files),
+Prometheus metrics over HTTP, JSON logs, message-size and concurrency limits, TLS /
+mutual TLS, and a graceful drain on SIGTERM: health turns NOT_SERVING, the server
+keeps serving for `shutdown_delay_seconds`, then stops accepting RPCs and lets
+in-flight ones finish within `drain_grace_seconds`, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from services.common import logs
+from services.common.interceptors import ServerInterceptor
+from services.common.metrics import RpcMetrics, new_registry, serve_http
+from services.common.settings import ServiceSettings, split_host_port
+from services.common.tls import server_credentials
+
+log = logging.getLogger("safeguards.server")
+
+
+@dataclass
+class ServiceBinding:
+    """One gRPC service to register: its full name (for health and reflection),
+    the generated `add_XServicer_to_server` function and the servicer."""
+
+    full_name: str
+    add_to_server: Callable[[object, grpc.aio.Server], None]
+    servicer: object
+
+
+@dataclass
+class App:
+    """What a service hands the bootstrap: services to serve and its lifecycle."""
+
+    bindings: list[ServiceBinding]
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+class GrpcServer:
+    """A started server and its drain logic; one per process (or per worker)."""
+
+    def __init__(self, name: str, settings: ServiceSettings, app: App, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.settings = settings
+        self.app = app
+        self.registry = registry
+        self.health = health.aio.HealthServicer()
+        self.port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._metrics_http = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> int:
+        s = self.settings
+        options = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 1),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ]
+        interceptor = ServerInterceptor(RpcMetrics(self.registry), frozenset(s.allowed_client_sans))
+        server = grpc.aio.server(
+            interceptors=[interceptor],
+            options=options,
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+        )
+        names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        for binding in self.app.bindings:
+            binding.add_to_server(binding.servicer, server)
+            names.append(binding.full_name)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(names, server)
+
+        host, port = split_host_port(s.listen)
+        if s.plaintext:
+            bound = server.add_insecure_port(s.listen)
+        else:
+            creds = server_credentials(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
+            bound = server.add_secure_port(s.listen, creds)
+        if not bound:
+            raise OSError(f"cannot bind {s.listen}")
+        for hook in self.app.on_start:
+            await hook()
+        await server.start()
+        self._server = server
+        self.port = bound
+        for binding in self.app.bindings:
+            await self.health.set(binding.full_name, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        if s.metrics_listen:
+            self._metrics_http = serve_http(self.registry, s.metrics_listen)
+            log.info(
+                "metrics", extra={"metrics_listen": f"{host_of(s.metrics_listen)}:{self._metrics_http[0].server_port}"}
+            )
+        shown_host = host if ":" not in host else f"[{host}]"
+        log.info("serving", extra={"listen": f"{shown_host}:{bound}", "tls": not s.plaintext})
+        print(f"{self.name} listening on {shown_host}:{bound}", flush=True)
+        return bound
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_and_drain(self) -> None:
+        await self._stopping.wait()
+        await self.drain()
+
+    async def drain(self) -> None:
+        s = self.settings
+        log.info("draining", extra={"shutdown_delay_s": s.shutdown_delay_seconds, "grace_s": s.drain_grace_seconds})
+        await self.health.enter_graceful_shutdown()
+        if s.shutdown_delay_seconds:
+            await asyncio.sleep(s.shutdown_delay_seconds)
+        if self._server is not None:
+            await self._server.stop(s.drain_grace_seconds)
+        for hook in self.app.on_stop:
+            try:
+                await hook()
+            except Exception:  # a failing cleanup must not turn a clean drain into a crash
+                log.exception("stop hook failed")
+        if self._metrics_http is not None:
+            httpd, _thread = self._metrics_http
+            httpd.shutdown()
+        log.info("stopped")
+
+
+def host_of(address: str) -> str:
+    return split_host_port(address)[0]
+
+
+def run(
+    name: str,
+    settings: ServiceSettings,
+    build: Callable[[ServiceSettings, CollectorRegistry], Awaitable[App]],
+) -> int:
+    """Configure logs, build the app, serve until SIGTERM/SIGINT, drain, return 0."""
+    logs.configure(name, settings.region, settings.log_level)
+
+    async def main() -> int:
+        registry = new_registry()
+        app = await build(settings, registry)
+        server = GrpcServer(name, settings, app, registry)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.request_stop)
+        await server.start()
+        await server.wait_and_drain()
+        return 0
+
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(main())
+    return asyncio.run(main())
+
+
+def main_exit(code: int) -> None:
+    sys.stdout.flush()
+    sys.exit(code)

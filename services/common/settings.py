@@ -1,0 +1,143 @@
+"""Typed settings shared by every service: one place where each field names its
+flag, its env var and its default (envoyproxy/ratelimit's settings module, in
+pydantic-settings).
+
+Every field is both a command-line flag (`--metrics-listen`) and an environment
+variable (`<PREFIX>METRICS_LISTEN`); flags win over env vars, env vars over
+defaults. `--help` lists every flag with its env var and default, because the
+env var is appended to each field's description when the class is defined.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+
+from services.common.errors import ConfigError
+
+T = TypeVar("T", bound="ServiceSettings")
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """Split "host:port" (IPv6 as "[::1]:port"); raises ConfigError with the bad value."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"address {address!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every gRPC service has; each service subclasses this with its own
+    `env_prefix`, defaults and domain fields."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SAFEGUARDS_",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_hide_none_type=True,
+        extra="ignore",
+    )
+
+    #: Service name used in logs, metrics and the "<service> listening on" line.
+    service_name: ClassVar[str] = "service"
+
+    listen: str = Field("127.0.0.1:0", description="gRPC listen address HOST:PORT (port 0 picks a free port)")
+    metrics_listen: str = Field(
+        "",
+        description="Prometheus /metrics HTTP listen address HOST:PORT; empty disables metrics over HTTP",
+    )
+    region: str = Field("local", description="data-residency region this process serves (labels logs and metrics)")
+    log_level: str = Field("INFO", description="log level: DEBUG, INFO, WARNING, ERROR")
+    plaintext: bool = Field(
+        False,
+        description="serve without TLS; must be chosen explicitly (local runs on loopback only)",
+    )
+    tls_cert_file: str = Field("", description="PEM server certificate chain (enables TLS)")
+    tls_key_file: str = Field("", description="PEM private key of --tls-cert-file")
+    tls_client_ca_file: str = Field(
+        "",
+        description="PEM CA bundle that client certificates must chain to; set to require mutual TLS",
+    )
+    allowed_client_sans: list[str] = Field(
+        default_factory=list,
+        description="with mutual TLS: only callers whose certificate has one of these SANs are served "
+        "(JSON list or comma separated; empty allows every verified client)",
+    )
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest gRPC message accepted or sent")
+    max_concurrent_rpcs: int = Field(
+        2000, ge=1, description="in-flight RPCs beyond this are rejected with RESOURCE_EXHAUSTED"
+    )
+    shutdown_delay_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="on SIGTERM, time to keep serving after health turns NOT_SERVING (lets load balancers drain)",
+    )
+    drain_grace_seconds: float = Field(
+        10.0, ge=0, description="on SIGTERM, how long in-flight RPCs may run before they are cancelled"
+    )
+    event_loop: str = Field("uvloop", pattern="^(uvloop|asyncio)$", description="asyncio event loop: uvloop or asyncio")
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        _annotate_env_vars(cls)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_lists(cls, data: Any) -> Any:
+        # Accept "a,b" for list fields as well as JSON, as operators type both.
+        if isinstance(data, dict):
+            for name, info in cls.model_fields.items():
+                value = data.get(name)
+                if isinstance(value, str) and _is_list(info.annotation):
+                    data[name] = [v.strip() for v in value.split(",") if v.strip()]
+        return data
+
+    @model_validator(mode="after")
+    def _check_transport(self) -> ServiceSettings:
+        split_host_port(self.listen)
+        if self.metrics_listen:
+            split_host_port(self.metrics_listen)
+        if not self.plaintext and not (self.tls_cert_file and self.tls_key_file):
+            raise ValueError(
+                "no transport security chosen: give --tls-cert-file and --tls-key-file, "
+                "or pass --plaintext explicitly (local loopback runs only)"
+            )
+        if self.plaintext and (self.tls_cert_file or self.tls_client_ca_file):
+            raise ValueError("--plaintext conflicts with --tls-cert-file/--tls-client-ca-file")
+        if self.allowed_client_sans and not self.tls_client_ca_file:
+            raise ValueError("--allowed-client-sans needs mutual TLS (--tls-client-ca-file)")
+        return self
+
+    @property
+    def env_prefix(self) -> str:
+        return str(self.model_config.get("env_prefix", ""))
+
+    @classmethod
+    def parse(cls: type[T], argv: Sequence[str] | None = None) -> T:
+        """Parse flags (and env vars); prints help/errors and exits like argparse."""
+        args = list(sys.argv[1:] if argv is None else argv)
+        return CliApp.run(cls, cli_args=args, cli_settings_source=None)
+
+    def cli_cmd(self) -> None:  # CliApp.run calls this; services run their own main.
+        return None
+
+
+def _is_list(annotation: Any) -> bool:
+    return getattr(annotation, "__origin__", None) is list
+
+
+def _annotate_env_vars(cls: type[BaseSettings]) -> None:
+    """Append "[env: PREFIX_NAME]" to every field's help so --help is complete."""
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    prog = cls.model_config.get("cli_prog_name")
+    for name, info in cls.model_fields.items():
+        env = f"{prefix}{name.upper()}"
+        base = (info.description or "").split(" [env: ")[0]
+        info.description = f"{base} [env: {env}]"
+    if prog is None:
+        cls.model_config["cli_prog_name"] = f"python -m services.{cls.service_name}"

@@ -1,0 +1,65 @@
+"""`python -m services.ratelimit`: wiring only (envoyproxy/ratelimit's "runner").
+
+Backends are chosen here and nowhere else: the config store, the Redis store, the
+local over-limit cache, the limiter, and the gRPC services around it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from services.common.server import App, run
+from services.ratelimit.cache import OverLimitCache
+from services.ratelimit.limiter import FailMode, LimiterSettings, RateLimiter
+from services.ratelimit.reloader import ConfigStore
+from services.ratelimit.server import bindings
+from services.ratelimit.settings import RatelimitSettings
+from services.ratelimit.stats import LimiterStats
+from services.ratelimit.store import RedisStore, StoreMetrics
+
+
+async def build(settings: RatelimitSettings, registry: CollectorRegistry) -> App:
+    stats = LimiterStats(registry)
+    configs = ConfigStore(Path(settings.config), stats, settings.config_poll_seconds)
+    configs.load_initial()
+    store = RedisStore(
+        settings.redis_url,
+        timeout_s=settings.redis_timeout_ms / 1000,
+        metrics=StoreMetrics(registry),
+        max_batch=settings.redis_pipeline_max_batch,
+        max_inflight=settings.redis_pipeline_inflight,
+    )
+    limiter = RateLimiter(
+        configs=configs,
+        store=store,
+        cache=OverLimitCache(settings.local_cache_entries),
+        stats=stats,
+        settings=LimiterSettings(
+            fail_mode=FailMode(settings.fail_mode),
+            near_limit_ratio=settings.near_limit_ratio,
+            max_descriptors=settings.max_descriptors,
+            max_hits_addend=settings.max_hits_addend,
+            key_prefix=settings.key_prefix,
+        ),
+    )
+    return App(
+        bindings=bindings(limiter),
+        on_start=[store.start, configs.start],
+        on_stop=[configs.stop, store.close],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = RatelimitSettings.parse(argv)
+    if settings.workers > 1:
+        from services.common.workers import run_workers
+
+        return run_workers("ratelimit", "services.ratelimit", settings, sys.argv[1:] if argv is None else argv)
+    return run("ratelimit", settings, build)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

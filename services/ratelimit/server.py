@@ -1,0 +1,124 @@
+"""gRPC surface of the rate-limit service: Envoy's RateLimitService and our
+ConcurrencyLimitService, converting messages to the limiter's canonical types."""
+
+from __future__ import annotations
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from google.protobuf import timestamp_pb2
+from safeguards.v1 import concurrency_pb2, concurrency_pb2_grpc
+
+from services.common.server import ServiceBinding
+from services.ratelimit.config import RateLimit, Unit
+from services.ratelimit.limiter import Code, Decision, Descriptor, RateLimiter
+
+_RLS = rls_pb2.RateLimitResponse
+_UNIT_TO_PB = {
+    Unit.SECOND: _RLS.RateLimit.SECOND,
+    Unit.MINUTE: _RLS.RateLimit.MINUTE,
+    Unit.HOUR: _RLS.RateLimit.HOUR,
+    Unit.DAY: _RLS.RateLimit.DAY,
+    Unit.WEEK: _RLS.RateLimit.WEEK,
+    Unit.MONTH: _RLS.RateLimit.MONTH,
+    Unit.YEAR: _RLS.RateLimit.YEAR,
+}
+_PB_TO_UNIT = {v: k for k, v in _UNIT_TO_PB.items()}
+_CODE_TO_PB = {Code.OK: _RLS.OK, Code.OVER_LIMIT: _RLS.OVER_LIMIT}
+
+
+def descriptor_from_pb(d: ratelimit_pb2.RateLimitDescriptor) -> Descriptor:
+    override = None
+    if d.HasField("limit"):
+        unit = _PB_TO_UNIT.get(d.limit.unit)
+        if unit is not None and d.limit.requests_per_unit > 0:
+            override = RateLimit(requests_per_unit=d.limit.requests_per_unit, unit=unit, name="override")
+    return Descriptor(
+        entries=tuple((e.key, e.value) for e in d.entries),
+        hits_addend=d.hits_addend.value if d.HasField("hits_addend") else None,
+        limit_override=override,
+    )
+
+
+def decision_to_pb(decision: Decision) -> rls_pb2.RateLimitResponse:
+    resp = _RLS(overall_code=_CODE_TO_PB[decision.code])
+    for s in decision.statuses:
+        st = resp.statuses.add(code=_CODE_TO_PB[s.code], limit_remaining=max(0, s.remaining))
+        if s.limit is not None and not s.limit.unlimited:
+            st.current_limit.CopyFrom(
+                _RLS.RateLimit(
+                    name=s.limit.name, requests_per_unit=s.limit.requests_per_unit, unit=_UNIT_TO_PB[s.limit.unit]
+                )
+            )
+            st.duration_until_reset.FromNanoseconds(round(s.reset_after_s * 1e9))
+    for key, value in decision.response_headers():
+        resp.response_headers_to_add.append(base_pb2.HeaderValue(key=key, value=value))
+    return resp
+
+
+class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
+    def __init__(self, limiter: RateLimiter) -> None:
+        self._limiter = limiter
+
+    async def ShouldRateLimit(self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext):
+        decision = await self._limiter.should_rate_limit(
+            request.domain, [descriptor_from_pb(d) for d in request.descriptors], request.hits_addend
+        )
+        return decision_to_pb(decision)
+
+
+def _entries(msg) -> tuple[tuple[str, str], ...]:
+    return tuple((e.key, e.value) for e in msg.entries)
+
+
+def _ts(unix: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    if unix:
+        ts.FromNanoseconds(int(unix * 1e9))
+    return ts
+
+
+class ConcurrencyServicer(concurrency_pb2_grpc.ConcurrencyLimitServiceServicer):
+    def __init__(self, limiter: RateLimiter) -> None:
+        self._limiter = limiter
+
+    async def AcquireLease(self, request, context):
+        lease = await self._limiter.acquire(
+            request.domain, _entries(request), request.lease_ttl.ToTimedelta().total_seconds()
+        )
+        return concurrency_pb2.AcquireLeaseResponse(
+            granted=lease.granted,
+            lease_id=lease.lease_id,
+            active=lease.active,
+            max_concurrent=lease.max_concurrent,
+            expires_at=_ts(lease.expires_at),
+            rule=lease.rule,
+            shadow_over_limit=lease.shadow_over_limit,
+            degraded=lease.degraded,
+        )
+
+    async def RenewLease(self, request, context):
+        renewed, expires = await self._limiter.renew(
+            request.domain, _entries(request), request.lease_id, request.lease_ttl.ToTimedelta().total_seconds()
+        )
+        return concurrency_pb2.RenewLeaseResponse(renewed=renewed, expires_at=_ts(expires))
+
+    async def ReleaseLease(self, request, context):
+        released, active = await self._limiter.release(request.domain, _entries(request), request.lease_id)
+        return concurrency_pb2.ReleaseLeaseResponse(released=released, active=active)
+
+
+def bindings(limiter: RateLimiter) -> list[ServiceBinding]:
+    return [
+        ServiceBinding(
+            rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name,
+            rls_pb2_grpc.add_RateLimitServiceServicer_to_server,
+            RateLimitServicer(limiter),
+        ),
+        ServiceBinding(
+            concurrency_pb2.DESCRIPTOR.services_by_name["ConcurrencyLimitService"].full_name,
+            concurrency_pb2_grpc.add_ConcurrencyLimitServiceServicer_to_server,
+            ConcurrencyServicer(limiter),
+        ),
+    ]

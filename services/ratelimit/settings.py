@@ -1,0 +1,49 @@
+"""Settings of the rate-limit service (flags and RATELIMIT_* env vars)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+DEFAULT_PORT = 50053
+
+
+class RatelimitSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="RATELIMIT_")
+    service_name: ClassVar[str] = "ratelimit"
+
+    listen: str = Field(
+        f"127.0.0.1:{DEFAULT_PORT}", description="gRPC listen address HOST:PORT (port 0 picks a free port)"
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (redis://, rediss:// or unix://)")
+    config: str = Field(
+        "config/ratelimit",
+        description="rate-limit config: a YAML file or a directory of them (envoyproxy/ratelimit format)",
+    )
+    config_poll_seconds: float = Field(
+        1.0, gt=0, description="how often the config is checked for changes (reload without restart)"
+    )
+    redis_timeout_ms: float = Field(50.0, gt=0, description="per-decision Redis timeout; past it the fail mode applies")
+    fail_mode: str = Field(
+        "open", pattern="^(open|closed)$", description="when Redis is unavailable: open (allow) or closed (deny)"
+    )
+    local_cache_entries: int = Field(
+        100_000, ge=0, description="over-limit keys answered locally until their reset (0 disables)"
+    )
+    near_limit_ratio: float = Field(
+        0.8, gt=0, le=1, description="a hit past this fraction of its limit counts as near-limit"
+    )
+    max_descriptors: int = Field(64, ge=1, description="descriptors per request beyond this are INVALID_ARGUMENT")
+    max_hits_addend: int = Field(10_000_000, ge=1, description="largest hits_addend accepted (LLM token counts)")
+    key_prefix: str = Field("rl:", description="prefix of every Redis key this service writes")
+    redis_pipeline_max_batch: int = Field(128, ge=1, description="most decisions sent in one Redis round trip")
+    redis_pipeline_inflight: int = Field(
+        4, ge=1, description="Redis round trips outstanding at once; more decisions wait and batch"
+    )
+    workers: int = Field(
+        1, ge=1, description="worker processes sharing the port with SO_REUSEPORT (metrics aggregated)"
+    )
