@@ -8,10 +8,12 @@ PY := $(VENV)/bin/python
 DEPS_STAMP := $(VENV)/.deps-stamp
 PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/.stamp
+BUF := .cache/npm/node_modules/.bin/buf
+BUF_VERSION := 1.75.0
 
 .PHONY: setup run test lint protos compose-check clean bench-ratelimit
 
-setup: $(DEPS_STAMP) $(GEN_STAMP)
+setup: $(DEPS_STAMP) $(GEN_STAMP) $(BUF)
 
 $(DEPS_STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +29,12 @@ $(GEN_STAMP): $(DEPS_STAMP) $(PROTOS) tools/protogen.py
 
 protos: $(GEN_STAMP)
 
+# Buf (proto lint) from npm; the test suite runs `buf lint`.
+$(BUF):
+	mkdir -p .cache/npm
+	npm install --silent --no-audit --no-fund --prefix .cache/npm @bufbuild/buf@$(BUF_VERSION)
+	touch $@
+
 run: setup
 	$(PY) -m tools.run_mesh
 
@@ -35,7 +43,7 @@ test: setup
 
 lint: setup
 	$(PY) -m ruff check services tools tests bench
-	$(PY) -m tools.protolint
+	$(BUF) lint
 
 compose-check: setup
 	$(PY) -m tools.compose_check compose.yaml

@@ -7,6 +7,7 @@ per-call overhead to one extra coroutine frame.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -82,6 +83,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     async def _map_error(self, context, exc: BaseException) -> None:
         if isinstance(exc, ServiceError):
+            # Messages are written for callers and hold no request content (a rule of
+            # every ServiceError raised), so they are safe to log.
+            log.info("rpc rejected", extra={"grpc_code": exc.code, "error": exc.message})
             await context.abort(grpc.StatusCode[exc.code], exc.message)
         log.exception("unhandled error in RPC handler")
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id_var.get()})")
@@ -93,6 +97,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             try:
                 await self._authorise(context)
                 return await inner(request_or_iterator, context)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # mapped to a status; never crashes the server

@@ -10,12 +10,13 @@ env var is appended to each field's description when the class is defined.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+from pydantic_settings import BaseSettings, CliApp, NoDecode, SettingsConfigDict
 
 from services.common.errors import ConfigError
 
@@ -62,7 +63,7 @@ class ServiceSettings(BaseSettings):
         "",
         description="PEM CA bundle that client certificates must chain to; set to require mutual TLS",
     )
-    allowed_client_sans: list[str] = Field(
+    allowed_client_sans: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="with mutual TLS: only callers whose certificate has one of these SANs are served "
         "(JSON list or comma separated; empty allows every verified client)",
@@ -94,7 +95,11 @@ class ServiceSettings(BaseSettings):
             for name, info in cls.model_fields.items():
                 value = data.get(name)
                 if isinstance(value, str) and _is_list(info.annotation):
-                    data[name] = [v.strip() for v in value.split(",") if v.strip()]
+                    text = value.strip()
+                    if text.startswith("["):
+                        data[name] = json.loads(text)
+                    else:
+                        data[name] = [v.strip() for v in text.split(",") if v.strip()]
         return data
 
     @model_validator(mode="after")

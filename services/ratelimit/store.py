@@ -201,7 +201,7 @@ class RedisStore:
                     await self._client.script_load(script.source)
                 retry = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
                 again = await self._pipeline([batch[i] for i in retry])
-                for i, r in zip(retry, again):
+                for i, r in zip(retry, again, strict=False):
                     results[i] = r
         except (TimeoutError, RedisError, OSError) as exc:
             self._metrics.errors.labels(type(exc).__name__).inc()
@@ -214,7 +214,7 @@ class RedisStore:
             self._slots.release()
         self._metrics.latency.observe(time.perf_counter() - start)
         self._metrics.batch.observe(len(batch))
-        for (*_, fut), result in zip(batch, results):
+        for (*_, fut), result in zip(batch, results, strict=False):
             if fut.done():
                 continue
             if isinstance(result, ResponseError):

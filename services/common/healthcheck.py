@@ -1,0 +1,41 @@
+"""`python -m services.common.healthcheck HOST:PORT [SERVICE]`: exit 0 when the
+server's grpc.health.v1 status is SERVING (for container healthchecks; no extra
+binary such as grpc_health_probe needed in the image)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("address", help="HOST:PORT of the gRPC server")
+    parser.add_argument("service", nargs="?", default="", help="service name ('' = the whole server)")
+    parser.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
+    parser.add_argument("--ca-file", default="", help="PEM CA to verify a TLS server; plaintext when not given")
+    ns = parser.parse_args(argv)
+    if ns.ca_file:
+        with open(ns.ca_file, "rb") as f:
+            channel = grpc.secure_channel(ns.address, grpc.ssl_channel_credentials(f.read()))
+    else:
+        channel = grpc.insecure_channel(ns.address)
+    try:
+        resp = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=ns.service), timeout=ns.timeout
+        )
+    except grpc.RpcError as exc:
+        print(f"unhealthy: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    finally:
+        channel.close()
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    print(status)
+    return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

