@@ -44,7 +44,8 @@ def test_health_reflection_and_metrics(start_ratelimit) -> None:
         rls_pb2_grpc.RateLimitServiceStub(ch).ShouldRateLimit(request(descriptor(("tenant", "m"))), timeout=5)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert (
-        'grpc_server_started_total{grpc_method="ShouldRateLimit",grpc_service="envoy.service.ratelimit.v3.RateLimitService"} 1.0'
+        'grpc_server_started_total{grpc_method="ShouldRateLimit",'
+        'grpc_service="envoy.service.ratelimit.v3.RateLimitService"} 1.0'
         in body
     )
     assert "grpc_server_handling_seconds_bucket" in body
