@@ -10,10 +10,14 @@ PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/.stamp
 BUF := .cache/npm/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
+# Debian tools the checks use when present: docker-compose validates compose.yaml
+# (`config` needs no engine); h2load (nghttp2-client) drives the gRPC benchmarks.
+SYSTEM_STAMP := .cache/system-deps.stamp
+SYSTEM_PACKAGES := docker-compose nghttp2-client
 
 .PHONY: setup run test lint protos compose-check clean bench-ratelimit
 
-setup: $(DEPS_STAMP) $(GEN_STAMP) $(BUF)
+setup: $(DEPS_STAMP) $(GEN_STAMP) $(BUF) $(SYSTEM_STAMP)
 
 $(DEPS_STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +32,15 @@ $(GEN_STAMP): $(DEPS_STAMP) $(PROTOS) tools/protogen.py
 	touch $@
 
 protos: $(GEN_STAMP)
+
+$(SYSTEM_STAMP):
+	mkdir -p .cache
+	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null) || \
+	  echo "warning: could not install $(SYSTEM_PACKAGES): the docker-compose check and h2load benchmarks skip"; \
+	fi
+	touch $@
 
 # Buf (proto lint) from npm; the test suite runs `buf lint`.
 $(BUF):

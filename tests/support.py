@@ -26,7 +26,7 @@ class ServiceProcess:
         self.module = module
         self.args = list(args)
         self.name = name or module.rsplit(".", 1)[-1]
-        self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        self.env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         self.proc: subprocess.Popen | None = None
         self.address = ""
         self.stdout_lines: list[str] = []

@@ -19,6 +19,10 @@ class RatelimitSettings(ServiceSettings):
     listen: str = Field(
         f"127.0.0.1:{DEFAULT_PORT}", description="gRPC listen address HOST:PORT (port 0 picks a free port)"
     )
+    metrics_listen: str = Field(
+        f"127.0.0.1:{DEFAULT_PORT + 1000}",
+        description="Prometheus /metrics HTTP listen address HOST:PORT; empty disables metrics over HTTP",
+    )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (redis://, rediss:// or unix://)")
     config: str = Field(
         "config/ratelimit",

@@ -1,0 +1,482 @@
+"""compose.yaml is valid (compose-spec schema + project rules) and is the source of truth
+for how the services run: tests start processes with `service_env` / `service_command`.
+
+No container is started here (no Docker engine on our machines); broken copies of the
+file prove that each rule fails with its exact message.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import inspect
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tools import compose_check
+from tools.compose_check import (
+    COMPOSE_FILE,
+    ROOT,
+    SAFEGUARDS_SERVICES,
+    ComposeError,
+    check,
+    interpolate,
+    service_command,
+    service_env,
+)
+
+RATELIMIT_ENV = {
+    "RATELIMIT_LISTEN": "0.0.0.0:50053",
+    "RATELIMIT_METRICS_LISTEN": "0.0.0.0:51053",
+    "RATELIMIT_REDIS_URL": "redis://redis:6379/0",
+    "RATELIMIT_CONFIG": "/app/config/ratelimit",
+    "RATELIMIT_PLAINTEXT": "true",
+    "RATELIMIT_REGION": "us-east-1",
+    "RATELIMIT_SHUTDOWN_DELAY_SECONDS": "5",
+    "RATELIMIT_DRAIN_GRACE_SECONDS": "10",
+}
+
+
+def _raw() -> dict:
+    """compose.yaml as data (anchors and merge keys resolved, ${...} kept)."""
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def _project_copy(tmp_path: Path, doc: dict | None = None, prometheus: dict | None = None) -> Path:
+    """A copy of the compose project (compose.yaml + the deploy/ files it refers to)."""
+    (tmp_path / "deploy").mkdir()
+    for name in ("Dockerfile", "prometheus.yml"):
+        shutil.copy(ROOT / "deploy" / name, tmp_path / "deploy" / name)
+    if prometheus is not None:
+        (tmp_path / "deploy" / "prometheus.yml").write_text(yaml.safe_dump(prometheus))
+    target = tmp_path / "compose.yaml"
+    if doc is None:
+        shutil.copy(COMPOSE_FILE, target)
+    else:
+        target.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return target
+
+
+def _broken(tmp_path: Path, mutate) -> list[str]:
+    doc = _raw()
+    mutate(doc)
+    return check(_project_copy(tmp_path, doc), external=False)
+
+
+# ---------------------------------------------------------------------------------------
+# The real file
+# ---------------------------------------------------------------------------------------
+
+
+def test_compose_file_passes_schema_and_project_rules():
+    assert check(COMPOSE_FILE, external=False) == []
+
+
+def test_compose_file_passes_with_another_region():
+    assert check(COMPOSE_FILE, {"REGION": "eu-west-1"}, external=False) == []
+
+
+def test_yaml_dump_of_the_file_is_still_valid(tmp_path):
+    """The broken-copy tests below dump YAML without anchors: the baseline must pass."""
+    assert check(_project_copy(tmp_path, _raw()), external=False) == []
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose (v1) not installed")
+def test_docker_compose_v1_config_accepts_the_file():
+    assert compose_check.check_docker_compose_v1(COMPOSE_FILE) == []
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_promtool_accepts_the_prometheus_config():
+    assert compose_check.check_promtool(ROOT / "deploy" / "prometheus.yml") == []
+
+
+def test_cli_exit_status_and_messages(tmp_path, capsys):
+    assert compose_check.main([str(COMPOSE_FILE), "--no-external"]) == 0
+    assert "OK (compose-spec schema, project rules)" in capsys.readouterr().out
+
+    doc = _raw()
+    del doc["services"]["ratelimit"]["healthcheck"]
+    broken = _project_copy(tmp_path, doc)
+    assert compose_check.main([str(broken), "--no-external"]) == 1
+    err = capsys.readouterr().err
+    assert f"{broken}: service 'ratelimit': no healthcheck" in err
+    assert f"{broken}: 2 problem(s)" in err  # and enforcer waits for it to be healthy
+
+
+def test_vendored_schema_matches_its_recorded_source():
+    source = (ROOT / "deploy" / "compose-spec.schema.SOURCE").read_text()
+    recorded = re.search(r"sha256 ([0-9a-f]{64})", source).group(1)
+    assert hashlib.sha256(compose_check.SCHEMA_FILE.read_bytes()).hexdigest() == recorded
+
+
+def test_topics_and_broker_settings():
+    doc = compose_check.load_compose(COMPOSE_FILE, {"REGION": "ap-south-1"})
+    kafka = doc["services"]["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert kafka["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    init = doc["services"]["kafka-init"]
+    script = init["command"][0]
+    assert init["environment"]["REGION"] == "ap-south-1"
+    assert '--topic "safeguards.signals.${REGION}"' in script
+    actions = r'--topic "safeguards.actions.\$\{REGION\}"[^\n]*\\\n[^\n]*--config cleanup.policy=compact'
+    assert re.search(actions, script)
+    assert "--topic safeguards.rollup.global" in script
+
+
+# ---------------------------------------------------------------------------------------
+# What tests use to start the real processes
+# ---------------------------------------------------------------------------------------
+
+
+def test_service_env_of_ratelimit_is_the_documented_env():
+    assert service_env("ratelimit") == RATELIMIT_ENV
+
+
+def test_service_env_resolves_region_from_the_given_mapping():
+    env = service_env("ratelimit", {"REGION": "eu-west-1"})
+    assert env["RATELIMIT_REGION"] == "eu-west-1"
+    assert service_env("enforcer", {"REGION": "eu-west-1"})["ENFORCER_REGION"] == "eu-west-1"
+
+
+def test_service_env_of_the_other_services():
+    assert service_env("classifier") == {
+        "CLASSIFIER_LISTEN": "0.0.0.0:50052",
+        "CLASSIFIER_METRICS_LISTEN": "0.0.0.0:51052",
+        "CLASSIFIER_MODELS": "/app/models",
+        "CLASSIFIER_PLAINTEXT": "true",
+        "CLASSIFIER_REGION": "us-east-1",
+        "CLASSIFIER_SHUTDOWN_DELAY_SECONDS": "5",
+        "CLASSIFIER_DRAIN_GRACE_SECONDS": "10",
+    }
+    enforcer = service_env("enforcer")
+    assert enforcer["ENFORCER_LISTEN"] == "0.0.0.0:50051"
+    assert enforcer["ENFORCER_METRICS_LISTEN"] == "0.0.0.0:51051"
+    assert enforcer["ENFORCER_CLASSIFIER_ADDR"] == "classifier:50052"
+    assert enforcer["ENFORCER_RATELIMIT_ADDR"] == "ratelimit:50053"
+    assert enforcer["ENFORCER_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert enforcer["ENFORCER_KAFKA_IDEMPOTENCE"] == "true"
+    assert enforcer["ENFORCER_POLICY"] == "/app/config/policies"
+
+
+def test_service_env_reads_env_file_and_environment_overrides_it(tmp_path):
+    doc = _raw()
+    doc["services"]["ratelimit"]["env_file"] = ["ratelimit.env"]
+    doc["services"]["ratelimit"]["environment"] = {"RATELIMIT_REGION": "${REGION:-us-east-1}"}
+    (tmp_path / "ratelimit.env").write_text("# comment\nRATELIMIT_LISTEN=0.0.0.0:50053\nRATELIMIT_REGION=x\n")
+    path = _project_copy(tmp_path, doc)
+    assert service_env("ratelimit", {"REGION": "r1"}, path) == {
+        "RATELIMIT_LISTEN": "0.0.0.0:50053",
+        "RATELIMIT_REGION": "r1",
+    }
+
+
+def test_service_env_of_an_unknown_service_names_the_known_ones():
+    with pytest.raises(KeyError, match="no service 'nope'.*ratelimit"):
+        service_env("nope")
+
+
+def test_service_command_is_python_dash_m_the_service_module():
+    assert service_command("ratelimit") == ["python", "-m", "services.ratelimit"]
+    assert service_command("enforcer") == ["python", "-m", "services.enforcer"]
+
+
+@pytest.mark.parametrize("name", sorted(SAFEGUARDS_SERVICES))
+def test_every_env_var_names_a_real_setting(name, monkeypatch):
+    """A misspelt env var would be ignored silently by pydantic-settings: each one in
+    compose.yaml must be a field of the service's settings class, and the whole env
+    must validate."""
+    try:
+        module = importlib.import_module(f"services.{name}.settings")
+    except ModuleNotFoundError:
+        pytest.skip(f"services.{name}.settings does not exist yet")
+    from services.common.settings import ServiceSettings
+
+    classes = [
+        c
+        for _, c in inspect.getmembers(module, inspect.isclass)
+        if issubclass(c, ServiceSettings) and c.model_config.get("env_prefix") == SAFEGUARDS_SERVICES[name].env_prefix
+    ]
+    assert classes, f"no settings class with env_prefix {SAFEGUARDS_SERVICES[name].env_prefix} in {module.__name__}"
+    settings_cls = classes[0]
+    env = service_env(name)
+    prefix = SAFEGUARDS_SERVICES[name].env_prefix
+    fields = {f"{prefix}{f.upper()}" for f in settings_cls.model_fields}
+    assert sorted(set(env) - fields) == []
+    for key in [k for k in os.environ if k.startswith(prefix)]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = settings_cls()
+    assert settings.listen == env[f"{prefix}LISTEN"]
+    assert settings.metrics_listen == env[f"{prefix}METRICS_LISTEN"]
+
+
+# ---------------------------------------------------------------------------------------
+# Broken copies fail with the exact message
+# ---------------------------------------------------------------------------------------
+
+
+def test_fixed_host_port_on_ratelimit_is_rejected(tmp_path):
+    def mutate(doc):
+        doc["services"]["ratelimit"]["ports"] = ["50053:50053"]
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'ratelimit': fixed host port 50053 in ports entry '50053:50053' collides when scaled "
+        "(use expose, an ephemeral '127.0.0.1::PORT' or a host port range)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "entry", ["127.0.0.1::50053", "50053", 50053, "127.0.0.1:50053-50055:50053", {"target": 50053}]
+)
+def test_ephemeral_and_ranged_host_ports_are_accepted(tmp_path, entry):
+    def mutate(doc):
+        doc["services"]["ratelimit"]["ports"] = [entry]
+
+    assert _broken(tmp_path, mutate) == []
+
+
+def test_long_syntax_fixed_host_port_is_rejected(tmp_path):
+    def mutate(doc):
+        doc["services"]["ratelimit"]["ports"] = [{"target": 50053, "published": 50053, "host_ip": "127.0.0.1"}]
+
+    problems = _broken(tmp_path, mutate)
+    assert len(problems) == 1 and problems[0].startswith("service 'ratelimit': fixed host port 50053 in ports entry")
+
+
+def test_missing_healthcheck_is_rejected(tmp_path):
+    def mutate(doc):
+        del doc["services"]["ratelimit"]["healthcheck"]
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'ratelimit': no healthcheck (expected test: "
+        '["CMD", "python", "-m", "services.common.healthcheck", "127.0.0.1:50053"])',
+        "service 'enforcer': depends_on 'ratelimit' being healthy, but 'ratelimit' has no healthcheck",
+    ]
+
+
+def test_healthcheck_on_the_wrong_port_is_rejected(tmp_path):
+    def mutate(doc):
+        doc["services"]["ratelimit"]["healthcheck"]["test"][-1] = "127.0.0.1:50052"
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'ratelimit': healthcheck probes '127.0.0.1:50052' but RATELIMIT_LISTEN is port 50053"
+    ]
+
+
+def test_fixed_container_name_is_rejected(tmp_path):
+    def mutate(doc):
+        doc["services"]["ratelimit"]["container_name"] = "ratelimit"
+
+    assert _broken(tmp_path, mutate) == ["service 'ratelimit': fixed container_name 'ratelimit' prevents --scale"]
+
+
+def test_stop_grace_period_shorter_than_the_drain_is_rejected(tmp_path):
+    def mutate(doc):
+        doc["services"]["ratelimit"]["stop_grace_period"] = "10s"
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'ratelimit': stop_grace_period 10s is shorter than the drain "
+        "(15s = RATELIMIT_SHUTDOWN_DELAY_SECONDS + RATELIMIT_DRAIN_GRACE_SECONDS)"
+    ]
+
+
+def test_missing_stop_grace_period_is_rejected(tmp_path):
+    def mutate(doc):
+        del doc["services"]["ratelimit"]["stop_grace_period"]
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'ratelimit': no stop_grace_period "
+        "(needs >= 15s = RATELIMIT_SHUTDOWN_DELAY_SECONDS + RATELIMIT_DRAIN_GRACE_SECONDS)"
+    ]
+
+
+def test_missing_metrics_listener_is_rejected(tmp_path):
+    def mutate(doc):
+        del doc["services"]["ratelimit"]["environment"]["RATELIMIT_METRICS_LISTEN"]
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'ratelimit': no RATELIMIT_METRICS_LISTEN (metrics must be served for Prometheus; "
+        "documented port 51053)"
+    ]
+
+
+def test_listen_port_other_than_the_documented_default_is_rejected(tmp_path):
+    def mutate(doc):
+        doc["services"]["ratelimit"]["environment"]["RATELIMIT_LISTEN"] = "0.0.0.0:50054"
+        doc["services"]["ratelimit"]["expose"][0] = "50054"
+        doc["services"]["ratelimit"]["healthcheck"]["test"][-1] = "127.0.0.1:50054"
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'ratelimit': RATELIMIT_LISTEN=0.0.0.0:50054 port differs from the documented default 50053"
+    ]
+
+
+def test_loopback_listen_address_is_rejected(tmp_path):
+    def mutate(doc):
+        doc["services"]["ratelimit"]["environment"]["RATELIMIT_METRICS_LISTEN"] = "127.0.0.1:51053"
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'ratelimit': RATELIMIT_METRICS_LISTEN=127.0.0.1:51053 listens on loopback only; "
+        "other containers cannot reach it"
+    ]
+
+
+def test_service_not_scraped_by_prometheus_is_rejected(tmp_path):
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    prom["scrape_configs"] = [j for j in prom["scrape_configs"] if j["job_name"] != "ratelimit"]
+    problems = check(_project_copy(tmp_path, prometheus=prom), external=False)
+    assert problems == ["service 'ratelimit': not scraped by Prometheus (no job 'ratelimit' in prometheus.yml)"]
+
+
+def test_static_scrape_target_is_rejected_because_it_sees_one_replica(tmp_path):
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    for job in prom["scrape_configs"]:
+        if job["job_name"] == "ratelimit":
+            del job["dns_sd_configs"]
+            job["static_configs"] = [{"targets": ["ratelimit:51053"]}]
+    problems = check(_project_copy(tmp_path, prometheus=prom), external=False)
+    assert problems == [
+        "service 'ratelimit': Prometheus job 'ratelimit' must use dns_sd_configs with names ['ratelimit'] "
+        "so that every replica is scraped"
+    ]
+
+
+def test_scrape_port_other_than_the_metrics_port_is_rejected(tmp_path):
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    for job in prom["scrape_configs"]:
+        if job["job_name"] == "ratelimit":
+            job["dns_sd_configs"][0]["port"] = 50053
+    problems = check(_project_copy(tmp_path, prometheus=prom), external=False)
+    assert problems == [
+        "service 'ratelimit': Prometheus job 'ratelimit' resolves type A port 50053, "
+        "expected type A port 51053 (RATELIMIT_METRICS_LISTEN)"
+    ]
+
+
+def test_scrape_job_for_a_missing_service_is_rejected(tmp_path):
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    monitor = {"names": ["monitor"], "type": "A", "port": 51054}
+    prom["scrape_configs"].append({"job_name": "monitor", "dns_sd_configs": [monitor]})
+    problems = check(_project_copy(tmp_path, prometheus=prom), external=False)
+    assert problems == ["prometheus.yml: job 'monitor' resolves 'monitor', which is not a service in compose.yaml"]
+
+
+def test_depends_on_an_unknown_service_is_rejected(tmp_path):
+    def mutate(doc):
+        doc["services"]["ratelimit"]["depends_on"]["memcached"] = {"condition": "service_started"}
+
+    assert _broken(tmp_path, mutate) == ["service 'ratelimit': depends_on unknown service 'memcached'"]
+
+
+def test_depends_on_a_service_of_an_inactive_profile_is_rejected(tmp_path):
+    def mutate(doc):
+        doc["services"]["ratelimit"]["depends_on"]["classifier"] = {"condition": "service_healthy"}
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'ratelimit': depends_on 'classifier', which only runs with profiles ['full'] "
+        "(ratelimit runs with no profile)"
+    ]
+
+
+def test_depends_on_healthy_needs_a_healthcheck(tmp_path):
+    def mutate(doc):
+        del doc["services"]["redis"]["healthcheck"]
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'ratelimit': depends_on 'redis' being healthy, but 'redis' has no healthcheck"
+    ]
+
+
+def test_build_from_another_dockerfile_is_rejected(tmp_path):
+    def mutate(doc):
+        doc["services"]["ratelimit"]["build"] = {"context": "services/ratelimit"}
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'ratelimit': builds services/ratelimit/Dockerfile with context 'services/ratelimit'; "
+        "expected deploy/Dockerfile with context '.' (the repository root)"
+    ]
+
+
+def test_unknown_service_built_from_the_image_is_rejected(tmp_path):
+    def mutate(doc):
+        doc["services"]["monitor"] = copy.deepcopy(doc["services"]["ratelimit"])
+
+    problems = _broken(tmp_path, mutate)
+    assert problems == [
+        "service 'monitor': built from deploy/Dockerfile but not a known Safeguards service "
+        "(known: classifier, enforcer, ratelimit; add it to tools/compose_check.py)"
+    ]
+
+
+def test_schema_violation_names_the_unknown_key(tmp_path):
+    def mutate(doc):
+        doc["services"]["ratelimit"]["stop_grace_perod"] = doc["services"]["ratelimit"].pop("stop_grace_period")
+
+    problems = _broken(tmp_path, mutate)
+    assert "schema: services.ratelimit: unknown key(s) 'stop_grace_perod'" in problems
+
+
+def test_schema_violation_in_a_one_of_names_the_real_mistake(tmp_path):
+    def mutate(doc):
+        doc["services"]["ratelimit"]["depends_on"]["redis"]["condition"] = "service_ready"
+
+    problems = _broken(tmp_path, mutate)
+    assert problems == [
+        "schema: services.ratelimit.depends_on.redis.condition: 'service_ready' is not one of "
+        "['service_started', 'service_healthy', 'service_completed_successfully']"
+    ]
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose (v1) not installed")
+def test_docker_compose_v1_rejects_a_broken_file(tmp_path):
+    doc = _raw()
+    doc["services"]["ratelimit"]["stop_grace_perod"] = "20s"
+    problems = compose_check.check_docker_compose_v1(_project_copy(tmp_path, doc))
+    assert any("stop_grace_perod" in p for p in problems), problems
+
+
+# ---------------------------------------------------------------------------------------
+# Interpolation and durations
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "variables", "expected"),
+    [
+        ("${REGION:-us-east-1}", {}, "us-east-1"),
+        ("${REGION:-us-east-1}", {"REGION": ""}, "us-east-1"),
+        ("${REGION-us-east-1}", {"REGION": ""}, ""),
+        ("${REGION}", {"REGION": "eu"}, "eu"),
+        ("$REGION/x", {"REGION": "eu"}, "eu/x"),
+        ("${UNSET}", {}, ""),
+        ("${A:+set}", {"A": "1"}, "set"),
+        ("$${REGION} costs $$5", {"REGION": "eu"}, "${REGION} costs $5"),
+    ],
+)
+def test_interpolation(text, variables, expected):
+    assert interpolate(text, variables) == expected
+
+
+def test_required_variable_raises_with_its_message():
+    with pytest.raises(ComposeError, match="required variable TOKEN is not set: give a token"):
+        interpolate("${TOKEN:?give a token}", {})
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("20s", 20), ("1m30s", 90), ("500ms", 0.5), ("1h", 3600), (15, 15)])
+def test_parse_duration(text, seconds):
+    assert compose_check.parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "20", "20 s", "s20", "1x"])
+def test_parse_duration_rejects_garbage(text):
+    with pytest.raises(ValueError, match="not a duration"):
+        compose_check.parse_duration(text)
