@@ -15,8 +15,9 @@ import uuid
 from collections.abc import Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from services.common.errors import ServiceError
+from services.common.errors import InvalidArgument, ServiceError
 from services.common.logs import request_id_var
 from services.common.metrics import RpcMetrics
 from services.common.tls import caller_identity
@@ -33,6 +34,46 @@ def _request_id(details: grpc.HandlerCallDetails) -> str:
     return uuid.uuid4().hex
 
 
+class _Undecodable:
+    """Stands in for a request that failed to parse, so the handler wrapper can
+    answer INVALID_ARGUMENT with the reason instead of gRPC's opaque INTERNAL."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _lenient(deserializer: Callable | None) -> Callable | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes):
+        try:
+            return deserializer(data)
+        except DecodeError as exc:  # e.g. "String field had bad UTF-8"
+            return _Undecodable(str(exc))
+
+    return parse
+
+
+def _reject_undecodable(request) -> None:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(f"malformed request: {request.reason}")
+
+
+def _checked_stream(inner: Callable) -> Callable:
+    """Wrap a request-streaming handler so a malformed message mid-stream is rejected."""
+
+    def call(request_iterator, context):
+        async def checked():
+            async for item in request_iterator:
+                _reject_undecodable(item)
+                yield item
+
+        return inner(checked(), context)
+
+    return call
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: RpcMetrics, allowed_sans: frozenset[str] = frozenset()) -> None:
         self._metrics = metrics
@@ -44,21 +85,22 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             return None
         service, _, method = details.method.lstrip("/").rpartition("/")
         rid = _request_id(details)
+        inner = handler.unary_unary or handler.stream_unary or handler.unary_stream or handler.stream_stream
+        if handler.request_streaming:
+            inner = _checked_stream(inner)
         if handler.unary_unary or handler.stream_unary:
-            inner = handler.unary_unary or handler.stream_unary
             factory = (
                 grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
             )
             wrapped = self._wrap_unary(inner, service, method, rid)
         else:
-            inner = handler.unary_stream or handler.stream_stream
             factory = (
                 grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
             )
             wrapped = self._wrap_stream(inner, service, method, rid)
         return factory(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -96,6 +138,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             code = None
             try:
                 await self._authorise(context)
+                _reject_undecodable(request_or_iterator)
                 return await inner(request_or_iterator, context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
@@ -114,6 +157,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             start = self._begin(context, service, method, rid)
             try:
                 await self._authorise(context)
+                _reject_undecodable(request_or_iterator)
                 result = inner(request_or_iterator, context)
                 if inspect.isasyncgen(result):
                     async for item in result:

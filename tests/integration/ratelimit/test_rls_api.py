@@ -8,7 +8,7 @@ import urllib.request
 import grpc
 import pytest
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
-from envoy.service.ratelimit.v3 import rls_pb2
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 from tests.integration.ratelimit.conftest import OK, OVER, RlsClient, descriptor
 from tests.support import free_port
@@ -175,3 +175,36 @@ def test_metrics_endpoint_reports_per_rule_counters(start_ratelimit) -> None:
     assert 'ratelimit_within_limit_total{domain="test",rule="test.detailed_v1"} 1.0' in body
     assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="ShouldRateLimit"' in body
     assert "ratelimit_redis_latency_seconds_bucket" in body
+
+
+def test_invalid_utf8_in_a_string_field_is_invalid_argument(ratelimit) -> None:
+    good = rls_pb2.RateLimitRequest(domain="test", descriptors=[descriptor(("tenant", "abc"))]).SerializeToString()
+    bad = good.replace(b"abc", b"a\xffc")
+    with grpc.insecure_channel(ratelimit.address) as ch:
+        call = ch.unary_unary(
+            "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+            request_serializer=lambda b: b,
+            response_deserializer=rls_pb2.RateLimitResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            call(bad, timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "malformed request" in err.value.details() and "UTF-8" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            call(b"\xff\xff\xff", timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert call(good, timeout=5).overall_code == OK
+
+
+def test_oversize_message_is_rejected(start_ratelimit) -> None:
+    svc = start_ratelimit("--max-message-bytes", "2048")
+    with grpc.insecure_channel(svc.address) as ch:
+        stub = rls_pb2_grpc.RateLimitServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ShouldRateLimit(
+                rls_pb2.RateLimitRequest(domain="test", descriptors=[descriptor(("tenant", "x" * 4000))]), timeout=5
+            )
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert stub.ShouldRateLimit(
+            rls_pb2.RateLimitRequest(domain="test", descriptors=[descriptor(("tenant", "x"))]), timeout=5
+        ).overall_code == OK
