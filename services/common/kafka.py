@@ -1,0 +1,286 @@
+"""Publishing records to Kafka without ever blocking the hot path or losing one.
+
+`publish()` only enqueues (in memory) and returns. One background task sends
+batches with acks=all and compression; when Kafka cannot take records (down,
+slow, unreachable), they go to the on-disk `Spool` in order, and the task replays
+the spool, oldest first, before anything newer once Kafka answers again. While
+the spool is non-empty new records are appended to it too, so the order of a
+topic's records is kept. Idempotence is a setting (on for Apache Kafka; the Tansu
+broker used locally rejects idempotent producers), and every record carries a
+`record-id` header so consumers drop the duplicates that at-least-once delivery
+may create (`Deduper`).
+
+The producer is behind the small `Publisher` interface so services and tests
+depend on the interface, with aiokafka as the one driver (faust / temporal style).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from tenacity import wait_exponential_jitter
+
+from services.common.spool import Record, Spool
+
+log = logging.getLogger("safeguards.kafka")
+
+
+class Publisher(Protocol):
+    def publish(self, record: Record) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ProducerConfig:
+    bootstrap: str
+    client_id: str = "safeguards"
+    idempotence: bool = False
+    acks: str = "all"
+    compression: str = "gzip"
+    linger_ms: int = 5
+    max_batch_bytes: int = 256 * 1024
+    request_timeout_ms: int = 5000
+    queue_size: int = 10000
+    replay_batch: int = 500
+    close_timeout_s: float = 5.0
+
+
+class PublisherMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.published = Counter(
+            "kafka_records_published", "Records delivered to Kafka (acknowledged).", ["topic"], registry=registry
+        )
+        self.spooled = Counter("kafka_records_spooled", "Records written to the local spool.", registry=registry)
+        self.dropped = Counter(
+            "kafka_records_dropped", "Records refused because the spool was full.", registry=registry
+        )
+        self.spool_depth = Gauge(
+            "kafka_spool_records", "Records waiting in the local spool.", registry=registry, multiprocess_mode="sum"
+        )
+        self.spool_bytes = Gauge(
+            "kafka_spool_bytes", "Bytes waiting in the local spool.", registry=registry, multiprocess_mode="sum"
+        )
+        self.latency = Histogram(
+            "kafka_produce_latency_seconds",
+            "Time from publish() to the broker's acknowledgement.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=registry,
+        )
+        self.up = Gauge("kafka_up", "1 while the producer can deliver, else 0.", registry=registry,
+                        multiprocess_mode="min")
+
+
+class KafkaPublisher:
+    def __init__(self, config: ProducerConfig, spool: Spool, metrics: PublisherMetrics) -> None:
+        self.config = config
+        self.spool = spool
+        self.metrics = metrics
+        self._queue: deque[tuple[Record, float]] = deque()
+        self._wake = asyncio.Event()
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self._up = False
+        self._update_spool_metrics()
+
+    # ---- the hot path -----------------------------------------------------------------
+    def publish(self, record: Record) -> None:
+        """Enqueue a record; never blocks and never raises."""
+        if self.spool.depth or not self._up or len(self._queue) >= self.config.queue_size:
+            self._to_spool([record])
+        else:
+            self._queue.append((record, time.monotonic()))
+        self._wake.set()
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="kafka-publisher")
+
+    async def close(self) -> None:
+        """Deliver what is queued within close_timeout_s; spool the rest (kept on disk)."""
+        self._closing = True
+        self._wake.set()
+        if self._task:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), self.config.close_timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+        if self._queue:
+            self._to_spool([r for r, _ in self._queue])
+            self._queue.clear()
+        if self._producer is not None:
+            try:
+                await asyncio.wait_for(self._producer.stop(), self.config.close_timeout_s)
+            except (TimeoutError, KafkaError, OSError):
+                pass
+        self.spool.close()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + self.spool.depth
+
+    # ---- internals ----------------------------------------------------------------------
+    def _to_spool(self, records: list[Record]) -> None:
+        refused = self.spool.append(records)
+        self.metrics.spooled.inc(len(records) - len(refused))
+        if refused:
+            self.metrics.dropped.inc(len(refused))
+            log.error("spool full: records dropped", extra={"dropped": len(refused), "spool_bytes": self.spool.bytes})
+        self._update_spool_metrics()
+
+    def _update_spool_metrics(self) -> None:
+        self.metrics.spool_depth.set(self.spool.depth)
+        self.metrics.spool_bytes.set(self.spool.bytes)
+
+    def _set_up(self, up: bool) -> None:
+        if up != self._up:
+            log.log(logging.INFO if up else logging.ERROR, "kafka up" if up else "kafka unavailable; spooling")
+        self._up = up
+        self.metrics.up.set(1 if up else 0)
+
+    async def _connect(self) -> None:
+        c = self.config
+        producer = AIOKafkaProducer(
+            bootstrap_servers=c.bootstrap,
+            client_id=c.client_id,
+            acks=c.acks,
+            enable_idempotence=c.idempotence,
+            compression_type=c.compression,
+            linger_ms=c.linger_ms,
+            max_batch_size=c.max_batch_bytes,
+            request_timeout_ms=c.request_timeout_ms,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
+
+    async def _send(self, records: list[tuple[Record, float]]) -> list[bool]:
+        """Send a batch; returns per-record success."""
+        assert self._producer is not None
+        futures = []
+        for record, _t in records:
+            futures.append(
+                await self._producer.send(
+                    record.topic, record.value, key=record.key, headers=record.kafka_headers()
+                )
+            )
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        now = time.monotonic()
+        ok = []
+        for (record, t0), res in zip(records, results, strict=True):
+            good = not isinstance(res, BaseException)
+            ok.append(good)
+            if good:
+                self.metrics.published.labels(record.topic).inc()
+                self.metrics.latency.observe(now - t0)
+        return ok
+
+    async def _run(self) -> None:
+        wait = wait_exponential_jitter(multiplier=0.2, max=5.0)
+        attempt = 0
+        while True:
+            if self._closing and not self._queue and (not self._up or not self.spool.depth):
+                return
+            try:
+                if self._producer is None:
+                    await self._connect()
+                    self._set_up(True)
+                if self.spool.depth:
+                    await self._replay()
+                    self._set_up(True)
+                elif self._queue:
+                    await self._drain_queue()
+                    self._set_up(True)
+                else:
+                    self._wake.clear()
+                    await self._wake.wait()
+                attempt = 0
+            except (TimeoutError, KafkaError, OSError) as exc:
+                self._set_up(False)
+                await self._reset_producer()
+                if self._queue:
+                    self._to_spool([r for r, _ in self._queue])
+                    self._queue.clear()
+                if self._closing:
+                    return
+                attempt += 1
+                delay = wait(_RetryState(attempt))
+                log.warning("kafka send failed; retrying", extra={"error": type(exc).__name__, "retry_in_s": delay})
+                await asyncio.sleep(delay)
+
+    async def _reset_producer(self) -> None:
+        """Drop a producer that failed; a fresh one is made on the next attempt
+        (simpler and more predictable than nursing a half-broken connection)."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                await asyncio.wait_for(producer.stop(), 1.0)
+            except (TimeoutError, KafkaError, OSError):
+                pass
+
+    async def _replay(self) -> None:
+        batch = self.spool.peek(self.config.replay_batch)
+        ok = await self._send([(r, time.monotonic()) for _, r in batch])
+        delivered = [rowid for (rowid, _), good in zip(batch, ok, strict=True) if good]
+        self.spool.ack(delivered)
+        self._update_spool_metrics()
+        if not all(ok):
+            raise KafkaError("replay batch partly failed")
+        if not self.spool.depth:
+            log.info("spool replayed")
+
+    async def _drain_queue(self) -> None:
+        batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.config.replay_batch))]
+        ok = await self._send(batch)
+        failed = [r for (r, _), good in zip(batch, ok, strict=True) if not good]
+        if failed:
+            # Keep order: the failed ones first, then everything queued after them.
+            self._to_spool(failed + [r for r, _ in self._queue])
+            self._queue.clear()
+            raise KafkaError(f"{len(failed)} records not acknowledged")
+
+
+class _RetryState:
+    """The bit of tenacity's RetryCallState its wait strategies read."""
+
+    def __init__(self, attempt: int) -> None:
+        self.attempt_number = attempt
+
+
+class Deduper:
+    """Remembers the last `capacity` record ids: consumers skip replays and the
+    duplicates at-least-once delivery can produce."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._capacity = capacity
+
+    def first_time(self, record_id: str) -> bool:
+        if record_id in self._seen:
+            self._seen.move_to_end(record_id)
+            return False
+        self._seen[record_id] = None
+        if len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)
+        return True
+
+
+def record_id_of(headers) -> str:
+    for key, value in headers or ():
+        if key == "record-id":
+            return value.decode()
+    return ""
