@@ -190,7 +190,7 @@ class KafkaPublisher:
         return ok
 
     async def _run(self) -> None:
-        wait = wait_exponential_jitter(multiplier=0.2, max=5.0)
+        wait = wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2)
         attempt = 0
         while True:
             if self._closing and not self._queue and (not self._up or not self.spool.depth):

@@ -151,7 +151,7 @@ class RedisStore:
 
     async def _reconnect(self) -> None:
         async for attempt in AsyncRetrying(
-            wait=wait_exponential_jitter(multiplier=0.05, max=2.0),
+            wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05),
             retry=retry_if_exception_type((RedisError, OSError, asyncio.TimeoutError)),
             reraise=True,
         ):

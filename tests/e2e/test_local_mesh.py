@@ -74,7 +74,7 @@ class Mesh:
 
 
 def test_local_mesh_starts_serves_and_stops_cleanly() -> None:
-    mesh = Mesh({"RATELIMIT_LISTEN": "127.0.0.1:0", "REGION": "test-e2e"})
+    mesh = Mesh({"RATELIMIT_LISTEN": "127.0.0.1:0", "RATELIMIT_METRICS_LISTEN": "127.0.0.1:0", "REGION": "test-e2e"})
     try:
         assert mesh.ready.wait(90), mesh.lines
         assert mesh.proc.poll() is None, mesh.lines
@@ -115,7 +115,7 @@ def test_local_mesh_starts_serves_and_stops_cleanly() -> None:
 
 
 def test_redis_url_points_the_mesh_at_a_real_server() -> None:
-    mesh = Mesh({"RATELIMIT_LISTEN": "127.0.0.1:0", "REDIS_URL": "redis://127.0.0.1:6379/0"})
+    mesh = Mesh({"RATELIMIT_LISTEN": "127.0.0.1:0", "RATELIMIT_METRICS_LISTEN": "127.0.0.1:0", "REDIS_URL": "redis://127.0.0.1:6379/0"})
     try:
         assert mesh.ready.wait(90), mesh.lines
         assert any(x.startswith("redis at redis://127.0.0.1:6379/0") for x in mesh.lines)
