@@ -1,0 +1,99 @@
+"""Deadline budget, retries within it, and the circuit breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+
+from services.common.clients import BreakerOpen, BreakerState, Budget, CircuitBreaker, call_in_budget
+from tests.support import free_port
+
+
+def test_budget_takes_the_tighter_of_caller_and_service() -> None:
+    assert Budget.start(0.05, caller_remaining_s=10).remaining() <= 0.05
+    assert Budget.start(10, caller_remaining_s=0.02).remaining() <= 0.02
+    assert Budget.start(0.0).expired
+
+
+def test_breaker_opens_after_consecutive_failures_then_probes_once() -> None:
+    now = [0.0]
+    b = CircuitBreaker("dep", failure_threshold=3, open_seconds=1.0, clock=lambda: now[0])
+    for _ in range(2):
+        assert b.allow()
+        b.record_failure()
+    assert b.state is BreakerState.CLOSED
+    b.record_failure()
+    assert b.state is BreakerState.OPEN and not b.allow()
+    now[0] = 1.5
+    assert b.allow()  # the probe
+    assert not b.allow()  # only one at a time
+    b.record_failure()
+    assert b.state is BreakerState.OPEN
+    now[0] = 3.0
+    assert b.allow()
+    b.record_success()
+    assert b.state is BreakerState.CLOSED and b.allow()
+
+
+async def test_breaker_fails_fast_when_open() -> None:
+    b = CircuitBreaker("dep", failure_threshold=1, open_seconds=60)
+
+    async def boom():
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        await b.call(boom)
+    with pytest.raises(BreakerOpen):
+        await b.call(boom)
+
+
+async def test_retries_stay_inside_the_budget_against_a_dead_grpc_server() -> None:
+    """A real channel to a port nobody listens on: UNAVAILABLE, retried, and the
+    whole thing returns within the budget instead of hanging."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    calls = 0
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+
+        async def check(timeout: float):
+            nonlocal calls
+            calls += 1
+            return await stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+
+        budget = Budget.start(0.3)
+        t0 = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call_in_budget(check, budget, attempts=3)
+        assert time.monotonic() - t0 < 0.6
+    assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert calls >= 2
+
+
+async def test_non_retryable_errors_are_not_retried() -> None:
+    calls = 0
+
+    async def bad(timeout: float):
+        nonlocal calls
+        calls += 1
+        raise ValueError("bad request")
+
+    with pytest.raises(ValueError):
+        await call_in_budget(bad, Budget.start(1.0), attempts=5)
+    assert calls == 1
+
+
+async def test_slow_dependency_gets_only_the_remaining_time() -> None:
+    seen = []
+
+    async def slow(timeout: float):
+        seen.append(timeout)
+        await asyncio.sleep(timeout)
+        raise TimeoutError
+
+    with pytest.raises(TimeoutError):
+        await call_in_budget(slow, Budget.start(0.1), attempts=3, retry_on=lambda e: isinstance(e, TimeoutError))
+    assert seen[0] <= 0.1 and sum(seen) <= 0.12
