@@ -181,3 +181,21 @@ def test_tls_server_rejects_plaintext_clients(start_ratelimit, pki: Pki) -> None
             .overall_code
             == OK
         )
+
+
+def test_calls_beyond_the_concurrency_limit_are_resource_exhausted(start_ratelimit) -> None:
+    redis = PrivateRedis().start()
+    try:
+        svc = start_ratelimit("--max-concurrent-rpcs", "1", "--redis-timeout-ms", "5000", redis_url=redis.url)
+        with grpc.insecure_channel(svc.address) as ch:
+            stub = rls_pb2_grpc.RateLimitServiceStub(ch)
+            stub.ShouldRateLimit(request(descriptor(("tenant", "warm"))), timeout=5)
+            redis_lib.Redis(port=redis.port).execute_command("CLIENT", "PAUSE", "1000", "ALL")
+            slow = stub.ShouldRateLimit.future(request(descriptor(("tenant", "a"))), timeout=10)
+            time.sleep(0.2)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ShouldRateLimit(request(descriptor(("tenant", "b"))), timeout=5)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert slow.result().overall_code == OK
+    finally:
+        redis.stop()
