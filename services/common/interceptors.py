@@ -106,7 +106,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     def _begin(self, context: grpc.aio.ServicerContext, service: str, method: str, rid: str) -> float:
         request_id_var.set(rid)
-        self._metrics.started.labels(service, method).inc()
+        self._metrics.method(service, method).started.inc()
         return time.perf_counter()
 
     async def _authorise(self, context: grpc.aio.ServicerContext) -> None:
@@ -120,8 +120,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         code = code or context.code() or grpc.StatusCode.OK
         if not isinstance(code, grpc.StatusCode):
             code = grpc.StatusCode.UNKNOWN
-        self._metrics.handled.labels(service, method, code.name).inc()
-        self._metrics.latency.labels(service, method).observe(time.perf_counter() - start)
+        m = self._metrics.method(service, method)
+        m.handled(code.name).inc()
+        m.latency.observe(time.perf_counter() - start)
 
     async def _map_error(self, context, exc: BaseException) -> None:
         if isinstance(exc, ServiceError):

@@ -41,6 +41,30 @@ class RpcMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self._methods: dict[tuple[str, str], MethodMetrics] = {}
+
+    def method(self, service: str, method: str) -> MethodMetrics:
+        """Children of one RPC, resolved once (`labels()` costs more than `inc()`)."""
+        found = self._methods.get((service, method))
+        if found is None:
+            found = MethodMetrics(self, service, method)
+            self._methods[(service, method)] = found
+        return found
+
+
+class MethodMetrics:
+    def __init__(self, rpc: RpcMetrics, service: str, method: str) -> None:
+        self.started = rpc.started.labels(service, method)
+        self.latency = rpc.latency.labels(service, method)
+        self._handled = rpc.handled
+        self._service, self._method = service, method
+        self._codes: dict[str, Counter] = {}
+
+    def handled(self, code: str) -> Counter:
+        child = self._codes.get(code)
+        if child is None:
+            child = self._codes[code] = self._handled.labels(self._service, self._method, code)
+        return child
 
 
 class BoundedLabels:

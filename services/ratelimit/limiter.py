@@ -170,12 +170,16 @@ class RateLimiter:
     async def should_rate_limit(self, domain: str, descriptors: Sequence[Descriptor], hits_addend: int = 0) -> Decision:
         self._validate(domain, descriptors, hits_addend)
         cfg = self.configs.current
-        statuses = await asyncio.gather(
-            *(
-                self._one(domain, cfg.match(domain, d.entries), d, d.hits_addend or hits_addend or 1)
-                for d in descriptors
+        if len(descriptors) == 1:  # the common case: no gather (a task per descriptor)
+            d = descriptors[0]
+            statuses = [await self._one(domain, cfg.match(domain, d.entries), d, d.hits_addend or hits_addend or 1)]
+        else:
+            statuses = await asyncio.gather(
+                *(
+                    self._one(domain, cfg.match(domain, d.entries), d, d.hits_addend or hits_addend or 1)
+                    for d in descriptors
+                )
             )
-        )
         over = any(s.code is Code.OVER_LIMIT for s in statuses)
         degraded = any(s.degraded for s in statuses)
         if degraded:
@@ -197,11 +201,11 @@ class RateLimiter:
         else:
             suffix = "g" if limit.algorithm is Algorithm.GCRA else f"w{limit.unit.name.lower()}"
         key = self._key(domain, d.entries, suffix)
-        self.stats.total_hits.labels(domain, label).inc(cost)
+        self.stats.rule(domain, label).total_hits.inc(cost)
 
         cached = self.cache.get(key)
         if cached is not None:
-            self.stats.over_limit_cached.labels(domain, label).inc(cost)
+            self.stats.rule(domain, label).over_limit_cached.inc(cost)
             return self._over(
                 domain, label, limit, 0, cached.retry_after_s, cached.retry_after_s, shadow, cost, from_cache=True
             )
@@ -230,15 +234,15 @@ class RateLimiter:
         if not allowed:
             retry_s = (retry_us if retry_us >= 0 else reset_us) / 1e6
             return self._over(domain, label, limit, remaining, reset_us / 1e6, retry_s, shadow, cost)
-        self.stats.within_limit.labels(domain, label).inc(cost)
+        self.stats.rule(domain, label).within_limit.inc(cost)
         cap = limit.capacity if limit.algorithm is Algorithm.GCRA else limit.requests_per_unit
         if remaining < cap * (1 - self.settings.near_limit_ratio):
-            self.stats.near_limit.labels(domain, label).inc(cost)
+            self.stats.rule(domain, label).near_limit.inc(cost)
         return DescriptorStatus(Code.OK, limit=limit, remaining=remaining, reset_after_s=reset_us / 1e6, rule=label)
 
     def _over(self, domain, label, limit, remaining, reset_s, retry_s, shadow, cost, from_cache=False):
         if shadow:
-            self.stats.shadow_over_limit.labels(domain, label).inc(cost)
+            self.stats.rule(domain, label).shadow_over_limit.inc(cost)
             return DescriptorStatus(
                 Code.OK,
                 limit=limit,
@@ -248,7 +252,7 @@ class RateLimiter:
                 shadow_over_limit=True,
                 from_cache=from_cache,
             )
-        self.stats.over_limit.labels(domain, label).inc(cost)
+        self.stats.rule(domain, label).over_limit.inc(cost)
         return DescriptorStatus(
             Code.OVER_LIMIT,
             limit=limit,

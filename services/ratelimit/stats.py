@@ -8,6 +8,8 @@ cardinality.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common.metrics import BoundedLabels
@@ -55,3 +57,29 @@ class LimiterStats:
             multiprocess_mode="max",
         )
         self.rule_label = BoundedLabels(max_rule_labels)
+        self._rules: dict[tuple[str, str], RuleCounters] = {}
+
+    def rule(self, domain: str, label: str) -> RuleCounters:
+        """The counters of one rule, resolved once: `labels()` costs more than `inc()`."""
+        counters = self._rules.get((domain, label))
+        if counters is None:
+            counters = RuleCounters(
+                total_hits=self.total_hits.labels(domain, label),
+                within_limit=self.within_limit.labels(domain, label),
+                over_limit=self.over_limit.labels(domain, label),
+                near_limit=self.near_limit.labels(domain, label),
+                shadow_over_limit=self.shadow_over_limit.labels(domain, label),
+                over_limit_cached=self.over_limit_cached.labels(domain, label),
+            )
+            self._rules[(domain, label)] = counters
+        return counters
+
+
+@dataclass(frozen=True)
+class RuleCounters:
+    total_hits: Counter
+    within_limit: Counter
+    over_limit: Counter
+    near_limit: Counter
+    shadow_over_limit: Counter
+    over_limit_cached: Counter
