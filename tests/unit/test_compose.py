@@ -379,10 +379,10 @@ def test_depends_on_an_unknown_service_is_rejected(tmp_path):
 
 def test_depends_on_a_service_of_an_inactive_profile_is_rejected(tmp_path):
     def mutate(doc):
-        doc["services"]["ratelimit"]["depends_on"]["classifier"] = {"condition": "service_healthy"}
+        doc["services"]["ratelimit"]["depends_on"]["enforcer"] = {"condition": "service_healthy"}
 
     assert _broken(tmp_path, mutate) == [
-        "service 'ratelimit': depends_on 'classifier', which only runs with profiles ['full'] "
+        "service 'ratelimit': depends_on 'enforcer', which only runs with profiles ['full'] "
         "(ratelimit runs with no profile)"
     ]
 

@@ -9,10 +9,11 @@ import sys
 import pytest
 from pydantic import ValidationError
 
+from services.classifier.settings import ClassifierSettings
 from services.ratelimit.settings import RatelimitSettings
 from tests.support import ROOT
 
-SERVICES = {"services.ratelimit": RatelimitSettings}
+SERVICES = {"services.ratelimit": RatelimitSettings, "services.classifier": ClassifierSettings}
 
 
 @pytest.mark.parametrize("module", sorted(SERVICES))
@@ -22,10 +23,11 @@ def test_help_documents_every_flag_with_its_env_var(module: str) -> None:
     text = " ".join(out.stdout.split())  # argparse wraps lines
     cls = SERVICES[module]
     prefix = cls.model_config["env_prefix"]
-    for name in cls.model_fields:
+    for name, info in cls.model_fields.items():
         flag = "--" + name.replace("_", "-")
         assert flag in text, flag
         assert f"[env: {prefix}{name.upper()}]" in text, name
+        assert info.description and not info.description.startswith(" [env:"), f"{name} has no description"
 
 
 def test_env_vars_apply_and_flags_win(monkeypatch) -> None:

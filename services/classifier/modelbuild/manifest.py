@@ -1,0 +1,100 @@
+"""Model manifests (``DIR/<model>/manifest.yaml``): the contract with the serving code.
+
+Field names are fixed -- the classifier service reads ``labels`` (output column order),
+``inputs`` (how to turn text into the graph's inputs), ``outputs.probabilities``,
+``thresholds``, ``batching``, ``version_policy`` and, on the tier-1 model, ``cascade``.
+``build`` is provenance only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from . import bert_onnx, ngram_onnx
+from .examples import LABELS
+
+NGRAM = "prompt_guard_ngram"
+ENCODER = "prompt_guard_minilm"
+ENCODER_INT8 = "prompt_guard_minilm_int8"
+MODELS = (NGRAM, ENCODER, ENCODER_INT8)
+# A virtual model (no graph of its own) for servers that expose the cascade as one model
+# name; the band is the same as ``cascade.band`` in the n-gram manifest.
+CASCADE = "prompt_guard"
+
+MAX_SEQUENCE_LENGTH = 256
+WINDOW_STRIDE = 128
+NGRAM_MAX_CHARS = 1024
+NGRAM_STRIDE = 512
+VERSION = 1
+BATCHING = {"max_batch_size": 32, "max_queue_delay_ms": 2, "preferred_batch_sizes": [8, 32]}
+
+
+def encoder_manifest(name: str, thresholds: dict[str, float], build: dict, quantized: bool) -> dict:
+    return {
+        "name": name,
+        "platform": "onnxruntime",
+        "labels": list(LABELS),
+        "inputs": {
+            "kind": "token_ids",
+            "tokenizer": "tokenizer.json",
+            "max_sequence_length": MAX_SEQUENCE_LENGTH,
+            "window_stride": WINDOW_STRIDE,
+            "names": [bert_onnx.INPUT_IDS, bert_onnx.ATTENTION_MASK],
+            "dtype": "int64",
+            "windowing": "services.classifier.tokenize.token_windows; per-text score = max over windows "
+            "(min for benign): services.classifier.tokenize.max_over_windows",
+        },
+        "outputs": {"probabilities": bert_onnx.PROBABILITIES, "embeddings": bert_onnx.EMBEDDINGS},
+        "thresholds": thresholds,
+        "batching": dict(BATCHING),
+        "version_policy": {"latest": VERSION},
+        "quantization": "dynamic int8 (per-channel weights, onnxruntime.quantization)" if quantized else "none (fp32)",
+        "build": build,
+    }
+
+
+def ngram_manifest(thresholds: dict[str, float], band: tuple[float, float], build: dict) -> dict:
+    return {
+        "name": NGRAM,
+        "platform": "onnxruntime",
+        "labels": list(LABELS),
+        "inputs": {
+            "kind": "text",
+            "encoding": "lower-cased unicode code points, NUL removed, 0-padded (int64)",
+            "names": [ngram_onnx.INPUT],
+            "max_sequence_length": NGRAM_MAX_CHARS,
+            "window_stride": NGRAM_STRIDE,
+            "windowing": "services.classifier.tokenize.char_windows; per-text score = max over windows "
+            "(min for benign): services.classifier.tokenize.max_over_windows",
+            "hashing": {"in_graph": True, **ngram_onnx.hash_params()},
+        },
+        "outputs": {"probabilities": ngram_onnx.PROBABILITIES},
+        "thresholds": thresholds,
+        "batching": dict(BATCHING),
+        "version_policy": {"latest": VERSION},
+        "cascade": {"escalate_to": ENCODER, "band": [float(band[0]), float(band[1])]},
+        "build": build,
+    }
+
+
+def cascade_manifest(band: tuple[float, float], build: dict) -> dict:
+    return {
+        "name": CASCADE,
+        "platform": "cascade",
+        "labels": list(LABELS),
+        "stages": [NGRAM, ENCODER],
+        "band": [float(band[0]), float(band[1])],
+        "build": build,
+    }
+
+
+def write(model_dir: Path, manifest: dict) -> None:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(manifest, sort_keys=False, default_flow_style=None, width=100)
+    (model_dir / "manifest.yaml").write_text(text)
+
+
+def read(model_dir: Path) -> dict:
+    return yaml.safe_load((model_dir / "manifest.yaml").read_text())

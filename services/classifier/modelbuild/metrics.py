@@ -1,0 +1,133 @@
+"""Classification metrics in numpy, and the threshold / cascade-band choices made from them.
+
+Conventions (stated in every model card):
+
+* ROC-AUC and recall at 1% FPR for label L: positives are texts labelled L, negatives are
+  benign texts -- "how many L attacks are caught while flagging at most 1% of ordinary
+  traffic".  Other attack labels are left out so that, say, a jailbreak scored as
+  prompt injection is not counted as a false alarm.
+* Precision, recall and F1 for label L: one-vs-rest over all texts at the manifest
+  threshold, so confusing attack types does count against precision.
+* ``unsafe``: any non-benign label, scored by the maximum non-benign score.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+TARGET_FPR = 0.01
+
+
+def roc_auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Probability that a random positive outscores a random negative (ties count half)."""
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    scores = np.concatenate([pos, neg])
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), np.float64)
+    sorted_scores = scores[order]
+    # Average ranks over ties.
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1
+    ranks[order] = np.repeat(avg, counts)
+    r_pos = ranks[: len(pos)].sum()
+    return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def threshold_at_fpr(neg: np.ndarray, fpr: float = TARGET_FPR) -> float:
+    """The lowest threshold t with ``mean(neg >= t) <= fpr`` (flag when score >= t)."""
+    if len(neg) == 0:
+        return 0.5
+    s = np.sort(np.asarray(neg, np.float64))[::-1]
+    k = int(np.floor(fpr * len(s)))  # number of negatives allowed at or above t
+    if k >= len(s):
+        return float(s[-1])
+    return float(np.nextafter(s[k], np.inf))
+
+
+def recall_at_fpr(pos: np.ndarray, neg: np.ndarray, fpr: float = TARGET_FPR) -> float:
+    if len(pos) == 0:
+        return float("nan")
+    return float(np.mean(pos >= threshold_at_fpr(neg, fpr)))
+
+
+@dataclass(frozen=True)
+class LabelMetrics:
+    n_pos: int
+    precision: float
+    recall: float
+    f1: float
+    auc: float
+    recall_at_1pct_fpr: float
+    fpr_on_benign: float
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def prf(flagged: np.ndarray, positive: np.ndarray) -> tuple[float, float, float]:
+    tp = float(np.sum(flagged & positive))
+    fp = float(np.sum(flagged & ~positive))
+    fn = float(np.sum(~flagged & positive))
+    p = tp / (tp + fp) if tp + fp else float("nan")
+    r = tp / (tp + fn) if tp + fn else float("nan")
+    f = 2 * p * r / (p + r) if p + r and not np.isnan(p) and not np.isnan(r) else float("nan")
+    return p, r, f
+
+
+def label_metrics(
+    scores: np.ndarray, flagged: np.ndarray, y: list[str], label: str, benign: str = "benign"
+) -> LabelMetrics:
+    """Metrics for one label from per-text ``scores`` and the decisions ``flagged``."""
+    y_arr = np.asarray(y)
+    pos = y_arr == label
+    neg_benign = y_arr == benign
+    p, r, f = prf(flagged, pos)
+    return LabelMetrics(
+        n_pos=int(pos.sum()),
+        precision=p,
+        recall=r,
+        f1=f,
+        auc=roc_auc(scores[pos], scores[neg_benign]),
+        recall_at_1pct_fpr=recall_at_fpr(scores[pos], scores[neg_benign]),
+        fpr_on_benign=float(flagged[neg_benign].mean()) if neg_benign.any() else float("nan"),
+    )
+
+
+def unsafe_scores(scores: np.ndarray, labels: list[str], benign: str = "benign") -> np.ndarray:
+    cols = [i for i, lab in enumerate(labels) if lab != benign]
+    return scores[:, cols].max(axis=1)
+
+
+def choose_thresholds(
+    scores: np.ndarray, y: list[str], labels: list[str], fpr: float = TARGET_FPR, benign: str = "benign"
+) -> dict[str, float]:
+    """Per-label thresholds such that at most ``fpr`` of benign texts trip *any* label.
+
+    Starts from ``fpr`` per label and tightens all labels together until the union meets
+    the target, so adding labels does not quietly multiply the false-positive rate.
+    """
+    neg = scores[np.asarray(y) == benign]
+    cols = [i for i, lab in enumerate(labels) if lab != benign]
+    per = fpr
+    while True:
+        th = {labels[i]: threshold_at_fpr(neg[:, i], per) for i in cols}
+        union = np.zeros(len(neg), bool)
+        for i in cols:
+            union |= neg[:, i] >= th[labels[i]]
+        if union.mean() <= fpr or per <= fpr / 64:
+            # Rounded up (never loosened), at least 0.05, and within [0, 1] for the manifest.
+            return {k: min(max(math.ceil(v * 1e6) / 1e6, 0.05), 1.0) for k, v in th.items()}
+        per *= 0.85
+
+
+def flags(scores: np.ndarray, labels: list[str], thresholds: dict[str, float]) -> np.ndarray:
+    """Boolean ``[texts, labels]`` decisions; the benign column is never flagged."""
+    out = np.zeros(scores.shape, bool)
+    for i, lab in enumerate(labels):
+        if lab in thresholds:
+            out[:, i] = scores[:, i] >= thresholds[lab]
+    return out

@@ -1,0 +1,91 @@
+"""Offline batch scoring of a built model directory: text -> windows -> ONNX -> max.
+
+The build (validation scores for thresholds) and the evaluation use this; it follows the
+manifest contract exactly as the serving code must (same tokenize module, same windowing
+parameters, same output name), but without queues or deadlines.  Rows are sorted by
+length before batching so short texts are not padded to the longest one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import yaml
+
+from services.classifier import tokenize
+
+BATCH = 32
+
+
+def session(model: bytes | str | Path, threads: int = 2) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    src = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def row_lengths(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    if "attention_mask" in arrays:
+        return arrays["attention_mask"].sum(axis=1)
+    return (arrays["codepoints"] > 0).sum(axis=1)
+
+
+def run_rows(
+    sess: ort.InferenceSession,
+    arrays: dict[str, np.ndarray],
+    output: str,
+    rows: np.ndarray | None = None,
+    batch: int = BATCH,
+) -> np.ndarray:
+    """``output`` for the selected rows (all by default), in the order given."""
+    lengths = row_lengths(arrays)
+    rows = np.arange(len(lengths)) if rows is None else np.asarray(rows)
+    order = rows[np.argsort(lengths[rows], kind="stable")]
+    results: dict[int, np.ndarray] = {}
+    for s in range(0, len(order), batch):
+        idx = order[s : s + batch]
+        width = max(int(lengths[idx].max()), 1)
+        feed = {k: np.ascontiguousarray(v[idx, :width]) for k, v in arrays.items()}
+        out = sess.run([output], feed)[0]
+        for i, r in enumerate(idx):
+            results[int(r)] = out[i]
+    if not rows.size:
+        return np.zeros((0, sess.get_outputs()[0].shape[-1] or 0), np.float32)
+    return np.stack([results[int(r)] for r in rows])
+
+
+class ModelRunner:
+    """One model directory (``manifest.yaml`` + ``<version>/model.onnx``) scoring texts."""
+
+    def __init__(self, model_dir: Path, threads: int = 2) -> None:
+        self.dir = Path(model_dir)
+        self.manifest = yaml.safe_load((self.dir / "manifest.yaml").read_text())
+        version = str(self.manifest.get("version_policy", {}).get("latest", 1))
+        self.version_dir = self.dir / version
+        self.labels: list[str] = list(self.manifest["labels"])
+        self.output = self.manifest["outputs"]["probabilities"]
+        self.inputs = self.manifest["inputs"]
+        self.session = session(self.version_dir / "model.onnx", threads)
+        self.tokenizer = None
+        if self.inputs["kind"] == "token_ids":
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_file(str(self.version_dir / self.inputs["tokenizer"]))
+
+    def windows(self, texts: Sequence[str]) -> tokenize.Windows:
+        max_len, stride = int(self.inputs["max_sequence_length"]), int(self.inputs["window_stride"])
+        if self.tokenizer is not None:
+            return tokenize.token_windows(self.tokenizer, texts, max_len, stride)
+        return tokenize.char_windows(texts, max_len, stride)
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        """Per-text scores ``[texts, labels]`` (max over windows for non-benign labels)."""
+        w = self.windows(texts)
+        probs = run_rows(self.session, w.arrays, self.output)
+        return tokenize.max_over_windows(probs, w.text_index, w.n_texts, self.labels)

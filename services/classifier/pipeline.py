@@ -1,0 +1,300 @@
+"""The classifier's data plane: validate a request, run its models, return per-text,
+per-model, per-label scores.  It knows no protocol (kserve's data plane): the gRPC
+layer converts messages to these calls and these types back.
+
+For each model a request names (or the default model):
+
+* an ``onnxruntime`` model: texts are cut into windows (``tokenize.py``), the rows go
+  through the version's batcher, and each text's score is the max over its windows (min
+  for ``benign``), so content hidden mid-document still counts;
+* a ``cascade``: the first stage scores every text; texts whose unsafe score (max
+  non-benign probability) lies inside the band are escalated to the second stage, which
+  answers for them; ``answered_by`` says which stage answered;
+* its ``shadow_models`` run afterwards in the background on the same texts: their scores
+  go to metrics and logs, never into the answer, and they never delay it.
+
+Privacy: texts are never logged; log lines and error messages carry counts, lengths and
+indices only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.classifier import manifest as mf
+from services.classifier.repository import READY, LoadedVersion, ModelRepository
+from services.classifier.stats import ClassifierStats
+from services.classifier.tokenize import max_over_windows
+from services.common.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable
+
+log = logging.getLogger("safeguards.classifier.pipeline")
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    score: float
+    threshold: float  # 0.0 when the label has no threshold (it never flags, e.g. benign)
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    model: str
+    version: int
+    scores: list[LabelScore]
+    flagged: list[str]
+    answered_by: str  # cascades: the stage that answered; "" otherwise
+    windows: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_text_bytes: int = 32 * 1024
+    max_batch_texts: int = 64
+    max_models: int = 8
+    tokenize_inline_chars: int = 4096
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: int | None
+
+    @property
+    def key(self) -> str:
+        return self.name if self.version is None else f"{self.name}:{self.version}"
+
+
+@dataclass
+class _Scored:
+    """One model's answer for a list of texts, before conversion to ModelResult."""
+
+    scores: np.ndarray  # [texts, labels]
+    windows: np.ndarray  # [texts]
+    version: int
+    manifest: mf.ModelManifest
+
+
+def parse_model_ref(ref: str) -> ModelRef:
+    """ "name" or "name:version" (version a positive integer)."""
+    name, sep, version = ref.rpartition(":")
+    if not sep:
+        name, version = ref, ""
+    name = name.strip()
+    if not name:
+        raise InvalidArgument(f"model {ref!r}: expected NAME or NAME:VERSION")
+    if not sep:
+        return ModelRef(name, None)
+    if not version.isdigit() or int(version) < 1:
+        raise InvalidArgument(f"model {ref!r}: version must be a positive integer, as in NAME:VERSION")
+    return ModelRef(name, int(version))
+
+
+class Classifier:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        stats: ClassifierStats,
+        default_model: str,
+        limits: Limits = Limits(),
+        max_shadow_inflight: int = 16,
+    ) -> None:
+        self.repository = repository
+        self.stats = stats
+        self.default_model = default_model
+        self.limits = limits
+        self.max_shadow_inflight = max_shadow_inflight
+        self._shadow_tasks: set[asyncio.Task] = set()
+
+    # -- validation ---------------------------------------------------------------------
+
+    def validate(self, texts: Sequence[str], models: Sequence[str]) -> list[ModelRef]:
+        lim = self.limits
+        if not texts:
+            raise InvalidArgument("texts is empty: send at least one text to classify")
+        if len(texts) > lim.max_batch_texts:
+            raise InvalidArgument(
+                f"{len(texts)} texts in one request; the limit is {lim.max_batch_texts} (--max-batch-texts)"
+            )
+        for i, text in enumerate(texts):
+            if len(text) * 4 > lim.max_text_bytes:  # only encode when the text might be too long
+                size = len(text.encode("utf-8", "surrogatepass"))
+                if size > lim.max_text_bytes:
+                    raise InvalidArgument(
+                        f"texts[{i}] is {size} bytes; the limit is {lim.max_text_bytes} bytes (--max-text-bytes)"
+                    )
+        if len(models) > lim.max_models:
+            raise InvalidArgument(
+                f"{len(models)} models in one request; the limit is {lim.max_models} (--max-models-per-request)"
+            )
+        refs = [parse_model_ref(m) for m in models] or [ModelRef(self.default_model, None)]
+        for ref in refs:
+            man = self.repository.manifest(ref.name)  # NotFound lists the available models
+            if ref.version is not None and isinstance(man, mf.CascadeManifest):
+                raise InvalidArgument(f"model {ref.key!r}: {ref.name!r} is a cascade; it has no versions to pin")
+        return refs
+
+    # -- classification ---------------------------------------------------------------------
+
+    async def classify(
+        self, texts: Sequence[str], models: Sequence[str], timeout: float | None = None
+    ) -> list[list[ModelResult]]:
+        """Scores per text (request order), per model (request order)."""
+        refs = self.validate(texts, models)
+        if timeout is not None and timeout <= 0:
+            raise DeadlineExceeded("the request's deadline had already passed on arrival")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        unique = list({r.key: r for r in refs}.values())
+        answers = await asyncio.gather(*(self._answer(r, texts, deadline) for r in unique))
+        by_key = dict(zip((r.key for r in unique), answers, strict=True))
+        for ref in unique:
+            self._shadow(ref.name, texts, by_key[ref.key])
+        log.debug(
+            "classified",
+            extra={
+                "texts": len(texts),
+                "chars": sum(len(t) for t in texts),
+                "models": [r.key for r in refs],
+            },
+        )
+        return [[by_key[r.key][t] for r in refs] for t in range(len(texts))]
+
+    async def _answer(self, ref: ModelRef, texts: Sequence[str], deadline: float | None) -> list[ModelResult]:
+        man = self.repository.manifest(ref.name)
+        if isinstance(man, mf.CascadeManifest):
+            return await self._cascade(man, texts, deadline)
+        with self.repository.acquire(ref.name, ref.version) as lv:
+            scored = await self._score(lv, texts, deadline)
+        self.stats.texts.labels(self.stats.model(ref.name), ref.name).inc(len(texts))
+        return [self._result(ref.name, scored, t, t, "") for t in range(len(texts))]
+
+    async def _cascade(
+        self, man: mf.CascadeManifest, texts: Sequence[str], deadline: float | None
+    ) -> list[ModelResult]:
+        first_name, second_name = man.stages
+        state, why = self.repository.cascade_state(man)
+        if state != READY:
+            raise Unavailable(f"model {man.name!r} is not ready ({state}{': ' + why if why else ''})")
+        with self.repository.acquire(first_name) as first:
+            s1 = await self._score(first, texts, deadline)
+        unsafe = _unsafe(s1.scores, s1.manifest.labels)
+        lo, hi = man.band
+        escalate = np.flatnonzero((unsafe >= lo) & (unsafe <= hi))
+        s2 = None
+        if escalate.size:
+            with self.repository.acquire(second_name) as second:
+                s2 = await self._score(second, [texts[i] for i in escalate], deadline)
+        position = {int(t): k for k, t in enumerate(escalate)}
+        out = []
+        for t in range(len(texts)):
+            if t in position:
+                out.append(self._result(man.name, s2, position[t], t, second_name))
+            else:
+                out.append(self._result(man.name, s1, t, t, first_name))
+        label = self.stats.model(man.name)
+        self.stats.texts.labels(label, first_name).inc(len(texts) - escalate.size)
+        if escalate.size:
+            self.stats.texts.labels(label, second_name).inc(int(escalate.size))
+        return out
+
+    async def _score(self, lv: LoadedVersion, texts: Sequence[str], deadline: float | None) -> _Scored:
+        featurizer = lv.featurizer
+        size = sum(len(t) for t in texts)
+        if size <= self.limits.tokenize_inline_chars:
+            windows = featurizer.windows(texts)
+        else:  # tokenising megabytes on the event loop would stall every other caller
+            windows = await asyncio.to_thread(featurizer.windows, texts)
+        lengths = featurizer.lengths(windows)
+        timeout = None
+        if deadline is not None:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                raise DeadlineExceeded(f"deadline passed before model {lv.name} ran")
+        rows = await lv.batcher.submit(windows.arrays, lengths, timeout)
+        labels = lv.manifest.labels
+        scores = max_over_windows(rows, windows.text_index, windows.n_texts, labels)
+        counts = np.bincount(windows.text_index, minlength=windows.n_texts)
+        return _Scored(scores, counts, lv.version, lv.manifest)
+
+    def _result(self, model: str, s: _Scored, row: int, text: int, answered_by: str) -> ModelResult:
+        man = s.manifest
+        scores, flagged = [], []
+        values = s.scores[row]
+        for j, label in enumerate(man.labels):
+            threshold = man.thresholds.get(label)
+            score = float(values[j])
+            scores.append(LabelScore(label, score, threshold if threshold is not None else 0.0))
+            if threshold is not None and label != mf.BENIGN and score >= threshold:
+                flagged.append(label)
+        mlabel = self.stats.model(model)
+        for label in flagged:
+            self.stats.flagged.labels(mlabel, label).inc()
+        return ModelResult(model, s.version, scores, flagged, answered_by, int(s.windows[row]))
+
+    # -- shadow models --------------------------------------------------------------------------
+
+    def _shadow(self, name: str, texts: Sequence[str], primary: list[ModelResult]) -> None:
+        try:
+            shadows = self.repository.manifest(name).shadow_models
+        except ServiceError:
+            return
+        for shadow in shadows:
+            if len(self._shadow_tasks) >= self.max_shadow_inflight:
+                self.stats.shadow_runs.labels(self.stats.model(name), self.stats.model(shadow), "skipped").inc()
+                continue
+            task = asyncio.ensure_future(self._run_shadow(name, shadow, list(texts), primary))
+            self._shadow_tasks.add(task)
+            task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _run_shadow(self, name: str, shadow: str, texts: list[str], primary: list[ModelResult]) -> None:
+        mlabel, slabel = self.stats.model(name), self.stats.model(shadow)
+        try:
+            ref = ModelRef(shadow, None)
+            self.repository.manifest(shadow)
+            results = await self._answer(ref, texts, None)
+        except Exception as exc:  # a shadow's failure is a metric and a log line, never the caller's
+            self.stats.shadow_runs.labels(mlabel, slabel, "failed").inc()
+            log.warning("shadow model failed", extra={"model": name, "shadow": shadow, "error": str(exc)[:300]})
+            return
+        disagreements = 0
+        top = 0.0
+        for mine, theirs in zip(primary, results, strict=True):
+            unsafe = max((s.score for s in theirs.scores if s.label != mf.BENIGN), default=0.0)
+            top = max(top, unsafe)
+            self.stats.shadow_unsafe_score.labels(mlabel, slabel).observe(unsafe)
+            if bool(mine.flagged) != bool(theirs.flagged):
+                disagreements += 1
+        self.stats.shadow_runs.labels(mlabel, slabel, "ok").inc()
+        if disagreements:
+            self.stats.shadow_disagreements.labels(mlabel, slabel).inc(disagreements)
+        log.log(
+            logging.INFO if disagreements else logging.DEBUG,
+            "shadow model scored",
+            extra={
+                "model": name,
+                "shadow": shadow,
+                "shadow_version": results[0].version if results else 0,
+                "texts": len(texts),
+                "disagreements": disagreements,
+                "max_unsafe_score": round(top, 4),
+            },
+        )
+
+    async def stop(self) -> None:
+        for task in list(self._shadow_tasks):
+            task.cancel()
+        if self._shadow_tasks:
+            await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
+
+
+def _unsafe(scores: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+    cols = [j for j, label in enumerate(labels) if label != mf.BENIGN]
+    if not cols:
+        return np.zeros(scores.shape[0], dtype=np.float32)
+    return scores[:, cols].max(axis=1)

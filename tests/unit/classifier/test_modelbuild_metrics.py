@@ -1,0 +1,58 @@
+"""Metric helpers agree with brute-force definitions; thresholds respect the FPR budget."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.classifier.modelbuild.cascade import run_cascade
+from services.classifier.modelbuild.metrics import (
+    choose_thresholds,
+    recall_at_fpr,
+    roc_auc,
+    threshold_at_fpr,
+)
+
+LABELS = ["benign", "jailbreak", "prompt_injection", "harmful"]
+scores_st = st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.5, 0.75, 0.9, 1.0]), min_size=1, max_size=40)
+
+
+@given(pos=scores_st, neg=scores_st)
+def test_roc_auc_equals_pairwise_definition(pos, neg):
+    p, n = np.array(pos), np.array(neg)
+    brute = np.mean([(a > b) + 0.5 * (a == b) for a in p for b in n])
+    assert abs(roc_auc(p, n) - brute) < 1e-12
+
+
+@given(neg=st.lists(st.floats(0, 1), min_size=1, max_size=300), fpr=st.sampled_from([0.0, 0.01, 0.05, 0.2]))
+def test_threshold_never_exceeds_the_fpr_budget(neg, fpr):
+    n = np.array(neg)
+    t = threshold_at_fpr(n, fpr)
+    assert np.mean(n >= t) <= fpr + 1e-12
+
+
+def test_recall_at_fpr_on_separable_scores_is_one():
+    assert recall_at_fpr(np.array([0.9, 0.95]), np.linspace(0, 0.5, 200)) == 1.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_union_of_label_thresholds_flags_at_most_one_percent_of_benign(seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.random((500, 4))
+    th = choose_thresholds(scores, ["benign"] * 500, LABELS)
+    flagged = np.zeros(500, bool)
+    for i, lab in enumerate(LABELS[1:], start=1):
+        flagged |= scores[:, i] >= th[lab]
+    assert flagged.mean() <= 0.01
+
+
+def test_cascade_uses_encoder_only_inside_the_band():
+    ngram = np.array([[0.95, 0.05, 0, 0], [0.5, 0.5, 0, 0], [0.05, 0.95, 0, 0]])
+    encoder = np.array([[0.0, 1.0, 0, 0], [0.0, 1.0, 0, 0], [1.0, 0.0, 0, 0]])
+    th = {"jailbreak": 0.5, "prompt_injection": 0.5, "harmful": 0.5}
+    res = run_cascade(ngram, encoder, LABELS, (0.2, 0.8), th, th)
+    assert res.escalated.tolist() == [False, True, False]
+    assert res.flagged[:, 1].tolist() == [False, True, True]
+    assert abs(res.escalated_fraction - 1 / 3) < 1e-12
