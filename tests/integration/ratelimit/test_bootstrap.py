@@ -45,8 +45,7 @@ def test_health_reflection_and_metrics(start_ratelimit) -> None:
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert (
         'grpc_server_started_total{grpc_method="ShouldRateLimit",'
-        'grpc_service="envoy.service.ratelimit.v3.RateLimitService"} 1.0'
-        in body
+        'grpc_service="envoy.service.ratelimit.v3.RateLimitService"} 1.0' in body
     )
     assert "grpc_server_handling_seconds_bucket" in body
 
@@ -199,3 +198,35 @@ def test_calls_beyond_the_concurrency_limit_are_resource_exhausted(start_ratelim
             assert slow.result().overall_code == OK
     finally:
         redis.stop()
+
+
+async def test_inter_service_client_speaks_mutual_tls(start_ratelimit, pki: Pki) -> None:
+    """The channel helper services use to call each other presents its certificate
+    and verifies the server's, and is refused without one."""
+    from envoy.service.ratelimit.v3 import rls_pb2_grpc as stubs
+
+    from services.common.tls import ClientTLS, secure_channel
+
+    cert, key = pki.server()
+    svc = start_ratelimit(
+        "--no-plaintext",
+        "--tls-cert-file",
+        str(cert),
+        "--tls-key-file",
+        str(key),
+        "--tls-client-ca-file",
+        str(pki.ca_file),
+        "--allowed-client-sans",
+        "spiffe://mesh/enforcer",
+    )
+    ccert, ckey = pki.client("enforcer2", "spiffe://mesh/enforcer")
+    tls = ClientTLS(ca_file=str(pki.ca_file), cert_file=str(ccert), key_file=str(ckey), server_name="localhost")
+    async with secure_channel(f"127.0.0.1:{svc.port}", tls) as ch:
+        resp = await stubs.RateLimitServiceStub(ch).ShouldRateLimit(request(descriptor(("tenant", "c"))), timeout=5)
+        assert resp.overall_code == OK
+    async with secure_channel(
+        f"127.0.0.1:{svc.port}", ClientTLS(ca_file=str(pki.ca_file), server_name="localhost")
+    ) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.RateLimitServiceStub(ch).ShouldRateLimit(request(descriptor(("tenant", "c"))), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
