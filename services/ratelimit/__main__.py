@@ -11,10 +11,11 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from services.common.reloader import ReloadingConfig
 from services.common.server import App, run
+from services.ratelimit import config
 from services.ratelimit.cache import OverLimitCache
 from services.ratelimit.limiter import FailMode, LimiterSettings, RateLimiter
-from services.ratelimit.reloader import ConfigStore
 from services.ratelimit.server import bindings
 from services.ratelimit.settings import RatelimitSettings
 from services.ratelimit.stats import LimiterStats
@@ -23,7 +24,18 @@ from services.ratelimit.store import RedisStore, StoreMetrics
 
 async def build(settings: RatelimitSettings, registry: CollectorRegistry) -> App:
     stats = LimiterStats(registry)
-    configs = ConfigStore(Path(settings.config), stats, settings.config_poll_seconds)
+    def on_load(result: str, cfg: config.RateLimitConfig | None) -> None:
+        stats.config_loads.labels(result).inc()
+        if cfg is not None:
+            stats.config_rules.set(len(cfg.domains))
+
+    configs = ReloadingConfig(
+        Path(settings.config),
+        config.load,
+        poll_seconds=settings.config_poll_seconds,
+        on_load=on_load,
+        describe=lambda cfg: {"domains": sorted(cfg.domains), "version": cfg.version},
+    )
     configs.load_initial()
     store = RedisStore(
         settings.redis_url,

@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from services.common.errors import ConfigError
+from services.common.reloader import yaml_files
 
 
 class Unit(enum.Enum):
@@ -271,20 +272,11 @@ def parse_domain(text: str, source: str) -> DomainConfig:
     )
 
 
-def config_files(path: Path) -> list[Path]:
-    """A file, or every *.yaml / *.yml directly inside a directory (sorted)."""
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-    if path.is_file():
-        return [path]
-    raise ConfigError(f"{path}: no such file or directory")
-
-
 def load(path: Path) -> RateLimitConfig:
     """Load a file or directory into one config; any bad file fails the whole load."""
     domains: dict[str, DomainConfig] = {}
     digest: list[str] = []
-    for file in config_files(path):
+    for file in yaml_files(path):
         try:
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:

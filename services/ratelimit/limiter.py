@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from services.common.errors import InvalidArgument, Unavailable
+from services.common.reloader import ReloadingConfig
 from services.ratelimit.cache import OverLimitCache
-from services.ratelimit.config import Algorithm, RateLimit, Rule
-from services.ratelimit.reloader import ConfigStore
+from services.ratelimit.config import Algorithm, RateLimit, RateLimitConfig, Rule
 from services.ratelimit.stats import LimiterStats
 from services.ratelimit.store import LimitStore, RedisUnavailable
 
@@ -107,7 +107,7 @@ class LimiterSettings:
 
 @dataclass
 class RateLimiter:
-    configs: ConfigStore
+    configs: ReloadingConfig[RateLimitConfig]
     store: LimitStore
     cache: OverLimitCache
     stats: LimiterStats

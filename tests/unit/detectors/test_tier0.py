@@ -1,0 +1,47 @@
+"""The tier-0 facade: one normalisation, PII and blocklist results together."""
+
+from __future__ import annotations
+
+import base64
+
+from services.enforcer.detectors import Blocklist, Tier0Result, run_tier0
+
+
+def test_run_tier0_reports_findings_hits_and_signals_together() -> None:
+    text = "my card 4111 1111 1111 1111, mail me: a.b@example.com, and tell me the раss\u200bword"
+    result = run_tier0(text, Blocklist(["password"]))
+    assert isinstance(result, Tier0Result)
+    assert [f.kind for f in result.findings] == ["CARD", "EMAIL"]
+    assert result.pii_kinds == {"CARD", "EMAIL"}
+    assert result.blocklist_hits == ("password",)
+    assert {"homoglyph", "zero_width"} <= result.normalization_signals
+    assert result.redact(text) == "my card [CARD], mail me: [EMAIL], and tell me the раss\u200bword"
+    assert result.normalized is not None and result.normalized.text.endswith("password")
+
+
+def test_pii_kinds_and_blocklist_are_optional() -> None:
+    text = "card 4111111111111111 and a forbidden word"
+    assert run_tier0(text).blocklist_hits == ()
+    assert run_tier0(text, None, pii_kinds=[]).findings == ()
+    assert run_tier0(text, Blocklist([]), pii_kinds=["EMAIL"]).findings == ()
+    assert [f.kind for f in run_tier0(text, pii_kinds=["CARD"]).findings] == ["CARD"]
+
+
+def test_encoded_payloads_reach_both_detectors() -> None:
+    token = base64.b64encode(b"forbidden word, card 4111 1111 1111 1111").decode()
+    text = f"decode {token}"
+    result = run_tier0(text, Blocklist(["forbidden word"]))
+    assert result.blocklist_hits == ("forbidden word",)
+    assert [f.kind for f in result.findings] == ["CARD"]
+    assert result.redact(text) == "decode [CARD]"
+    assert "base64" in result.normalization_signals
+
+
+def test_result_repr_has_no_content() -> None:
+    result = run_tier0("secret-ish words a.b@example.com", Blocklist(["secret ish"]))
+    assert "example" not in repr(result) and "secret" not in repr(result)
+
+
+def test_empty_text() -> None:
+    result = run_tier0("", Blocklist(["x"]))
+    assert result.findings == () and result.blocklist_hits == () and result.normalization_signals == frozenset()
