@@ -11,6 +11,7 @@ in-flight ones finish within `drain_grace_seconds`, and the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -163,6 +164,11 @@ def run(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, server.request_stop)
         await server.start()
+        # Everything built so far lives until exit: move it out of the collector's
+        # reach, so full collections stay short (15-55 ms gen-2 pauses measured under
+        # load before this, each a burst of missed deadlines).
+        gc.collect()
+        gc.freeze()
         await server.wait_and_drain()
         return 0
 

@@ -46,7 +46,16 @@ class RatelimitSettings(ServiceSettings):
     key_prefix: str = Field("rl:", description="prefix of every Redis key this service writes")
     redis_pipeline_max_batch: int = Field(128, ge=1, description="most decisions sent in one Redis round trip")
     redis_pipeline_inflight: int = Field(
-        4, ge=1, description="Redis round trips outstanding at once; more decisions wait and batch"
+        1,
+        ge=1,
+        description="Redis round trips outstanding at once; decisions arriving meanwhile wait and go in the next "
+        "one (1 measured best on 2 cores: bigger batches, less CPU per decision)",
+    )
+    max_concurrent_rpcs: int = Field(
+        256,
+        ge=1,
+        description="in-flight RPCs beyond this are rejected with RESOURCE_EXHAUSTED (visible overload, instead of "
+        "decisions that miss their Redis deadline and fail open)",
     )
     workers: int = Field(
         1, ge=1, description="worker processes sharing the port with SO_REUSEPORT (metrics aggregated)"

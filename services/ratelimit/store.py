@@ -25,12 +25,14 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 log = logging.getLogger("safeguards.ratelimit.redis")
 
 LUA_DIR = Path(__file__).parent / "lua"
+FAILURES_TO_MARK_DOWN = 3
 SCRIPT_NAMES = ("gcra", "fixed_window", "lease_acquire", "lease_renew", "lease_release")
 
 
@@ -93,12 +95,15 @@ class RedisStore:
         timeout_s: float,
         metrics: StoreMetrics,
         max_batch: int = 128,
-        max_inflight: int = 4,
+        max_inflight: int = 1,
     ) -> None:
+        # The per-decision deadline is the timer in run(); the socket timeout only
+        # catches a connection that hangs, so it is looser: on a saturated event loop a
+        # reply can sit unread past the decision deadline while Redis itself is fine.
         self._client = aioredis.from_url(
             url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
+            socket_timeout=max(1.0, timeout_s * 10),
+            socket_connect_timeout=max(0.5, timeout_s * 4),
             health_check_interval=0,
             max_connections=max_inflight + 4,
         )
@@ -110,6 +115,7 @@ class RedisStore:
         self._queue: deque[tuple[Script, str, tuple[object, ...], asyncio.Future]] = deque()
         self._wakeup = asyncio.Event()
         self._up = False
+        self._failures = 0  # consecutive failed round trips
         self._loop_task: asyncio.Task | None = None
         self._reconnect_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -184,6 +190,9 @@ class RedisStore:
     async def _batch_loop(self) -> None:
         while True:
             await self._wakeup.wait()
+            # Let the other coroutines ready in this loop iteration add their calls, so
+            # one round trip carries every decision the iteration produced.
+            await asyncio.sleep(0)
             await self._slots.acquire()
             batch = []
             while self._queue and len(batch) < self._max_batch:
@@ -213,13 +222,18 @@ class RedisStore:
                     results[i] = r
         except (TimeoutError, RedisError, OSError) as exc:
             self._metrics.errors.labels(type(exc).__name__).inc()
-            self._mark_down(exc)
+            self._failures += 1
+            # A refused/reset connection means Redis is down; a timeout may only mean
+            # this process is overloaded, so only repeated ones turn the store down.
+            if isinstance(exc, RedisConnectionError | OSError) or self._failures >= FAILURES_TO_MARK_DOWN:
+                self._mark_down(exc)
             for *_, fut in batch:
                 if not fut.done():
                     fut.set_exception(RedisUnavailable(f"redis error: {type(exc).__name__}"))
             return
         finally:
             self._slots.release()
+        self._failures = 0
         self._metrics.latency.observe(time.perf_counter() - start)
         self._metrics.batch.observe(len(batch))
         for (*_, fut), result in zip(batch, results, strict=False):
