@@ -1,0 +1,165 @@
+"""The decision: tenant policy applied to what the detectors, the classifier, the
+rate limiter and the enforcement state said. Pure and protocol-free, so every rule
+is unit-tested without a network; the screening pipeline gathers the inputs.
+
+Each rule that fires adds a Reason and an Action; the most severe action wins
+(ALLOW < FLAG < REDACT < THROTTLE < BLOCK). A dependency that failed or timed out
+contributes its fail mode from the policy: `closed` refuses, `open` decides
+without it and marks the decision degraded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from services.enforcer.detectors import Tier0Result
+from services.enforcer.policy import Action, FailMode, Policy
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class CategoryScore:
+    category: str
+    score: float
+    threshold: float
+    action: Action
+
+
+@dataclass(frozen=True)
+class ClassifierOutcome:
+    """Scores per label (max over the policy's models), each model's own threshold,
+    and the model versions that produced them; `failed` when the call did not answer."""
+
+    scores: Mapping[str, float] = field(default_factory=dict)
+    model_thresholds: Mapping[str, float] = field(default_factory=dict)
+    model_versions: Mapping[str, int] = field(default_factory=dict)
+    failed: str = ""  # why, when the classifier did not answer
+
+
+@dataclass(frozen=True)
+class RateLimitOutcome:
+    over_limit: bool = False
+    rule: str = ""
+    retry_after_s: float = 0.0
+    failed: str = ""
+
+
+@dataclass(frozen=True)
+class EnforcementVerdict:
+    """What the enforcement state says about this request before any scoring."""
+
+    action: Action
+    code: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: Action
+    reasons: tuple[Reason, ...]
+    scores: tuple[CategoryScore, ...]
+    redact: bool
+    degraded: bool
+    failed_dependencies: tuple[str, ...]
+    retry_after_s: float = 0.0
+
+
+def decide(
+    policy: Policy,
+    tier0: Tier0Result,
+    classifier: ClassifierOutcome,
+    ratelimit: RateLimitOutcome | None,
+    *,
+    forced_categories: frozenset[str] = frozenset(),
+    enforcement: EnforcementVerdict | None = None,
+) -> Outcome:
+    actions: list[Action] = [Action.ALLOW]
+    reasons: list[Reason] = []
+    failed: list[str] = []
+    degraded = False
+    retry_after = 0.0
+
+    if enforcement is not None:
+        actions.append(enforcement.action)
+        reasons.append(Reason(enforcement.code, enforcement.detail))
+
+    # Tier 0: PII and blocklists.
+    for kind in sorted(tier0.pii_kinds & policy.pii_block_kinds):
+        actions.append(Action.BLOCK)
+        reasons.append(Reason(f"pii.{kind.lower()}", "secret or identifier that is never allowed"))
+    redact_kinds = sorted((tier0.pii_kinds & policy.pii_kinds) - policy.pii_block_kinds)
+    if redact_kinds:
+        actions.append(policy.pii_action)
+        reasons.extend(Reason(f"pii.{kind.lower()}") for kind in redact_kinds)
+    if tier0.blocklist_hits:
+        actions.append(policy.blocklist_action)
+        reasons.append(Reason("blocklist", f"{len(tier0.blocklist_hits)} blocked term(s)"))
+
+    # The classifier.
+    scores: list[CategoryScore] = []
+    if classifier.failed:
+        failed.append("classifier")
+        if policy.classifier_fail_mode is FailMode.CLOSED:
+            actions.append(Action.BLOCK)
+            reasons.append(Reason("dependency.classifier", f"fail closed: {classifier.failed}"))
+        else:
+            degraded = True
+    else:
+        categories = {**{c: None for c in forced_categories}, **policy.categories}
+        for name in sorted(categories):
+            score = classifier.scores.get(name)
+            if score is None:
+                continue
+            rule = policy.categories.get(name)
+            threshold = rule.threshold if rule and rule.threshold is not None else classifier.model_thresholds.get(name)
+            if threshold is None:
+                continue
+            action = Action.BLOCK if name in forced_categories else rule.action  # type: ignore[union-attr]
+            scores.append(CategoryScore(name, score, threshold, action))
+            if score >= threshold:
+                actions.append(action)
+                reasons.append(
+                    Reason(f"classifier.{name}", "forced block" if name in forced_categories else f"score {score:.2f}")
+                )
+
+    # The rate limiter.
+    if ratelimit is not None:
+        if ratelimit.failed:
+            failed.append("ratelimit")
+            assert policy.ratelimit is not None
+            if policy.ratelimit.fail_mode is FailMode.CLOSED:
+                actions.append(Action.THROTTLE)
+                reasons.append(Reason("dependency.ratelimit", f"fail closed: {ratelimit.failed}"))
+                retry_after = max(retry_after, 1.0)
+            else:
+                degraded = True
+        elif ratelimit.over_limit:
+            actions.append(Action.THROTTLE)
+            reasons.append(Reason(f"ratelimit.{ratelimit.rule or 'limit'}"))
+            retry_after = max(retry_after, ratelimit.retry_after_s)
+
+    action = max(actions)
+    return Outcome(
+        action=action,
+        reasons=tuple(reasons),
+        scores=tuple(scores),
+        redact=action is Action.REDACT,
+        degraded=degraded,
+        failed_dependencies=tuple(failed),
+        retry_after_s=retry_after if action is Action.THROTTLE else 0.0,
+    )
+
+
+def combine_model_scores(per_model: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Several models on one text: a label's score is the highest any model gave."""
+    out: dict[str, float] = {}
+    for scores in per_model:
+        for label, score in scores.items():
+            out[label] = max(score, out.get(label, 0.0))
+    return out
