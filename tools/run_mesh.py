@@ -14,11 +14,13 @@ import argparse
 import asyncio
 import importlib.util
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tools.embedded import EmbeddedKafka, EmbeddedRedis, die_with_parent
@@ -33,7 +35,7 @@ class ServiceSpec:
 
     name: str
     module: str
-    env: dict[str, str] = field(default_factory=dict)
+    env: Callable[[], dict[str, str]] = dict
 
     def exists(self) -> bool:
         try:
@@ -42,13 +44,24 @@ class ServiceSpec:
             return False
 
 
-def mesh_services(redis_url: str, kafka: str, region: str) -> list[ServiceSpec]:
-    """Start order: dependencies first (the enforcer calls the other two)."""
+def hmac_key_file(region: str) -> Path:
+    """The local run's regional HMAC key: made once, kept in .cache (never committed)."""
+    path = ROOT / ".cache" / f"hmac-{region}.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(secrets.token_hex(32).encode())
+        path.chmod(0o600)
+    return path
+
+
+def mesh_services(redis_url: str, kafka: str, region: str, addresses: dict[str, str]) -> list[ServiceSpec]:
+    """Start order: dependencies first; the enforcer is given the addresses the
+    classifier and the rate limiter actually bound (`addresses`, filled as they start)."""
     return [
         ServiceSpec(
             "ratelimit",
             "services.ratelimit",
-            {
+            lambda: {
                 "RATELIMIT_REDIS_URL": redis_url,
                 "RATELIMIT_CONFIG": str(ROOT / "config" / "ratelimit"),
                 "RATELIMIT_PLAINTEXT": "true",
@@ -58,7 +71,7 @@ def mesh_services(redis_url: str, kafka: str, region: str) -> list[ServiceSpec]:
         ServiceSpec(
             "classifier",
             "services.classifier",
-            {
+            lambda: {
                 "CLASSIFIER_MODELS": str(ROOT / "build" / "models"),
                 "CLASSIFIER_PLAINTEXT": "true",
                 "CLASSIFIER_REGION": region,
@@ -67,10 +80,16 @@ def mesh_services(redis_url: str, kafka: str, region: str) -> list[ServiceSpec]:
         ServiceSpec(
             "enforcer",
             "services.enforcer",
-            {
+            lambda: {
                 "ENFORCER_KAFKA_BOOTSTRAP": kafka,
                 "ENFORCER_PLAINTEXT": "true",
+                "ENFORCER_UPSTREAM_PLAINTEXT": "true",
                 "ENFORCER_REGION": region,
+                "ENFORCER_CLASSIFIER_ADDR": addresses.get("classifier", "127.0.0.1:50052"),
+                "ENFORCER_RATELIMIT_ADDR": addresses.get("ratelimit", "127.0.0.1:50053"),
+                "ENFORCER_POLICY": str(ROOT / "config" / "policies"),
+                "ENFORCER_HMAC_KEY_FILE": str(hmac_key_file(region)),
+                "ENFORCER_SPOOL_DIR": str(ROOT / ".cache" / "spool"),
             },
         ),
     ]
@@ -114,6 +133,7 @@ class Mesh:
         self.kafka_bootstrap = kafka_bootstrap
         self.embedded: list[EmbeddedRedis | EmbeddedKafka] = []
         self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.addresses: dict[str, str] = {}
         self.stopping = threading.Event()
 
     def start_dependencies(self) -> None:
@@ -134,7 +154,7 @@ class Mesh:
         asyncio.run(create_topics(self.kafka_bootstrap, self.region))
 
     def start_service(self, spec: ServiceSpec) -> None:
-        env = {**spec.env, **os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**spec.env(), **os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
             [sys.executable, "-m", spec.module],
             cwd=ROOT,
@@ -151,7 +171,8 @@ class Mesh:
             for line in proc.stdout:
                 sys.stdout.write(line)
                 sys.stdout.flush()
-                if " listening on " in line:
+                if " listening on " in line and not ready.is_set():
+                    self.addresses[spec.name] = line.split(" listening on ", 1)[1].split()[0]
                     ready.set()
             ready.set()
             if not self.stopping.is_set():
@@ -204,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     try:
         mesh.start_dependencies()
-        for spec in mesh_services(mesh.redis_url, mesh.kafka_bootstrap, ns.region):
+        for spec in mesh_services(mesh.redis_url, mesh.kafka_bootstrap, ns.region, mesh.addresses):
             if done.is_set():
                 break
             if spec.exists():

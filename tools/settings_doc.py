@@ -19,9 +19,10 @@ from services.common.settings import ServiceSettings
 
 def settings_classes() -> dict[str, type[ServiceSettings]]:
     from services.classifier.settings import ClassifierSettings
+    from services.enforcer.settings import EnforcerSettings
     from services.ratelimit.settings import RatelimitSettings
 
-    return {"ratelimit": RatelimitSettings, "classifier": ClassifierSettings}
+    return {"ratelimit": RatelimitSettings, "classifier": ClassifierSettings, "enforcer": EnforcerSettings}
 
 
 def render(cls: type[ServiceSettings]) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
+from safeguards.v1 import safeguards_pb2, safeguards_pb2_grpc
 
 from tests.integration.ratelimit.conftest import OK, descriptor, request
 from tests.support import ROOT
@@ -46,6 +47,13 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+FREE_PORTS = {
+    f"{svc}_{what}": "127.0.0.1:0"
+    for svc in ("RATELIMIT", "CLASSIFIER", "ENFORCER")
+    for what in ("LISTEN", "METRICS_LISTEN")
+}
+
+
 class Mesh:
     def __init__(self, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
@@ -74,7 +82,7 @@ class Mesh:
 
 
 def test_local_mesh_starts_serves_and_stops_cleanly() -> None:
-    mesh = Mesh({"RATELIMIT_LISTEN": "127.0.0.1:0", "RATELIMIT_METRICS_LISTEN": "127.0.0.1:0", "REGION": "test-e2e"})
+    mesh = Mesh({**FREE_PORTS, "REGION": "test-e2e"})
     try:
         assert mesh.ready.wait(90), mesh.lines
         assert mesh.proc.poll() is None, mesh.lines
@@ -84,6 +92,15 @@ def test_local_mesh_starts_serves_and_stops_cleanly() -> None:
                 request(descriptor(("tenant", "e2e")), domain="llm"), timeout=5
             )
         assert resp.overall_code == OK
+        with grpc.insecure_channel(mesh.address("enforcer")) as ch:
+            decision = safeguards_pb2_grpc.SafeguardsServiceStub(ch).ScreenPrompt(
+                safeguards_pb2.ScreenPromptRequest(
+                    context=safeguards_pb2.RequestContext(tenant="e2e", account="a"),
+                    messages=[safeguards_pb2.ChatMessage(role="user", content="What is the capital of France?")],
+                ),
+                timeout=10,
+            ).decision
+        assert decision.action == safeguards_pb2.ACTION_ALLOW and not decision.degraded
 
         async def topics() -> set[str]:
             from aiokafka.admin import AIOKafkaAdminClient
@@ -102,7 +119,7 @@ def test_local_mesh_starts_serves_and_stops_cleanly() -> None:
         } <= asyncio.run(topics())
         assert redis_addr.startswith("127.0.0.1:")
         kids = children_of(mesh.proc.pid)
-        assert len(kids) >= 3  # redis-server, tansu, ratelimit
+        assert len(kids) >= 5  # redis-server, tansu, ratelimit, classifier, enforcer
         mesh.proc.send_signal(signal.SIGINT)
         assert mesh.proc.wait(60) == 0
         deadline = time.monotonic() + 10
@@ -115,7 +132,7 @@ def test_local_mesh_starts_serves_and_stops_cleanly() -> None:
 
 
 def test_redis_url_points_the_mesh_at_a_real_server() -> None:
-    mesh = Mesh({"RATELIMIT_LISTEN": "127.0.0.1:0", "RATELIMIT_METRICS_LISTEN": "127.0.0.1:0", "REDIS_URL": "redis://127.0.0.1:6379/0"})
+    mesh = Mesh({**FREE_PORTS, "REDIS_URL": "redis://127.0.0.1:6379/0"})
     try:
         assert mesh.ready.wait(90), mesh.lines
         assert any(x.startswith("redis at redis://127.0.0.1:6379/0") for x in mesh.lines)

@@ -379,6 +379,7 @@ def test_depends_on_an_unknown_service_is_rejected(tmp_path):
 
 def test_depends_on_a_service_of_an_inactive_profile_is_rejected(tmp_path):
     def mutate(doc):
+        doc["services"]["enforcer"]["profiles"] = ["full"]
         doc["services"]["ratelimit"]["depends_on"]["enforcer"] = {"condition": "service_healthy"}
 
     assert _broken(tmp_path, mutate) == [

@@ -10,10 +10,15 @@ import pytest
 from pydantic import ValidationError
 
 from services.classifier.settings import ClassifierSettings
+from services.enforcer.settings import EnforcerSettings
 from services.ratelimit.settings import RatelimitSettings
 from tests.support import ROOT
 
-SERVICES = {"services.ratelimit": RatelimitSettings, "services.classifier": ClassifierSettings}
+SERVICES = {
+    "services.ratelimit": RatelimitSettings,
+    "services.classifier": ClassifierSettings,
+    "services.enforcer": EnforcerSettings,
+}
 
 
 @pytest.mark.parametrize("module", sorted(SERVICES))

@@ -1,0 +1,93 @@
+"""`python -m services.enforcer`: wiring only (the runner): policies, the regional
+key, the channels to the classifier and the rate limiter, the Kafka publisher and
+its spool, the screener, and the gRPC services around it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from services.common.clients import CircuitBreaker
+from services.common.errors import ConfigError
+from services.common.kafka import KafkaPublisher, ProducerConfig, PublisherMetrics
+from services.common.privacy import RegionalKey
+from services.common.reloader import ReloadingConfig
+from services.common.server import App, run
+from services.common.spool import Spool
+from services.common.tls import ClientTLS, secure_channel
+from services.enforcer import policy
+from services.enforcer.detectors import warm_up
+from services.enforcer.screening import Limits, Screener, ScreenStats
+from services.enforcer.server import bindings
+from services.enforcer.settings import EnforcerSettings
+from services.enforcer.upstream import ClassifierCaller, RateLimitCaller
+
+
+async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
+    if not settings.hmac_key_file:
+        raise ConfigError("--hmac-key-file is required: the region's key for account pseudonyms")
+    key = RegionalKey.from_file(settings.region, settings.hmac_key_file)
+    policies = ReloadingConfig(
+        Path(settings.policy),
+        policy.load,
+        poll_seconds=settings.policy_poll_seconds,
+        describe=lambda ps: {"tenants": sorted(ps.policies)},
+    )
+    policies.load_initial()
+    warm_up()
+    tls = ClientTLS(
+        plaintext=settings.upstream_plaintext,
+        ca_file=settings.upstream_ca_file,
+        cert_file=settings.upstream_cert_file,
+        key_file=settings.upstream_key_file,
+    )
+    classifier_channel = secure_channel(settings.classifier_addr, tls)
+    ratelimit_channel = secure_channel(settings.ratelimit_addr, tls)
+
+    def breaker(name: str) -> CircuitBreaker:
+        return CircuitBreaker(name, settings.breaker_failures, settings.breaker_open_seconds)
+
+    publisher = KafkaPublisher(
+        ProducerConfig(
+            bootstrap=settings.kafka_bootstrap,
+            client_id=f"enforcer-{settings.region}",
+            idempotence=settings.kafka_idempotence,
+        ),
+        Spool(Path(settings.spool_dir) / f"signals-{settings.region}.db", settings.spool_max_bytes),
+        PublisherMetrics(registry),
+    )
+    screener = Screener(
+        region=settings.region,
+        policies=policies,
+        key=key,
+        classifier=ClassifierCaller(classifier_channel, breaker("classifier")),
+        ratelimit=RateLimitCaller(ratelimit_channel, breaker("ratelimit")),
+        publisher=publisher,
+        stats=ScreenStats(registry),
+        limits=Limits(
+            max_prompt_bytes=settings.max_prompt_bytes,
+            max_messages=settings.max_messages,
+            classifier_max_chars=settings.classifier_max_chars,
+            snippet_chars=settings.snippet_chars,
+        ),
+    )
+
+    async def close_channels() -> None:
+        await classifier_channel.close()
+        await ratelimit_channel.close()
+
+    return App(
+        bindings=bindings(screener),
+        on_start=[publisher.start, policies.start],
+        on_stop=[policies.stop, close_channels, publisher.close],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("enforcer", EnforcerSettings.parse(argv), build)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""The request path of DESIGN.md, protocol-free: canonical requests in, a decision
+out, one signal emitted. The native API, ext_authz and ext_proc all convert their
+messages into a `PromptRequest` at the edge and call `Screener.screen_prompt`.
+
+1. identity → the tenant's policy (unknown tenants get the default policy), the
+   account pseudonymised with the regional key;
+2. enforcement state: a suspended account or a kill switch answers at once, with no
+   classifier or rate-limit cost;
+3. tier-0 detectors in-process, then the classifier and the rate limiter in
+   parallel under one deadline budget (the caller's deadline or the policy's);
+4. the policy's decision; 5. the signal, published without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from services.common.clients import Budget
+from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.kafka import Publisher
+from services.common.metrics import BoundedLabels
+from services.common.privacy import RegionalKey
+from services.common.reloader import ReloadingConfig
+from services.enforcer.decision import (
+    ClassifierOutcome,
+    EnforcementVerdict,
+    Outcome,
+    decide,
+)
+from services.enforcer.detectors import run_tier0
+from services.enforcer.policy import Action, Policy, PolicySet
+from services.enforcer.signals import SignalInput, build_signal, signal_record
+from services.enforcer.upstream import ClassifierCaller, RateLimitCaller
+
+log = logging.getLogger("safeguards.enforcer")
+
+CHARS_PER_TOKEN = 4  # token estimate when the gateway sends none
+
+
+@dataclass(frozen=True)
+class Identity:
+    tenant: str
+    account: str = ""
+    project: str = ""
+    model: str = ""
+    region: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class PromptRequest:
+    identity: Identity
+    messages: tuple[tuple[str, str], ...]  # (role, content)
+    estimated_tokens: int = 0
+    surface: int = 1  # signals_pb2.Surface
+
+
+@dataclass(frozen=True)
+class ScreenResult:
+    decision_id: str
+    outcome: Outcome
+    policy_version: str
+    redacted_messages: tuple[tuple[str, str], ...]
+    latency_s: float
+
+
+class EnforcementView(Protocol):
+    """What the decision path asks the enforcement state (O(1), no awaits)."""
+
+    def verdict(self, tenant: str, account_hmac: str, model: str) -> EnforcementVerdict | None: ...
+
+    def forced_categories(self, tenant: str) -> frozenset[str]: ...
+
+
+class NoEnforcement:
+    def verdict(self, tenant: str, account_hmac: str, model: str) -> EnforcementVerdict | None:
+        return None
+
+    def forced_categories(self, tenant: str) -> frozenset[str]:
+        return frozenset()
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_prompt_bytes: int
+    max_messages: int
+    classifier_max_chars: int
+    snippet_chars: int
+
+
+class ScreenStats:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.decisions = Counter(
+            "enforcer_decisions",
+            "Decisions by action and surface.",
+            ["tenant", "action", "surface"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "enforcer_decision_seconds",
+            "Time to decide, by surface.",
+            ["surface"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=registry,
+        )
+        self.dependency_failures = Counter(
+            "enforcer_dependency_failures",
+            "Dependency calls that failed or timed out.",
+            ["dependency", "reason"],
+            registry=registry,
+        )
+        self.degraded = Counter(
+            "enforcer_degraded_decisions",
+            "Decisions made by a fail-open policy without a dependency.",
+            ["dependency"],
+            registry=registry,
+        )
+        self.tenant_label = BoundedLabels(200)
+
+
+class Screener:
+    def __init__(
+        self,
+        *,
+        region: str,
+        policies: ReloadingConfig[PolicySet],
+        key: RegionalKey,
+        classifier: ClassifierCaller,
+        ratelimit: RateLimitCaller,
+        publisher: Publisher,
+        stats: ScreenStats,
+        limits: Limits,
+        enforcement: EnforcementView | None = None,
+    ) -> None:
+        self.region = region
+        self.policies = policies
+        self.key = key
+        self.classifier = classifier
+        self.ratelimit = ratelimit
+        self.publisher = publisher
+        self.stats = stats
+        self.limits = limits
+        self.enforcement = enforcement or NoEnforcement()
+
+    def _validate(self, req: PromptRequest) -> str:
+        ident = req.identity
+        if not ident.tenant:
+            raise InvalidArgument("tenant is required")
+        if ident.region and ident.region != self.region:
+            raise FailedPrecondition(
+                f"request is for region {ident.region!r}; this enforcer serves {self.region!r} only"
+            )
+        if not req.messages:
+            raise InvalidArgument("messages must not be empty")
+        if len(req.messages) > self.limits.max_messages:
+            raise InvalidArgument(f"too many messages: {len(req.messages)} (max {self.limits.max_messages})")
+        text = "\n".join(content for _role, content in req.messages)
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > self.limits.max_prompt_bytes:
+            raise InvalidArgument(f"prompt is {size} bytes (max {self.limits.max_prompt_bytes})")
+        return text
+
+    async def screen_prompt(self, req: PromptRequest, caller_remaining_s: float | None = None) -> ScreenResult:
+        t0 = time.perf_counter()
+        text = self._validate(req)
+        ident = req.identity
+        policy: Policy = self.policies.current.for_tenant(ident.tenant)
+        account_hmac = self.key.account(ident.tenant, ident.account)
+        decision_id = uuid.uuid4().hex
+        latencies: dict[str, float] = {}
+
+        verdict = self.enforcement.verdict(ident.tenant, account_hmac, ident.model)
+        if verdict is not None and verdict.action is Action.BLOCK:
+            # Suspended account or kill switch: no classifier or rate-limit cost.
+            t1 = time.perf_counter()
+            tier0 = run_tier0("", None, [])
+            outcome = decide(policy, tier0, ClassifierOutcome(), None, enforcement=verdict)
+            models: dict[str, int] = {}
+        else:
+            t1 = time.perf_counter()
+            tier0 = run_tier0(text, policy.blocklist, sorted(policy.screened_pii_kinds))
+            latencies["tier0"] = time.perf_counter() - t1
+            budget = Budget.start(policy.deadline_s, caller_remaining_s)
+            classify_text = (tier0.normalized.text if tier0.normalized else text)[: self.limits.classifier_max_chars]
+            tokens = req.estimated_tokens or max(1, len(text) // CHARS_PER_TOKEN)
+            context = {"tenant": ident.tenant, "account": account_hmac, "model": ident.model, "project": ident.project}
+            cl, rl = await asyncio.gather(
+                self._timed(
+                    latencies, "classifier", self.classifier.classify(classify_text, policy.classifier_models, budget)
+                ),
+                self._timed(latencies, "ratelimit", self._ratelimit(policy, context, tokens, budget)),
+            )
+            for dep, res in (("classifier", cl), ("ratelimit", rl)):
+                if res is not None and res.failed:
+                    self.stats.dependency_failures.labels(dep, res.failed).inc()
+            outcome = decide(
+                policy,
+                tier0,
+                cl,
+                rl,
+                forced_categories=self.enforcement.forced_categories(ident.tenant),
+                enforcement=verdict,
+            )
+            models = dict(cl.model_versions)
+        for dep in outcome.failed_dependencies:
+            if outcome.degraded:
+                self.stats.degraded.labels(dep).inc()
+
+        redacted: tuple[tuple[str, str], ...] = ()
+        if outcome.redact:
+            redacted = tuple(
+                (role, run_tier0(content, None, sorted(policy.screened_pii_kinds)).redact(content))
+                for role, content in req.messages
+            )
+        latency = time.perf_counter() - t0
+        latencies["total"] = latency
+        surface = str(req.surface)
+        self.stats.decisions.labels(self.stats.tenant_label(ident.tenant), outcome.action.name, surface).inc()
+        self.stats.latency.labels(surface).observe(latency)
+        signal = build_signal(
+            SignalInput(
+                decision_id=decision_id,
+                time_s=time.time(),
+                region=self.region,
+                tenant=ident.tenant,
+                account_hmac=account_hmac,
+                project=ident.project,
+                model=ident.model,
+                request_id=ident.request_id,
+                surface=req.surface,
+                text=text,
+                messages=len(req.messages),
+                findings=tier0.findings,
+                outcome=outcome,
+                policy=policy,
+                latencies=latencies,
+                model_versions=models,
+            ),
+            self.key,
+            self.limits.snippet_chars,
+        )
+        self.publisher.publish(signal_record(signal))
+        log.info(
+            "decision",
+            extra={
+                "decision_id": decision_id,
+                "tenant": ident.tenant,
+                "action": outcome.action.name,
+                "reasons": [r.code for r in outcome.reasons],
+                "degraded": outcome.degraded,
+                "latency_ms": round(latency * 1000, 3),
+                "policy_version": policy.version,
+            },
+        )
+        return ScreenResult(decision_id, outcome, policy.version, redacted, latency)
+
+    async def _ratelimit(self, policy: Policy, context: dict[str, str], tokens: int, budget: Budget):
+        if policy.ratelimit is None:
+            return None
+        return await self.ratelimit.check(policy.ratelimit, context, tokens, budget)
+
+    @staticmethod
+    async def _timed(latencies: dict[str, float], name: str, coro):
+        t = time.perf_counter()
+        try:
+            return await coro
+        finally:
+            latencies[name] = time.perf_counter() - t

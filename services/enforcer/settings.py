@@ -1,0 +1,60 @@
+"""Settings of the enforcer (flags and ENFORCER_* env vars)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+DEFAULT_PORT = 50051
+
+
+class EnforcerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ENFORCER_")
+    service_name: ClassVar[str] = "enforcer"
+
+    listen: str = Field(
+        f"127.0.0.1:{DEFAULT_PORT}", description="gRPC listen address HOST:PORT (port 0 picks a free port)"
+    )
+    metrics_listen: str = Field(
+        f"127.0.0.1:{DEFAULT_PORT + 1000}",
+        description="Prometheus /metrics HTTP listen address HOST:PORT; empty disables metrics over HTTP",
+    )
+    classifier_addr: str = Field("127.0.0.1:50052", description="classifier service HOST:PORT")
+    ratelimit_addr: str = Field("127.0.0.1:50053", description="rate-limit service HOST:PORT")
+    upstream_plaintext: bool = Field(
+        False, description="call the classifier and rate-limit services without TLS (local loopback runs only)"
+    )
+    upstream_ca_file: str = Field(
+        "", description="PEM CA that the classifier's and rate limiter's certificates chain to"
+    )
+    upstream_cert_file: str = Field("", description="PEM client certificate presented to them (mutual TLS)")
+    upstream_key_file: str = Field("", description="PEM private key of --upstream-cert-file")
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers HOST:PORT[,HOST:PORT]")
+    kafka_idempotence: bool = Field(
+        False, description="idempotent Kafka producer (on for Apache Kafka; the local Tansu broker rejects it)"
+    )
+    spool_dir: str = Field(".cache/spool", description="folder of the on-disk spool used while Kafka is unreachable")
+    spool_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="spool size limit; beyond it signals are dropped (counted)"
+    )
+    policy: str = Field("config/policies", description="tenant policy YAML file or directory (reloaded on change)")
+    policy_poll_seconds: float = Field(1.0, gt=0, description="how often the policy files are checked for changes")
+    hmac_key_file: str = Field(
+        "", description="file holding this region's HMAC key (>= 32 bytes) for account pseudonyms; required"
+    )
+    max_prompt_bytes: int = Field(
+        256 * 1024, ge=1, description="largest prompt (all messages) accepted, in UTF-8 bytes"
+    )
+    max_messages: int = Field(256, ge=1, description="most messages in one request")
+    classifier_max_chars: int = Field(
+        16_000,
+        ge=1,
+        description="characters of the prompt sent to the classifier (the rest is screened by tier 0 only)",
+    )
+    snippet_chars: int = Field(280, ge=0, description="length of the redacted snippet kept in STANDARD signals")
+    breaker_failures: int = Field(5, ge=1, description="consecutive dependency failures that open its circuit breaker")
+    breaker_open_seconds: float = Field(2.0, gt=0, description="how long an open breaker fails fast before probing")

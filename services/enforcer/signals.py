@@ -1,0 +1,111 @@
+"""One SafeguardSignal per decision, holding content only as the tenant's data
+policy allows (DESIGN.md "Data residency and privacy"):
+
+- STANDARD: a PII-masked, truncated snippet, sizes and a keyed hash;
+- METADATA_ONLY: sizes and a keyed hash of the text;
+- ZERO_RETENTION: nothing derived from content beyond scores, and no stable raw
+  identifier (no request id, no project id); the account only as a regional HMAC,
+  which every policy uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf import duration_pb2, timestamp_pb2
+from safeguards.v1 import safeguards_pb2, signals_pb2
+
+from services.common.privacy import RegionalKey
+from services.common.spool import Record
+from services.enforcer.decision import Outcome
+from services.enforcer.detectors import mask
+from services.enforcer.policy import DataPolicy, Policy
+
+ACTION_TO_PB = {
+    1: safeguards_pb2.ACTION_ALLOW,
+    2: safeguards_pb2.ACTION_FLAG,
+    3: safeguards_pb2.ACTION_REDACT,
+    4: safeguards_pb2.ACTION_THROTTLE,
+    5: safeguards_pb2.ACTION_BLOCK,
+}
+DATA_POLICY_TO_PB = {
+    DataPolicy.STANDARD: signals_pb2.DATA_POLICY_STANDARD,
+    DataPolicy.METADATA_ONLY: signals_pb2.DATA_POLICY_METADATA_ONLY,
+    DataPolicy.ZERO_RETENTION: signals_pb2.DATA_POLICY_ZERO_RETENTION,
+}
+
+
+def signals_topic(region: str) -> str:
+    return f"safeguards.signals.{region}"
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+@dataclass(frozen=True)
+class SignalInput:
+    decision_id: str
+    time_s: float
+    region: str
+    tenant: str
+    account_hmac: str
+    project: str
+    model: str
+    request_id: str
+    surface: int
+    text: str
+    messages: int
+    findings: tuple
+    outcome: Outcome
+    policy: Policy
+    latencies: dict[str, float]
+    model_versions: dict[str, int]
+
+
+def build_signal(s: SignalInput, key: RegionalKey, snippet_chars: int) -> signals_pb2.SafeguardSignal:
+    zero = s.policy.data_policy is DataPolicy.ZERO_RETENTION
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(s.time_s * 1e9))
+    sig = signals_pb2.SafeguardSignal(
+        decision_id=s.decision_id,
+        time=ts,
+        region=s.region,
+        tenant=s.tenant,
+        account_hmac=s.account_hmac,
+        project="" if zero else s.project,
+        model=s.model,
+        surface=s.surface,
+        action=ACTION_TO_PB[int(s.outcome.action)],
+        data_policy=DATA_POLICY_TO_PB[s.policy.data_policy],
+        policy_version=s.policy.version,
+        degraded=s.outcome.degraded,
+        failed_dependencies=list(s.outcome.failed_dependencies),
+        request_id="" if zero else s.request_id,
+    )
+    for r in s.outcome.reasons:
+        sig.reasons.add(code=r.code, detail=r.detail)
+    for c in s.outcome.scores:
+        sig.scores.add(category=c.category, score=c.score, threshold=c.threshold, action=ACTION_TO_PB[int(c.action)])
+    sig.model_versions.update(s.model_versions)
+    for name, seconds in s.latencies.items():
+        getattr(sig.latencies, name).CopyFrom(duration(seconds))
+    if s.policy.data_policy is DataPolicy.STANDARD:
+        sig.content.redacted_snippet = mask(s.text, s.findings)[:snippet_chars]
+    if not zero:
+        sig.content.characters = len(s.text)
+        sig.content.messages = s.messages
+        sig.content.text_hmac = key.text(s.text)
+    return sig
+
+
+def signal_record(sig: signals_pb2.SafeguardSignal) -> Record:
+    return Record(
+        topic=signals_topic(sig.region),
+        key=sig.tenant.encode(),
+        value=sig.SerializeToString(),
+        record_id=sig.decision_id,
+        headers=(("type", b"safeguards.v1.SafeguardSignal"),),
+    )
