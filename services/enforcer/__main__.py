@@ -17,11 +17,12 @@ from services.common.reloader import ReloadingConfig
 from services.common.server import App, run
 from services.common.spool import Spool
 from services.common.tls import ClientTLS, secure_channel
-from services.enforcer import policy
+from services.enforcer import admin, policy
 from services.enforcer.detectors import warm_up
 from services.enforcer.screening import Limits, Screener, ScreenStats
 from services.enforcer.server import bindings
 from services.enforcer.settings import EnforcerSettings
+from services.enforcer.state import EnforcementState, StateMetrics
 from services.enforcer.upstream import ClassifierCaller, RateLimitCaller
 
 
@@ -58,6 +59,12 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
         Spool(Path(settings.spool_dir) / f"signals-{settings.region}.db", settings.spool_max_bytes),
         PublisherMetrics(registry),
     )
+    state = EnforcementState(
+        settings.region,
+        StateMetrics(registry),
+        bootstrap=settings.kafka_bootstrap,
+        catchup_timeout_s=settings.actions_catchup_timeout_seconds,
+    )
     screener = Screener(
         region=settings.region,
         policies=policies,
@@ -72,6 +79,26 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
             classifier_max_chars=settings.classifier_max_chars,
             snippet_chars=settings.snippet_chars,
         ),
+        enforcement=state,
+        throttle_domain=settings.throttle_domain,
+    )
+    tokens = None
+    if settings.admin_tokens:
+        tokens = ReloadingConfig(
+            Path(settings.admin_tokens),
+            admin.load_tokens,
+            poll_seconds=settings.admin_tokens_poll_seconds,
+            describe=lambda t: {"tokens": len(t)},
+        )
+        tokens.load_initial()
+    sink = admin.KafkaActionSink(
+        settings.kafka_bootstrap,
+        idempotence=settings.kafka_idempotence,
+        timeout_s=settings.admin_kafka_timeout_seconds,
+        client_id=f"enforcer-admin-{settings.region}",
+    )
+    enforcement_admin = admin.EnforcementAdmin(
+        region=settings.region, key=key, state=state, sink=sink, publisher=publisher, tokens=tokens
     )
 
     async def close_channels() -> None:
@@ -79,9 +106,16 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
         await ratelimit_channel.close()
 
     return App(
-        bindings=bindings(screener),
-        on_start=[publisher.start, policies.start],
-        on_stop=[policies.stop, close_channels, publisher.close],
+        bindings=[*bindings(screener), admin.admin_binding(enforcement_admin)],
+        on_start=[publisher.start, policies.start, *([tokens.start] if tokens else []), state.start],
+        on_stop=[
+            policies.stop,
+            *([tokens.stop] if tokens else []),
+            state.stop,
+            sink.close,
+            close_channels,
+            publisher.close,
+        ],
     )
 
 

@@ -14,6 +14,7 @@ messages into a `PromptRequest` at the edge and call `Screener.screen_prompt`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -32,14 +33,25 @@ from services.enforcer.decision import (
     ClassifierOutcome,
     EnforcementVerdict,
     Outcome,
+    Reason,
     decide,
 )
 from services.enforcer.detectors import run_tier0
-from services.enforcer.policy import Action, Policy, PolicySet
+from services.enforcer.policy import Action, FailMode, Policy, PolicySet, RateLimitRule
 from services.enforcer.signals import SignalInput, build_signal, signal_record
-from services.enforcer.upstream import ClassifierCaller, RateLimitCaller
+from services.enforcer.upstream import ACCOUNT_THROTTLE_RULE, ClassifierCaller, RateLimitCaller
 
 log = logging.getLogger("safeguards.enforcer")
+
+
+def _account_throttle_reason(outcome: Outcome) -> Outcome:
+    """An account throttled by an enforcement action says so in its reason code."""
+    code = f"ratelimit.{ACCOUNT_THROTTLE_RULE}"
+    if not any(r.code == code for r in outcome.reasons):
+        return outcome
+    reasons = tuple(Reason(ACCOUNT_THROTTLE_RULE, r.detail) if r.code == code else r for r in outcome.reasons)
+    return dataclasses.replace(outcome, reasons=reasons)
+
 
 CHARS_PER_TOKEN = 4  # token estimate when the gateway sends none
 
@@ -78,6 +90,10 @@ class EnforcementView(Protocol):
 
     def forced_categories(self, tenant: str) -> frozenset[str]: ...
 
+    def account_limit(self, tenant: str, account_hmac: str) -> int | None:
+        """Requests per minute an account is throttled to by an action, if any."""
+        ...
+
 
 class NoEnforcement:
     def verdict(self, tenant: str, account_hmac: str, model: str) -> EnforcementVerdict | None:
@@ -85,6 +101,9 @@ class NoEnforcement:
 
     def forced_categories(self, tenant: str) -> frozenset[str]:
         return frozenset()
+
+    def account_limit(self, tenant: str, account_hmac: str) -> int | None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -138,6 +157,7 @@ class Screener:
         stats: ScreenStats,
         limits: Limits,
         enforcement: EnforcementView | None = None,
+        throttle_domain: str = "",
     ) -> None:
         self.region = region
         self.policies = policies
@@ -148,6 +168,7 @@ class Screener:
         self.stats = stats
         self.limits = limits
         self.enforcement = enforcement or NoEnforcement()
+        self.throttle_domain = throttle_domain  # RLS domain for throttled accounts of tenants without limits
 
     def _validate(self, req: PromptRequest) -> str:
         ident = req.identity
@@ -208,6 +229,7 @@ class Screener:
                 forced_categories=self.enforcement.forced_categories(ident.tenant),
                 enforcement=verdict,
             )
+            outcome = _account_throttle_reason(outcome)
             models = dict(cl.model_versions)
         for dep in outcome.failed_dependencies:
             if outcome.degraded:
@@ -262,9 +284,18 @@ class Screener:
         return ScreenResult(decision_id, outcome, policy.version, redacted, latency)
 
     async def _ratelimit(self, policy: Policy, context: dict[str, str], tokens: int, budget: Budget):
-        if policy.ratelimit is None:
+        rpm = self.enforcement.account_limit(context["tenant"], context["account"])
+        if policy.ratelimit is not None:
+            return await self.ratelimit.check(policy.ratelimit, context, tokens, budget, account_rpm=rpm)
+        if rpm is None or not self.throttle_domain:
             return None
-        return await self.ratelimit.check(policy.ratelimit, context, tokens, budget)
+        # A throttled account of a tenant without limits: the throttle alone, failing open.
+        rule = RateLimitRule(self.throttle_domain, FailMode.OPEN, ())
+        result = await self.ratelimit.check(rule, context, tokens, budget, account_rpm=rpm)
+        if result.failed:
+            self.stats.dependency_failures.labels("ratelimit", result.failed).inc()
+            return None
+        return result
 
     @staticmethod
     async def _timed(latencies: dict[str, float], name: str, coro):

@@ -58,3 +58,22 @@ class EnforcerSettings(ServiceSettings):
     snippet_chars: int = Field(280, ge=0, description="length of the redacted snippet kept in STANDARD signals")
     breaker_failures: int = Field(5, ge=1, description="consecutive dependency failures that open its circuit breaker")
     breaker_open_seconds: float = Field(2.0, gt=0, description="how long an open breaker fails fast before probing")
+    admin_tokens: str = Field(
+        "",
+        description="YAML file of admin API token SHA-256 digests -> {name, role} (reloaded on change); "
+        "empty: the EnforcementAdminService refuses every call (FAILED_PRECONDITION)",
+    )
+    admin_tokens_poll_seconds: float = Field(2.0, gt=0, description="how often the admin tokens file is checked")
+    admin_kafka_timeout_seconds: float = Field(
+        10.0, gt=0, description="how long IssueAction/RevokeAction wait for the broker's ack before UNAVAILABLE"
+    )
+    actions_catchup_timeout_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="at start, how long to read the actions topic up to its end before reporting SERVING "
+        "anyway (logged warning)",
+    )
+    throttle_domain: str = Field(
+        "llm",
+        description="rate-limit domain used to throttle accounts of tenants whose policy has no ratelimit section",
+    )

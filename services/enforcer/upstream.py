@@ -12,11 +12,15 @@ import math
 import grpc
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from envoy.type.v3 import ratelimit_unit_pb2
 from safeguards.v1 import classifier_pb2, classifier_pb2_grpc
 
 from services.common.clients import BreakerOpen, Budget, CircuitBreaker, call_in_budget
 from services.enforcer.decision import ClassifierOutcome, RateLimitOutcome, combine_model_scores
 from services.enforcer.policy import RateLimitRule
+
+THROTTLE_KEY = "enforcement_throttle"  # descriptor entry of an account throttled by an action
+ACCOUNT_THROTTLE_RULE = "enforcement.throttled"
 
 
 def _why(exc: BaseException) -> str:
@@ -62,8 +66,16 @@ class RateLimitCaller:
         self.breaker = breaker
 
     async def check(
-        self, rule: RateLimitRule, context: dict[str, str], tokens: int, budget: Budget
+        self,
+        rule: RateLimitRule,
+        context: dict[str, str],
+        tokens: int,
+        budget: Budget,
+        account_rpm: int | None = None,
     ) -> RateLimitOutcome:
+        """`account_rpm`: the account is throttled by an enforcement action; one more
+        descriptor carries that limit as an Envoy override (the RLS keys it by the
+        account's HMAC), and its over-limit comes back as rule ACCOUNT_THROTTLE_RULE."""
         descriptors = []
         for d in rule.descriptors:
             desc = ratelimit_pb2.RateLimitDescriptor(
@@ -71,6 +83,13 @@ class RateLimitCaller:
             )
             if d.hits_tokens:
                 desc.hits_addend.value = max(1, tokens)
+            descriptors.append(desc)
+        if account_rpm:
+            desc = ratelimit_pb2.RateLimitDescriptor(
+                entries=[ratelimit_pb2.RateLimitDescriptor.Entry(key=THROTTLE_KEY, value=context.get("account", ""))]
+            )
+            desc.limit.requests_per_unit = account_rpm
+            desc.limit.unit = ratelimit_unit_pb2.MINUTE
             descriptors.append(desc)
         request = rls_pb2.RateLimitRequest(domain=rule.domain, descriptors=descriptors)
 
@@ -85,6 +104,9 @@ class RateLimitCaller:
             return RateLimitOutcome()
         over = [s for s in response.statuses if s.code == rls_pb2.RateLimitResponse.OVER_LIMIT]
         rule_name = over[0].current_limit.name if over else ""
+        last = response.statuses[-1] if len(response.statuses) == len(descriptors) else None
+        if account_rpm and last is not None and last.code == rls_pb2.RateLimitResponse.OVER_LIMIT:
+            over, rule_name = [last], ACCOUNT_THROTTLE_RULE
         retry = 0.0
         for h in response.response_headers_to_add:
             if h.key.lower() == "retry-after" and h.value.isdigit():

@@ -1,0 +1,222 @@
+"""Admin tokens file parsing, roles, and request validation of EnforcementAdmin
+(validation and authorisation happen before anything is produced)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from google.protobuf import duration_pb2
+from prometheus_client import CollectorRegistry
+from safeguards.v1 import enforcement_pb2 as pb
+from safeguards.v1 import signals_pb2
+
+from services.common.errors import ConfigError, FailedPrecondition, InvalidArgument, PermissionDenied
+from services.common.privacy import RegionalKey
+from services.common.reloader import ReloadingConfig
+from services.enforcer.admin import (
+    EnforcementAdmin,
+    Role,
+    Unauthenticated,
+    bearer_token,
+    hash_token,
+    load_tokens,
+)
+from services.enforcer.state import EnforcementState, StateMetrics
+from tests.support import ROOT
+
+VIEWER, OPERATOR, ADMIN = "viewer-token-1", "operator-token-1", "admin-token-1"
+
+
+def tokens_file(tmp_path: Path) -> Path:
+    f = tmp_path / "tokens.yaml"
+    f.write_text(
+        "tokens:\n"
+        f"  {hash_token(VIEWER)}: {{name: vera, role: viewer}}\n"
+        f"  {hash_token(OPERATOR)}: {{name: otto, role: operator}}\n"
+        f"  {hash_token(ADMIN)}: {{name: ada, role: admin}}\n"
+    )
+    return f
+
+
+def test_tokens_file_maps_digests_to_callers(tmp_path) -> None:
+    callers = load_tokens(tokens_file(tmp_path))
+    assert callers[hash_token(OPERATOR)].name == "otto" and callers[hash_token(OPERATOR)].role is Role.OPERATOR
+    assert len(callers) == 3
+    assert VIEWER not in callers  # digests only
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("tokens:\n  not-a-digest: {name: x, role: admin}\n", "is not a SHA-256 hex digest"),
+        (f"tokens:\n  {'a' * 64}: {{name: x, role: root}}\n", "tokens." + "a" * 64 + ".role"),
+        (f"tokens:\n  {'a' * 64}: {{name: x, role: admin, extra: 1}}\n", "extra"),
+        (f"tokens:\n  {'a' * 64}: {{role: admin}}\n", ".name: Field required"),
+        ("[1, 2]\n", "top level must be a mapping"),
+        ("tokens: [\n", "not valid YAML"),
+        ("token: {}\n", "token: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_tokens_files_say_what_is_wrong(tmp_path, text, error) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_tokens(f)
+    assert error in str(err.value) and str(f) in str(err.value)
+
+
+def test_example_tokens_file_is_valid_and_holds_the_documented_dev_token() -> None:
+    callers = load_tokens(ROOT / "config" / "admin-tokens.example.yaml")
+    assert callers[hash_token("dev-admin-token")].role is Role.ADMIN
+
+
+def test_bearer_token_from_metadata() -> None:
+    assert bearer_token((("authorization", "Bearer abc"),)) == "abc"
+    assert bearer_token((("Authorization", "bearer  abc "),)) == "abc"
+    assert bearer_token((("authorization", "Basic abc"),)) == ""
+    assert bearer_token((("authorization", "Bearer "),)) == ""
+    assert bearer_token(None) == ""
+
+
+def test_hash_token_cli_reads_stdin() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "services.enforcer.admin", "hash-token"],
+        input="s3cret\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    assert out.stdout.strip() == hash_token("s3cret") and "s3cret" not in out.stdout
+
+
+class CollectingPublisher:
+    """The Publisher interface, keeping records in memory (audit content is checked
+    end to end on a real broker in tests/e2e/test_enforcement_actions.py)."""
+
+    def __init__(self) -> None:
+        self.records = []
+
+    def publish(self, record) -> None:
+        self.records.append(record)
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class RefusingSink:
+    """Validation and authorisation must reject before anything is produced."""
+
+    async def send(self, topic, key, value) -> None:
+        raise AssertionError("nothing may be produced for a rejected call")
+
+    async def close(self) -> None: ...
+
+
+@pytest.fixture
+def admin(tmp_path):
+    tokens = ReloadingConfig(tokens_file(tmp_path), load_tokens)
+    tokens.load_initial()
+    state = EnforcementState("unit-1", StateMetrics(CollectorRegistry()))
+    return EnforcementAdmin(
+        region="unit-1",
+        key=RegionalKey.from_bytes("unit-1", b"k" * 32),
+        state=state,
+        sink=RefusingSink(),
+        publisher=CollectingPublisher(),
+        tokens=tokens,
+    )
+
+
+def audits(admin) -> list[signals_pb2.AdminAudit]:
+    return [signals_pb2.SafeguardSignal.FromString(r.value).audit for r in admin.publisher.records]
+
+
+async def test_roles(admin) -> None:
+    list_req = pb.ListActionsRequest()
+    assert await admin.list(VIEWER, list_req) == []
+    assert await admin.list(ADMIN, list_req) == []
+    with pytest.raises(PermissionDenied, match="role 'operator' may not call ListActions"):
+        await admin.list(OPERATOR, list_req)
+    with pytest.raises(PermissionDenied, match="role 'viewer' may not call IssueAction"):
+        await admin.issue(VIEWER, pb.IssueActionRequest())
+    with pytest.raises(PermissionDenied):
+        await admin.revoke(VIEWER, pb.RevokeActionRequest(action_id="x", reason="r"))
+    with pytest.raises(Unauthenticated, match="missing credentials"):
+        await admin.list("", list_req)
+    with pytest.raises(Unauthenticated, match="unknown token"):
+        await admin.list("guess", list_req)
+    got = [(a.method, a.actor, a.role, a.allowed) for a in audits(admin)]
+    assert got == [
+        ("ListActions", "vera", "viewer", True),
+        ("ListActions", "ada", "admin", True),
+        ("ListActions", "otto", "operator", False),
+        ("IssueAction", "vera", "viewer", False),
+        ("RevokeAction", "vera", "viewer", False),
+        ("ListActions", "", "", False),
+        ("ListActions", "", "", False),
+    ]
+    assert all(
+        signals_pb2.SafeguardSignal.FromString(r.value).surface == signals_pb2.SURFACE_ADMIN
+        for r in admin.publisher.records
+    )
+
+
+async def test_admin_api_without_tokens_file_refuses_everything(admin) -> None:
+    admin.tokens = None
+    with pytest.raises(FailedPrecondition, match="--admin-tokens"):
+        await admin.list(ADMIN, pb.ListActionsRequest())
+
+
+def ttl(seconds: int) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=seconds)
+
+
+SUSPEND, THROTTLE, FORCE, KILL = (
+    pb.ENFORCEMENT_KIND_SUSPEND_ACCOUNT,
+    pb.ENFORCEMENT_KIND_THROTTLE_ACCOUNT,
+    pb.ENFORCEMENT_KIND_FORCE_BLOCK_CATEGORY,
+    pb.ENFORCEMENT_KIND_KILL_SWITCH,
+)
+
+
+@pytest.mark.parametrize(
+    ("req", "message"),
+    [
+        (dict(tenant="t", account="a", reason="r"), "kind is required"),
+        (dict(kind=99, tenant="t", account="a", reason="r"), "kind is required"),
+        (dict(kind=SUSPEND, tenant="t", reason="r"), "SUSPEND_ACCOUNT needs account"),
+        (dict(kind=SUSPEND, account="a", reason="r"), "SUSPEND_ACCOUNT needs tenant"),
+        (dict(kind=SUSPEND, tenant="t", account="a", model="m", reason="r"), "SUSPEND_ACCOUNT does not use model"),
+        (dict(kind=SUSPEND, tenant="t", account="a"), "reason is required"),
+        (dict(kind=SUSPEND, tenant="t", account="a", reason="  "), "reason is required"),
+        (dict(kind=SUSPEND, tenant="t", account="a", reason="r", ttl=ttl(-5)), "ttl must not be negative"),
+        (dict(kind=SUSPEND, tenant="t", account="a", reason="r", requests_per_minute=3), "THROTTLE_ACCOUNT only"),
+        (dict(kind=THROTTLE, tenant="t", account="a", reason="r"), "requests_per_minute > 0"),
+        (dict(kind=FORCE, tenant="t", reason="r"), "FORCE_BLOCK_CATEGORY needs category"),
+        (dict(kind=FORCE, tenant="t", category="Jail Break", reason="r"), "category must be a classifier label"),
+        (dict(kind=KILL, reason="r"), "exactly one of tenant or model"),
+        (dict(kind=KILL, tenant="t", model="m", reason="r"), "exactly one of tenant or model"),
+        (dict(kind=KILL, tenant="t", account="a", reason="r"), "exactly one of tenant or model"),
+        (dict(kind=SUSPEND, tenant="t" * 300, account="a", reason="r"), "tenant is longer than 256"),
+        (dict(kind=SUSPEND, tenant="t", account="a", reason="r" * 2000), "reason is longer than 1024"),
+    ],
+)
+async def test_issue_validation(admin, req, message) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        await admin.issue(OPERATOR, pb.IssueActionRequest(**req))
+    assert message in err.value.message
+    assert audits(admin)[-1].allowed is False
+
+
+async def test_revoke_validation(admin) -> None:
+    with pytest.raises(InvalidArgument, match="action_id is required"):
+        await admin.revoke(OPERATOR, pb.RevokeActionRequest(reason="r"))
+    with pytest.raises(InvalidArgument, match="reason is required"):
+        await admin.revoke(OPERATOR, pb.RevokeActionRequest(action_id="abc"))
+    with pytest.raises(Exception, match="no action 'abc' in force"):
+        await admin.revoke(OPERATOR, pb.RevokeActionRequest(action_id="abc", reason="r"))
