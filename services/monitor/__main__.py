@@ -1,0 +1,90 @@
+"""`python -m services.monitor`: wiring only (the runner): the PostgreSQL store, the
+signal consumer, the aggregate metrics, retention, the rollup publisher and its
+spool, and the gRPC query service around them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from services.common.kafka import KafkaPublisher, ProducerConfig, PublisherMetrics
+from services.common.server import App, run
+from services.common.spool import Spool
+from services.monitor.aggregates import AggregateMetrics, AggregateRefresher
+from services.monitor.consumer import ConsumerMetrics, SignalConsumer
+from services.monitor.queries import Queries
+from services.monitor.retention import Purger
+from services.monitor.rollup import Rollup, RollupMetrics
+from services.monitor.server import bindings
+from services.monitor.settings import MonitorSettings
+from services.monitor.store import Retention, Store
+
+HOUR = 3600.0
+
+
+async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
+    store = Store(
+        settings.database_url,
+        settings.region,
+        Retention(
+            standard_s=settings.case_retention_standard_hours * HOUR,
+            metadata_only_s=settings.case_retention_metadata_only_hours * HOUR,
+            zero_retention_s=settings.case_retention_zero_retention_hours * HOUR,
+        ),
+        pool_size=settings.database_pool_size,
+    )
+    await store.start(create=settings.database_create)
+    consumer = SignalConsumer(
+        bootstrap=settings.kafka_bootstrap,
+        region=settings.region,
+        group_id=settings.group_id,
+        store=store,
+        metrics=ConsumerMetrics(registry),
+        max_records=settings.batch_max_records,
+        wait_ms=settings.batch_wait_ms,
+    )
+    refresher = AggregateRefresher(
+        store,
+        AggregateMetrics(registry, settings.metrics_top_tenants, settings.metrics_max_labels),
+        settings.metrics_refresh_seconds,
+    )
+    purger = Purger(
+        store,
+        registry,
+        interval_s=settings.purge_interval_seconds,
+        bucket_s=settings.bucket_retention_hours * HOUR,
+        dedupe_s=settings.dedupe_retention_hours * HOUR,
+    )
+    publisher = KafkaPublisher(
+        ProducerConfig(
+            bootstrap=settings.kafka_bootstrap,
+            client_id=f"monitor-{settings.region}",
+            idempotence=settings.kafka_idempotence,
+        ),
+        Spool(Path(settings.spool_dir) / f"rollup-{settings.region}.db", settings.spool_max_bytes),
+        PublisherMetrics(registry),
+    )
+    rollup = Rollup(
+        store=store,
+        publisher=publisher,
+        region=settings.region,
+        metrics=RollupMetrics(registry),
+        interval_s=settings.rollup_interval_seconds,
+        grace_s=settings.rollup_grace_seconds,
+        lookback_s=settings.rollup_lookback_hours * HOUR,
+    )
+    return App(
+        bindings=bindings(Queries(store)),
+        on_start=[publisher.start, consumer.start, refresher.start, purger.start, rollup.start],
+        on_stop=[consumer.stop, rollup.stop, purger.stop, refresher.stop, publisher.close, store.close],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("monitor", MonitorSettings.parse(argv), build)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The signal consumer: `safeguards.signals.<region>` in a consumer group,
+at-least-once, idempotent by decision id.
+
+One loop: fetch a batch, turn each record into a `Decision`, apply the batch to
+PostgreSQL in one transaction (`Store.apply`, which skips decision ids already
+processed), and only then commit the Kafka offsets. A crash anywhere before the
+commit means the batch is delivered again, and the processed-ids table makes that
+second delivery change nothing. A record that cannot be parsed is counted and
+skipped (it would never parse on a retry either). When PostgreSQL is unavailable
+the loop waits and retries the same batch without committing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from google.protobuf.message import DecodeError
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from safeguards.v1 import signals_pb2
+
+from services.common.errors import InvalidArgument
+from services.monitor.decisions import Decision, decision_from_signal, is_audit
+from services.monitor.store import Store
+
+log = logging.getLogger("safeguards.monitor.consumer")
+
+
+def signals_topic(region: str) -> str:
+    return f"safeguards.signals.{region}"
+
+
+class ConsumerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.records = Counter(
+            "safeguards_monitor_signals",
+            "Signal records consumed, by result: new (counted), duplicate (replay, no effect), audit (admin "
+            "audit, not a decision), invalid (unparseable, skipped), wrong_region (skipped).",
+            ["result"],
+            registry=registry,
+        )
+        self.cases = Counter("safeguards_monitor_cases_opened", "Review cases opened.", registry=registry)
+        self.batch_seconds = Histogram(
+            "safeguards_monitor_batch_seconds",
+            "Time to apply one batch to PostgreSQL.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "safeguards_monitor_consumer_lag", "Signals on the assigned partitions not yet consumed.", registry=registry
+        )
+        self.store_errors = Counter(
+            "safeguards_monitor_store_errors", "Batches that failed to apply and were retried.", registry=registry
+        )
+        self.committed = Counter(
+            "safeguards_monitor_batches_committed", "Batches applied and their offsets committed.", registry=registry
+        )
+
+
+class SignalConsumer:
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        region: str,
+        group_id: str,
+        store: Store,
+        metrics: ConsumerMetrics,
+        max_records: int = 500,
+        wait_ms: int = 200,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.region = region
+        self.group_id = group_id
+        self.store = store
+        self.metrics = metrics
+        self.max_records = max_records
+        self.wait_ms = wait_ms
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._positions: dict[TopicPartition, int] = {}
+
+    def _decode(self, record) -> Decision | None:
+        try:
+            sig = signals_pb2.SafeguardSignal.FromString(record.value or b"")
+        except DecodeError:
+            self.metrics.records.labels("invalid").inc()
+            return None
+        if is_audit(sig):
+            self.metrics.records.labels("audit").inc()
+            return None
+        if sig.region and sig.region != self.region:
+            self.metrics.records.labels("wrong_region").inc()
+            return None
+        try:
+            return decision_from_signal(sig, record.timestamp / 1000 if record.timestamp else time.time())
+        except InvalidArgument as exc:
+            self.metrics.records.labels("invalid").inc()
+            log.warning(
+                "signal skipped", extra={"why": exc.message, "partition": record.partition, "offset": record.offset}
+            )
+            return None
+
+    async def _apply(self, decisions: list[Decision]) -> None:
+        """Apply until it works: an unavailable database must not skip a batch."""
+        delay = 0.2
+        while True:
+            t0 = time.perf_counter()
+            try:
+                result = await self.store.apply(decisions)
+            except Exception as exc:  # any failure (connection, timeout, server): retry the same batch
+                if self._stopping:
+                    raise
+                self.metrics.store_errors.inc()
+                log.error("batch not applied; retrying", extra={"error": type(exc).__name__, "retry_in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.metrics.batch_seconds.observe(time.perf_counter() - t0)
+            self.metrics.records.labels("new").inc(result.new)
+            self.metrics.records.labels("duplicate").inc(result.duplicates)
+            self.metrics.cases.inc(result.cases)
+            return
+
+    async def _loop(self) -> None:
+        assert self._consumer is not None
+        consumer = self._consumer
+        while not self._stopping:
+            try:
+                batches = await consumer.getmany(timeout_ms=self.wait_ms, max_records=self.max_records)
+            except KafkaError as exc:
+                log.warning("fetch failed", extra={"error": type(exc).__name__})
+                await asyncio.sleep(0.5)
+                continue
+            if not batches:
+                self._update_lag()
+                continue
+            decisions = []
+            for records in batches.values():
+                for record in records:
+                    d = self._decode(record)
+                    if d is not None:
+                        decisions.append(d)
+            if decisions:
+                await self._apply(decisions)
+            # Commit exactly what was fetched and applied (not positions moved by a
+            # concurrent rebalance).
+            offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
+            self._positions.update(offsets)
+            try:
+                await consumer.commit(offsets)
+                self.metrics.committed.inc()
+            except (CommitFailedError, IllegalStateError) as exc:
+                # Partitions were reassigned meanwhile: their new owner gets these
+                # records again and the processed-ids table drops the replays.
+                log.warning("commit refused after a rebalance", extra={"error": type(exc).__name__})
+            self._update_lag()
+
+    def _update_lag(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        lag = 0
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            done = self._positions.get(tp)
+            if high is not None and done is not None:
+                lag += max(0, high - done)
+        self.metrics.lag.set(lag)
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            signals_topic(self.region),
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            client_id=f"monitor-{self.region}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name="signal-consumer")
+
+    async def _run(self) -> None:
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("signal consumer stopped")
+            raise
+
+    async def stop(self) -> None:
+        """Finish the batch in hand (apply + commit), then leave the group."""
+        self._stopping = True
+        if self._task:
+            try:
+                await asyncio.wait_for(self._task, 15)
+            except (TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001
+                self._task.cancel()
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    def assigned(self) -> list[TopicPartition]:
+        return sorted(self._consumer.assignment()) if self._consumer else []

@@ -1,0 +1,96 @@
+"""Settings of the monitor (flags and MONITOR_* env vars)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+DEFAULT_PORT = 50054
+
+
+class MonitorSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="MONITOR_")
+    service_name: ClassVar[str] = "monitor"
+
+    listen: str = Field(
+        f"127.0.0.1:{DEFAULT_PORT}", description="gRPC listen address HOST:PORT (port 0 picks a free port)"
+    )
+    metrics_listen: str = Field(
+        f"127.0.0.1:{DEFAULT_PORT + 1000}",
+        description="Prometheus /metrics HTTP listen address HOST:PORT; empty disables metrics over HTTP",
+    )
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers HOST:PORT[,HOST:PORT]")
+    kafka_idempotence: bool = Field(
+        False, description="idempotent Kafka producer for the rollup (on for Apache Kafka; Tansu rejects it)"
+    )
+    group_id: str = Field(
+        "",
+        description="Kafka consumer group of the signal consumers (default: safeguards-monitor-<region>); "
+        "replicas in one group share the partitions",
+    )
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/safeguards_monitor",
+        description="in-region PostgreSQL database of aggregates, review cases and processed decision ids",
+    )
+    database_create: bool = Field(
+        True, description="create the database named in --database-url when it does not exist"
+    )
+    database_pool_size: int = Field(4, ge=1, description="PostgreSQL connections kept open")
+    batch_max_records: int = Field(
+        500, ge=1, description="most signals processed (and committed to PostgreSQL) in one transaction"
+    )
+    batch_wait_ms: int = Field(200, ge=0, description="longest wait for more signals before a batch is processed")
+    metrics_refresh_seconds: float = Field(
+        5.0, gt=0, description="how often the windowed aggregates behind the Prometheus metrics are recomputed"
+    )
+    metrics_top_tenants: int = Field(
+        20,
+        ge=1,
+        description="tenants with the most decisions in the last hour that get their own metric label; "
+        "the rest are summed as _other",
+    )
+    metrics_max_labels: int = Field(
+        50, ge=1, description="distinct categories and models each that get their own metric label (rest: _other)"
+    )
+    case_retention_standard_hours: float = Field(
+        24.0 * 30, gt=0, description="how long review cases of STANDARD tenants (with snippet) are kept"
+    )
+    case_retention_metadata_only_hours: float = Field(
+        24.0 * 30, gt=0, description="how long review cases of METADATA_ONLY tenants are kept"
+    )
+    case_retention_zero_retention_hours: float = Field(
+        24.0 * 7, gt=0, description="how long review cases of ZERO_RETENTION tenants (no content) are kept"
+    )
+    bucket_retention_hours: float = Field(
+        48.0, ge=2, description="how long per-minute aggregate buckets are kept (at least the longest window)"
+    )
+    dedupe_retention_hours: float = Field(
+        24.0 * 7,
+        gt=0,
+        description="how long processed decision ids are remembered (replays older than this would count again: "
+        "keep it >= the signals topic retention)",
+    )
+    purge_interval_seconds: float = Field(60.0, gt=0, description="how often expired cases and buckets are deleted")
+    rollup_interval_seconds: float = Field(
+        30.0, gt=0, description="how often closed windows are rolled up to safeguards.rollup.global"
+    )
+    rollup_grace_seconds: float = Field(
+        60.0, ge=0, description="a window is closed (and rolled up) this long after its end, so late signals count"
+    )
+    rollup_lookback_hours: float = Field(
+        3.0, gt=0, description="closed windows older than this are never rolled up (e.g. after a long outage)"
+    )
+    spool_dir: str = Field(".cache/spool", description="folder of the on-disk spool used while Kafka is unreachable")
+    spool_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="spool size limit; beyond it rollup records are dropped (counted)"
+    )
+
+    @model_validator(mode="after")
+    def _default_group(self) -> MonitorSettings:
+        if not self.group_id:
+            self.group_id = f"safeguards-monitor-{self.region}"
+        return self
