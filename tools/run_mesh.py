@@ -26,6 +26,9 @@ from pathlib import Path
 from tools.embedded import EmbeddedKafka, EmbeddedRedis, die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
+# Digests of the well-known local tokens; the admin one is printed at start.
+DEV_ADMIN_TOKENS = ROOT / "config" / "admin-tokens.example.yaml"
+DEV_ADMIN_TOKEN = "dev-admin-token"
 
 
 @dataclass
@@ -90,6 +93,7 @@ def mesh_services(redis_url: str, kafka: str, region: str, addresses: dict[str, 
                 "ENFORCER_POLICY": str(ROOT / "config" / "policies"),
                 "ENFORCER_HMAC_KEY_FILE": str(hmac_key_file(region)),
                 "ENFORCER_SPOOL_DIR": str(ROOT / ".cache" / "spool"),
+                "ENFORCER_ADMIN_TOKENS": str(DEV_ADMIN_TOKENS),
             },
         ),
     ]
@@ -231,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
             if spec.exists():
                 mesh.start_service(spec)
         if not done.is_set():
+            if "enforcer" in mesh.addresses and "ENFORCER_ADMIN_TOKENS" not in os.environ:
+                print(
+                    f"enforcer admin API: 'authorization: Bearer {DEV_ADMIN_TOKEN}' (local dev token, "
+                    f"{DEV_ADMIN_TOKENS.relative_to(ROOT)})",
+                    flush=True,
+                )
             print("mesh ready; Ctrl-C stops everything", flush=True)
         done.wait()
         print("stopping the mesh", flush=True)
