@@ -20,9 +20,15 @@ from services.common.settings import ServiceSettings
 def settings_classes() -> dict[str, type[ServiceSettings]]:
     from services.classifier.settings import ClassifierSettings
     from services.enforcer.settings import EnforcerSettings
+    from services.monitor.settings import MonitorSettings
     from services.ratelimit.settings import RatelimitSettings
 
-    return {"ratelimit": RatelimitSettings, "classifier": ClassifierSettings, "enforcer": EnforcerSettings}
+    return {
+        "ratelimit": RatelimitSettings,
+        "classifier": ClassifierSettings,
+        "enforcer": EnforcerSettings,
+        "monitor": MonitorSettings,
+    }
 
 
 def render(cls: type[ServiceSettings]) -> str:

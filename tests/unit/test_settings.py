@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from services.classifier.settings import ClassifierSettings
 from services.enforcer.settings import EnforcerSettings
+from services.monitor.settings import MonitorSettings
 from services.ratelimit.settings import RatelimitSettings
 from tests.support import ROOT
 
@@ -18,6 +19,7 @@ SERVICES = {
     "services.ratelimit": RatelimitSettings,
     "services.classifier": ClassifierSettings,
     "services.enforcer": EnforcerSettings,
+    "services.monitor": MonitorSettings,
 }
 
 
