@@ -65,6 +65,7 @@ SAFEGUARDS_SERVICES: dict[str, ServiceSpec] = {
         ServiceSpec("enforcer", "ENFORCER_", 50051, 51051),
         ServiceSpec("classifier", "CLASSIFIER_", 50052, 51052),
         ServiceSpec("ratelimit", "RATELIMIT_", 50053, 51053),
+        ServiceSpec("monitor", "MONITOR_", 50054, 51054),
     )
 }
 

@@ -364,10 +364,10 @@ def test_scrape_port_other_than_the_metrics_port_is_rejected(tmp_path):
 
 def test_scrape_job_for_a_missing_service_is_rejected(tmp_path):
     prom = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
-    monitor = {"names": ["monitor"], "type": "A", "port": 51054}
-    prom["scrape_configs"].append({"job_name": "monitor", "dns_sd_configs": [monitor]})
+    ghost = {"names": ["ghost"], "type": "A", "port": 51099}
+    prom["scrape_configs"].append({"job_name": "ghost", "dns_sd_configs": [ghost]})
     problems = check(_project_copy(tmp_path, prometheus=prom), external=False)
-    assert problems == ["prometheus.yml: job 'monitor' resolves 'monitor', which is not a service in compose.yaml"]
+    assert problems == ["prometheus.yml: job 'ghost' resolves 'ghost', which is not a service in compose.yaml"]
 
 
 def test_depends_on_an_unknown_service_is_rejected(tmp_path):
@@ -409,12 +409,12 @@ def test_build_from_another_dockerfile_is_rejected(tmp_path):
 
 def test_unknown_service_built_from_the_image_is_rejected(tmp_path):
     def mutate(doc):
-        doc["services"]["monitor"] = copy.deepcopy(doc["services"]["ratelimit"])
+        doc["services"]["ghost"] = copy.deepcopy(doc["services"]["ratelimit"])
 
     problems = _broken(tmp_path, mutate)
     assert problems == [
-        "service 'monitor': built from deploy/Dockerfile but not a known Safeguards service "
-        "(known: classifier, enforcer, ratelimit; add it to tools/compose_check.py)"
+        "service 'ghost': built from deploy/Dockerfile but not a known Safeguards service "
+        "(known: classifier, enforcer, monitor, ratelimit; add it to tools/compose_check.py)"
     ]
 
 
