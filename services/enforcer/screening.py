@@ -39,6 +39,7 @@ from services.enforcer.decision import (
 from services.enforcer.detectors import run_tier0
 from services.enforcer.policy import Action, FailMode, Policy, PolicySet, RateLimitRule
 from services.enforcer.signals import SignalInput, build_signal, signal_record
+from services.enforcer.streaming import CompletionSession
 from services.enforcer.upstream import ACCOUNT_THROTTLE_RULE, ClassifierCaller, RateLimitCaller
 
 log = logging.getLogger("safeguards.enforcer")
@@ -169,6 +170,34 @@ class Screener:
         self.limits = limits
         self.enforcement = enforcement or NoEnforcement()
         self.throttle_domain = throttle_domain  # RLS domain for throttled accounts of tenants without limits
+
+    def open_completion(
+        self,
+        identity: Identity,
+        *,
+        surface: int,
+        prompt_decision_id: str = "",
+        max_bytes: int = 0,
+        caller_remaining=None,
+    ) -> CompletionSession:
+        """A session screening one streamed completion (services/enforcer/streaming.py):
+        the tenant's policy as of now, the account pseudonymised once."""
+        if not identity.tenant:
+            raise InvalidArgument("tenant is required")
+        if identity.region and identity.region != self.region:
+            raise FailedPrecondition(
+                f"request is for region {identity.region!r}; this enforcer serves {self.region!r} only"
+            )
+        return CompletionSession(
+            self,
+            identity,
+            self.policies.current.for_tenant(identity.tenant),
+            account_hmac=self.key.account(identity.tenant, identity.account),
+            surface=surface,
+            prompt_decision_id=prompt_decision_id,
+            max_bytes=max_bytes,
+            caller_remaining=caller_remaining,
+        )
 
     def _validate(self, req: PromptRequest) -> str:
         ident = req.identity
