@@ -1,0 +1,363 @@
+"""Provider request bodies → the screener's canonical messages.
+
+Envoy's ext_authz and ext_proc hand the enforcer the raw HTTP body a client sent to
+the model API; this module is the one place that reads it, so both surfaces agree on
+what "the prompt" of a request is. Protocol-free and pure: bytes in, a `ChatBody`
+or an `InvalidArgument` with a message a client can act on out — nothing else
+escapes, whatever the bytes (a hypothesis test holds it to that).
+
+Two request styles are understood:
+
+* Anthropic Messages (`POST /v1/messages`): top-level `system` (a string or a list
+  of text blocks), `messages[].content` a string or a list of blocks. Text comes from
+  `text` blocks and from `tool_result` blocks (their string content or their text
+  blocks); images, documents, `tool_use`, thinking and other blocks carry no text we
+  screen and are counted in `ChatBody.ignored_blocks`.
+* OpenAI Chat Completions (`POST /v1/chat/completions`): `messages[].content` a
+  string, null (an assistant turn that only calls tools), or a list of parts whose
+  `text` parts (and `refusal` parts) are read; roles system, developer, user,
+  assistant, tool and (legacy) function.
+
+Which style a body is (`flavor`) decides both which roles are valid and how a refusal
+is shaped for the client, so the rule is explicit and in this order:
+
+1. the request path when the caller knows it: `…/messages` → anthropic,
+   `…/chat/completions` (or `…/completions`) → openai;
+2. a top-level `system` field → anthropic (OpenAI puts the system prompt in messages);
+3. any message with role system, developer, tool or function → openai;
+4. `max_completion_tokens` present → openai;
+5. `max_tokens` present → anthropic (it is required there, optional in OpenAI);
+6. otherwise openai.
+
+The model is optional (Bedrock and Vertex carry it in the URL, not the body) but a
+string when present; `stream` a boolean; the token limit a non-negative integer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from services.common.errors import InvalidArgument
+
+ANTHROPIC = "anthropic"
+OPENAI = "openai"
+
+CHARS_PER_TOKEN = 4  # same estimate as the screener's when the gateway sends none
+TOKENS_PER_IGNORED_BLOCK = 85  # an image or document counts at least this much (OpenAI's low-detail image)
+
+ANTHROPIC_ROLES = frozenset({"user", "assistant"})
+OPENAI_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+OPENAI_ONLY_ROLES = frozenset({"system", "developer", "tool", "function"})
+JSON_TYPES = ("application/json",)
+
+
+@dataclass(frozen=True)
+class ChatBody:
+    flavor: str  # "anthropic" | "openai"
+    model: str
+    messages: tuple[tuple[str, str], ...]  # (role, text) incl. the system prompt as role "system"
+    stream: bool
+    max_tokens: int
+    ignored_blocks: int = 0  # content blocks with no screenable text (images, documents, tool calls)
+
+
+def estimated_tokens(body: ChatBody) -> int:
+    """Prompt tokens for the rate limiter's token limits, from text length: ~4
+    characters a token, plus a floor per image/document block. An estimate, not a
+    tokenizer: the gateway's own count (when it has one) is better."""
+    chars = sum(len(text) for _role, text in body.messages)
+    return max(1, -(-chars // CHARS_PER_TOKEN) + TOKENS_PER_IGNORED_BLOCK * body.ignored_blocks)
+
+
+def flavor_from_path(path: str | None) -> str | None:
+    """The API style a request path names, or None when it names none."""
+    if not path:
+        return None
+    p = path.split("?", 1)[0].split("#", 1)[0].rstrip("/").lower()
+    if p.endswith("/chat/completions") or p.endswith("/completions"):
+        return OPENAI
+    if p.endswith("/messages"):
+        return ANTHROPIC
+    return None
+
+
+def _json_content_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return not media or media in JSON_TYPES or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidArgument(f"request body is not valid JSON: {name} is not a JSON number")
+
+
+def parse_chat_body(
+    body: bytes,
+    content_type: str = "application/json",
+    *,
+    max_bytes: int,
+    path: str | None = None,
+) -> ChatBody:
+    """Parse a chat request body; raise InvalidArgument (and only that) when it is
+    too large, not UTF-8, not JSON, not an object, has no messages, or has a field
+    of the wrong type. `path`, when given, decides the flavor (see the module doc)."""
+    if not isinstance(body, bytes | bytearray | memoryview):
+        raise InvalidArgument("request body must be bytes")
+    body = bytes(body)
+    if len(body) > max_bytes:
+        raise InvalidArgument(f"request body is {len(body)} bytes (max {max_bytes})")
+    if not _json_content_type(content_type or ""):
+        raise InvalidArgument(f"content-type must be application/json, not {content_type[:80]!r}")
+    if not body.strip():
+        raise InvalidArgument("request body is empty; expected a JSON object with messages")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidArgument(f"request body is not valid UTF-8 (byte {e.start})") from None
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
+        raise InvalidArgument(f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise InvalidArgument("request body is not valid JSON: nested too deeply") from None
+    except ValueError as e:  # e.g. an integer longer than Python's digit limit
+        raise InvalidArgument(f"request body is not valid JSON: {str(e)[:120]}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"request body must be a JSON object, not {_kind(doc)}")
+    return _parse_doc(doc, path)
+
+
+def _parse_doc(doc: dict[str, Any], path: str | None) -> ChatBody:
+    raw_messages = doc.get("messages")
+    if raw_messages is None:
+        raise InvalidArgument("request body has no messages")
+    if not isinstance(raw_messages, list):
+        raise InvalidArgument(f"messages must be an array, not {_kind(raw_messages)}")
+    if not raw_messages:
+        raise InvalidArgument("messages must not be empty")
+    for i, m in enumerate(raw_messages):
+        if not isinstance(m, dict):
+            raise InvalidArgument(f"messages[{i}] must be an object, not {_kind(m)}")
+        if not isinstance(m.get("role"), str):
+            raise InvalidArgument(f"messages[{i}].role must be a string")
+
+    flavor = flavor_from_path(path) or _detect_flavor(doc, raw_messages)
+    model = doc.get("model", "")
+    if model is None:
+        model = ""
+    if not isinstance(model, str):
+        raise InvalidArgument(f"model must be a string, not {_kind(model)}")
+    stream = doc.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise InvalidArgument(f"stream must be a boolean, not {_kind(stream)}")
+    limit_field = "max_tokens"
+    if flavor == OPENAI and doc.get("max_completion_tokens") is not None:
+        limit_field = "max_completion_tokens"
+    max_tokens = doc.get(limit_field)
+    if max_tokens is None:
+        max_tokens = 0
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+        raise InvalidArgument(f"{limit_field} must be a non-negative integer")
+
+    counter = _Counter()
+    messages: list[tuple[str, str]] = []
+    if flavor == ANTHROPIC:
+        if "system" in doc and doc["system"] is not None:
+            system = _anthropic_system(doc["system"], counter)
+            if system:
+                messages.append(("system", system))
+        for i, m in enumerate(raw_messages):
+            role = m["role"]
+            if role not in ANTHROPIC_ROLES:
+                hint = "; put the system prompt in the top-level system field" if role == "system" else ""
+                raise InvalidArgument(f"messages[{i}].role {role[:40]!r} is not user or assistant{hint}")
+            messages.append((role, _anthropic_content(m.get("content"), f"messages[{i}].content", counter)))
+    else:
+        for i, m in enumerate(raw_messages):
+            role = m["role"]
+            if role not in OPENAI_ROLES:
+                raise InvalidArgument(
+                    f"messages[{i}].role {role[:40]!r} is not one of {', '.join(sorted(OPENAI_ROLES))}"
+                )
+            messages.append((role, _openai_content(m.get("content"), f"messages[{i}].content", counter)))
+    _check_unicode(model, "model")
+    for role, content in messages:
+        _check_unicode(content, f"{role} message")
+    return ChatBody(flavor, model, tuple(messages), stream, max_tokens, counter.n)
+
+
+def _detect_flavor(doc: dict[str, Any], messages: list[dict[str, Any]]) -> str:
+    if "system" in doc:
+        return ANTHROPIC
+    if any(m["role"] in OPENAI_ONLY_ROLES for m in messages):
+        return OPENAI
+    if "max_completion_tokens" in doc:
+        return OPENAI
+    if "max_tokens" in doc:
+        return ANTHROPIC
+    return OPENAI
+
+
+class _Counter:
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+def _anthropic_system(value: Any, counter: _Counter) -> str:
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise InvalidArgument(f"system must be a string or an array of text blocks, not {_kind(value)}")
+    parts = []
+    for i, block in enumerate(value):
+        where = f"system[{i}]"
+        btype = _block_type(block, where)
+        if btype != "text":
+            raise InvalidArgument(f"{where} must be a text block, not {btype[:40]!r}")
+        parts.append(_string_field(block, "text", where))
+    return "\n".join(parts)
+
+
+def _anthropic_content(value: Any, where: str, counter: _Counter) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        raise InvalidArgument(f"{where} is required")
+    if not isinstance(value, list):
+        raise InvalidArgument(f"{where} must be a string or an array of content blocks, not {_kind(value)}")
+    return _blocks(value, where, counter, _anthropic_block)
+
+
+def _anthropic_block(block: dict[str, Any], btype: str, where: str, counter: _Counter) -> str | None:
+    if btype == "text":
+        return _string_field(block, "text", where)
+    if btype == "tool_result":
+        content = block.get("content")
+        if content is None:
+            return None
+        if isinstance(content, str):
+            return content
+        if not isinstance(content, list):
+            raise InvalidArgument(f"{where}.content must be a string or an array of blocks, not {_kind(content)}")
+        return _blocks(content, f"{where}.content", counter, _anthropic_block)
+    counter.n += 1  # image, document, tool_use, thinking, …: nothing we screen as text
+    return None
+
+
+def _openai_content(value: Any, where: str, counter: _Counter) -> str:
+    if value is None:  # an assistant message that only calls tools
+        return ""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise InvalidArgument(f"{where} must be a string, null or an array of parts, not {_kind(value)}")
+    return _blocks(value, where, counter, _openai_part)
+
+
+def _openai_part(part: dict[str, Any], ptype: str, where: str, counter: _Counter) -> str | None:
+    if ptype == "text":
+        return _string_field(part, "text", where)
+    if ptype == "refusal":
+        return _string_field(part, "refusal", where)
+    counter.n += 1  # image_url, input_audio, file, …
+    return None
+
+
+def _blocks(
+    blocks: list[Any],
+    where: str,
+    counter: _Counter,
+    one: Callable[[dict[str, Any], str, str, _Counter], str | None],
+) -> str:
+    texts = []
+    for i, block in enumerate(blocks):
+        w = f"{where}[{i}]"
+        text = one(block, _block_type(block, w), w, counter)
+        if text is not None:
+            texts.append(text)
+    return "\n".join(texts)
+
+
+def _block_type(block: Any, where: str) -> str:
+    if not isinstance(block, dict):
+        raise InvalidArgument(f"{where} must be an object, not {_kind(block)}")
+    btype = block.get("type")
+    if not isinstance(btype, str):
+        raise InvalidArgument(f"{where}.type must be a string")
+    return btype
+
+
+def _string_field(block: dict[str, Any], name: str, where: str) -> str:
+    value = block.get(name)
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{where}.{name} must be a string, not {_kind(value)}")
+    return value
+
+
+def _check_unicode(text: str, what: str) -> None:
+    """JSON's \\ud800-style escapes can smuggle lone surrogates past the UTF-8
+    check; they are not text, and would break every encoder downstream."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{what} contains an invalid \\u escape (lone surrogate)") from None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+# Error bodies in each provider's own shape, so a client SDK raises its usual error
+# type for a refusal by the gateway (shared by ext_authz and ext_proc).
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    403: "permission_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+_OPENAI_ERROR_TYPES = {
+    400: "invalid_request_error",
+    403: "permission_denied",
+    413: "invalid_request_error",
+    429: "rate_limit_exceeded",
+    503: "service_unavailable",
+}
+
+
+def error_body(flavor: str | None, status: int, message: str, code: str = "") -> bytes:
+    """A JSON error body shaped like `flavor`'s API (OpenAI's when unknown).
+    `message` goes to the client: it must hold no screened content."""
+    if flavor == ANTHROPIC:
+        doc: dict[str, Any] = {
+            "type": "error",
+            "error": {"type": _ANTHROPIC_ERROR_TYPES.get(status, "api_error"), "message": message},
+        }
+    else:
+        doc = {
+            "error": {
+                "message": message,
+                "type": _OPENAI_ERROR_TYPES.get(status, "api_error"),
+                "param": None,
+                "code": code or None,
+            }
+        }
+    return json.dumps(doc, separators=(",", ":")).encode()
