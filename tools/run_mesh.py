@@ -16,6 +16,7 @@ import importlib.util
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -57,7 +58,9 @@ def hmac_key_file(region: str) -> Path:
     return path
 
 
-def mesh_services(redis_url: str, kafka: str, region: str, addresses: dict[str, str]) -> list[ServiceSpec]:
+def mesh_services(
+    redis_url: str, kafka: str, region: str, addresses: dict[str, str], database_url: str = ""
+) -> list[ServiceSpec]:
     """Start order: dependencies first; the enforcer is given the addresses the
     classifier and the rate limiter actually bound (`addresses`, filled as they start)."""
     return [
@@ -96,7 +99,36 @@ def mesh_services(redis_url: str, kafka: str, region: str, addresses: dict[str, 
                 "ENFORCER_ADMIN_TOKENS": str(DEV_ADMIN_TOKENS),
             },
         ),
+        # Last: it only reads what the others write. Skipped when there is no PostgreSQL.
+        ServiceSpec(
+            "monitor",
+            "services.monitor",
+            lambda: {
+                "MONITOR_KAFKA_BOOTSTRAP": kafka,
+                "MONITOR_DATABASE_URL": database_url,
+                "MONITOR_PLAINTEXT": "true",
+                "MONITOR_REGION": region,
+                "MONITOR_SPOOL_DIR": str(ROOT / ".cache" / "spool"),
+            },
+        ),
     ]
+
+
+MONITOR_DB = "safeguards_monitor"
+
+
+def monitor_database(explicit: str) -> tuple[str, str]:
+    """PostgreSQL for the monitor, and how it was found: DATABASE_URL when set, else the
+    machine's 127.0.0.1:5432; ("", why) when there is none. (An embedded server from
+    PyPI, `pgserver`, was evaluated: run as root it adds a system user and opens the
+    permissions of every folder above its data directory, so it is not used.)"""
+    if explicit:
+        return explicit, "DATABASE_URL"
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return f"postgresql://postgres@127.0.0.1:5432/{MONITOR_DB}", "127.0.0.1:5432"
+    except OSError:
+        return "", "no PostgreSQL at 127.0.0.1:5432 and DATABASE_URL is not set"
 
 
 def region_topics(region: str) -> dict[str, dict[str, str]]:
@@ -217,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         help="use this Redis instead of an embedded one [env: REDIS_URL]",
     )
     parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL", ""),
+        help="PostgreSQL of the monitor [env: DATABASE_URL] (default: 127.0.0.1:5432 if it answers, else the "
+        "monitor is skipped)",
+    )
+    parser.add_argument(
         "--kafka-bootstrap",
         default=os.environ.get("KAFKA_BOOTSTRAP", ""),
         help="use this Kafka instead of the embedded Tansu broker [env: KAFKA_BOOTSTRAP]",
@@ -229,9 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     try:
         mesh.start_dependencies()
-        for spec in mesh_services(mesh.redis_url, mesh.kafka_bootstrap, ns.region, mesh.addresses):
+        database_url, found = monitor_database(ns.database_url)
+        for spec in mesh_services(mesh.redis_url, mesh.kafka_bootstrap, ns.region, mesh.addresses, database_url):
             if done.is_set():
                 break
+            if spec.name == "monitor" and not database_url:
+                print(f"monitor skipped: {found}", flush=True)
+                continue
+            if spec.name == "monitor":
+                print(f"postgresql for the monitor: {found}", flush=True)
             if spec.exists():
                 mesh.start_service(spec)
         if not done.is_set():

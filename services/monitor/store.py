@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -179,11 +180,13 @@ async def ensure_database(url: str) -> None:
 
 
 def _maintenance_dsn(url: str) -> tuple[str, str]:
-    head, sep, tail = url.rpartition("/")
-    name, _, query = tail.partition("?")
-    if not sep or not name or not name.replace("_", "").replace("-", "").isalnum():
+    """The same server's `postgres` database, and the name of the one in `url`
+    (works for host:port URLs and for unix sockets given as ?host=/dir)."""
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"--database-url must name a database (letters, digits, _ or -): {url!r}")
-    return f"{head}/postgres" + (f"?{query}" if query else ""), name
+    return urlunsplit(parts._replace(path="/postgres")), name
 
 
 class Store:

@@ -49,7 +49,7 @@ def alive(pid: int) -> bool:
 
 FREE_PORTS = {
     f"{svc}_{what}": "127.0.0.1:0"
-    for svc in ("RATELIMIT", "CLASSIFIER", "ENFORCER")
+    for svc in ("RATELIMIT", "CLASSIFIER", "ENFORCER", "MONITOR")
     for what in ("LISTEN", "METRICS_LISTEN")
 }
 
