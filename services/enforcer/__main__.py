@@ -106,7 +106,7 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
         await ratelimit_channel.close()
 
     return App(
-        bindings=[*bindings(screener), admin.admin_binding(enforcement_admin)],
+        bindings=[*bindings(screener, settings), admin.admin_binding(enforcement_admin)],
         on_start=[publisher.start, policies.start, *([tokens.start] if tokens else []), state.start],
         on_stop=[
             policies.stop,

@@ -1,14 +1,20 @@
-"""gRPC surface of the enforcer: our SafeguardsService, converting messages to the
-screener's canonical types and back."""
+"""gRPC surface of the enforcer: our SafeguardsService and Envoy's ext_proc and ext_authz,
+converting messages to the screener's canonical types and back."""
 
 from __future__ import annotations
 
 import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor_pb2_grpc
 from safeguards.v1 import safeguards_pb2, safeguards_pb2_grpc, signals_pb2
 
+from services.common.errors import InvalidArgument
 from services.common.server import ServiceBinding
+from services.enforcer.authz import AuthzConfig, AuthzServicer, authz_binding_parts
+from services.enforcer.extproc import ExtProcConfig, ExtProcServicer
 from services.enforcer.screening import Identity, PromptRequest, Screener, ScreenResult
+from services.enforcer.settings import EnforcerSettings
 from services.enforcer.signals import ACTION_TO_PB, duration
+from services.enforcer.streaming import ChunkVerdict
 
 
 def identity_from_pb(ctx: safeguards_pb2.RequestContext) -> Identity:
@@ -35,9 +41,19 @@ def decision_to_pb(result: ScreenResult) -> safeguards_pb2.Decision:
     return d
 
 
+def verdict_to_pb(v: ChunkVerdict) -> safeguards_pb2.ScreenCompletionResponse:
+    out = safeguards_pb2.ScreenCompletionResponse(
+        chunk_index=v.chunk_index, action=ACTION_TO_PB[int(v.action)], cut=v.cut, replacement=v.replacement
+    )
+    if v.result is not None:
+        out.decision.CopyFrom(decision_to_pb(v.result))
+    return out
+
+
 class SafeguardsServicer(safeguards_pb2_grpc.SafeguardsServiceServicer):
-    def __init__(self, screener: Screener) -> None:
+    def __init__(self, screener: Screener, max_completion_bytes: int = 1024 * 1024) -> None:
         self._screener = screener
+        self._max_completion_bytes = max_completion_bytes
 
     async def ScreenPrompt(self, request: safeguards_pb2.ScreenPromptRequest, context: grpc.aio.ServicerContext):
         result = await self._screener.screen_prompt(
@@ -51,12 +67,69 @@ class SafeguardsServicer(safeguards_pb2_grpc.SafeguardsServiceServicer):
         )
         return safeguards_pb2.ScreenPromptResponse(decision=decision_to_pb(result))
 
+    async def ScreenCompletion(self, request_iterator, context: grpc.aio.ServicerContext):
+        """One verdict per chunk; after the client half-closes, one more: the tail
+        screened, with the stream's decision. A cut ends the stream at once."""
+        session = None
+        try:
+            async for request in request_iterator:
+                kind = request.WhichOneof("payload")
+                if session is None:
+                    if kind != "start":
+                        raise InvalidArgument("the first ScreenCompletion message must be start")
+                    session = self._screener.open_completion(
+                        identity_from_pb(request.start.context),
+                        surface=signals_pb2.SURFACE_SCREEN_COMPLETION,
+                        prompt_decision_id=request.start.prompt_decision_id,
+                        max_bytes=self._max_completion_bytes,
+                        caller_remaining=context.time_remaining,
+                    )
+                    continue
+                if kind != "chunk":
+                    raise InvalidArgument("start may only be the first message; then only chunks")
+                verdict = await session.feed(request.chunk)
+                yield verdict_to_pb(verdict)
+                if verdict.cut:
+                    return
+            if session is None:
+                raise InvalidArgument("the first ScreenCompletion message must be start")
+            yield verdict_to_pb(await session.finish())
+        finally:
+            if session is not None:
+                session.abandon()  # a no-op unless the client went away mid-stream
 
-def bindings(screener: Screener) -> list[ServiceBinding]:
+
+def bindings(screener: Screener, settings: EnforcerSettings | None = None) -> list[ServiceBinding]:
+    extproc = ExtProcConfig()
+    if settings is not None:
+        extproc = ExtProcConfig(
+            tenant_header=settings.tenant_header.lower(),
+            account_header=settings.account_header.lower(),
+            project_header=settings.project_header.lower(),
+            max_body_bytes=settings.extproc_max_body_bytes,
+            max_completion_bytes=settings.max_completion_bytes,
+        )
     return [
         ServiceBinding(
             safeguards_pb2.DESCRIPTOR.services_by_name["SafeguardsService"].full_name,
             safeguards_pb2_grpc.add_SafeguardsServiceServicer_to_server,
-            SafeguardsServicer(screener),
-        )
+            SafeguardsServicer(screener, extproc.max_completion_bytes),
+        ),
+        ServiceBinding(
+            external_processor_pb2.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name,
+            external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server,
+            ExtProcServicer(screener, extproc),
+        ),
+        ServiceBinding(*authz_binding_parts(), AuthzServicer(screener, authz_config(settings))),
     ]
+
+
+def authz_config(settings: EnforcerSettings | None) -> AuthzConfig:
+    if settings is None:
+        return AuthzConfig()
+    return AuthzConfig(
+        tenant_header=settings.tenant_header.lower(),
+        account_header=settings.account_header.lower(),
+        project_header=settings.project_header.lower(),
+        max_body_bytes=settings.authz_max_body_bytes,
+    )

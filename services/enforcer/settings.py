@@ -77,3 +77,27 @@ class EnforcerSettings(ServiceSettings):
         "llm",
         description="rate-limit domain used to throttle accounts of tenants whose policy has no ratelimit section",
     )
+    tenant_header: str = Field(
+        "x-safeguards-tenant", description="HTTP header naming the tenant (Envoy ext_authz and ext_proc)"
+    )
+    account_header: str = Field(
+        "x-safeguards-account", description="HTTP header naming the end account (Envoy ext_authz and ext_proc)"
+    )
+    project_header: str = Field(
+        "x-safeguards-project", description="HTTP header naming the CSP project (Envoy ext_authz and ext_proc)"
+    )
+    authz_max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1,
+        description="largest HTTP request body ext_authz screens (larger ones get HTTP 400); set Envoy's "
+        "with_request_body.max_request_bytes no larger",
+    )
+    extproc_max_body_bytes: int = Field(
+        1024 * 1024, ge=1, description="largest HTTP request body ext_proc reads; larger bodies get HTTP 400"
+    )
+    max_completion_bytes: int = Field(
+        1024 * 1024,
+        ge=1,
+        description="largest completion screened on one stream, in UTF-8 bytes: ScreenCompletion answers "
+        "INVALID_ARGUMENT beyond it, ext_proc cuts the response",
+    )

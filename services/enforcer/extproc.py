@@ -1,0 +1,441 @@
+"""Envoy's external processing API (`envoy.service.ext_proc.v3.ExternalProcessor`):
+one bidirectional stream per HTTP request, screening the prompt on the way in and
+the completion on the way out, with the same screener as the native API.
+
+Expected filter config: request headers SEND, request body BUFFERED (STREAMED
+works too: chunks are held back and released, possibly redacted, at the end),
+response headers SEND, response body STREAMED (BUFFERED works too).
+
+- request headers: tenant / account / project / request id come from headers
+  (the names ext_authz uses); always CONTINUE.
+- request body: parsed by `bodies.parse_chat_body`, screened by `screen_prompt`:
+  BLOCK → 403, THROTTLE → 429 + Retry-After (both an ImmediateResponse with a JSON
+  error in the provider's own shape), REDACT → the same JSON with each message text
+  masked, ALLOW/FLAG → CONTINUE with x-safeguards-decision-id / -action headers.
+  A malformed, oversize or non-UTF-8 body → 400, never a broken stream.
+- response body: server-sent events decoded incrementally; text deltas go to a
+  `CompletionSession`. Bytes pass unchanged while allowed (an event split across
+  chunks is held back until it is complete, so no byte leaves before its text was
+  seen); on a cut the rest of the stream is replaced by a well-formed ending in the
+  stream's own format and every later chunk is dropped. A non-streamed JSON
+  completion is screened once and, on a cut, replaced by a provider-shaped one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from envoy.type.v3 import http_status_pb2
+from safeguards.v1 import signals_pb2
+
+from services.common.errors import InvalidArgument, ServiceError
+from services.enforcer.bodies import (
+    ANTHROPIC,
+    ChatBody,
+    error_body,
+    estimated_tokens,
+    flavor_from_path,
+    parse_chat_body,
+)
+from services.enforcer.detectors import run_tier0
+from services.enforcer.policy import Action
+from services.enforcer.screening import Identity, PromptRequest, Screener, ScreenResult
+from services.enforcer.sse import SSEDecoder, SSEError, StreamFormat, stream_format
+from services.enforcer.streaming import CompletionSession
+
+log = logging.getLogger("safeguards.enforcer.extproc")
+
+DECISION_HEADER = "x-safeguards-decision-id"
+ACTION_HEADER = "x-safeguards-action"
+HTTP_STATUS_OF = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "PERMISSION_DENIED": 403, "NOT_FOUND": 404}
+
+
+@dataclass(frozen=True)
+class ExtProcConfig:
+    tenant_header: str = "x-safeguards-tenant"
+    account_header: str = "x-safeguards-account"
+    project_header: str = "x-safeguards-project"
+    request_id_header: str = "x-request-id"
+    max_body_bytes: int = 1024 * 1024
+    max_completion_bytes: int = 1024 * 1024
+
+
+# ---- message builders ---------------------------------------------------------------
+def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, raw_value=value.encode()),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+def _mutation(headers: dict[str, str] | None = None, remove: tuple[str, ...] = ()) -> ep.HeaderMutation:
+    return ep.HeaderMutation(set_headers=[_header(k, v) for k, v in (headers or {}).items()], remove_headers=remove)
+
+
+def immediate(
+    status: int, body: bytes, headers: dict[str, str] | None = None, details: str = ""
+) -> ep.ProcessingResponse:
+    return ep.ProcessingResponse(
+        immediate_response=ep.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=status),
+            headers=_mutation({"content-type": "application/json", **(headers or {})}),
+            body=body,
+            details=details,
+        )
+    )
+
+
+def _common(
+    headers: dict[str, str] | None = None, body: bytes | None = None, remove: tuple[str, ...] = ()
+) -> ep.CommonResponse:
+    common = ep.CommonResponse()
+    if headers or remove:
+        common.header_mutation.CopyFrom(_mutation(headers, remove))
+    if body is not None:
+        common.body_mutation.body = body
+    return common
+
+
+def _decision_headers(result: ScreenResult) -> dict[str, str]:
+    return {DECISION_HEADER: result.decision_id, ACTION_HEADER: result.outcome.action.name}
+
+
+def headers_of(msg: ep.HttpHeaders) -> dict[str, str]:
+    """Lower-cased names; Envoy sends values in `raw_value` (older ones in `value`)."""
+    out: dict[str, str] = {}
+    for h in msg.headers.headers:
+        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        out[h.key.lower()] = value
+    return out
+
+
+# ---- provider-shaped bodies ------------------------------------------------------
+def map_texts(doc: dict[str, Any], flavor: str, fn) -> None:
+    """Apply `fn` to every text field `bodies.parse_chat_body` reads, in place; no
+    other field changes."""
+
+    def blocks(items: list, tool_results: bool) -> None:
+        for b in items:
+            if not isinstance(b, dict):
+                continue
+            t = b.get("type")
+            if t == "text" and isinstance(b.get("text"), str):
+                b["text"] = fn(b["text"])
+            elif t == "refusal" and flavor != ANTHROPIC and isinstance(b.get("refusal"), str):
+                b["refusal"] = fn(b["refusal"])
+            elif t == "tool_result" and tool_results:
+                if isinstance(b.get("content"), str):
+                    b["content"] = fn(b["content"])
+                elif isinstance(b.get("content"), list):
+                    blocks(b["content"], True)
+
+    anthropic = flavor == ANTHROPIC
+    if anthropic:
+        if isinstance(doc.get("system"), str):
+            doc["system"] = fn(doc["system"])
+        elif isinstance(doc.get("system"), list):
+            blocks(doc["system"], False)
+    for m in doc.get("messages") or ():
+        if not isinstance(m, dict):
+            continue
+        if isinstance(m.get("content"), str):
+            m["content"] = fn(m["content"])
+        elif isinstance(m.get("content"), list):
+            blocks(m["content"], anthropic)
+
+
+def completion_text(flavor: str, doc: Any) -> str:
+    """The assistant text of a non-streamed completion response."""
+    if not isinstance(doc, dict):
+        return ""
+    if flavor == ANTHROPIC:
+        return "\n".join(
+            b.get("text") or b.get("thinking") or ""
+            for b in doc.get("content") or ()
+            if isinstance(b, dict) and b.get("type") in ("text", "thinking")
+        )
+    parts = []
+    for c in doc.get("choices") or ():
+        msg = c.get("message") if isinstance(c, dict) else None
+        if isinstance(msg, dict) and isinstance(msg.get("content"), str):
+            parts.append(msg["content"])
+    return "\n".join(parts)
+
+
+def replaced_completion(flavor: str, doc: Any, replacement: str) -> bytes:
+    """A well-formed completion response whose only content is `replacement`."""
+    d = doc if isinstance(doc, dict) else {}
+    if flavor == ANTHROPIC:
+        out: dict[str, Any] = {
+            "id": d.get("id", ""),
+            "type": "message",
+            "role": "assistant",
+            "model": d.get("model", ""),
+            "content": [{"type": "text", "text": replacement}],
+            "stop_reason": "refusal",
+            "stop_sequence": None,
+        }
+    else:
+        out = {
+            "id": d.get("id", ""),
+            "object": "chat.completion",
+            "created": d.get("created", 0),
+            "model": d.get("model", ""),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": replacement},
+                    "finish_reason": "content_filter",
+                }
+            ],
+        }
+    if "usage" in d:
+        out["usage"] = d["usage"]
+    return json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# ---- one HTTP request ----------------------------------------------------------------
+class HttpExchange:
+    """The state of one ext_proc stream: what the request said, and the completion
+    session of its response. `handle` answers each ProcessingRequest exactly once."""
+
+    def __init__(self, screener: Screener, config: ExtProcConfig, caller_remaining=None) -> None:
+        self._screener = screener
+        self._config = config
+        self._remaining = caller_remaining
+        self._headers: dict[str, str] = {}
+        self._req_body = bytearray()
+        self._req_streamed = False
+        self.chat: ChatBody | None = None
+        self.prompt: ScreenResult | None = None
+        self.session: CompletionSession | None = None
+        self._sse = False
+        self._format: StreamFormat | None = None
+        self._decoder: SSEDecoder | None = None
+        self._held = b""
+        self._resp_body = bytearray()
+        self._resp_streamed = False
+        self._dropping = False  # cut: every later response chunk is dropped
+        self._identity = Identity(tenant="")
+
+    @property
+    def flavor(self) -> str | None:
+        return self.chat.flavor if self.chat else flavor_from_path(self._headers.get(":path"))
+
+    def close(self) -> None:
+        """The stream ended: a completion still open was abandoned by someone."""
+        if self.session is not None:
+            self.session.abandon()
+
+    def _error(self, status: int, message: str) -> ep.ProcessingResponse:
+        log.info("ext_proc refused", extra={"http_status": status, "error": message})
+        return immediate(status, error_body(self.flavor, status, message), details=message[:200])
+
+    async def handle(self, req: ep.ProcessingRequest) -> ep.ProcessingResponse:
+        kind = req.WhichOneof("request")
+        if kind == "request_headers":
+            self._headers = headers_of(req.request_headers)
+            return ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=ep.CommonResponse()))
+        if kind == "request_body":
+            return await self._request_body(req.request_body)
+        if kind == "response_headers":
+            return self._response_headers(req.response_headers)
+        if kind == "response_body":
+            return await self._response_body(req.response_body)
+        if kind == "request_trailers":
+            return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
+        if kind == "response_trailers":
+            if self.session is not None and not self.session.closed:
+                await self.session.finish()
+            return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
+        raise InvalidArgument("ProcessingRequest carries no request, headers, body or trailers")
+
+    # ---- request ---------------------------------------------------------------------
+    async def _request_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
+        if self.chat is not None or self.prompt is not None:
+            return ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse()))
+        self._req_body += body.body
+        limit = self._config.max_body_bytes
+        if len(self._req_body) > limit:
+            return self._error(400, f"request body is over {limit} bytes")
+        if not body.end_of_stream:
+            # STREAMED request body: hold every chunk back until the whole prompt is screened.
+            self._req_streamed = True
+            return ep.ProcessingResponse(request_body=ep.BodyResponse(response=_common(body=b"")))
+        raw = bytes(self._req_body)
+        self._req_body = bytearray()
+        try:
+            chat = parse_chat_body(
+                raw, self._headers.get("content-type", ""), max_bytes=limit, path=self._headers.get(":path")
+            )
+        except InvalidArgument as exc:
+            return self._error(400, exc.message)
+        h = self._headers
+        identity = Identity(
+            tenant=h.get(self._config.tenant_header, ""),
+            account=h.get(self._config.account_header, ""),
+            project=h.get(self._config.project_header, ""),
+            model=chat.model,
+            request_id=h.get(self._config.request_id_header, "")[:128],
+        )
+        self.chat = chat
+        try:
+            result = await self._screener.screen_prompt(
+                PromptRequest(
+                    identity=identity,
+                    messages=chat.messages,
+                    estimated_tokens=estimated_tokens(chat),
+                    surface=signals_pb2.SURFACE_EXT_PROC_REQUEST,
+                ),
+                self._remaining() if self._remaining else None,
+            )
+        except ServiceError as exc:
+            self.chat = None
+            return self._error(HTTP_STATUS_OF.get(exc.code, 500), exc.message)
+        self.prompt = result
+        self._identity = identity
+        action = result.outcome.action
+        headers = _decision_headers(result)
+        if action is Action.BLOCK:
+            return immediate(
+                403,
+                error_body(chat.flavor, 403, "request blocked by content policy", "content_policy_violation"),
+                headers,
+            )
+        if action is Action.THROTTLE:
+            retry = max(1, math.ceil(result.outcome.retry_after_s or 1))
+            return immediate(
+                429,
+                error_body(chat.flavor, 429, "rate limited; retry later", "rate_limited"),
+                {**headers, "retry-after": str(retry)},
+            )
+        if action is Action.REDACT:
+            doc = json.loads(raw)
+            kinds = sorted(self._screener.policies.current.for_tenant(identity.tenant).screened_pii_kinds)
+            map_texts(doc, chat.flavor, lambda t: run_tier0(t, None, kinds).redact(t) if t else t)
+            new = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+            headers["content-length"] = str(len(new))
+            return ep.ProcessingResponse(request_body=ep.BodyResponse(response=_common(headers, new)))
+        body_out = raw if self._req_streamed else None
+        return ep.ProcessingResponse(request_body=ep.BodyResponse(response=_common(headers, body_out)))
+
+    # ---- response --------------------------------------------------------------------
+    def _response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
+        h = headers_of(msg)
+        status = h.get(":status", "200")
+        remove: tuple[str, ...] = ()
+        if self.chat is not None and self.prompt is not None and status.startswith("2") and self.session is None:
+            self._sse = "text/event-stream" in h.get("content-type", "").lower()
+            self.session = self._screener.open_completion(
+                self._identity,
+                surface=signals_pb2.SURFACE_EXT_PROC_RESPONSE,
+                prompt_decision_id=self.prompt.decision_id,
+                max_bytes=self._config.max_completion_bytes,
+                caller_remaining=self._remaining,
+            )
+            if self._sse:
+                self._format = stream_format(self.chat.flavor)
+                self._decoder = SSEDecoder()
+            # The body may change length; Envoy must not forward a stale content-length.
+            remove = ("content-length",)
+        return ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=_common(remove=remove)))
+
+    def _body(self, data: bytes | None) -> ep.ProcessingResponse:
+        return ep.ProcessingResponse(response_body=ep.BodyResponse(response=_common(body=data)))
+
+    async def _response_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
+        session = self.session
+        if session is None:
+            return self._body(None)
+        if self._dropping:
+            return self._body(b"")
+        if self._sse:
+            return await self._sse_chunk(session, body)
+        return await self._json_chunk(session, body)
+
+    def _cut(self, replacement: str) -> ep.ProcessingResponse:
+        assert self._format is not None
+        self._dropping = True
+        self._held = b""
+        return self._body(self._format.terminal(replacement))
+
+    async def _sse_chunk(self, session: CompletionSession, body: ep.HttpBody) -> ep.ProcessingResponse:
+        assert self._decoder is not None and self._format is not None
+        data = body.body
+        buf = self._held + data
+        if session.closed:  # finished (the format's end marker came): the rest passes
+            self._held = b""
+            return self._body(None if buf == data else buf)
+        replacement = session.policy.completion.replacement
+        try:
+            events = self._decoder.feed(data)
+            text = "".join(self._format.text_of(ev) for ev in events)
+            verdict = await session.feed(text) if text else None
+            if verdict is not None and verdict.cut:
+                return self._cut(replacement)
+            if body.end_of_stream or self._format.done:
+                if not session.closed:
+                    verdict = await session.finish()
+                    if verdict.cut:
+                        return self._cut(replacement)
+        except (SSEError, InvalidArgument) as exc:
+            # Undecodable or over the size limit: what follows cannot be screened.
+            log.warning("completion stream cut unscreened", extra={"error": str(exc)})
+            session.abandon()
+            return self._cut(replacement)
+        keep = 0 if body.end_of_stream else self._decoder.pending_bytes
+        out, self._held = buf[: len(buf) - keep], buf[len(buf) - keep :]
+        return self._body(None if out == data else out)
+
+    async def _json_chunk(self, session: CompletionSession, body: ep.HttpBody) -> ep.ProcessingResponse:
+        self._resp_body += body.body
+        limit = 2 * self._config.max_completion_bytes + 64 * 1024
+        if not body.end_of_stream and len(self._resp_body) <= limit:
+            self._resp_streamed = True
+            return self._body(b"")  # hold back until the whole completion is screened
+        raw = bytes(self._resp_body)
+        self._resp_body = bytearray()
+        flavor = self.chat.flavor if self.chat else "openai"
+        replacement = session.policy.completion.replacement
+        doc: Any = None
+        try:
+            if len(raw) > limit:
+                raise InvalidArgument(f"completion body is over {limit} bytes")
+            if raw.strip():
+                doc = json.loads(raw)
+            text = completion_text(flavor, doc)
+            verdict = await session.feed(text) if text else None
+            if verdict is None or not verdict.cut:
+                verdict = await session.finish()
+        except (ValueError, ServiceError) as exc:
+            # Not JSON, or too large: a completion that cannot be screened is not served.
+            log.warning("completion body replaced unscreened", extra={"error": str(exc)[:200]})
+            session.abandon()
+            self._dropping = True
+            return self._body(replaced_completion(flavor, doc, replacement))
+        if verdict.cut:
+            self._dropping = True
+            return self._body(replaced_completion(flavor, doc, replacement))
+        return self._body(raw if self._resp_streamed else None)
+
+
+class ExtProcServicer(ep_grpc.ExternalProcessorServicer):
+    def __init__(self, screener: Screener, config: ExtProcConfig) -> None:
+        self._screener = screener
+        self._config = config
+
+    async def Process(self, request_iterator, context: grpc.aio.ServicerContext):
+        exchange = HttpExchange(self._screener, self._config, context.time_remaining)
+        try:
+            async for req in request_iterator:
+                yield await exchange.handle(req)
+        finally:
+            exchange.close()
