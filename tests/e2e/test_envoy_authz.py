@@ -141,8 +141,11 @@ def test_requests_without_a_prompt_pass_unscreened(mesh) -> None:
         (dict(body=b'{"messages": [{"role": "user", "content": "caf\xe9"}]}'), 400, "not valid UTF-8"),
         (dict(body=anthropic("x" * MAX_BODY)), 400, f"(max {MAX_BODY})"),
         (dict(body=anthropic("hi"), headers={"x-envoy-auth-partial-body": "true"}), 413, "larger than the gateway"),
-        (dict(body=json.dumps({"messages": [{"role": "user", "content": "y"}] * 300}).encode()), 400,
-         "too many messages"),
+        (
+            dict(body=json.dumps({"messages": [{"role": "user", "content": "y"}] * 300}).encode()),
+            400,
+            "too many messages",
+        ),
         (dict(body=b"{}", headers={"content-type": "text/plain"}), 400, "content-type must be application/json"),
     ],
 )

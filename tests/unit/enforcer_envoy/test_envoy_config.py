@@ -1,0 +1,93 @@
+"""deploy/envoy/envoy.yaml is a valid Envoy bootstrap (parsed into Envoy's own
+Bootstrap proto from xds-protos, every typed_config resolved) and wires ext_authz the
+way the enforcer needs: body as bytes, no partial bodies, fail closed."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import pkgutil
+from typing import Any
+
+import pytest
+import yaml
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from google.protobuf import json_format
+
+from services.enforcer.settings import EnforcerSettings
+from tests.support import ROOT
+
+CONFIG = ROOT / "deploy" / "envoy" / "envoy.yaml"
+
+
+def type_urls(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        found = {node["@type"]} if isinstance(node.get("@type"), str) else set()
+        return found.union(*(type_urls(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(type_urls(v) for v in node))
+    return set()
+
+
+def import_types(doc: dict) -> None:
+    """Import the generated modules of every `@type` so json_format can resolve the
+    Any messages: `envoy.a.b.v3.Message` lives in one of `envoy/a/b/v3/*_pb2.py`."""
+    for url in type_urls(doc):
+        package = url.rsplit("/", 1)[1].rsplit(".", 1)[0]
+        mod = importlib.import_module(package)
+        for info in pkgutil.iter_modules(mod.__path__):
+            if info.name.endswith("_pb2"):
+                importlib.import_module(f"{package}.{info.name}")
+
+
+def parse(doc: dict) -> bootstrap_pb2.Bootstrap:
+    import_types(doc)
+    return json_format.ParseDict(doc, bootstrap_pb2.Bootstrap())
+
+
+@pytest.fixture(scope="module")
+def doc() -> dict:
+    return yaml.safe_load(CONFIG.read_text())
+
+
+def hcm_of(boot: bootstrap_pb2.Bootstrap) -> hcm_pb2.HttpConnectionManager:
+    hcm = hcm_pb2.HttpConnectionManager()
+    assert boot.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    return hcm
+
+
+def test_example_config_parses_as_an_envoy_bootstrap(doc) -> None:
+    boot = parse(doc)
+    names = {c.name for c in boot.static_resources.clusters}
+    assert {"safeguards_enforcer", "safeguards_ratelimit", "model_upstream"} <= names
+    assert [f.name for f in hcm_of(boot).http_filters][-1] == "envoy.filters.http.router"
+
+
+def test_ext_authz_sends_the_whole_body_as_bytes_and_fails_closed(doc) -> None:
+    boot = parse(doc)
+    (authz_filter,) = [f for f in hcm_of(boot).http_filters if f.name == "envoy.filters.http.ext_authz"]
+    authz = ext_authz_pb2.ExtAuthz()
+    assert authz_filter.typed_config.Unpack(authz)
+    assert authz.grpc_service.envoy_grpc.cluster_name == "safeguards_enforcer"
+    assert authz.with_request_body.pack_as_bytes and not authz.with_request_body.allow_partial_message
+    assert not authz.failure_mode_allow
+    default_limit = EnforcerSettings.model_fields["authz_max_body_bytes"].default
+    assert 0 < authz.with_request_body.max_request_bytes <= default_limit
+    enforcer = next(c for c in boot.static_resources.clusters if c.name == "safeguards_enforcer")
+    port = enforcer.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value
+    assert port == int(EnforcerSettings.model_fields["listen"].default.rsplit(":", 1)[1])
+
+
+def test_the_validation_catches_a_typo_and_an_unknown_type(doc) -> None:
+    typo = copy.deepcopy(doc)
+    typo["static_resources"]["clusters"][0]["conect_timeout"] = "1s"
+    with pytest.raises(json_format.ParseError, match="conect_timeout"):
+        parse(typo)
+    bad_type = copy.deepcopy(doc)
+    hcm = bad_type["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    authz = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_authz")
+    authz["typed_config"]["with_request_body"]["pack_as_byte"] = True
+    with pytest.raises(json_format.ParseError, match="pack_as_byte"):
+        parse(bad_type)
