@@ -15,7 +15,7 @@ BUF_VERSION := 1.75.0
 SYSTEM_STAMP := .cache/system-deps.stamp
 SYSTEM_PACKAGES := docker-compose nghttp2-client
 
-.PHONY: setup models run test lint protos compose-check clean bench-ratelimit
+.PHONY: setup models run test lint protos compose-check clean bench-ratelimit bench-classifier
 
 setup: $(DEPS_STAMP) $(GEN_STAMP) $(BUF) $(SYSTEM_STAMP) models
 
@@ -68,6 +68,9 @@ compose-check: setup
 
 bench-ratelimit: setup
 	$(PY) -m bench.ratelimit
+
+bench-classifier: setup
+	$(PY) -m bench.classifier
 
 clean:
 	rm -rf gen build .pytest_cache
