@@ -314,6 +314,7 @@ class EnforcementState:
                 log.warning(
                     "actions consumer lost Kafka; keeping the last state and reconnecting",
                     extra={"error": type(exc).__name__, "retry_in_s": round(delay, 2), "attempt": attempt},
+                    exc_info=not isinstance(exc, KafkaError | TimeoutError | OSError | _Repartitioned),
                 )
                 await asyncio.sleep(delay)
 
@@ -327,8 +328,8 @@ class EnforcementState:
             request_timeout_ms=5000,
             metadata_max_age_ms=10_000,
         )
+        self._consumer = consumer  # closed by _run's handler whatever fails below, start() included
         await asyncio.wait_for(consumer.start(), 10)
-        self._consumer = consumer
         partitions = await self._partitions(consumer)
         consumer.assign(partitions)
         for tp in partitions:
@@ -337,6 +338,7 @@ class EnforcementState:
             else:
                 await consumer.seek_to_beginning(tp)
         end = await self._end_offsets(consumer, partitions)
+        await self._rewind_truncated(consumer, end)
         self.metrics.up.set(1)
         next_probe = time.monotonic() + self.probe_interval_s
         while True:
@@ -352,12 +354,28 @@ class EnforcementState:
                 # The probe notices an outage (aiokafka's fetcher retries silently) and
                 # measures the lag; a failure raises and reconnects with backoff.
                 end = await self._end_offsets(consumer, partitions)
-                lag = sum(max(0, end[tp] - await consumer.position(tp)) for tp in partitions)
+                await self._rewind_truncated(consumer, end)
+                lag = 0
+                for tp in partitions:
+                    lag += max(0, end[tp] - await consumer.position(tp))
                 self.metrics.lag.set(lag)
                 self.metrics.up.set(1)
                 next_probe = time.monotonic() + self.probe_interval_s
                 if len(await self._partitions(consumer, wait=False)) != len(partitions):
                     raise _Repartitioned()
+
+    async def _rewind_truncated(self, consumer: AIOKafkaConsumer, end: dict) -> None:
+        """A partition that ends before where this replica had read was recreated
+        (or its broker lost its log): read it again from its beginning. The state
+        already built stays; the topic's records apply on top of it."""
+        for tp, offset in end.items():
+            if await consumer.position(tp) > offset:
+                log.warning(
+                    "actions partition is shorter than what was read: re-reading it",
+                    extra={"partition": tp.partition, "end_offset": offset},
+                )
+                self._positions.pop(tp, None)
+                await consumer.seek_to_beginning(tp)
 
     async def _partitions(self, consumer: AIOKafkaConsumer, wait: bool = True) -> list[TopicPartition]:
         """The topic's partitions; a topic that does not exist yet holds no actions,
