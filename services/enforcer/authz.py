@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass
 
 import grpc
@@ -74,6 +75,7 @@ UNSCREENED = "UNSCREENED"
 OUR_HEADERS = (DECISION_HEADER, ACTION_HEADER, REDACT_HEADER)
 HTTP_STATUS_OF = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400}
 BLOCK_MESSAGE = "request blocked by content policy"
+QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")  # Python reprs of client strings
 THROTTLE_MESSAGE = "rate limited; retry after the time in the Retry-After header"
 
 
@@ -245,9 +247,14 @@ class AuthzServicer(ea_grpc.AuthorizationServicer):
 
     @staticmethod
     def _bad_request(status: int, flavor: str | None, message: str) -> ea.CheckResponse:
-        # The message names a field or a limit, never content; safe to log.
-        log.info("authz refused a malformed request", extra={"http_status": status, "error": message[:200]})
+        # The message names a field or a limit; the only client-supplied bits in it are
+        # quoted (a role, a content-type), and those stay out of the log.
+        log.info("authz refused a malformed request", extra={"http_status": status, "error": _unquoted(message)})
         return denied_response(status, flavor, message)
+
+
+def _unquoted(message: str) -> str:
+    return QUOTED.sub("'…'", message)[:200]
 
 
 def authz_binding_parts() -> tuple[str, object]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 import uuid
 
 import grpc
@@ -159,3 +160,21 @@ def test_bad_input_is_denied_with_a_400_json_error_and_the_service_keeps_answeri
         assert body["type"] == "error" and body["error"]["type"] in ("invalid_request_error", "request_too_large")
     assert "x-safeguards-decision-id" not in headers
     assert ok_headers(check(mesh, anthropic("still there?")))["x-safeguards-action"] == "ALLOW"
+
+
+def test_zero_retention_content_and_client_strings_stay_out_of_kafka_logs_and_metrics(mesh) -> None:
+    marker = "okapi-umber-" + uuid.uuid4().hex[:8]
+    resp = check(mesh, anthropic(f"Summarise the plan called {marker}."), tenant="zero")
+    decision_id = ok_headers(resp)["x-safeguards-decision-id"]
+    # a client string echoed in a 400 answer must not reach the log either
+    bad = check(mesh, json.dumps({"messages": [{"role": marker, "content": "x"}]}).encode())
+    assert marker in denied(bad, 400)[1]["error"]["message"]  # the client is told what was wrong
+    records = asyncio.run(read_signals(mesh["kafka"].bootstrap, {decision_id}))
+    sig = find_signal(records, decision_id)
+    assert sig.surface == signals_pb2.SURFACE_EXT_AUTHZ and not sig.content.redacted_snippet and not sig.request_id
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{mesh['metrics_port']}/metrics", timeout=5).read()
+    blob = b"".join(k + v for k, v in records)
+    for where, data in (("kafka", blob), ("enforcer log", mesh["enforcer"].logs().encode()), ("metrics", metrics)):
+        assert marker.encode() not in data, f"client text reached the {where}"
+        assert b"acct-9" not in data, f"raw account id reached the {where}"
+    assert "authz refused a malformed request" in mesh["enforcer"].logs()
