@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 
@@ -20,7 +21,7 @@ from safeguards.v1 import enforcement_pb2 as epb
 from safeguards.v1 import enforcement_pb2_grpc, safeguards_pb2_grpc, signals_pb2
 from safeguards.v1 import safeguards_pb2 as pb
 
-from tests.support import ROOT, EmbeddedKafka, ServiceProcess
+from tests.support import ROOT, EmbeddedKafka, ServiceProcess, free_port
 from tools.run_mesh import create_topics
 
 REGION = "e2e-act"
@@ -101,14 +102,14 @@ def mesh(tmp_path_factory):
         ).start(timeout=60)
         procs.append(cl)
 
-        def enforcer_args(n: int) -> list[str]:
+        def enforcer_args(n: int, metrics: str = "") -> list[str]:
             return [
                 "--plaintext",
                 "--upstream-plaintext",
                 "--listen",
                 "127.0.0.1:0",
                 "--metrics-listen",
-                "",
+                metrics,
                 "--region",
                 REGION,
                 "--classifier-addr",
@@ -374,13 +375,22 @@ def test_replica_started_later_applies_existing_actions_before_serving(mesh) -> 
     user = acct()
     issue(r1, kind=SUSPEND, tenant="acme", account=user)
     killed = issue(r1, kind=KILL, tenant="frozen-tenant")
-    late = enforcer(mesh["enforcer_args"](3)).start(timeout=60)
+    metrics_port = free_port()
+    late = enforcer(mesh["enforcer_args"](3, f"127.0.0.1:{metrics_port}")).start(timeout=60)
     try:
         # No polling: "listening" is printed after the catch-up, so the first answer is right.
         assert codes(screen(late, user)) == ["enforcement.suspended"]
         assert codes(screen(late, acct(), tenant="frozen-tenant")) == ["enforcement.kill_switch"]
         assert screen(late, acct()).action == pb.ACTION_ALLOW
         assert "enforcement state caught up" in late.logs()
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        for line in (
+            "enforcer_actions_caught_up 1.0",
+            "enforcer_actions_consumer_up 1.0",
+            'enforcer_actions_applied_total{kind="suspend"}',
+            'enforcer_actions_applied_total{kind="revoke"}',
+        ):
+            assert line in metrics, line
         # The consumers of the long-running replicas never dropped (the lag probe runs every 5 s).
         assert all("actions consumer lost Kafka" not in r.logs() for r in mesh["replicas"])
     finally:
