@@ -14,7 +14,7 @@ are never stored):
     tokens:
       <sha256 hex of the token>: {name: alice, role: operator}
 
-Roles: `viewer` may List; `operator` may Issue and Revoke; `admin` may do all three.
+Roles: `viewer` may List; `operator` may also Issue and Revoke; `admin` may do everything.
 No or an unknown token is UNAUTHENTICATED, a role without the right is
 PERMISSION_DENIED. Without `--admin-tokens` the service is still registered (so
 reflection shows it) but refuses every call with FAILED_PRECONDITION saying so.
@@ -85,7 +85,7 @@ class Role(str, Enum):
 
 #: Which roles may call which method.
 ALLOWED: dict[str, frozenset[Role]] = {
-    "ListActions": frozenset({Role.VIEWER, Role.ADMIN}),
+    "ListActions": frozenset({Role.VIEWER, Role.OPERATOR, Role.ADMIN}),
     "IssueAction": frozenset({Role.OPERATOR, Role.ADMIN}),
     "RevokeAction": frozenset({Role.OPERATOR, Role.ADMIN}),
 }
