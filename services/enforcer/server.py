@@ -3,6 +3,8 @@ converting messages to the screener's canonical types and back."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor_pb2_grpc
 from safeguards.v1 import safeguards_pb2, safeguards_pb2_grpc, signals_pb2
@@ -15,6 +17,8 @@ from services.enforcer.screening import Identity, PromptRequest, Screener, Scree
 from services.enforcer.settings import EnforcerSettings
 from services.enforcer.signals import ACTION_TO_PB, duration
 from services.enforcer.streaming import ChunkVerdict
+
+END_GRACE_S = 0.01
 
 
 def identity_from_pb(ctx: safeguards_pb2.RequestContext) -> Identity:
@@ -93,6 +97,12 @@ class SafeguardsServicer(safeguards_pb2_grpc.SafeguardsServiceServicer):
                     return
             if session is None:
                 raise InvalidArgument("the first ScreenCompletion message must be start")
+            # A cancelled call can look like a half-close (the request stream just ends)
+            # with the cancellation landing a moment later: give it that moment, so a
+            # client that went away is recorded as abandoned, not as finished.
+            await asyncio.sleep(END_GRACE_S)
+            if context.cancelled() or context.done():
+                return
             yield verdict_to_pb(await session.finish())
         finally:
             if session is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import uuid
 from pathlib import Path
 
@@ -439,3 +440,75 @@ def test_ext_proc_answers_a_malformed_body_with_400_and_keeps_serving(mesh) -> N
         mesh, request_part("/v1/chat/completions", {"messages": [{"role": "user", "content": "hello"}]}, "xp-ok2")
     )
     assert header_map(ok[1].request_body.response.header_mutation)["x-safeguards-action"] == "ALLOW"
+
+
+def test_screen_completion_client_gone_mid_stream_still_gives_one_signal(mesh) -> None:
+    rid = "sc-gone-" + uuid.uuid4().hex[:6]
+    stop = threading.Event()
+
+    def requests():
+        yield pb.ScreenCompletionRequest(
+            start=pb.CompletionStart(context=pb.RequestContext(tenant="acme", request_id=rid))
+        )
+        yield pb.ScreenCompletionRequest(chunk=BENIGN[0])
+        yield pb.ScreenCompletionRequest(chunk=BENIGN[1])
+        stop.wait(30)  # the client never half-closes: it goes away
+
+    stub = safeguards_pb2_grpc.SafeguardsServiceStub(mesh["channel"])
+    call = stub.ScreenCompletion(requests(), timeout=20)
+    assert next(call).chunk_index == 0 and next(call).chunk_index == 1
+    call.cancel()  # without half-closing: the request generator is still open
+    try:
+        (sig,) = completion_signals(mesh["kafka"].bootstrap, {rid})
+    finally:
+        stop.set()
+    assert "completion.abandoned" in [r.code for r in sig.reasons]
+    assert sig.content.characters == len(BENIGN[0] + BENIGN[1])
+
+
+@pytest.mark.parametrize("flavor", ["anthropic", "openai"])
+def test_ext_proc_replaces_a_non_streamed_completion_that_leaks_a_key(mesh, flavor: str) -> None:
+    rid = f"xp-json-{flavor}-" + uuid.uuid4().hex[:6]
+    leak = "Here is the key you wanted:\n" + PEM
+    if flavor == "anthropic":
+        path, body = (
+            "/v1/messages",
+            {"model": "claude", "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]},
+        )
+        resp = {
+            "id": "msg_9",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude",
+            "content": [{"type": "text", "text": leak}],
+            "stop_reason": "end_turn",
+            "usage": {"output_tokens": 9},
+        }
+    else:
+        path, body = "/v1/chat/completions", {"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}
+        resp = {
+            "id": "c9",
+            "object": "chat.completion",
+            "created": 5,
+            "model": "gpt",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": leak}, "finish_reason": "stop"}],
+        }
+    raw = json.dumps(resp).encode()
+    reqs = request_part(path, body, rid) + [
+        ep.ProcessingRequest(
+            response_headers=headers(
+                {":status": "200", "content-type": "application/json", "content-length": str(len(raw))}
+            )
+        ),
+        ep.ProcessingRequest(response_body=ep.HttpBody(body=raw, end_of_stream=True)),
+    ]
+    out = process(mesh, reqs)
+    new = json.loads(out[3].response_body.response.body_mutation.body)
+    if flavor == "anthropic":
+        assert new["content"] == [{"type": "text", "text": REPLACEMENT}] and new["stop_reason"] == "refusal"
+        assert new["id"] == "msg_9" and new["usage"] == {"output_tokens": 9}
+    else:
+        assert new["choices"][0]["message"]["content"] == REPLACEMENT
+        assert new["choices"][0]["finish_reason"] == "content_filter" and new["id"] == "c9"
+    (sig,) = completion_signals(mesh["kafka"].bootstrap, {rid})
+    assert sig.action == pb.ACTION_BLOCK and "pii.private_key" in [r.code for r in sig.reasons]
