@@ -1,0 +1,103 @@
+"""One ext_proc exchange driven message by message, in process (real policies,
+detectors, body parser and SSE decoder): streamed request bodies held back and
+released whole, partial events held back, error statuses passed through unscreened,
+a request without a tenant answered 400, and one signal for a dropped stream."""
+
+from __future__ import annotations
+
+import json
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+
+from services.enforcer.extproc import ExtProcConfig, HttpExchange
+from tests.unit.enforcer_stream.helpers import make_screener
+
+BODY = json.dumps(
+    {"model": "gpt", "stream": True, "messages": [{"role": "user", "content": "Tell me a story"}]}
+).encode()
+
+
+def hdrs(**pairs: str) -> ep.HttpHeaders:
+    return ep.HttpHeaders(
+        headers=base_pb2.HeaderMap(
+            headers=[base_pb2.HeaderValue(key=k.replace("_", "-"), raw_value=v.encode()) for k, v in pairs.items()]
+        )
+    )
+
+
+REQ_HEADERS = ep.ProcessingRequest(
+    request_headers=hdrs(
+        **{":path": "/v1/chat/completions", "content_type": "application/json", "x_safeguards_tenant": "acme"}
+    )
+)
+
+
+def body(data: bytes, end: bool, response: bool = False) -> ep.ProcessingRequest:
+    b = ep.HttpBody(body=data, end_of_stream=end)
+    return ep.ProcessingRequest(response_body=b) if response else ep.ProcessingRequest(request_body=b)
+
+
+async def test_streamed_request_body_is_held_back_then_released_whole(tmp_path) -> None:
+    screener, _cl, pub = make_screener(tmp_path)
+    x = HttpExchange(screener, ExtProcConfig())
+    await x.handle(REQ_HEADERS)
+    first = await x.handle(body(BODY[:20], False))
+    assert first.request_body.response.body_mutation.HasField("body")
+    assert first.request_body.response.body_mutation.body == b""
+    last = (await x.handle(body(BODY[20:], True))).request_body.response
+    assert last.body_mutation.body == BODY
+    assert {h.header.key for h in last.header_mutation.set_headers} >= {"x-safeguards-decision-id"}
+    assert len(pub.records) == 1  # the prompt's signal
+
+
+async def test_request_without_a_tenant_header_gets_400(tmp_path) -> None:
+    screener, _cl, _pub = make_screener(tmp_path)
+    x = HttpExchange(screener, ExtProcConfig())
+    await x.handle(ep.ProcessingRequest(request_headers=hdrs(**{":path": "/v1/chat/completions"})))
+    out = await x.handle(body(BODY, True))
+    assert out.immediate_response.status.code == 400
+    assert json.loads(out.immediate_response.body)["error"]["message"] == "tenant is required"
+
+
+async def test_oversize_request_body_gets_400_before_parsing(tmp_path) -> None:
+    screener, _cl, _pub = make_screener(tmp_path)
+    x = HttpExchange(screener, ExtProcConfig(max_body_bytes=50))
+    await x.handle(REQ_HEADERS)
+    await x.handle(body(BODY[:40], False))
+    out = await x.handle(body(BODY[40:], False))
+    assert out.immediate_response.status.code == 400 and b"over 50 bytes" in out.immediate_response.body
+
+
+async def test_error_responses_pass_through_unscreened(tmp_path) -> None:
+    screener, cl, pub = make_screener(tmp_path)
+    x = HttpExchange(screener, ExtProcConfig())
+    await x.handle(REQ_HEADERS)
+    await x.handle(body(BODY, True))
+    calls = len(cl.texts)
+    await x.handle(ep.ProcessingRequest(response_headers=hdrs(**{":status": "500"})))
+    out = await x.handle(body(b'{"error": "plutonium recipe"}', True, response=True))
+    assert not out.response_body.response.HasField("body_mutation")
+    assert x.session is None and len(cl.texts) == calls and len(pub.records) == 1
+
+
+async def test_partial_events_are_held_back_and_a_dropped_stream_signals_once(tmp_path) -> None:
+    screener, _cl, pub = make_screener(tmp_path, every=1000, window=2000)
+    x = HttpExchange(screener, ExtProcConfig())
+    await x.handle(REQ_HEADERS)
+    await x.handle(body(BODY, True))
+    await x.handle(
+        ep.ProcessingRequest(response_headers=hdrs(**{":status": "200", "content_type": "text/event-stream"}))
+    )
+    event = b'data: {"choices":[{"index":0,"delta":{"content":"once upon"}}]}\n\n'
+    out1 = (await x.handle(body(event + event[:10], False, response=True))).response_body.response
+    assert out1.body_mutation.body == event  # the partial second event waits
+    out2 = (await x.handle(body(event[10:], False, response=True))).response_body.response
+    assert out2.body_mutation.body == event
+    out3 = (await x.handle(body(event, False, response=True))).response_body.response
+    assert not out3.HasField("body_mutation")  # whole events pass as they are
+    assert len(pub.records) == 1
+    x.close()  # Envoy went away mid-stream
+    x.close()
+    assert len(pub.records) == 2
+    assert pub.signals()[-1].reasons[-1].code == "completion.abandoned"
