@@ -66,6 +66,8 @@ class ExtProcConfig:
     request_id_header: str = "x-request-id"
     max_body_bytes: int = 1024 * 1024
     max_completion_bytes: int = 1024 * 1024
+    #: ext_authz runs before ext_proc in the same filter chain and screens the prompt.
+    after_authz: bool = False
 
 
 # ---- message builders ---------------------------------------------------------------
@@ -216,6 +218,7 @@ class HttpExchange:
         self._req_streamed = False
         self.chat: ChatBody | None = None
         self.prompt: ScreenResult | None = None
+        self._prompt_id: str | None = None  # set once the prompt was screened (here or by ext_authz)
         self.session: CompletionSession | None = None
         self._sse = False
         self._format: StreamFormat | None = None
@@ -260,7 +263,7 @@ class HttpExchange:
 
     # ---- request ---------------------------------------------------------------------
     async def _request_body(self, body: ep.HttpBody) -> ep.ProcessingResponse:
-        if self.chat is not None or self.prompt is not None:
+        if self.chat is not None or self._prompt_id is not None:
             return ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse()))
         self._req_body += body.body
         limit = self._config.max_body_bytes
@@ -286,6 +289,16 @@ class HttpExchange:
             model=chat.model,
             request_id=h.get(self._config.request_id_header, "")[:128],
         )
+        if self._config.after_authz:
+            # ext_authz earlier in the chain screened (and counted) this prompt and set
+            # its decision id on the request; screen only the completion here.
+            if not identity.tenant:
+                return self._error(400, "tenant is required")
+            self.chat = chat
+            self._identity = identity
+            self._prompt_id = h.get(DECISION_HEADER, "")[:64]
+            body_out = raw if self._req_streamed else None
+            return ep.ProcessingResponse(request_body=ep.BodyResponse(response=_common(body=body_out)))
         self.chat = chat
         try:
             result = await self._screener.screen_prompt(
@@ -301,6 +314,7 @@ class HttpExchange:
             self.chat = None
             return self._error(HTTP_STATUS_OF.get(exc.code, 500), exc.message)
         self.prompt = result
+        self._prompt_id = result.decision_id
         self._identity = identity
         action = result.outcome.action
         headers = _decision_headers(result)
@@ -332,12 +346,12 @@ class HttpExchange:
         h = headers_of(msg)
         status = h.get(":status", "200")
         remove: tuple[str, ...] = ()
-        if self.chat is not None and self.prompt is not None and status.startswith("2") and self.session is None:
+        if self.chat is not None and self._prompt_id is not None and status.startswith("2") and self.session is None:
             self._sse = "text/event-stream" in h.get("content-type", "").lower()
             self.session = self._screener.open_completion(
                 self._identity,
                 surface=signals_pb2.SURFACE_EXT_PROC_RESPONSE,
-                prompt_decision_id=self.prompt.decision_id,
+                prompt_decision_id=self._prompt_id,
                 max_bytes=self._config.max_completion_bytes,
                 caller_remaining=self._remaining,
             )

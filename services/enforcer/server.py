@@ -118,6 +118,7 @@ def bindings(screener: Screener, settings: EnforcerSettings | None = None) -> li
             project_header=settings.project_header.lower(),
             max_body_bytes=settings.extproc_max_body_bytes,
             max_completion_bytes=settings.max_completion_bytes,
+            after_authz=settings.extproc_after_authz,
         )
     return [
         ServiceBinding(

@@ -101,3 +101,9 @@ class EnforcerSettings(ServiceSettings):
         description="largest completion screened on one stream, in UTF-8 bytes: ScreenCompletion answers "
         "INVALID_ARGUMENT beyond it, ext_proc cuts the response",
     )
+    extproc_after_authz: bool = Field(
+        False,
+        description="ext_authz runs before ext_proc in the same Envoy filter chain and screens the prompt: "
+        "ext_proc then screens only completions (prompt decision id from x-safeguards-decision-id); "
+        "never set without ext_authz in front",
+    )

@@ -101,3 +101,27 @@ async def test_partial_events_are_held_back_and_a_dropped_stream_signals_once(tm
     x.close()
     assert len(pub.records) == 2
     assert pub.signals()[-1].reasons[-1].code == "completion.abandoned"
+
+
+async def test_after_ext_authz_only_the_completion_is_screened(tmp_path) -> None:
+    screener, cl, pub = make_screener(tmp_path, every=10, window=100)
+    x = HttpExchange(screener, ExtProcConfig(after_authz=True))
+    req_headers = hdrs(
+        **{
+            ":path": "/v1/chat/completions",
+            "x_safeguards_tenant": "acme",
+            "x_safeguards_decision_id": "authz-decision-1",
+        }
+    )
+    await x.handle(ep.ProcessingRequest(request_headers=req_headers))
+    out = (await x.handle(body(BODY, True))).request_body.response
+    assert not out.HasField("header_mutation") and not out.HasField("body_mutation")
+    assert not cl.texts and not pub.records  # the prompt is not screened twice
+    await x.handle(
+        ep.ProcessingRequest(response_headers=hdrs(**{":status": "200", "content_type": "text/event-stream"}))
+    )
+    event = b'data: {"choices":[{"index":0,"delta":{"content":"the plutonium recipe is"}}]}\n\n'
+    cut = (await x.handle(body(event, False, response=True))).response_body.response
+    assert b'"finish_reason":"content_filter"' in cut.body_mutation.body
+    (sig,) = pub.signals()
+    assert sig.action == 5 and sig.surface == 5  # BLOCK, SURFACE_EXT_PROC_RESPONSE
