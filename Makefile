@@ -15,7 +15,7 @@ BUF_VERSION := 1.75.0
 SYSTEM_STAMP := .cache/system-deps.stamp
 SYSTEM_PACKAGES := docker-compose nghttp2-client
 
-.PHONY: setup models run test lint protos compose-check clean bench-ratelimit bench-classifier
+.PHONY: setup models run test lint protos compose-check clean bench-ratelimit bench-classifier bench-enforcer
 
 setup: $(DEPS_STAMP) $(GEN_STAMP) $(BUF) $(SYSTEM_STAMP) models
 
@@ -71,6 +71,9 @@ bench-ratelimit: setup
 
 bench-classifier: setup
 	$(PY) -m bench.classifier
+
+bench-enforcer: setup
+	$(PY) -m bench.enforcer
 
 clean:
 	rm -rf gen build .pytest_cache
