@@ -204,7 +204,8 @@ class Proc:
         self.address = ""
 
     def start(self, timeout_s: float = 90) -> Proc:
-        err = open(self.log_path, "w")  # noqa: SIM115 (lives as long as the process)
+        self.address = ""
+        err = open(self.log_path, "a")  # noqa: SIM115 (lives as long as the process)
         self.proc = subprocess.Popen(
             self.argv, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True
         )
@@ -582,7 +583,7 @@ def render(run: dict) -> str:
         "of a core (Kafka consumer and producer loops, metrics), which the CPU/decision figures include.",
         "",
         "| target req/s | achieved req/s | client p50 ms | client p99 ms | own p50 ms | own p99 ms | tier-0 p99 ms "
-        "| classifier call p50 / p99 ms | enforcer CPU µs/decision | failures | degraded | CPU |",
+        "| classifier call p50 / p99 ms | enforcer CPU µs/decision | failures | degraded* | CPU |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     nan = float("nan")
@@ -599,7 +600,7 @@ def render(run: dict) -> str:
         if not rows:
             return []
         out = [title, "", note, "",
-               "| rate | achieved req/s | p50 ms | p99 ms | max ms | decisions | degraded | failures | CPU |",
+               "| rate | achieved req/s | p50 ms | p99 ms | max ms | decisions | degraded* | failures | CPU |",
                "|---|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
         for s in rows:
             rate = f"{s.target_rps:,}/s" if s.target_rps else f"saturation ({run['sat_streams'] * 4} in flight)"
@@ -641,6 +642,8 @@ def render(run: dict) -> str:
                    "Same tenant and policy as (b); identity from x-safeguards-tenant / -account.")  # fmt: skip
     failures = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(run["failures"].items())) or "none"
     lines += [
+        "\\* degraded: fail-open decisions counted per failed dependency, so one decision can count twice.",
+        "",
         f"Dependency failures the enforcer counted over the whole run (incl. warm-up): {failures}.",
         "",
     ]
