@@ -162,6 +162,11 @@ class Batcher:
     def queued(self) -> int:
         return self._queued
 
+    @property
+    def alive(self) -> bool:
+        """The batching loop is running (started and neither stopped nor crashed)."""
+        return self._task is not None and not self._task.done()
+
     async def close(self) -> None:
         """Refuse new rows, finish the queued ones, stop the loop and its thread."""
         self._closing = True
@@ -294,7 +299,9 @@ class Batcher:
         self.batches_run += 1
         self.rows_run += len(batch)
         for k, (req, i) in enumerate(batch):
-            if req.dead:
+            if req.dead or req.future.done():
+                # Dead, or cancelled by its caller in this very loop iteration, before
+                # `_on_done` (a scheduled callback) could mark it dead.
                 continue
             if req.results is None:
                 req.results = np.empty((req.n, output.shape[1]), dtype=output.dtype)

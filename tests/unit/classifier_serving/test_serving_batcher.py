@@ -220,3 +220,22 @@ async def test_close_finishes_queued_rows_then_refuses_new_ones(model) -> None:
         np.testing.assert_array_equal(fut.result(), expected([i]))
     with pytest.raises(Unavailable, match="unloading"):
         batcher.submit(*rows([1]))
+
+
+async def test_callers_cancelled_while_their_batch_runs_never_stop_the_loop(model) -> None:
+    """A caller that goes away (deadline, cancel) just as its batch's answer arrives: the
+    future is already cancelled when the loop hands back the rows. That must not crash
+    the loop (it once did: every later call of the model failed)."""
+    batcher = make(model, max_batch_size=4, max_queue_delay_s=0.0)
+    loop = asyncio.get_running_loop()
+    for round_ in range(60):
+        futures = [batcher.submit(*rows([round_ + k])) for k in range(8)]
+        await asyncio.to_thread(model.started.wait, 5)
+        # Cancel from the loop at staggered moments around the answer's arrival.
+        for k, f in enumerate(futures):
+            loop.call_later(k * 0.00005, f.cancel)
+        await asyncio.gather(*futures, return_exceptions=True)
+    assert batcher.alive
+    got = await batcher.submit(*rows([1, 2]))
+    np.testing.assert_array_equal(got, expected([1, 2]))
+    await batcher.close()
