@@ -93,6 +93,11 @@ class CircuitBreaker:
         except Exception:
             self.record_failure()
             raise
+        except BaseException:
+            # Cancelled (the caller went away): says nothing about the dependency, but a
+            # probe that never reports back must not leave the breaker half-open for good.
+            self._probing = False
+            raise
         self.record_success()
         return result
 

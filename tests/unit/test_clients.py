@@ -50,6 +50,30 @@ async def test_breaker_fails_fast_when_open() -> None:
         await b.call(boom)
 
 
+async def test_a_cancelled_probe_does_not_leave_the_breaker_stuck_half_open() -> None:
+    now = [0.0]
+    b = CircuitBreaker("dep", failure_threshold=1, open_seconds=1.0, clock=lambda: now[0])
+    b.record_failure()
+    now[0] = 2.0
+    started = asyncio.Event()
+
+    async def hang():
+        started.set()
+        await asyncio.sleep(60)
+
+    probe = asyncio.create_task(b.call(hang))
+    await started.wait()
+    probe.cancel()  # the caller whose request carried the probe went away
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+
+    async def ok():
+        return "fine"
+
+    assert await b.call(ok) == "fine"  # the next call probes, and closes the breaker
+    assert b.state is BreakerState.CLOSED
+
+
 async def test_retries_stay_inside_the_budget_against_a_dead_grpc_server() -> None:
     """A real channel to a port nobody listens on: UNAVAILABLE, retried, and the
     whole thing returns within the budget instead of hanging."""
