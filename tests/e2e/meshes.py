@@ -1,6 +1,7 @@
 """The enforcer with every dependency as a real process — rate limiter (real Redis),
 classifier (real ONNX models), Tansu broker — shared by the e2e modules that call
-the enforcer over its different APIs (native ScreenPrompt, Envoy ext_authz).
+the enforcer over its different APIs. `backends()` starts the dependencies; `enforcer_mesh()`
+adds one enforcer with the policy set below.
 
 One policy set: `default` (STANDARD, classifier fail-open), `closed` (classifier
 fail-closed), `zero` (ZERO_RETENTION); tenant `tiny` gets 2 requests an hour."""
@@ -18,6 +19,7 @@ from aiokafka import AIOKafkaConsumer
 from safeguards.v1 import signals_pb2
 
 from tests.support import ROOT, EmbeddedKafka, ServiceProcess, free_port
+from tools.run_mesh import create_topics
 
 REGION = "e2e-1"
 JAILBREAK = (
@@ -66,46 +68,83 @@ def write_config(tmp: Path) -> tuple[Path, Path, Path]:
     return policies, rl, key
 
 
+class Backends:
+    """What every enforcer needs, as real processes: Tansu, the rate limiter (real Redis,
+    keys under a prefix of its own) and the classifier (the built models). Enforcers
+    started through `enforcer()` are stopped with the rest."""
+
+    def __init__(self, tmp: Path, kafka: EmbeddedKafka) -> None:
+        self.tmp = tmp
+        self.kafka = kafka
+        self.procs: list[ServiceProcess] = []
+        self.ratelimit: ServiceProcess
+        self.classifier: ServiceProcess
+
+    def enforcer_args(
+        self, *, region: str, policies: Path, key: Path, spool: str = "spool", metrics_listen: str = ""
+    ) -> list[str]:
+        return [
+            "--plaintext", "--upstream-plaintext", "--listen", "127.0.0.1:0", "--metrics-listen", metrics_listen,
+            "--region", region, "--classifier-addr", self.classifier.address, "--ratelimit-addr",
+            self.ratelimit.address, "--kafka-bootstrap", self.kafka.bootstrap, "--policy", str(policies),
+            "--hmac-key-file", str(key), "--spool-dir", str(self.tmp / spool),
+        ]  # fmt: skip
+
+    def enforcer(self, args: Sequence[str]) -> ServiceProcess:
+        proc = ServiceProcess("services.enforcer", args).start(timeout=60)
+        self.procs.append(proc)
+        return proc
+
+
 @contextmanager
-def enforcer_mesh(tmp: Path, enforcer_args: Sequence[str] = ()) -> Iterator[dict]:
-    """Start Tansu, the rate limiter, the classifier and the enforcer; yield
-    {"enforcer", "classifier", "ratelimit", "kafka", "metrics_port"}; stop them all
-    and delete this mesh's Redis keys afterwards."""
-    policies, rl_config, key = write_config(tmp)
+def backends(tmp: Path, ratelimit_config: Path, *, topics_region: str = "") -> Iterator[Backends]:
+    """Start Tansu (with the region's topics created when `topics_region` is given: 3
+    partitions each, actions compacted), the rate limiter and the classifier; stop every
+    process and delete this mesh's Redis keys afterwards."""
     prefix = f"e2e{uuid.uuid4().hex[:8]}:"
-    kafka = EmbeddedKafka().start()
-    procs: list[ServiceProcess] = []
+    b = Backends(tmp, EmbeddedKafka().start())
     try:
-        rl = ServiceProcess(
+        if topics_region:
+            asyncio.run(create_topics(b.kafka.bootstrap, topics_region))
+        b.ratelimit = ServiceProcess(
             "services.ratelimit",
-            ["--plaintext", "--listen", "127.0.0.1:0", "--metrics-listen", "", "--config", str(rl_config),
+            ["--plaintext", "--listen", "127.0.0.1:0", "--metrics-listen", "", "--config", str(ratelimit_config),
              "--key-prefix", prefix],
         ).start()  # fmt: skip
-        procs.append(rl)
-        cl = ServiceProcess(
+        b.procs.append(b.ratelimit)
+        b.classifier = ServiceProcess(
             "services.classifier",
             ["--plaintext", "--listen", "127.0.0.1:0", "--metrics-listen", "", "--models",
              str(ROOT / "build" / "models")],
         ).start(timeout=60)  # fmt: skip
-        procs.append(cl)
-        metrics_port = free_port()
-        enf = ServiceProcess("services.enforcer", [
-            "--plaintext", "--upstream-plaintext", "--listen", "127.0.0.1:0",
-            "--metrics-listen", f"127.0.0.1:{metrics_port}", "--region", REGION,
-            "--classifier-addr", cl.address, "--ratelimit-addr", rl.address,
-            "--kafka-bootstrap", kafka.bootstrap, "--policy", str(policies), "--hmac-key-file", str(key),
-            "--spool-dir", str(tmp / "spool"), "--log-level", "DEBUG", *enforcer_args,
-        ]).start(timeout=60)  # fmt: skip
-        procs.append(enf)
-        yield {"enforcer": enf, "classifier": cl, "ratelimit": rl, "kafka": kafka, "metrics_port": metrics_port}
+        b.procs.append(b.classifier)
+        yield b
     finally:
-        for p in reversed(procs):
-            p.stop()
-        kafka.close()
+        for proc in reversed(b.procs):
+            proc.stop()
+        b.kafka.close()
         r = redis.Redis()
         keys = list(r.scan_iter(f"{prefix}*"))
         if keys:
             r.delete(*keys)
+
+
+@contextmanager
+def enforcer_mesh(tmp: Path, enforcer_args: Sequence[str] = ()) -> Iterator[dict]:
+    """The backends and one enforcer with this module's policy set; yield
+    {"enforcer", "classifier", "ratelimit", "kafka", "metrics_port"}."""
+    policies, rl_config, key = write_config(tmp)
+    with backends(tmp, rl_config) as b:
+        metrics_port = free_port()
+        args = b.enforcer_args(region=REGION, policies=policies, key=key, metrics_listen=f"127.0.0.1:{metrics_port}")
+        enf = b.enforcer([*args, "--log-level", "DEBUG", *enforcer_args])
+        yield {
+            "enforcer": enf,
+            "classifier": b.classifier,
+            "ratelimit": b.ratelimit,
+            "kafka": b.kafka,
+            "metrics_port": metrics_port,
+        }
 
 
 async def read_signals(

@@ -29,8 +29,14 @@ def screen(mesh, tenant: str, *contents: str, account: str = "acct-1", region: s
     with grpc.insecure_channel(mesh["enforcer"].address) as ch:
         stub = safeguards_pb2_grpc.SafeguardsServiceStub(ch)
         req = pb.ScreenPromptRequest(
-            context=pb.RequestContext(tenant=tenant, account=account, model="claude", region=region,
-                                      request_id="req-" + uuid.uuid4().hex[:6], project="proj-7"),
+            context=pb.RequestContext(
+                tenant=tenant,
+                account=account,
+                model="claude",
+                region=region,
+                request_id="req-" + uuid.uuid4().hex[:6],
+                project="proj-7",
+            ),
             messages=[pb.ChatMessage(role="user", content=c) for c in contents],
         )
         return stub.ScreenPrompt(req, timeout=timeout).decision
@@ -41,8 +47,11 @@ def test_benign_prompt_is_allowed_and_signalled(mesh) -> None:
     assert d.action == pb.ACTION_ALLOW and d.decision_id and d.policy_version == "e2e.1"
     assert not d.degraded
     records = asyncio.run(read_signals(mesh["kafka"].bootstrap, {d.decision_id}))
-    sig = next(signals_pb2.SafeguardSignal.FromString(v) for k, v in records
-               if signals_pb2.SafeguardSignal.FromString(v).decision_id == d.decision_id)
+    sig = next(
+        signals_pb2.SafeguardSignal.FromString(v)
+        for k, v in records
+        if signals_pb2.SafeguardSignal.FromString(v).decision_id == d.decision_id
+    )
     assert sig.tenant == "acme" and sig.region == REGION and sig.action == pb.ACTION_ALLOW
     assert sig.account_hmac and "acct-1" not in sig.account_hmac
     assert sig.content.redacted_snippet.startswith("What is the capital")
@@ -74,13 +83,20 @@ def test_zero_retention_leaves_no_content_in_kafka_logs_or_metrics(mesh) -> None
     assert d.action == pb.ACTION_ALLOW
     records = asyncio.run(read_signals(mesh["kafka"].bootstrap, {d.decision_id}))
     blob = b"".join(k + v for k, v in records)
-    sig = next(signals_pb2.SafeguardSignal.FromString(v) for _, v in records
-               if signals_pb2.SafeguardSignal.FromString(v).decision_id == d.decision_id)
+    sig = next(
+        signals_pb2.SafeguardSignal.FromString(v)
+        for _, v in records
+        if signals_pb2.SafeguardSignal.FromString(v).decision_id == d.decision_id
+    )
     assert sig.data_policy == signals_pb2.DATA_POLICY_ZERO_RETENTION
     assert not sig.content.redacted_snippet and not sig.content.text_hmac and not sig.request_id and not sig.project
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{mesh['metrics_port']}/metrics", timeout=5).read()
-    for where, data in (("kafka", blob), ("enforcer log", mesh["enforcer"].logs().encode()),
-                        ("classifier log", mesh["classifier"].logs().encode()), ("metrics", metrics)):
+    for where, data in (
+        ("kafka", blob),
+        ("enforcer log", mesh["enforcer"].logs().encode()),
+        ("classifier log", mesh["classifier"].logs().encode()),
+        ("metrics", metrics),
+    ):
         assert MARKER.encode() not in data, f"prompt text reached the {where}"
         assert b"zero-account-42" not in data, f"raw account id reached the {where}"
 
@@ -96,8 +112,9 @@ def test_bad_input_gets_clear_errors(mesh) -> None:
         with pytest.raises(grpc.RpcError) as err:
             screen(mesh, kw["tenant"], *kw["contents"], region=kw.get("region", REGION))
         assert err.value.code() == code and message in err.value.details()
-    good = pb.ScreenPromptRequest(context=pb.RequestContext(tenant="acme"),
-                                  messages=[pb.ChatMessage(role="user", content="abc")]).SerializeToString()
+    good = pb.ScreenPromptRequest(
+        context=pb.RequestContext(tenant="acme"), messages=[pb.ChatMessage(role="user", content="abc")]
+    ).SerializeToString()
     with grpc.insecure_channel(mesh["enforcer"].address) as ch:
         raw = ch.unary_unary("/safeguards.v1.SafeguardsService/ScreenPrompt", request_serializer=lambda b: b)
         with pytest.raises(grpc.RpcError) as err:

@@ -93,13 +93,17 @@ def test_local_mesh_starts_serves_and_stops_cleanly() -> None:
             )
         assert resp.overall_code == OK
         with grpc.insecure_channel(mesh.address("enforcer")) as ch:
-            decision = safeguards_pb2_grpc.SafeguardsServiceStub(ch).ScreenPrompt(
-                safeguards_pb2.ScreenPromptRequest(
-                    context=safeguards_pb2.RequestContext(tenant="e2e", account="a"),
-                    messages=[safeguards_pb2.ChatMessage(role="user", content="What is the capital of France?")],
-                ),
-                timeout=10,
-            ).decision
+            decision = (
+                safeguards_pb2_grpc.SafeguardsServiceStub(ch)
+                .ScreenPrompt(
+                    safeguards_pb2.ScreenPromptRequest(
+                        context=safeguards_pb2.RequestContext(tenant="e2e", account="a"),
+                        messages=[safeguards_pb2.ChatMessage(role="user", content="What is the capital of France?")],
+                    ),
+                    timeout=10,
+                )
+                .decision
+            )
         assert decision.action == safeguards_pb2.ACTION_ALLOW and not decision.degraded
 
         async def topics() -> set[str]:

@@ -14,17 +14,16 @@ import asyncio
 import re
 import time
 import urllib.request
-import uuid
 
 import grpc
 import pytest
-import redis
 from aiokafka import AIOKafkaConsumer
 from safeguards.v1 import safeguards_pb2 as pb
 from safeguards.v1 import safeguards_pb2_grpc, signals_pb2
 
 from services.common.kafka import Deduper, record_id_of
-from tests.support import ROOT, EmbeddedKafka, ServiceProcess, free_port
+from tests.e2e.meshes import backends
+from tests.support import EmbeddedKafka, free_port
 from tools.run_mesh import create_topics
 
 REGION = "durable-1"
@@ -72,75 +71,13 @@ def mesh(tmp_path_factory):
     (tmp / "ratelimit").mkdir()
     (tmp / "ratelimit" / "durable.yaml").write_text(RATELIMIT)
     (tmp / "hmac.key").write_bytes(b"durability-test-key-" + b"k" * 40)
-    prefix = f"dur{uuid.uuid4().hex[:8]}:"
-    kafka = EmbeddedKafka().start()
-    asyncio.run(create_topics(kafka.bootstrap, REGION))
-    procs: list[ServiceProcess] = []
-    try:
-        rl = ServiceProcess(
-            "services.ratelimit",
-            [
-                "--plaintext",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "",
-                "--config",
-                str(tmp / "ratelimit"),
-                "--key-prefix",
-                prefix,
-            ],
-        ).start()
-        procs.append(rl)
-        cl = ServiceProcess(
-            "services.classifier",
-            [
-                "--plaintext",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "",
-                "--models",
-                str(ROOT / "build" / "models"),
-            ],
-        ).start(timeout=60)
-        procs.append(cl)
+    with backends(tmp, tmp / "ratelimit", topics_region=REGION) as b:
         metrics_port = free_port()
-        enf = ServiceProcess(
-            "services.enforcer",
-            [
-                "--plaintext",
-                "--upstream-plaintext",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                f"127.0.0.1:{metrics_port}",
-                "--region",
-                REGION,
-                "--classifier-addr",
-                cl.address,
-                "--ratelimit-addr",
-                rl.address,
-                "--kafka-bootstrap",
-                kafka.bootstrap,
-                "--policy",
-                str(tmp / "policies"),
-                "--hmac-key-file",
-                str(tmp / "hmac.key"),
-                "--spool-dir",
-                str(tmp / "spool"),
-            ],
-        ).start(timeout=60)
-        procs.append(enf)
-        yield {"enforcer": enf, "kafka": kafka, "metrics_port": metrics_port}
-    finally:
-        for p in reversed(procs):
-            p.stop()
-        kafka.close()
-        r = redis.Redis()
-        keys = list(r.scan_iter(f"{prefix}*"))
-        if keys:
-            r.delete(*keys)
+        args = b.enforcer_args(
+            region=REGION, policies=tmp / "policies", key=tmp / "hmac.key", metrics_listen=f"127.0.0.1:{metrics_port}"
+        )
+        enf = b.enforcer(args)
+        yield {"enforcer": enf, "kafka": b.kafka, "metrics_port": metrics_port}
 
 
 def decide(stub, i: int) -> tuple[str, float]:

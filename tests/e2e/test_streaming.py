@@ -13,7 +13,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import redis
 from aiokafka import AIOKafkaConsumer
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -22,7 +21,7 @@ from safeguards.v1 import safeguards_pb2 as pb
 from safeguards.v1 import safeguards_pb2_grpc, signals_pb2
 
 from services.enforcer.sse import SSEDecoder
-from tests.support import ROOT, EmbeddedKafka, ServiceProcess
+from tests.e2e.meshes import backends
 
 REGION = "e2e-stream"
 REPLACEMENT = "I can't continue with this response."
@@ -74,77 +73,12 @@ def mesh(tmp_path_factory):
         "domain: e2es\ndescriptors:\n  - key: tenant\n    rate_limit: {unit: hour, requests_per_unit: 10000}\n"
     )
     (tmp / "hmac.key").write_bytes(b"e2e-stream-key-" + b"y" * 40)
-    prefix = f"e2es{uuid.uuid4().hex[:8]}:"
-    kafka = EmbeddedKafka().start()
-    procs: list[ServiceProcess] = []
-    try:
-        rl = ServiceProcess(
-            "services.ratelimit",
-            [
-                "--plaintext",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "",
-                "--config",
-                str(tmp / "rl"),
-                "--key-prefix",
-                prefix,
-            ],
-        ).start()
-        procs.append(rl)
-        cl = ServiceProcess(
-            "services.classifier",
-            [
-                "--plaintext",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "",
-                "--models",
-                str(ROOT / "build" / "models"),
-            ],
-        ).start(timeout=60)
-        procs.append(cl)
-        enf = ServiceProcess(
-            "services.enforcer",
-            [
-                "--plaintext",
-                "--upstream-plaintext",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "",
-                "--region",
-                REGION,
-                "--classifier-addr",
-                cl.address,
-                "--ratelimit-addr",
-                rl.address,
-                "--kafka-bootstrap",
-                kafka.bootstrap,
-                "--policy",
-                str(tmp / "policies"),
-                "--hmac-key-file",
-                str(tmp / "hmac.key"),
-                "--spool-dir",
-                str(tmp / "spool"),
-                "--max-completion-bytes",
-                str(MAX_COMPLETION),
-            ],
-        ).start(timeout=60)
-        procs.append(enf)
+    with backends(tmp, tmp / "rl") as b:
+        args = b.enforcer_args(region=REGION, policies=tmp / "policies", key=tmp / "hmac.key")
+        enf = b.enforcer([*args, "--max-completion-bytes", str(MAX_COMPLETION)])
         channel = grpc.insecure_channel(enf.address)
-        yield {"enforcer": enf, "kafka": kafka, "channel": channel}
+        yield {"enforcer": enf, "kafka": b.kafka, "channel": channel}
         channel.close()
-    finally:
-        for p in reversed(procs):
-            p.stop()
-        kafka.close()
-        r = redis.Redis()
-        keys = list(r.scan_iter(f"{prefix}*"))
-        if keys:
-            r.delete(*keys)
 
 
 def completion_signals(bootstrap: str, request_ids: set[str], wait_s: float = 15) -> list[signals_pb2.SafeguardSignal]:
