@@ -4,6 +4,8 @@ its spool, the screener, and the gRPC services around it."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
 from pathlib import Path
 
@@ -24,6 +26,8 @@ from services.enforcer.server import bindings
 from services.enforcer.settings import EnforcerSettings
 from services.enforcer.state import EnforcementState, StateMetrics
 from services.enforcer.upstream import ClassifierCaller, RateLimitCaller
+
+log = logging.getLogger("safeguards.enforcer")
 
 
 async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
@@ -101,13 +105,23 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
         region=settings.region, key=key, state=state, sink=sink, publisher=publisher, tokens=tokens
     )
 
+    async def connect_upstreams() -> None:
+        # Connect before serving, so the first decisions do not pay TCP + HTTP/2 set-up
+        # inside their deadline budget. A dependency that is down does not stop the start:
+        # its calls fail, and the policy's fail mode decides.
+        for name, channel in (("classifier", classifier_channel), ("ratelimit", ratelimit_channel)):
+            try:
+                await asyncio.wait_for(channel.channel_ready(), timeout=settings.upstream_connect_timeout_seconds)
+            except TimeoutError:
+                log.warning("upstream not reachable at start", extra={"dependency": name})
+
     async def close_channels() -> None:
         await classifier_channel.close()
         await ratelimit_channel.close()
 
     return App(
         bindings=[*bindings(screener, settings), admin.admin_binding(enforcement_admin)],
-        on_start=[publisher.start, policies.start, *([tokens.start] if tokens else []), state.start],
+        on_start=[connect_upstreams, publisher.start, policies.start, *([tokens.start] if tokens else []), state.start],
         on_stop=[
             policies.stop,
             *([tokens.stop] if tokens else []),

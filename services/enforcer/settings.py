@@ -31,6 +31,11 @@ class EnforcerSettings(ServiceSettings):
     upstream_ca_file: str = Field(
         "", description="PEM CA that the classifier's and rate limiter's certificates chain to"
     )
+    upstream_connect_timeout_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="at start, wait this long for the classifier and rate limiter to connect (then serve anyway)",
+    )
     upstream_cert_file: str = Field("", description="PEM client certificate presented to them (mutual TLS)")
     upstream_key_file: str = Field("", description="PEM private key of --upstream-cert-file")
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers HOST:PORT[,HOST:PORT]")
