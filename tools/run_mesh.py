@@ -109,6 +109,7 @@ def mesh_services(
                 "MONITOR_PLAINTEXT": "true",
                 "MONITOR_REGION": region,
                 "MONITOR_SPOOL_DIR": str(ROOT / ".cache" / "spool"),
+                "MONITOR_RULES": str(ROOT / "config" / "monitor-rules"),
             },
         ),
     ]

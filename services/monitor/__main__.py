@@ -1,6 +1,6 @@
 """`python -m services.monitor`: wiring only (the runner): the PostgreSQL store, the
 signal consumer, the aggregate metrics, retention, the rollup publisher and its
-spool, and the gRPC query service around them."""
+spool, the automated enforcement rules, and the gRPC query service around them."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from prometheus_client import CollectorRegistry
 from services.common.kafka import KafkaPublisher, ProducerConfig, PublisherMetrics
 from services.common.server import App, run
 from services.common.spool import Spool
+from services.enforcer.admin import KafkaActionSink
 from services.monitor.aggregates import AggregateMetrics, AggregateRefresher
 from services.monitor.consumer import ConsumerMetrics, SignalConsumer
 from services.monitor.queries import Queries
 from services.monitor.retention import Purger
 from services.monitor.rollup import Rollup, RollupMetrics
+from services.monitor.rules import RuleEngine, RuleMetrics, rules_config
 from services.monitor.server import bindings
 from services.monitor.settings import MonitorSettings
 from services.monitor.store import Retention, Store
@@ -36,6 +38,26 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
         pool_size=settings.database_pool_size,
     )
     await store.start(create=settings.database_create)
+    rule_metrics = RuleMetrics(registry)
+    rules_config_ = rules_config(settings.rules, rule_metrics, settings.rules_poll_seconds) if settings.rules else None
+    if rules_config_ is not None:
+        rules_config_.load_initial()  # a broken rules file at start is fatal
+    engine = RuleEngine(
+        region=settings.region,
+        rules=rules_config_,
+        sink=KafkaActionSink(
+            settings.kafka_bootstrap,
+            idempotence=settings.kafka_idempotence,
+            timeout_s=settings.actions_timeout_seconds,
+            client_id=f"monitor-rules-{settings.region}",
+        ),
+        metrics=rule_metrics,
+        max_per_tenant_hour=settings.max_automated_actions_per_tenant_per_hour,
+        case_retention_s=store.retention.for_policy,
+        flush_interval_s=settings.actions_flush_seconds,
+        keep_s=settings.bucket_retention_hours * HOUR,
+    )
+    await engine.ensure_schema(store.pool)
     consumer = SignalConsumer(
         bootstrap=settings.kafka_bootstrap,
         region=settings.region,
@@ -44,6 +66,7 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
         metrics=ConsumerMetrics(registry),
         max_records=settings.batch_max_records,
         wait_ms=settings.batch_wait_ms,
+        rules=engine,
     )
     refresher = AggregateRefresher(
         store,
@@ -75,11 +98,12 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
         grace_s=settings.rollup_grace_seconds,
         lookback_s=settings.rollup_lookback_hours * HOUR,
     )
-    return App(
-        bindings=bindings(Queries(store)),
-        on_start=[publisher.start, consumer.start, refresher.start, purger.start, rollup.start],
-        on_stop=[consumer.stop, rollup.stop, purger.stop, refresher.stop, publisher.close, store.close],
-    )
+    on_start = [publisher.start, engine.start, consumer.start, refresher.start, purger.start, rollup.start]
+    on_stop = [consumer.stop, engine.stop, rollup.stop, purger.stop, refresher.stop, publisher.close, store.close]
+    if rules_config_ is not None:
+        on_start.insert(0, rules_config_.start)
+        on_stop.insert(0, rules_config_.stop)
+    return App(bindings=bindings(Queries(store)), on_start=on_start, on_stop=on_stop)
 
 
 def main(argv: list[str] | None = None) -> int:

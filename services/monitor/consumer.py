@@ -24,6 +24,7 @@ from safeguards.v1 import signals_pb2
 
 from services.common.errors import InvalidArgument
 from services.monitor.decisions import Decision, decision_from_signal, is_audit
+from services.monitor.rules import RuleEngine
 from services.monitor.store import Store
 
 log = logging.getLogger("safeguards.monitor.consumer")
@@ -71,6 +72,7 @@ class SignalConsumer:
         metrics: ConsumerMetrics,
         max_records: int = 500,
         wait_ms: int = 200,
+        rules: RuleEngine | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.region = region
@@ -79,6 +81,7 @@ class SignalConsumer:
         self.metrics = metrics
         self.max_records = max_records
         self.wait_ms = wait_ms
+        self.rules = rules
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -111,7 +114,7 @@ class SignalConsumer:
         while True:
             t0 = time.perf_counter()
             try:
-                result = await self.store.apply(decisions)
+                result = await self.store.apply(decisions, self.rules.after_apply if self.rules else None)
             except Exception as exc:  # any failure (connection, timeout, server): retry the same batch
                 if self._stopping:
                     raise
@@ -124,7 +127,18 @@ class SignalConsumer:
             self.metrics.records.labels("new").inc(result.new)
             self.metrics.records.labels("duplicate").inc(result.duplicates)
             self.metrics.cases.inc(result.cases)
+            if self.rules is not None:
+                self.rules.committed()
+                await self._flush_actions()
             return
+
+    async def _flush_actions(self) -> None:
+        """Produce the automated actions this batch queued; a failure leaves them in
+        the durable outbox for the next batch or the periodic flush."""
+        try:
+            await self.rules.flush(self.store.pool)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("automated actions not flushed; retried later", extra={"error": type(exc).__name__})
 
     async def _loop(self) -> None:
         assert self._consumer is not None

@@ -89,6 +89,24 @@ class MonitorSettings(ServiceSettings):
         64 * 1024 * 1024, ge=1024, description="spool size limit; beyond it rollup records are dropped (counted)"
     )
 
+    rules: str = Field(
+        "",
+        description="YAML file or folder of automated enforcement rules, hot reloaded (empty: no rules)",
+    )
+    rules_poll_seconds: float = Field(1.0, gt=0, description="how often the rules files are checked for changes")
+    max_automated_actions_per_tenant_per_hour: int = Field(
+        20,
+        ge=0,
+        description="most actions the rules fire per tenant per hour (per mode); beyond it a rule is suppressed "
+        "for that tenant, counted and logged",
+    )
+    actions_timeout_seconds: float = Field(
+        5.0, gt=0, description="longest wait for the actions topic to acknowledge (acks=all) an automated action"
+    )
+    actions_flush_seconds: float = Field(
+        1.0, gt=0, description="how often automated actions not yet acknowledged by Kafka are produced again"
+    )
+
     @model_validator(mode="after")
     def _default_group(self) -> MonitorSettings:
         if not self.group_id:

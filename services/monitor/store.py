@@ -14,7 +14,7 @@ import base64
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
@@ -81,6 +81,8 @@ CREATE TABLE IF NOT EXISTS monitor_rollup_sent (
 """
 
 CASE_OPEN = 1
+#: Runs inside `Store.apply`'s transaction with the batch's new decisions.
+AfterApply = Callable[[asyncpg.Connection, list[Decision]], Awaitable[None]]
 CASE_STATUSES = (1, 2, 3)
 
 
@@ -220,8 +222,9 @@ class Store:
         return self._pool
 
     # ---- ingest ------------------------------------------------------------------------
-    async def apply(self, decisions: Sequence[Decision]) -> ApplyResult:
-        """Count and open cases for the decisions not seen before, in one transaction."""
+    async def apply(self, decisions: Sequence[Decision], after: AfterApply | None = None) -> ApplyResult:
+        """Count and open cases for the decisions not seen before, in one transaction;
+        `after(conn, new_decisions)` runs last in that transaction (the automated rules)."""
         unique: dict[str, Decision] = {}
         for d in decisions:
             unique.setdefault(d.decision_id, d)
@@ -265,6 +268,8 @@ class Store:
                     "now() + make_interval(secs => $20)) ON CONFLICT (case_id) DO NOTHING",
                     [self._case_args(d) for d in cases],
                 )
+            if after is not None and new:
+                await after(conn, new)
         return ApplyResult(len(new), len(decisions) - len(new), len(cases))
 
     def _case_args(self, d: Decision) -> tuple:
