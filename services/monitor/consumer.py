@@ -5,7 +5,9 @@ One loop: fetch a batch, turn each record into a `Decision`, apply the batch to
 PostgreSQL in one transaction (`Store.apply`, which skips decision ids already
 processed), and only then commit the Kafka offsets. A crash anywhere before the
 commit means the batch is delivered again, and the processed-ids table makes that
-second delivery change nothing. A record that cannot be parsed is counted and
+second delivery change nothing. The automated rules run last inside
+that transaction (services.monitor.rules), and the actions they queue in its outbox
+are produced after it commits. A record that cannot be parsed is counted and
 skipped (it would never parse on a retry either). When PostgreSQL is unavailable
 the loop waits and retries the same batch without committing.
 """
@@ -116,6 +118,8 @@ class SignalConsumer:
             try:
                 result = await self.store.apply(decisions, self.rules.after_apply if self.rules else None)
             except Exception as exc:  # any failure (connection, timeout, server): retry the same batch
+                if self.rules is not None:
+                    self.rules.rolled_back()
                 if self._stopping:
                     raise
                 self.metrics.store_errors.inc()

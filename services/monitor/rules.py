@@ -384,6 +384,10 @@ class RuleEngine:
             await self._open_case(conn, rule, d, action, len(rows), now)
         self._uncommitted.append((rule, d.tenant, action.action_id, len(rows)))
 
+    def rolled_back(self) -> None:
+        """The batch transaction failed: its firings never happened."""
+        self._uncommitted = []
+
     def committed(self) -> None:
         """The batch transaction committed: count and log its firings (a rolled-back
         batch is evaluated again on its retry and must not count twice)."""

@@ -7,7 +7,8 @@ EnforcementAction (actor=automation, evidence = the decision ids, keyed as the
 enforcer keys it, with an expiry from the ttl) and opens a review case after N BLOCK
 signals, and neither replaying those signals nor more BLOCKs while the action is live
 produce a second one; the per-tenant hourly cap holds and is counted; a broken rules
-file is rejected while the last good rules stay live.
+file is rejected while the last good rules stay live; an action fired while Kafka
+is down waits in the outbox and is produced once when Kafka is back.
 """
 
 from __future__ import annotations
@@ -18,9 +19,14 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry
 from safeguards.v1 import enforcement_pb2
 
+from services.enforcer.admin import KafkaActionSink
 from services.enforcer.state import action_key
+from services.monitor.decisions import decision_from_signal
+from services.monitor.rules import RuleEngine, RuleMetrics, RuleSet, parse_rules
+from services.monitor.store import Retention, Store
 from tests.integration.monitor.monitor_support import KEY, make_signal, pg_database
 from tests.integration.monitor.test_monitor_service import Monitor, db_rows, encoded, produce, wait_for
 from tests.support import EmbeddedKafka
@@ -76,15 +82,15 @@ def env(tmp_path_factory):
         kafka.close()
 
 
-async def read_actions(bootstrap: str) -> list[tuple[bytes, enforcement_pb2.EnforcementAction]]:
-    """Every record of the actions topic, from the start to its current end."""
+async def read_actions(bootstrap: str, topic: str = ACTIONS) -> list[tuple[bytes, enforcement_pb2.EnforcementAction]]:
+    """Every record of an actions topic, from the start to its current end."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        parts = [TopicPartition(ACTIONS, p) for p in sorted(consumer.partitions_for_topic(ACTIONS) or ())]
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not parts:
             await consumer.force_metadata_update()
-            parts = [TopicPartition(ACTIONS, p) for p in sorted(consumer.partitions_for_topic(ACTIONS) or ())]
+            parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         assert parts, "the actions topic exists"
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
@@ -211,3 +217,60 @@ def test_a_broken_rules_file_keeps_the_last_good_rules_live(env) -> None:
         lambda: any(r["account_hmac"] == hmac and r["produced_at"] for r in rule_rows(db_url, T_LIVE)),
         what="the last good rule fired",
     )
+
+
+def test_an_action_fired_while_kafka_is_down_waits_in_the_outbox(env) -> None:
+    _, db_url, _, _ = env
+    asyncio.run(_outbox(db_url))
+
+
+async def _outbox(db_url: str) -> None:
+    region, tenant = f"out-{RUN}", f"out-{RUN}"
+    topic = f"safeguards.actions.{region}"
+    kafka = EmbeddedKafka()  # not started yet: Kafka is down
+    store = Store(db_url, region, Retention(3600, 3600, 3600))
+    await store.start(create=False)
+    registry = CollectorRegistry()
+    rule = parse_rules(
+        "rules:\n  - name: live-jb\n    match: {category: jailbreak}\n    threshold: {count: 3, window_minutes: 10}\n"
+        "    enforce: {kind: SUSPEND_ACCOUNT, ttl_minutes: 5}\n    dry_run: false\n",
+        "outbox.yaml",
+    )[0]
+    assert rule.name == "live-jb" and not rule.dry_run
+    sink = KafkaActionSink(kafka.bootstrap, idempotence=False, timeout_s=1.5, client_id="outbox-test")
+    engine = RuleEngine(
+        region=region,
+        rules=RuleSet((rule,)),
+        sink=sink,
+        metrics=RuleMetrics(registry),
+        max_per_tenant_hour=5,
+        case_retention_s=store.retention.for_policy,
+    )
+    try:
+        await engine.ensure_schema(store.pool)
+        decisions = [decision_from_signal(s, time.time()) for s in blocks(tenant, "acct-out", 3)]
+        assert (await store.apply(decisions, engine.after_apply)).new == 3
+        engine.committed()
+        assert await engine.flush(store.pool) == 0  # Kafka down: nothing acknowledged, nothing lost
+        assert registry.get_sample_value("safeguards_monitor_rule_actions_pending") == 1
+        assert registry.get_sample_value("safeguards_monitor_rule_produce_errors_total") >= 1
+
+        kafka.start()
+        await create_topics(kafka.bootstrap, region)
+        assert await engine.flush(store.pool) == 1
+        assert await engine.flush(store.pool) == 0
+        assert registry.get_sample_value("safeguards_monitor_rule_actions_pending") == 0
+        # A replay of the batch (e.g. offsets not committed before a crash) fires nothing.
+        assert (await store.apply(decisions, engine.after_apply)).new == 0
+        engine.committed()
+        assert await engine.flush(store.pool) == 0
+        actions = await read_actions(kafka.bootstrap, topic)
+        assert len(actions) == 1
+        assert sorted(actions[0][1].evidence) == sorted(d.decision_id for d in decisions)
+        assert (
+            registry.get_sample_value("safeguards_monitor_rule_matches_total", {"rule": "live-jb", "mode": "live"}) == 1
+        )
+    finally:
+        await engine.stop()
+        await store.close()
+        kafka.close()
