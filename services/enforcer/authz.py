@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import dataclass
 
 import grpc
@@ -60,6 +59,7 @@ from services.enforcer.bodies import (
     error_body,
     estimated_tokens,
     flavor_from_path,
+    loggable,
     parse_chat_body,
 )
 from services.enforcer.policy import Action
@@ -75,7 +75,6 @@ UNSCREENED = "UNSCREENED"
 OUR_HEADERS = (DECISION_HEADER, ACTION_HEADER, REDACT_HEADER)
 HTTP_STATUS_OF = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400}
 BLOCK_MESSAGE = "request blocked by content policy"
-QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")  # Python reprs of client strings
 THROTTLE_MESSAGE = "rate limited; retry after the time in the Retry-After header"
 
 
@@ -249,12 +248,8 @@ class AuthzServicer(ea_grpc.AuthorizationServicer):
     def _bad_request(status: int, flavor: str | None, message: str) -> ea.CheckResponse:
         # The message names a field or a limit; the only client-supplied bits in it are
         # quoted (a role, a content-type), and those stay out of the log.
-        log.info("authz refused a malformed request", extra={"http_status": status, "error": _unquoted(message)})
+        log.info("authz refused a malformed request", extra={"http_status": status, "error": loggable(message)})
         return denied_response(status, flavor, message)
-
-
-def _unquoted(message: str) -> str:
-    return QUOTED.sub("'…'", message)[:200]
 
 
 def authz_binding_parts() -> tuple[str, object]:

@@ -36,6 +36,7 @@ string when present; `stream` a boolean; the token limit a non-negative integer.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -361,3 +362,12 @@ def error_body(flavor: str | None, status: int, message: str, code: str = "") ->
             }
         }
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")  # Python reprs of client strings
+
+
+def loggable(message: str) -> str:
+    """An error message about a client's body, fit for a log line: the client strings it
+    quotes (roles, types, keys) are masked, and it is cut to 200 characters."""
+    return _QUOTED.sub("'…'", message)[:200]

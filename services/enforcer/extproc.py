@@ -43,6 +43,7 @@ from services.enforcer.bodies import (
     error_body,
     estimated_tokens,
     flavor_from_path,
+    loggable,
     parse_chat_body,
 )
 from services.enforcer.detectors import run_tier0
@@ -239,7 +240,7 @@ class HttpExchange:
             self.session.abandon()
 
     def _error(self, status: int, message: str) -> ep.ProcessingResponse:
-        log.info("ext_proc refused", extra={"http_status": status, "error": message})
+        log.info("ext_proc refused", extra={"http_status": status, "error": loggable(message)})
         return immediate(status, error_body(self.flavor, status, message), details=message[:200])
 
     async def handle(self, req: ep.ProcessingRequest) -> ep.ProcessingResponse:

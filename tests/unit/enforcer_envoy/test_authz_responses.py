@@ -11,8 +11,8 @@ from envoy.service.auth.v3 import attribute_context_pb2 as ac
 from envoy.service.auth.v3 import external_auth_pb2 as ea
 from google.rpc import code_pb2
 
-from services.enforcer.authz import _unquoted, decision_response, denied_response, http_view, ok_response
-from services.enforcer.bodies import ANTHROPIC, OPENAI
+from services.enforcer.authz import decision_response, denied_response, http_view, ok_response
+from services.enforcer.bodies import ANTHROPIC, OPENAI, loggable
 from services.enforcer.decision import Outcome
 from services.enforcer.policy import Action
 from services.enforcer.screening import ScreenResult
@@ -103,6 +103,6 @@ def test_unscreened_ok_removes_every_verdict_header_a_client_sent() -> None:
 
 @pytest.mark.parametrize("value", ["plain", "it's", 'say "hi"', "both ' and \"", "back\\slash"])
 def test_client_strings_quoted_in_error_messages_are_masked_for_the_log(value) -> None:
-    assert _unquoted(f"messages[0].role {value!r} is not user or assistant") == (
+    assert loggable(f"messages[0].role {value!r} is not user or assistant") == (
         "messages[0].role '…' is not user or assistant"
     )
