@@ -56,6 +56,7 @@ from safeguards.v1 import signals_pb2
 from services.common.errors import ServiceError
 from services.enforcer.bodies import (
     ChatBody,
+    IdentityHeaders,
     error_body,
     estimated_tokens,
     flavor_from_path,
@@ -80,10 +81,7 @@ THROTTLE_MESSAGE = "rate limited; retry after the time in the Retry-After header
 
 @dataclass(frozen=True)
 class AuthzConfig:
-    tenant_header: str = "x-safeguards-tenant"
-    account_header: str = "x-safeguards-account"
-    project_header: str = "x-safeguards-project"
-    request_id_header: str = "x-request-id"
+    headers: IdentityHeaders = IdentityHeaders()
     max_body_bytes: int = 1024 * 1024
 
 
@@ -206,9 +204,9 @@ class AuthzServicer(ea_grpc.AuthorizationServicer):
         path_flavor = flavor_from_path(http.path)
         if http.method != "POST":
             return ok_response("", UNSCREENED)
-        tenant = http.headers.get(cfg.tenant_header, "").strip()
+        tenant = http.headers.get(cfg.headers.tenant, "").strip()
         if not tenant:
-            return self._bad_request(400, path_flavor, f"missing {cfg.tenant_header} header")
+            return self._bad_request(400, path_flavor, f"missing {cfg.headers.tenant} header")
         if http.headers.get(PARTIAL_BODY_HEADER, "").lower() == "true":
             return self._bad_request(
                 413, path_flavor, f"request body is larger than the gateway buffers (max {cfg.max_body_bytes} bytes)"
@@ -221,11 +219,11 @@ class AuthzServicer(ea_grpc.AuthorizationServicer):
             return self._bad_request(400, path_flavor, e.message)
         identity = Identity(
             tenant=tenant,
-            account=http.headers.get(cfg.account_header, ""),
-            project=http.headers.get(cfg.project_header, ""),
+            account=http.headers.get(cfg.headers.account, ""),
+            project=http.headers.get(cfg.headers.project, ""),
             model=chat.model,
             region=self._screener.region,
-            request_id=http.headers.get(cfg.request_id_header, "") or http.envoy_id,
+            request_id=http.headers.get(cfg.headers.request_id, "") or http.envoy_id,
         )
         try:
             result = await self._screener.screen_prompt(

@@ -371,3 +371,13 @@ def loggable(message: str) -> str:
     """An error message about a client's body, fit for a log line: the client strings it
     quotes (roles, types, keys) are masked, and it is cut to 200 characters."""
     return _QUOTED.sub("'…'", message)[:200]
+
+
+@dataclass(frozen=True)
+class IdentityHeaders:
+    """The HTTP headers (lower case) that carry who is calling, for both Envoy adapters."""
+
+    tenant: str = "x-safeguards-tenant"
+    account: str = "x-safeguards-account"
+    project: str = "x-safeguards-project"
+    request_id: str = "x-request-id"

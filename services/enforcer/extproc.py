@@ -37,9 +37,11 @@ from envoy.type.v3 import http_status_pb2
 from safeguards.v1 import signals_pb2
 
 from services.common.errors import InvalidArgument, ServiceError
+from services.enforcer.authz import ACTION_HEADER, DECISION_HEADER
 from services.enforcer.bodies import (
     ANTHROPIC,
     ChatBody,
+    IdentityHeaders,
     error_body,
     estimated_tokens,
     flavor_from_path,
@@ -54,17 +56,12 @@ from services.enforcer.streaming import CompletionSession
 
 log = logging.getLogger("safeguards.enforcer.extproc")
 
-DECISION_HEADER = "x-safeguards-decision-id"
-ACTION_HEADER = "x-safeguards-action"
 HTTP_STATUS_OF = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "PERMISSION_DENIED": 403, "NOT_FOUND": 404}
 
 
 @dataclass(frozen=True)
 class ExtProcConfig:
-    tenant_header: str = "x-safeguards-tenant"
-    account_header: str = "x-safeguards-account"
-    project_header: str = "x-safeguards-project"
-    request_id_header: str = "x-request-id"
+    headers: IdentityHeaders = IdentityHeaders()
     max_body_bytes: int = 1024 * 1024
     max_completion_bytes: int = 1024 * 1024
     #: ext_authz runs before ext_proc in the same filter chain and screens the prompt.
@@ -284,11 +281,11 @@ class HttpExchange:
             return self._error(400, exc.message)
         h = self._headers
         identity = Identity(
-            tenant=h.get(self._config.tenant_header, ""),
-            account=h.get(self._config.account_header, ""),
-            project=h.get(self._config.project_header, ""),
+            tenant=h.get(self._config.headers.tenant, ""),
+            account=h.get(self._config.headers.account, ""),
+            project=h.get(self._config.headers.project, ""),
             model=chat.model,
-            request_id=h.get(self._config.request_id_header, "")[:128],
+            request_id=h.get(self._config.headers.request_id, "")[:128],
         )
         if self._config.after_authz:
             # ext_authz earlier in the chain screened (and counted) this prompt and set

@@ -12,6 +12,7 @@ from safeguards.v1 import safeguards_pb2, safeguards_pb2_grpc, signals_pb2
 from services.common.errors import InvalidArgument
 from services.common.server import ServiceBinding
 from services.enforcer.authz import AuthzConfig, AuthzServicer, authz_binding_parts
+from services.enforcer.bodies import IdentityHeaders
 from services.enforcer.extproc import ExtProcConfig, ExtProcServicer
 from services.enforcer.screening import Identity, PromptRequest, Screener, ScreenResult
 from services.enforcer.settings import EnforcerSettings
@@ -111,11 +112,16 @@ class SafeguardsServicer(safeguards_pb2_grpc.SafeguardsServiceServicer):
 
 def bindings(screener: Screener, settings: EnforcerSettings | None = None) -> list[ServiceBinding]:
     extproc = ExtProcConfig()
+    authz = AuthzConfig()
     if settings is not None:
+        headers = IdentityHeaders(
+            tenant=settings.tenant_header.lower(),
+            account=settings.account_header.lower(),
+            project=settings.project_header.lower(),
+        )
+        authz = AuthzConfig(headers=headers, max_body_bytes=settings.authz_max_body_bytes)
         extproc = ExtProcConfig(
-            tenant_header=settings.tenant_header.lower(),
-            account_header=settings.account_header.lower(),
-            project_header=settings.project_header.lower(),
+            headers=headers,
             max_body_bytes=settings.extproc_max_body_bytes,
             max_completion_bytes=settings.max_completion_bytes,
             after_authz=settings.extproc_after_authz,
@@ -131,16 +137,5 @@ def bindings(screener: Screener, settings: EnforcerSettings | None = None) -> li
             external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server,
             ExtProcServicer(screener, extproc),
         ),
-        ServiceBinding(*authz_binding_parts(), AuthzServicer(screener, authz_config(settings))),
+        ServiceBinding(*authz_binding_parts(), AuthzServicer(screener, authz)),
     ]
-
-
-def authz_config(settings: EnforcerSettings | None) -> AuthzConfig:
-    if settings is None:
-        return AuthzConfig()
-    return AuthzConfig(
-        tenant_header=settings.tenant_header.lower(),
-        account_header=settings.account_header.lower(),
-        project_header=settings.project_header.lower(),
-        max_body_bytes=settings.authz_max_body_bytes,
-    )
