@@ -15,7 +15,7 @@ BUF_VERSION := 1.75.0
 SYSTEM_STAMP := .cache/system-deps.stamp
 SYSTEM_PACKAGES := docker-compose nghttp2-client
 
-.PHONY: setup models run test lint protos compose-check clean bench-ratelimit bench-classifier bench-enforcer
+.PHONY: setup models run test lint protos compose-check clean bench-ratelimit bench-classifier bench-enforcer bench-monitor
 
 setup: $(DEPS_STAMP) $(GEN_STAMP) $(BUF) $(SYSTEM_STAMP) models
 
@@ -74,6 +74,9 @@ bench-classifier: setup
 
 bench-enforcer: setup
 	$(PY) -m bench.enforcer
+
+bench-monitor: setup
+	$(PY) -m bench.monitor
 
 clean:
 	rm -rf gen build .pytest_cache
