@@ -188,11 +188,13 @@ class KafkaActionSink:
                 self._producer = producer
             return self._producer
 
-    async def send(self, topic: str, key: bytes, value: bytes | None) -> None:
+    async def send(
+        self, topic: str, key: bytes, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
         try:
             async with asyncio.timeout(self.timeout_s):
                 producer = await self._get()
-                await producer.send_and_wait(topic, value, key=key)
+                await producer.send_and_wait(topic, value, key=key, headers=headers)
         except (TimeoutError, KafkaError, OSError) as exc:
             await self.close()
             raise Unavailable(

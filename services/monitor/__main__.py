@@ -1,6 +1,7 @@
 """`python -m services.monitor`: wiring only (the runner): the PostgreSQL store, the
 signal consumer, the aggregate metrics, retention, the rollup publisher and its
-spool, the automated enforcement rules, and the gRPC query service around them."""
+spool, the automated enforcement rules, the alerts, and the gRPC query service
+around them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from services.common.server import App, run
 from services.common.spool import Spool
 from services.enforcer.admin import KafkaActionSink
 from services.monitor.aggregates import AggregateMetrics, AggregateRefresher
+from services.monitor.alerts import AlertConfig, AlertEvaluator, AlertMetrics, LagWatch
 from services.monitor.consumer import ConsumerMetrics, SignalConsumer
 from services.monitor.queries import Queries
 from services.monitor.retention import Purger
@@ -22,6 +24,7 @@ from services.monitor.rules import RuleEngine, RuleMetrics, rules_config
 from services.monitor.server import bindings
 from services.monitor.settings import MonitorSettings
 from services.monitor.store import Retention, Store
+from services.monitor.webhook import Webhook
 
 HOUR = 3600.0
 
@@ -98,12 +101,58 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
         grace_s=settings.rollup_grace_seconds,
         lookback_s=settings.rollup_lookback_hours * HOUR,
     )
-    on_start = [publisher.start, engine.start, consumer.start, refresher.start, purger.start, rollup.start]
-    on_stop = [consumer.stop, engine.stop, rollup.stop, purger.stop, refresher.stop, publisher.close, store.close]
+    alerts = AlertEvaluator(
+        pool=store.pool,
+        region=settings.region,
+        config=alert_config(settings),
+        metrics=AlertMetrics(registry),
+        sink=KafkaActionSink(
+            settings.kafka_bootstrap,
+            idempotence=settings.kafka_idempotence,
+            timeout_s=settings.actions_timeout_seconds,
+            client_id=f"monitor-alerts-{settings.region}",
+        ),
+        webhook=Webhook.from_settings(
+            settings.alert_webhook_url,
+            settings.alert_webhook_secret_file,
+            settings.alert_webhook_auth,
+            settings.alert_webhook_timeout_seconds,
+            settings.alert_webhook_retries,
+        ),
+        lag=LagWatch(lambda: consumer.lag, settings.group_id, settings.alert_lag_records, settings.alert_lag_seconds),
+        interval_s=settings.alerts_interval_seconds,
+        keep_s=settings.bucket_retention_hours * HOUR,
+    )
+    await alerts.ensure_schema()
+    on_start = [
+        publisher.start, engine.start, consumer.start, refresher.start, purger.start, rollup.start, alerts.start
+    ]  # fmt: skip
+    on_stop = [
+        consumer.stop, alerts.stop, engine.stop, rollup.stop, purger.stop, refresher.stop, publisher.close, store.close
+    ]  # fmt: skip
     if rules_config_ is not None:
         on_start.insert(0, rules_config_.start)
         on_stop.insert(0, rules_config_.stop)
     return App(bindings=bindings(Queries(store)), on_start=on_start, on_stop=on_stop)
+
+
+def alert_config(s: MonitorSettings) -> AlertConfig:
+    return AlertConfig(
+        grace_s=s.alerts_grace_seconds,
+        half_life_minutes=s.alert_half_life_minutes,
+        z_threshold=s.alert_z_threshold,
+        min_history_minutes=s.alert_min_history_minutes,
+        max_series=s.alert_max_series,
+        block_min_decisions=s.alert_block_min_decisions,
+        block_min_rise=s.alert_block_min_rise,
+        volume_min_count=s.alert_volume_min_count,
+        volume_min_ratio=s.alert_volume_min_ratio,
+        dependency_window_minutes=s.alert_dependency_window_minutes,
+        dependency_threshold=s.alert_dependency_threshold,
+        dependency_min_count=s.alert_dependency_min_count,
+        resolve_s=s.alert_resolve_seconds,
+        repeat_s=s.alert_repeat_seconds,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

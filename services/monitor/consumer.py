@@ -36,6 +36,11 @@ def signals_topic(region: str) -> str:
     return f"safeguards.signals.{region}"
 
 
+def alerts_topic(region: str) -> str:
+    """Where services.monitor.alerts notifies, keyed by alert fingerprint."""
+    return f"safeguards.alerts.{region}"
+
+
 class ConsumerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.records = Counter(
@@ -88,6 +93,8 @@ class SignalConsumer:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._positions: dict[TopicPartition, int] = {}
+        #: Records on the assigned partitions not yet consumed (what the lag alert watches).
+        self.lag = 0
 
     def _decode(self, record) -> Decision | None:
         try:
@@ -188,6 +195,7 @@ class SignalConsumer:
             done = self._positions.get(tp)
             if high is not None and done is not None:
                 lag += max(0, high - done)
+        self.lag = lag
         self.metrics.lag.set(lag)
 
     async def start(self) -> None:

@@ -22,6 +22,7 @@ ACTIONS = {
     safeguards_pb2.ACTION_THROTTLE: "THROTTLE",
     safeguards_pb2.ACTION_BLOCK: "BLOCK",
 }
+BLOCK = safeguards_pb2.ACTION_BLOCK
 #: Decisions of these actions become review cases.
 CASE_ACTIONS = frozenset({safeguards_pb2.ACTION_FLAG, safeguards_pb2.ACTION_BLOCK})
 #: Reasons that are the consequence of an earlier human or automated action (a
@@ -29,6 +30,10 @@ CASE_ACTIONS = frozenset({safeguards_pb2.ACTION_FLAG, safeguards_pb2.ACTION_BLOC
 ENFORCED_REASON_PREFIXES = ("enforcement.", "kill_switch")
 NO_CATEGORY = "none"
 MAX_ID_CHARS = 256
+#: A degraded signal that names no failed dependency counts under this one.
+UNKNOWN_DEPENDENCY = "unknown"
+MAX_DEPENDENCIES = 8
+MAX_DEPENDENCY_CHARS = 64
 
 STANDARD = signals_pb2.DATA_POLICY_STANDARD
 METADATA_ONLY = signals_pb2.DATA_POLICY_METADATA_ONLY
@@ -60,6 +65,8 @@ class Decision:
     scores: tuple[tuple[str, float, float, int], ...]
     content: CaseContent
     needs_case: bool
+    #: Dependencies the decision was taken without (the policy's fail mode applied).
+    failed_dependencies: tuple[str, ...] = ()
 
 
 def category_of(code: str) -> str:
@@ -73,6 +80,15 @@ def category_of(code: str) -> str:
 def categories_of(reasons: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
     found = sorted({category_of(code) for code, _ in reasons})
     return tuple(found) or (NO_CATEGORY,)
+
+
+def dependencies_of(sig: signals_pb2.SafeguardSignal) -> tuple[str, ...]:
+    """The failed dependencies of a degraded decision, bounded in number and length
+    (they become alert subjects)."""
+    names = sorted({d[:MAX_DEPENDENCY_CHARS] for d in sig.failed_dependencies if d})[:MAX_DEPENDENCIES]
+    if names:
+        return tuple(names)
+    return (UNKNOWN_DEPENDENCY,) if sig.degraded else ()
 
 
 def content_allowed(sig: signals_pb2.SafeguardSignal) -> CaseContent:
@@ -117,4 +133,5 @@ def decision_from_signal(sig: signals_pb2.SafeguardSignal, fallback_time_s: floa
         scores=tuple((s.category, s.score, s.threshold, s.action) for s in sig.scores),
         content=content_allowed(sig),
         needs_case=sig.action in CASE_ACTIONS and not enforced_only,
+        failed_dependencies=dependencies_of(sig),
     )

@@ -232,10 +232,12 @@ def _ts(seconds: float) -> timestamp_pb2.Timestamp:
 
 
 class ActionSink(Protocol):
-    """What `flush()` produces with: `send(topic, key, value)` waits for the ack or raises
-    (`services.enforcer.admin.KafkaActionSink`, acks=all)."""
+    """What `flush()` (and the alerts' outbox) produce with: `send(topic, key, value)`
+    waits for the ack or raises (`services.enforcer.admin.KafkaActionSink`, acks=all)."""
 
-    async def send(self, topic: str, key: bytes, value: bytes | None) -> None: ...  # pragma: no cover
+    async def send(
+        self, topic: str, key: bytes, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+    ) -> None: ...  # pragma: no cover
 
     async def close(self) -> None: ...  # pragma: no cover
 

@@ -107,6 +107,79 @@ class MonitorSettings(ServiceSettings):
         1.0, gt=0, description="how often automated actions not yet acknowledged by Kafka are produced again"
     )
 
+    alerts_interval_seconds: float = Field(
+        30.0, gt=0, description="how often the alert detectors run and pending alert notifications are delivered"
+    )
+    alerts_grace_seconds: float = Field(
+        15.0, ge=0, description="a minute is evaluated by the alerts this long after its end, so late signals count"
+    )
+    alert_half_life_minutes: float = Field(
+        30.0, gt=0, description="half-life of the EWMA baselines (a tenant's BLOCK share, a category's volume)"
+    )
+    alert_z_threshold: float = Field(
+        4.0, gt=0, description="a minute this many standard deviations above its EWMA baseline is a spike"
+    )
+    alert_min_history_minutes: int = Field(
+        15, ge=1, description="minutes of baseline a tenant or category needs before a spike can fire"
+    )
+    alert_max_series: int = Field(
+        100,
+        ge=1,
+        description="most tenants, categories and dependencies evaluated per detector and round (busiest first)",
+    )
+    alert_block_min_decisions: int = Field(
+        20, ge=1, description="a tenant block-rate spike needs at least this many decisions in the minute"
+    )
+    alert_block_min_rise: float = Field(
+        0.2, gt=0, le=1, description="a tenant block-rate spike needs the BLOCK share this far above its baseline"
+    )
+    alert_volume_min_count: int = Field(
+        50, ge=1, description="a category volume spike needs at least this many decisions in the minute"
+    )
+    alert_volume_min_ratio: float = Field(
+        2.0, ge=1, description="a category volume spike needs at least this multiple of the baseline's mean"
+    )
+    alert_dependency_window_minutes: int = Field(
+        2, ge=1, description="closed minutes over which the share of decisions degraded by a dependency is taken"
+    )
+    alert_dependency_threshold: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="share of decisions taken without a dependency (fail-open/closed) that fires its alert",
+    )
+    alert_dependency_min_count: int = Field(
+        10, ge=1, description="a dependency alert needs at least this many degraded decisions in its window"
+    )
+    alert_lag_records: int = Field(
+        10_000, ge=1, description="signal-consumer lag (records) above which the consumer-lag alert may fire"
+    )
+    alert_lag_seconds: float = Field(
+        120.0, ge=0, description="how long the consumer lag must stay above --alert-lag-records before it fires"
+    )
+    alert_resolve_seconds: float = Field(
+        300.0, ge=0, description="an alert resolves (and notifies once) after its condition was clear this long"
+    )
+    alert_repeat_seconds: float = Field(
+        4 * 3600.0, gt=0, description="a still-firing alert notifies again at most this often"
+    )
+    alert_webhook_url: str = Field(
+        "", description="http(s) URL that alert notifications are POSTed to as JSON (empty: topic only)"
+    )
+    alert_webhook_secret_file: str = Field(
+        "", description="file holding the webhook secret (empty: none); see --alert-webhook-auth"
+    )
+    alert_webhook_auth: str = Field(
+        "hmac",
+        pattern="^(hmac|bearer)$",
+        description="how the secret is sent: hmac (X-Safeguards-Signature: sha256=HMAC of the body) or bearer "
+        "(Authorization: Bearer)",
+    )
+    alert_webhook_timeout_seconds: float = Field(5.0, gt=0, description="timeout of one webhook POST")
+    alert_webhook_retries: int = Field(
+        2, ge=0, description="retries of a failed webhook POST before it waits for the next round"
+    )
+
     @model_validator(mode="after")
     def _default_group(self) -> MonitorSettings:
         if not self.group_id:

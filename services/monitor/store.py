@@ -1,5 +1,6 @@
 """The monitor's durable state in PostgreSQL (asyncpg): processed decision ids,
-per-minute aggregate buckets, review cases, and which rollup windows were sent.
+per-minute aggregate buckets (and the per-tenant and per-dependency minutes the
+alerts read), review cases, and which rollup windows were sent.
 
 Idempotence lives here. `apply()` runs one transaction per batch: it inserts the
 batch's decision ids into `monitor_processed` (ON CONFLICT DO NOTHING RETURNING),
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from services.common.errors import ConfigError, InvalidArgument, NotFound
-from services.monitor.decisions import METADATA_ONLY, STANDARD, ZERO_RETENTION, Decision
+from services.monitor.decisions import BLOCK, METADATA_ONLY, STANDARD, ZERO_RETENTION, Decision
 
 log = logging.getLogger("safeguards.monitor.store")
 
@@ -44,6 +45,28 @@ CREATE TABLE IF NOT EXISTS monitor_buckets (
     PRIMARY KEY (region, minute, tenant, category, action, model)
 );
 CREATE INDEX IF NOT EXISTS monitor_buckets_minute ON monitor_buckets (minute);
+
+-- Per tenant and minute, each decision counted once (monitor_buckets counts a decision
+-- once per category): the tenant block-rate baseline of services.monitor.alerts.
+CREATE TABLE IF NOT EXISTS monitor_tenant_minutes (
+    region text NOT NULL,
+    minute timestamptz NOT NULL,
+    tenant text NOT NULL,
+    decisions bigint NOT NULL,
+    blocked bigint NOT NULL,
+    PRIMARY KEY (region, minute, tenant)
+);
+CREATE INDEX IF NOT EXISTS monitor_tenant_minutes_minute ON monitor_tenant_minutes (minute);
+
+-- Per dependency and minute: decisions taken without it (degraded, fail mode applied).
+CREATE TABLE IF NOT EXISTS monitor_dependency_minutes (
+    region text NOT NULL,
+    minute timestamptz NOT NULL,
+    dependency text NOT NULL,
+    degraded bigint NOT NULL,
+    PRIMARY KEY (region, minute, dependency)
+);
+CREATE INDEX IF NOT EXISTS monitor_dependency_minutes_minute ON monitor_dependency_minutes (minute);
 
 CREATE TABLE IF NOT EXISTS monitor_cases (
     case_id text PRIMARY KEY,
@@ -238,10 +261,17 @@ class Store:
             )
             new = [unique[r["decision_id"]] for r in rows]
             buckets: Counter[tuple] = Counter()
+            tenants: Counter[tuple] = Counter()
+            blocked: Counter[tuple] = Counter()
+            degraded: Counter[tuple] = Counter()
             for d in new:
                 minute = minute_of(utc(d.time_s))
                 for category in d.categories:
                     buckets[(minute, d.tenant, category, d.action, d.model)] += 1
+                tenants[(minute, d.tenant)] += 1
+                blocked[(minute, d.tenant)] += d.action == BLOCK
+                for dependency in d.failed_dependencies:
+                    degraded[(minute, dependency)] += 1
             if buckets:
                 keys = sorted(buckets)  # one lock order for every writer: no deadlocks between replicas
                 await conn.execute(
@@ -257,6 +287,32 @@ class Store:
                     [k[3] for k in keys],
                     [k[4] for k in keys],
                     [buckets[k] for k in keys],
+                )
+            if tenants:
+                keys = sorted(tenants)
+                await conn.execute(
+                    "INSERT INTO monitor_tenant_minutes (region, minute, tenant, decisions, blocked) "
+                    "SELECT $1, * FROM unnest($2::timestamptz[], $3::text[], $4::bigint[], $5::bigint[]) "
+                    "ON CONFLICT (region, minute, tenant) DO UPDATE SET "
+                    "decisions = monitor_tenant_minutes.decisions + EXCLUDED.decisions, "
+                    "blocked = monitor_tenant_minutes.blocked + EXCLUDED.blocked",
+                    self.region,
+                    [k[0] for k in keys],
+                    [k[1] for k in keys],
+                    [tenants[k] for k in keys],
+                    [blocked[k] for k in keys],
+                )
+            if degraded:
+                keys = sorted(degraded)
+                await conn.execute(
+                    "INSERT INTO monitor_dependency_minutes (region, minute, dependency, degraded) "
+                    "SELECT $1, * FROM unnest($2::timestamptz[], $3::text[], $4::bigint[]) "
+                    "ON CONFLICT (region, minute, dependency) DO UPDATE SET "
+                    "degraded = monitor_dependency_minutes.degraded + EXCLUDED.degraded",
+                    self.region,
+                    [k[0] for k in keys],
+                    [k[1] for k in keys],
+                    [degraded[k] for k in keys],
                 )
             cases = [d for d in new if d.needs_case]
             if cases:
@@ -363,6 +419,8 @@ class Store:
             out["cases"] = _count(await conn.execute("DELETE FROM monitor_cases WHERE expires_at <= $1", now))
             bucket_cut = now - timedelta(seconds=bucket_retention_s)
             out["buckets"] = _count(await conn.execute("DELETE FROM monitor_buckets WHERE minute < $1", bucket_cut))
+            for table in ("monitor_tenant_minutes", "monitor_dependency_minutes"):
+                out["buckets"] += _count(await conn.execute(f"DELETE FROM {table} WHERE minute < $1", bucket_cut))
             out["processed"] = _count(
                 await conn.execute(
                     "DELETE FROM monitor_processed WHERE processed_at < $1",

@@ -1,0 +1,726 @@
+"""Alerts: spikes against a series' own baseline, dependency degradation and
+consumer lag, with Alertmanager's lifecycle, paged once per incident.
+
+Detectors run every `--alerts-interval-seconds` on the last *closed* minute (one that
+ended `--alerts-grace-seconds` ago), reading only what PostgreSQL holds, so a
+restarted monitor recomputes every baseline from stored minutes:
+
+- tenant block rate: the minute's BLOCK share (`monitor_tenant_minutes`, one count
+  per decision) against an EWMA mean / standard deviation of the tenant's earlier
+  minutes with decisions;
+- category volume: the minute's decisions in a category (`monitor_buckets`) against
+  the EWMA of its earlier minutes (zeros included, from its first minute seen);
+- dependency degradation: decisions taken without a dependency (the signal's
+  `failed_dependencies`, `monitor_dependency_minutes`) as a share of all decisions
+  of the last `--alert-dependency-window-minutes`;
+- consumer lag: this process's signal-consumer lag above `--alert-lag-records` for
+  `--alert-lag-seconds` (the only detector with in-memory state: a restart re-arms it).
+
+Work is bounded: only series with traffic in the evaluated minute, the busiest
+`--alert-max-series` of each, over a lookback of a few half-lives.
+
+Lifecycle (Alertmanager semantics): fingerprint = hash of kind + subject; a finding
+without a firing alert of that fingerprint opens one (notify), a firing one seen
+again notifies at most every `--alert-repeat-seconds`, and one whose condition has
+been clear for `--alert-resolve-seconds` resolves (notify once). Alert state lives in
+`monitor_alerts` (at most one firing row per region and fingerprint, a unique
+index) and every transition happens in one transaction under a per-region advisory
+lock, so of several replicas exactly one opens, repeats or resolves an alert.
+
+Each transition writes a notification (an `Alert` record) to the outbox
+`monitor_alert_outbox` in that transaction; `deliver()` produces it to
+`safeguards.alerts.<region>` (acks=all, keyed by fingerprint, `record-id` header)
+and POSTs it to the webhook, each channel marked done on success, so an outage
+delays a notification but loses none. Receivers dedupe by `notification_id`.
+Alerts carry counts, rates and tenant / category / dependency names, never content
+or account identifiers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+from google.protobuf import timestamp_pb2
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from safeguards.v1 import alerts_pb2
+
+from services.common.errors import InvalidArgument
+from services.monitor.consumer import alerts_topic
+from services.monitor.rules import ActionSink
+from services.monitor.store import minute_of, utc
+from services.monitor.webhook import Webhook, WebhookRejected, webhook_payload
+
+log = logging.getLogger("safeguards.monitor.alerts")
+
+A = alerts_pb2
+TENANT_BLOCK_RATE = "tenant_block_rate"
+CATEGORY_VOLUME = "category_volume"
+DEPENDENCY_DEGRADED = "dependency_degraded"
+CONSUMER_LAG = "consumer_lag"
+#: kind -> (proto enum, severity, webhook label naming the subject)
+KINDS = {
+    TENANT_BLOCK_RATE: (A.ALERT_KIND_TENANT_BLOCK_RATE, "warning", "tenant"),
+    CATEGORY_VOLUME: (A.ALERT_KIND_CATEGORY_VOLUME, "warning", "category"),
+    DEPENDENCY_DEGRADED: (A.ALERT_KIND_DEPENDENCY_DEGRADED, "critical", "dependency"),
+    CONSUMER_LAG: (A.ALERT_KIND_CONSUMER_LAG, "warning", "consumer_group"),
+}
+SEVERITIES = {"warning": A.ALERT_SEVERITY_WARNING, "critical": A.ALERT_SEVERITY_CRITICAL}
+FIRING, RESOLVED = "firing", "resolved"
+STATES = (FIRING, RESOLVED)
+MAX_LIST = 1000
+#: Baselines read this many half-lives back (older minutes weigh < 2%).
+LOOKBACK_HALF_LIVES = 6
+#: Smallest standard deviation of a BLOCK share (one percentage point).
+SHARE_STD_FLOOR = 0.01
+OUTBOX_BATCH = 100
+PURGE_EVERY_S = 300.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS monitor_alerts (
+    alert_id text PRIMARY KEY,
+    region text NOT NULL,
+    fingerprint text NOT NULL,
+    kind text NOT NULL,
+    subject text NOT NULL,
+    severity text NOT NULL,
+    state text NOT NULL,
+    summary text NOT NULL,
+    value double precision NOT NULL,
+    baseline double precision NOT NULL,
+    fired_at timestamptz NOT NULL,
+    last_seen_at timestamptz NOT NULL,
+    notified_at timestamptz NOT NULL,
+    resolved_at timestamptz
+);
+-- One firing incident per region and fingerprint: what makes replicas page once.
+CREATE UNIQUE INDEX IF NOT EXISTS monitor_alerts_firing ON monitor_alerts (region, fingerprint)
+    WHERE state = 'firing';
+CREATE INDEX IF NOT EXISTS monitor_alerts_list ON monitor_alerts (region, fired_at DESC, alert_id DESC);
+
+CREATE TABLE IF NOT EXISTS monitor_alert_outbox (
+    notification_id text PRIMARY KEY,
+    region text NOT NULL,
+    alert_id text NOT NULL,
+    fingerprint text NOT NULL,
+    record bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    kafka_done_at timestamptz,
+    webhook_done_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS monitor_alert_outbox_kafka ON monitor_alert_outbox (region, created_at)
+    WHERE kafka_done_at IS NULL;
+CREATE INDEX IF NOT EXISTS monitor_alert_outbox_webhook ON monitor_alert_outbox (region, created_at)
+    WHERE webhook_done_at IS NULL;
+"""
+
+
+# ---- the maths ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Baseline:
+    mean: float
+    std: float
+    points: int
+
+
+def ewma_alpha(half_life: float) -> float:
+    """Weight of the newest point such that a point's weight halves every `half_life` points."""
+    return 1.0 - 0.5 ** (1.0 / half_life)
+
+
+def ewma(values: Iterable[float], half_life: float) -> Baseline:
+    """Exponentially weighted mean and standard deviation (the incremental form of
+    Finch, "Incremental calculation of weighted mean and variance", 2009), seeded
+    with the first value."""
+    alpha = ewma_alpha(half_life)
+    mean = var = 0.0
+    n = 0
+    for x in values:
+        if n == 0:
+            mean = x
+        else:
+            diff = x - mean
+            incr = alpha * diff
+            mean += incr
+            var = (1.0 - alpha) * (var + diff * incr)
+        n += 1
+    return Baseline(mean, math.sqrt(max(var, 0.0)), n)
+
+
+def zscore(x: float, mean: float, std: float) -> float:
+    if std > 0:
+        return (x - mean) / std
+    return 0.0 if x == mean else math.copysign(math.inf, x - mean)
+
+
+def share_std(b: Baseline, decisions: int) -> float:
+    """A share's spread: the baseline's own, but never below the binomial noise of a
+    minute of `decisions` at the baseline's rate, nor below SHARE_STD_FLOOR."""
+    p = min(max(b.mean, 0.0), 1.0)
+    return max(b.std, math.sqrt(p * (1 - p) / max(decisions, 1)), SHARE_STD_FLOOR)
+
+
+def count_std(b: Baseline) -> float:
+    """A count's spread: the baseline's own, but never below Poisson noise (sqrt of the mean, >= 1)."""
+    return max(b.std, math.sqrt(max(b.mean, 1.0)))
+
+
+# ---- configuration, findings, rows -------------------------------------------------------------
+@dataclass(frozen=True)
+class AlertConfig:
+    grace_s: float
+    half_life_minutes: float
+    z_threshold: float
+    min_history_minutes: int
+    max_series: int
+    block_min_decisions: int
+    block_min_rise: float
+    volume_min_count: int
+    volume_min_ratio: float
+    dependency_window_minutes: int
+    dependency_threshold: float
+    dependency_min_count: int
+    resolve_s: float
+    repeat_s: float
+
+    @property
+    def lookback_minutes(self) -> int:
+        return max(self.min_history_minutes, math.ceil(self.half_life_minutes * LOOKBACK_HALF_LIVES))
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A condition that holds now: what a detector reports."""
+
+    kind: str
+    subject: str
+    value: float
+    baseline: float
+    summary: str
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.kind, self.subject)
+
+
+def fingerprint(kind: str, subject: str) -> str:
+    return hashlib.sha256(f"{kind}\x00{subject}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    """One incident, for the console: newest first from `list_alerts`."""
+
+    alert_id: str
+    fingerprint: str
+    kind: str
+    subject: str
+    severity: str
+    state: str
+    summary: str
+    value: float
+    baseline: float
+    fired_at: datetime
+    last_seen_at: datetime
+    notified_at: datetime
+    resolved_at: datetime | None
+
+
+def _row(r: asyncpg.Record) -> AlertRow:
+    return AlertRow(**{name: r[name] for name in AlertRow.__dataclass_fields__})
+
+
+async def list_alerts(pool: asyncpg.Pool, region: str, *, limit: int = 100, state: str = "") -> list[AlertRow]:
+    """A region's alerts, newest first; `state` "firing" or "resolved" filters (empty: both)."""
+    if state and state not in STATES:
+        raise InvalidArgument(f"state must be one of {', '.join(STATES)} (or empty for both), not {state[:32]!r}")
+    if not 1 <= limit <= MAX_LIST:
+        raise InvalidArgument(f"limit must be 1..{MAX_LIST}")
+    rows = await pool.fetch(
+        "SELECT * FROM monitor_alerts WHERE region = $1 AND ($2 = '' OR state = $2) "
+        "ORDER BY fired_at DESC, alert_id DESC LIMIT $3",
+        region,
+        state,
+        limit,
+    )
+    return [_row(r) for r in rows]
+
+
+# ---- detectors (read-only) -----------------------------------------------------------------------
+def _hhmm(minute: datetime) -> str:
+    return (minute + timedelta(minutes=1)).strftime("%H:%M UTC")
+
+
+async def tenant_block_rate(conn: asyncpg.Connection, region: str, minute: datetime, cfg: AlertConfig) -> list[Finding]:
+    current = await conn.fetch(
+        "SELECT tenant, decisions, blocked FROM monitor_tenant_minutes WHERE region = $1 AND minute = $2 "
+        "AND decisions >= $3 ORDER BY decisions DESC, tenant LIMIT $4",
+        region,
+        minute,
+        cfg.block_min_decisions,
+        cfg.max_series,
+    )
+    if not current:
+        return []
+    history: dict[str, list[float]] = {r["tenant"]: [] for r in current}
+    for r in await conn.fetch(
+        "SELECT tenant, decisions, blocked FROM monitor_tenant_minutes WHERE region = $1 AND tenant = ANY($2) "
+        "AND minute >= $3 AND minute < $4 AND decisions > 0 ORDER BY tenant, minute",
+        region,
+        list(history),
+        minute - timedelta(minutes=cfg.lookback_minutes),
+        minute,
+    ):
+        history[r["tenant"]].append(r["blocked"] / r["decisions"])
+    found = []
+    for r in current:
+        b = ewma(history[r["tenant"]], cfg.half_life_minutes)
+        share = r["blocked"] / r["decisions"]
+        z = zscore(share, b.mean, share_std(b, r["decisions"]))
+        if b.points >= cfg.min_history_minutes and share - b.mean >= cfg.block_min_rise and z >= cfg.z_threshold:
+            found.append(
+                Finding(
+                    TENANT_BLOCK_RATE,
+                    r["tenant"],
+                    share,
+                    b.mean,
+                    f"tenant {r['tenant']}: {share:.0%} of {r['decisions']} decisions blocked in the minute to "
+                    f"{_hhmm(minute)}, baseline {b.mean:.1%} (z {z:.1f})",
+                )
+            )
+    return found
+
+
+async def category_volume(conn: asyncpg.Connection, region: str, minute: datetime, cfg: AlertConfig) -> list[Finding]:
+    current = await conn.fetch(
+        "SELECT category, sum(count)::bigint AS n FROM monitor_buckets WHERE region = $1 AND minute = $2 "
+        "GROUP BY category HAVING sum(count) >= $3 ORDER BY n DESC, category LIMIT $4",
+        region,
+        minute,
+        cfg.volume_min_count,
+        cfg.max_series,
+    )
+    if not current:
+        return []
+    start = minute - timedelta(minutes=cfg.lookback_minutes)
+    per_minute: dict[str, dict[datetime, int]] = {r["category"]: {} for r in current}
+    for r in await conn.fetch(
+        "SELECT category, minute, sum(count)::bigint AS n FROM monitor_buckets WHERE region = $1 "
+        "AND category = ANY($2) AND minute >= $3 AND minute < $4 GROUP BY category, minute",
+        region,
+        list(per_minute),
+        start,
+        minute,
+    ):
+        per_minute[r["category"]][r["minute"]] = r["n"]
+    found = []
+    for r in current:
+        seen = per_minute[r["category"]]
+        series: list[float] = []
+        if seen:  # every minute from the first one seen, zeros included
+            m = min(seen)
+            while m < minute:
+                series.append(float(seen.get(m, 0)))
+                m += timedelta(minutes=1)
+        b = ewma(series, cfg.half_life_minutes)
+        n = r["n"]
+        z = zscore(n, b.mean, count_std(b))
+        if b.points >= cfg.min_history_minutes and n >= cfg.volume_min_ratio * b.mean and z >= cfg.z_threshold:
+            found.append(
+                Finding(
+                    CATEGORY_VOLUME,
+                    r["category"],
+                    float(n),
+                    b.mean,
+                    f"category {r['category']}: {n} decisions in the minute to {_hhmm(minute)}, "
+                    f"baseline {b.mean:.1f}/min (z {z:.1f})",
+                )
+            )
+    return found
+
+
+async def dependency_degraded(
+    conn: asyncpg.Connection, region: str, minute: datetime, cfg: AlertConfig
+) -> list[Finding]:
+    first = minute - timedelta(minutes=cfg.dependency_window_minutes - 1)
+    rows = await conn.fetch(
+        "SELECT dependency, sum(degraded)::bigint AS n FROM monitor_dependency_minutes WHERE region = $1 "
+        "AND minute >= $2 AND minute <= $3 GROUP BY dependency HAVING sum(degraded) >= $4 "
+        "ORDER BY n DESC, dependency LIMIT $5",
+        region,
+        first,
+        minute,
+        cfg.dependency_min_count,
+        cfg.max_series,
+    )
+    if not rows:
+        return []
+    total = await conn.fetchval(
+        "SELECT coalesce(sum(decisions), 0)::bigint FROM monitor_tenant_minutes WHERE region = $1 "
+        "AND minute >= $2 AND minute <= $3",
+        region,
+        first,
+        minute,
+    )
+    found = []
+    for r in rows:
+        share = r["n"] / max(total, r["n"], 1)
+        if share >= cfg.dependency_threshold:
+            found.append(
+                Finding(
+                    DEPENDENCY_DEGRADED,
+                    r["dependency"],
+                    share,
+                    cfg.dependency_threshold,
+                    f"dependency {r['dependency']}: {r['n']} of {total} decisions ({share:.0%}) taken without it "
+                    f"(fail mode applied) in the {cfg.dependency_window_minutes} min to {_hhmm(minute)}",
+                )
+            )
+    return found
+
+
+class LagWatch:
+    """Consumer lag above `records` for `seconds` (in memory: one process's own lag)."""
+
+    def __init__(self, source: Callable[[], int], subject: str, records: int, seconds: float) -> None:
+        self.source = source
+        self.subject = subject
+        self.records = records
+        self.seconds = seconds
+        self._above_since: float | None = None
+
+    def check(self, now: float) -> list[Finding]:
+        lag = self.source()
+        if lag <= self.records:
+            self._above_since = None
+            return []
+        if self._above_since is None:
+            self._above_since = now
+        held = now - self._above_since
+        if held < self.seconds:
+            return []
+        return [
+            Finding(
+                CONSUMER_LAG,
+                self.subject,
+                float(lag),
+                float(self.records),
+                f"signal consumer {self.subject}: {lag} records behind for {held:.0f} s "
+                f"(threshold {self.records} records for {self.seconds:g} s)",
+            )
+        ]
+
+
+# ---- metrics --------------------------------------------------------------------------------
+class AlertMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.firing = Gauge(
+            "safeguards_monitor_alerts_firing", "Alerts firing in this region, by kind.", ["kind"], registry=registry
+        )
+        self.notifications = Counter(
+            "safeguards_monitor_alert_notifications",
+            "Alert notifications by channel (kafka, webhook) and result: sent, failed (retried later), "
+            "rejected (the webhook answered 4xx: not retried).",
+            ["channel", "result"],
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "safeguards_monitor_alert_notifications_pending",
+            "Alert notifications not yet delivered, by channel.",
+            ["channel"],
+            registry=registry,
+        )
+        self.evaluations = Counter(
+            "safeguards_monitor_alert_evaluations", "Alert evaluation rounds by result (ok, error).", ["result"],
+            registry=registry,
+        )  # fmt: skip
+        for kind in KINDS:
+            self.firing.labels(kind).set(0)
+
+
+# ---- lifecycle and delivery -----------------------------------------------------------------------
+def _ts(when: datetime) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.FromDatetime(when)
+    return t
+
+
+def alert_record(region: str, row: asyncpg.Record | dict, status: str, notified_at: datetime) -> A.Alert:
+    kind, severity, _ = KINDS[row["kind"]]
+    rec = A.Alert(
+        notification_id=uuid.uuid4().hex,
+        alert_id=row["alert_id"],
+        fingerprint=row["fingerprint"],
+        region=region,
+        kind=kind,
+        subject=row["subject"],
+        severity=SEVERITIES[severity],
+        status=A.ALERT_STATUS_FIRING if status == FIRING else A.ALERT_STATUS_RESOLVED,
+        summary=row["summary"],
+        value=row["value"],
+        baseline=row["baseline"],
+        starts_at=_ts(row["fired_at"]),
+        notified_at=_ts(notified_at),
+    )
+    if status == RESOLVED:
+        rec.ends_at.CopyFrom(_ts(notified_at))
+    return rec
+
+
+class AlertEvaluator:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        region: str,
+        config: AlertConfig,
+        metrics: AlertMetrics,
+        sink: ActionSink | None,
+        webhook: Webhook | None,
+        lag: LagWatch | None = None,
+        interval_s: float = 30.0,
+        keep_s: float = 48 * 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.pool = pool
+        self.region = region
+        self.config = config
+        self.metrics = metrics
+        self.sink = sink
+        self.webhook = webhook
+        self.lag = lag
+        self.interval_s = interval_s
+        self.keep_s = keep_s
+        self._clock = clock
+        self.topic = alerts_topic(region)
+        self._task: asyncio.Task | None = None
+        self._deliver_lock = asyncio.Lock()
+
+    async def ensure_schema(self) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(5405)")
+            await conn.execute(SCHEMA)
+
+    def evaluated_minute(self, now: float) -> datetime:
+        """The last minute that ended at least grace_s before `now`."""
+        return minute_of(utc(now - self.config.grace_s)) - timedelta(minutes=1)
+
+    async def detect(self, now: float) -> list[Finding]:
+        minute = self.evaluated_minute(now)
+        cfg = self.config
+        async with self.pool.acquire() as conn:
+            found = await tenant_block_rate(conn, self.region, minute, cfg)
+            found += await category_volume(conn, self.region, minute, cfg)
+            found += await dependency_degraded(conn, self.region, minute, cfg)
+        if self.lag is not None:
+            found += self.lag.check(now)
+        return found
+
+    async def evaluate(self, now: float | None = None) -> list[A.Alert]:
+        """Run the detectors and apply the transitions; returns the notifications queued."""
+        now = self._clock() if now is None else now
+        findings = await self.detect(now)
+        async with self.pool.acquire() as conn, conn.transaction():
+            # One evaluator of this region at a time: the transitions below are then
+            # decided on the state the previous one left, so an incident pages once.
+            await conn.execute("SELECT pg_advisory_xact_lock(5407, hashtext($1))", self.region)
+            queued = await self._transition(conn, findings, utc(now))
+        for rec in queued:
+            log.info(
+                "alert " + ("resolved" if rec.status == A.ALERT_STATUS_RESOLVED else "firing"),
+                extra={"kind": A.AlertKind.Name(rec.kind), "fingerprint": rec.fingerprint, "summary": rec.summary},
+            )
+        return queued
+
+    async def _transition(self, conn: asyncpg.Connection, findings: Sequence[Finding], now: datetime) -> list[A.Alert]:
+        cfg = self.config
+        firing = {
+            r["fingerprint"]: r
+            for r in await conn.fetch(
+                "SELECT * FROM monitor_alerts WHERE region = $1 AND state = 'firing' FOR UPDATE", self.region
+            )
+        }
+        queued: list[A.Alert] = []
+        seen: set[str] = set()
+        for f in findings:
+            fp = f.fingerprint
+            if fp in seen:
+                continue
+            seen.add(fp)
+            row = firing.pop(fp, None)
+            if row is None:
+                new = dict(
+                    alert_id=uuid.uuid4().hex, fingerprint=fp, kind=f.kind, subject=f.subject, summary=f.summary,
+                    value=f.value, baseline=f.baseline, fired_at=now,
+                )  # fmt: skip
+                await conn.execute(
+                    "INSERT INTO monitor_alerts (alert_id, region, fingerprint, kind, subject, severity, state, "
+                    "summary, value, baseline, fired_at, last_seen_at, notified_at) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, 'firing', $7, $8, $9, $10, $10, $10)",
+                    new["alert_id"], self.region, fp, f.kind, f.subject, KINDS[f.kind][1], f.summary, f.value,
+                    f.baseline, now,
+                )  # fmt: skip
+                queued.append(alert_record(self.region, new, FIRING, now))
+                continue
+            repeat = (now - row["notified_at"]).total_seconds() >= cfg.repeat_s
+            await conn.execute(
+                "UPDATE monitor_alerts SET last_seen_at = $2, summary = $3, value = $4, baseline = $5, "
+                "notified_at = CASE WHEN $6 THEN $2 ELSE notified_at END WHERE alert_id = $1",
+                row["alert_id"], now, f.summary, f.value, f.baseline, repeat,
+            )  # fmt: skip
+            if repeat:
+                updated = {**dict(row), "summary": f.summary, "value": f.value, "baseline": f.baseline}
+                queued.append(alert_record(self.region, updated, FIRING, now))
+        for row in firing.values():  # not seen this round: resolve once clear long enough
+            if (now - row["last_seen_at"]).total_seconds() < cfg.resolve_s:
+                continue
+            await conn.execute(
+                "UPDATE monitor_alerts SET state = 'resolved', resolved_at = $2, notified_at = $2 WHERE alert_id = $1",
+                row["alert_id"],
+                now,
+            )
+            queued.append(alert_record(self.region, row, RESOLVED, now))
+        if queued:
+            await conn.executemany(
+                "INSERT INTO monitor_alert_outbox (notification_id, region, alert_id, fingerprint, record, "
+                "created_at, webhook_done_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                [
+                    (r.notification_id, self.region, r.alert_id, r.fingerprint, r.SerializeToString(), now,
+                     None if self.webhook else now)
+                    for r in queued
+                ],
+            )  # fmt: skip
+        return queued
+
+    # ---- delivery (the outbox) ----
+    async def deliver(self) -> int:
+        """Send pending notifications on each channel; a failure leaves the rest of
+        that channel pending for the next round. Returns how many sends succeeded."""
+        async with self._deliver_lock:
+            sent = 0
+            if self.sink is not None:
+                sent += await self._flush("kafka", "kafka_done_at", self._to_kafka)
+            if self.webhook is not None:
+                sent += await self._flush("webhook", "webhook_done_at", self._to_webhook)
+            return sent
+
+    async def _to_kafka(self, rec: A.Alert, raw: bytes) -> None:
+        assert self.sink is not None
+        await self.sink.send(
+            self.topic, rec.fingerprint.encode(), raw, headers=[("record-id", rec.notification_id.encode())]
+        )
+
+    async def _to_webhook(self, rec: A.Alert, raw: bytes) -> None:
+        assert self.webhook is not None
+        await self.webhook.post(webhook_payload(rec), rec.notification_id)
+
+    async def _flush(self, channel: str, column: str, send) -> int:
+        sent = 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                f"SELECT notification_id, record FROM monitor_alert_outbox WHERE region = $1 AND {column} IS NULL "
+                f"ORDER BY created_at, notification_id LIMIT {OUTBOX_BATCH} FOR UPDATE SKIP LOCKED",
+                self.region,
+            )
+            for r in rows:
+                raw = bytes(r["record"])
+                rec = A.Alert.FromString(raw)
+                try:
+                    await send(rec, raw)
+                except WebhookRejected as exc:  # permanent: retrying would block every later notification
+                    self.metrics.notifications.labels(channel, "rejected").inc()
+                    log.error(
+                        "alert notification rejected by the webhook; not retried",
+                        extra={"notification_id": rec.notification_id, "error": str(exc)},
+                    )
+                except Exception as exc:  # noqa: BLE001 - unreachable, 5xx, Kafka down: stays pending
+                    self.metrics.notifications.labels(channel, "failed").inc()
+                    log.warning(
+                        "alert notification not delivered yet; will retry",
+                        extra={"channel": channel, "notification_id": rec.notification_id, "error": type(exc).__name__},
+                    )
+                    break
+                else:
+                    self.metrics.notifications.labels(channel, "sent").inc()
+                    sent += 1
+                await conn.execute(
+                    f"UPDATE monitor_alert_outbox SET {column} = now() WHERE notification_id = $1",
+                    r["notification_id"],
+                )
+        return sent
+
+    async def refresh_metrics(self) -> None:
+        counts = dict(
+            await self.pool.fetch(
+                "SELECT kind, count(*) FROM monitor_alerts WHERE region = $1 AND state = 'firing' GROUP BY kind",
+                self.region,
+            )
+        )
+        for kind in KINDS:
+            self.metrics.firing.labels(kind).set(counts.get(kind, 0))
+        pending = await self.pool.fetchrow(
+            "SELECT count(*) FILTER (WHERE kafka_done_at IS NULL) AS kafka, "
+            "count(*) FILTER (WHERE webhook_done_at IS NULL) AS webhook FROM monitor_alert_outbox WHERE region = $1",
+            self.region,
+        )
+        for channel in ("kafka", "webhook"):
+            self.metrics.pending.labels(channel).set(pending[channel])
+
+    async def purge(self, now: float) -> dict[str, int]:
+        """Forget resolved alerts and delivered (or long undeliverable) notifications older than keep_s."""
+        cut = utc(now - self.keep_s)
+        a = await self.pool.execute(
+            "DELETE FROM monitor_alerts WHERE region = $1 AND state = 'resolved' AND resolved_at < $2", self.region, cut
+        )
+        b = await self.pool.execute(
+            "DELETE FROM monitor_alert_outbox WHERE region = $1 AND created_at < $2", self.region, cut
+        )
+        return {"alerts": int(a.rsplit(" ", 1)[-1]), "alert_notifications": int(b.rsplit(" ", 1)[-1])}
+
+    # ---- the loop ----
+    async def run_once(self, now: float | None = None) -> None:
+        try:
+            await self.evaluate(now)
+            self.metrics.evaluations.labels("ok").inc()
+        except Exception:
+            self.metrics.evaluations.labels("error").inc()
+            log.exception("alert evaluation failed")
+        await self.deliver()
+        await self.refresh_metrics()
+
+    async def _run(self) -> None:
+        last_purge = 0.0
+        while True:
+            try:
+                await self.run_once()
+                if self._clock() - last_purge > PURGE_EVERY_S:
+                    last_purge = self._clock()
+                    deleted = await self.purge(last_purge)
+                    if any(deleted.values()):
+                        log.info("alert state purged", extra=deleted)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL away: next round
+                log.warning("alert round failed", extra={"error": type(exc).__name__})
+            await asyncio.sleep(self.interval_s)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="alerts")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        if self.sink is not None:
+            await self.sink.close()
