@@ -137,6 +137,7 @@ def region_topics(region: str) -> dict[str, dict[str, str]]:
     return {
         f"safeguards.signals.{region}": {},
         f"safeguards.actions.{region}": {"cleanup.policy": "compact"},
+        f"safeguards.alerts.{region}": {},
         "safeguards.rollup.global": {},
     }
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import math
 import time
@@ -212,7 +213,7 @@ class Finding:
 
 
 def fingerprint(kind: str, subject: str) -> str:
-    return hashlib.sha256(f"{kind}\x00{subject}".encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([kind, subject]).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,11 @@ async def list_alerts(pool: asyncpg.Pool, region: str, *, limit: int = 100, stat
 
 
 # ---- detectors (read-only) -----------------------------------------------------------------------
+def evaluated_minute(now: float, grace_s: float) -> datetime:
+    """Start of the last minute that ended at least `grace_s` before `now`."""
+    return minute_of(utc(now - grace_s)) - timedelta(minutes=1)
+
+
 def _hhmm(minute: datetime) -> str:
     return (minute + timedelta(minutes=1)).strftime("%H:%M UTC")
 
@@ -509,12 +515,8 @@ class AlertEvaluator:
             await conn.execute("SELECT pg_advisory_xact_lock(5405)")
             await conn.execute(SCHEMA)
 
-    def evaluated_minute(self, now: float) -> datetime:
-        """The last minute that ended at least grace_s before `now`."""
-        return minute_of(utc(now - self.config.grace_s)) - timedelta(minutes=1)
-
     async def detect(self, now: float) -> list[Finding]:
-        minute = self.evaluated_minute(now)
+        minute = evaluated_minute(now, self.config.grace_s)
         cfg = self.config
         async with self.pool.acquire() as conn:
             found = await tenant_block_rate(conn, self.region, minute, cfg)

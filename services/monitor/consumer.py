@@ -93,8 +93,6 @@ class SignalConsumer:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._positions: dict[TopicPartition, int] = {}
-        #: Records on the assigned partitions not yet consumed (what the lag alert watches).
-        self.lag = 0
 
     def _decode(self, record) -> Decision | None:
         try:
@@ -185,18 +183,24 @@ class SignalConsumer:
                 log.warning("commit refused after a rebalance", extra={"error": type(exc).__name__})
             self._update_lag()
 
-    def _update_lag(self) -> None:
+    @property
+    def lag(self) -> int:
+        """Records on the assigned partitions not yet applied and committed, from the
+        broker's latest high-water marks: it keeps growing while a batch is stuck
+        (e.g. PostgreSQL stalls), which is when the lag alert must see it."""
         consumer = self._consumer
         if consumer is None:
-            return
+            return 0
         lag = 0
         for tp in consumer.assignment():
             high = consumer.highwater(tp)
             done = self._positions.get(tp)
             if high is not None and done is not None:
                 lag += max(0, high - done)
-        self.lag = lag
-        self.metrics.lag.set(lag)
+        return lag
+
+    def _update_lag(self) -> None:
+        self.metrics.lag.set(self.lag)
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(

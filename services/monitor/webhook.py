@@ -141,7 +141,7 @@ class Webhook:
         headers = self.headers(body, notification_id)
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(self.retries + 1),
-            wait=wait_exponential_jitter(initial=0.2, max=2.0, jitter=0.2),
+            wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2),
             retry=retry_if_exception_type(WebhookUnavailable),
             reraise=True,
         ):

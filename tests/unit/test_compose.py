@@ -128,6 +128,7 @@ def test_topics_and_broker_settings():
     assert '--topic "safeguards.signals.${REGION}"' in script
     actions = r'--topic "safeguards.actions.\$\{REGION\}"[^\n]*\\\n[^\n]*--config cleanup.policy=compact'
     assert re.search(actions, script)
+    assert '--topic "safeguards.alerts.${REGION}"' in script
     assert "--topic safeguards.rollup.global" in script
 
 

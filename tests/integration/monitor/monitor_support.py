@@ -11,6 +11,8 @@ import uuid
 from contextlib import contextmanager
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 from safeguards.v1 import safeguards_pb2, signals_pb2
 
 from services.common.privacy import RegionalKey
@@ -72,6 +74,7 @@ def make_signal(
     project: str = "proj-1",
     time_s: float | None = None,
     decision_id: str | None = None,
+    failed_dependencies: tuple[str, ...] = (),
 ) -> signals_pb2.SafeguardSignal:
     act, reasons = _ACTIONS[action]
     outcome = Outcome(
@@ -79,8 +82,8 @@ def make_signal(
         reasons=reasons,
         scores=(CategoryScore("jailbreak", 0.97 if action.startswith("BLOCK") else 0.1, 0.5, Action.BLOCK),),
         redact=False,
-        degraded=False,
-        failed_dependencies=(),
+        degraded=bool(failed_dependencies),
+        failed_dependencies=failed_dependencies,
     )
     return build_signal(
         SignalInput(
@@ -118,4 +121,28 @@ def admin_signal(region: str, tenant: str) -> signals_pb2.SafeguardSignal:
     )
 
 
-__all__ = ["KEY", "admin_signal", "make_signal", "pg_database", "signal_record"]
+async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord]:
+    """Every record of a topic, from the start to its current end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not parts:
+            await consumer.force_metadata_update()
+            parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        assert parts, f"the topic {topic} exists"
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        out = []
+        deadline = time.monotonic() + 15
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+            assert time.monotonic() < deadline, f"the topic {topic} could not be read to its end"
+            for records in (await consumer.getmany(timeout_ms=300)).values():
+                out += records
+        return out
+    finally:
+        await consumer.stop()
+
+
+__all__ = ["KEY", "admin_signal", "make_signal", "pg_database", "read_topic", "signal_record"]

@@ -18,7 +18,6 @@ import time
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 from safeguards.v1 import enforcement_pb2
 
@@ -27,7 +26,7 @@ from services.enforcer.state import action_key
 from services.monitor.decisions import decision_from_signal
 from services.monitor.rules import RuleEngine, RuleMetrics, RuleSet, parse_rules
 from services.monitor.store import Retention, Store
-from tests.integration.monitor.monitor_support import KEY, make_signal, pg_database
+from tests.integration.monitor.monitor_support import KEY, make_signal, pg_database, read_topic
 from tests.integration.monitor.test_monitor_service import Monitor, db_rows, encoded, produce, wait_for
 from tests.support import EmbeddedKafka
 from tools.run_mesh import create_topics
@@ -84,26 +83,7 @@ def env(tmp_path_factory):
 
 async def read_actions(bootstrap: str, topic: str = ACTIONS) -> list[tuple[bytes, enforcement_pb2.EnforcementAction]]:
     """Every record of an actions topic, from the start to its current end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not parts:
-            await consumer.force_metadata_update()
-            parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        assert parts, "the actions topic exists"
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        out = []
-        deadline = time.monotonic() + 15
-        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-            assert time.monotonic() < deadline, "the actions topic could not be read to its end"
-            for records in (await consumer.getmany(timeout_ms=300)).values():
-                out += [(r.key, enforcement_pb2.EnforcementAction.FromString(r.value)) for r in records]
-        return out
-    finally:
-        await consumer.stop()
+    return [(r.key, enforcement_pb2.EnforcementAction.FromString(r.value)) for r in await read_topic(bootstrap, topic)]
 
 
 def blocks(tenant: str, account: str, n: int):
