@@ -15,8 +15,9 @@ from services.common.server import App, run
 from services.common.spool import Spool
 from services.enforcer.admin import KafkaActionSink
 from services.monitor.aggregates import AggregateMetrics, AggregateRefresher
-from services.monitor.alerts import AlertConfig, AlertEvaluator, AlertMetrics, LagWatch
+from services.monitor.alerts import AlertEvaluator, AlertMetrics
 from services.monitor.consumer import ConsumerMetrics, SignalConsumer
+from services.monitor.detectors import AlertConfig, LagWatch
 from services.monitor.queries import Queries
 from services.monitor.retention import Purger
 from services.monitor.rollup import Rollup, RollupMetrics

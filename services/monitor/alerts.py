@@ -1,7 +1,8 @@
 """Alerts: spikes against a series' own baseline, dependency degradation and
 consumer lag, with Alertmanager's lifecycle, paged once per incident.
 
-Detectors run every `--alerts-interval-seconds` on the last *closed* minute (one that
+The detectors (services.monitor.detectors) run every `--alerts-interval-seconds` on
+the last *closed* minute (one that
 ended `--alerts-grace-seconds` ago), reading only what PostgreSQL holds, so a
 restarted monitor recomputes every baseline from stored minutes:
 
@@ -15,9 +16,6 @@ restarted monitor recomputes every baseline from stored minutes:
   of the last `--alert-dependency-window-minutes`;
 - consumer lag: this process's signal-consumer lag above `--alert-lag-records` for
   `--alert-lag-seconds` (the only detector with in-memory state: a restart re-arms it).
-
-Work is bounded: only series with traffic in the evaluated minute, the busiest
-`--alert-max-series` of each, over a lookback of a few half-lives.
 
 Lifecycle (Alertmanager semantics): fingerprint = hash of kind + subject; a finding
 without a firing alert of that fingerprint opens one (notify), a firing one seen
@@ -39,15 +37,12 @@ or account identifiers.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-import math
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import asyncpg
 from google.protobuf import timestamp_pb2
@@ -56,32 +51,37 @@ from safeguards.v1 import alerts_pb2
 
 from services.common.errors import InvalidArgument
 from services.monitor.consumer import alerts_topic
+from services.monitor.detectors import (
+    CATEGORY_VOLUME,
+    CONSUMER_LAG,
+    DEPENDENCY_DEGRADED,
+    TENANT_BLOCK_RATE,
+    AlertConfig,
+    Finding,
+    LagWatch,
+    category_volume,
+    dependency_degraded,
+    evaluated_minute,
+    tenant_block_rate,
+)
 from services.monitor.rules import ActionSink
-from services.monitor.store import minute_of, utc
+from services.monitor.store import utc
 from services.monitor.webhook import Webhook, WebhookRejected, webhook_payload
 
 log = logging.getLogger("safeguards.monitor.alerts")
 
 A = alerts_pb2
-TENANT_BLOCK_RATE = "tenant_block_rate"
-CATEGORY_VOLUME = "category_volume"
-DEPENDENCY_DEGRADED = "dependency_degraded"
-CONSUMER_LAG = "consumer_lag"
-#: kind -> (proto enum, severity, webhook label naming the subject)
+#: kind -> (proto enum, severity)
 KINDS = {
-    TENANT_BLOCK_RATE: (A.ALERT_KIND_TENANT_BLOCK_RATE, "warning", "tenant"),
-    CATEGORY_VOLUME: (A.ALERT_KIND_CATEGORY_VOLUME, "warning", "category"),
-    DEPENDENCY_DEGRADED: (A.ALERT_KIND_DEPENDENCY_DEGRADED, "critical", "dependency"),
-    CONSUMER_LAG: (A.ALERT_KIND_CONSUMER_LAG, "warning", "consumer_group"),
+    TENANT_BLOCK_RATE: (A.ALERT_KIND_TENANT_BLOCK_RATE, "warning"),
+    CATEGORY_VOLUME: (A.ALERT_KIND_CATEGORY_VOLUME, "warning"),
+    DEPENDENCY_DEGRADED: (A.ALERT_KIND_DEPENDENCY_DEGRADED, "critical"),
+    CONSUMER_LAG: (A.ALERT_KIND_CONSUMER_LAG, "warning"),
 }
 SEVERITIES = {"warning": A.ALERT_SEVERITY_WARNING, "critical": A.ALERT_SEVERITY_CRITICAL}
 FIRING, RESOLVED = "firing", "resolved"
 STATES = (FIRING, RESOLVED)
 MAX_LIST = 1000
-#: Baselines read this many half-lives back (older minutes weigh < 2%).
-LOOKBACK_HALF_LIVES = 6
-#: Smallest standard deviation of a BLOCK share (one percentage point).
-SHARE_STD_FLOOR = 0.01
 OUTBOX_BATCH = 100
 PURGE_EVERY_S = 300.0
 
@@ -124,98 +124,7 @@ CREATE INDEX IF NOT EXISTS monitor_alert_outbox_webhook ON monitor_alert_outbox 
 """
 
 
-# ---- the maths ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Baseline:
-    mean: float
-    std: float
-    points: int
-
-
-def ewma_alpha(half_life: float) -> float:
-    """Weight of the newest point such that a point's weight halves every `half_life` points."""
-    return 1.0 - 0.5 ** (1.0 / half_life)
-
-
-def ewma(values: Iterable[float], half_life: float) -> Baseline:
-    """Exponentially weighted mean and standard deviation (the incremental form of
-    Finch, "Incremental calculation of weighted mean and variance", 2009), seeded
-    with the first value."""
-    alpha = ewma_alpha(half_life)
-    mean = var = 0.0
-    n = 0
-    for x in values:
-        if n == 0:
-            mean = x
-        else:
-            diff = x - mean
-            incr = alpha * diff
-            mean += incr
-            var = (1.0 - alpha) * (var + diff * incr)
-        n += 1
-    return Baseline(mean, math.sqrt(max(var, 0.0)), n)
-
-
-def zscore(x: float, mean: float, std: float) -> float:
-    if std > 0:
-        return (x - mean) / std
-    return 0.0 if x == mean else math.copysign(math.inf, x - mean)
-
-
-def share_std(b: Baseline, decisions: int) -> float:
-    """A share's spread: the baseline's own, but never below the binomial noise of a
-    minute of `decisions` at the baseline's rate, nor below SHARE_STD_FLOOR."""
-    p = min(max(b.mean, 0.0), 1.0)
-    return max(b.std, math.sqrt(p * (1 - p) / max(decisions, 1)), SHARE_STD_FLOOR)
-
-
-def count_std(b: Baseline) -> float:
-    """A count's spread: the baseline's own, but never below Poisson noise (sqrt of the mean, >= 1)."""
-    return max(b.std, math.sqrt(max(b.mean, 1.0)))
-
-
-# ---- configuration, findings, rows -------------------------------------------------------------
-@dataclass(frozen=True)
-class AlertConfig:
-    grace_s: float
-    half_life_minutes: float
-    z_threshold: float
-    min_history_minutes: int
-    max_series: int
-    block_min_decisions: int
-    block_min_rise: float
-    volume_min_count: int
-    volume_min_ratio: float
-    dependency_window_minutes: int
-    dependency_threshold: float
-    dependency_min_count: int
-    resolve_s: float
-    repeat_s: float
-
-    @property
-    def lookback_minutes(self) -> int:
-        return max(self.min_history_minutes, math.ceil(self.half_life_minutes * LOOKBACK_HALF_LIVES))
-
-
-@dataclass(frozen=True)
-class Finding:
-    """A condition that holds now: what a detector reports."""
-
-    kind: str
-    subject: str
-    value: float
-    baseline: float
-    summary: str
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.kind, self.subject)
-
-
-def fingerprint(kind: str, subject: str) -> str:
-    return hashlib.sha256(json.dumps([kind, subject]).encode()).hexdigest()[:16]
-
-
+# ---- alert rows (the console reads these) -----------------------------------------------------
 @dataclass(frozen=True)
 class AlertRow:
     """One incident, for the console: newest first from `list_alerts`."""
@@ -255,176 +164,6 @@ async def list_alerts(pool: asyncpg.Pool, region: str, *, limit: int = 100, stat
     return [_row(r) for r in rows]
 
 
-# ---- detectors (read-only) -----------------------------------------------------------------------
-def evaluated_minute(now: float, grace_s: float) -> datetime:
-    """Start of the last minute that ended at least `grace_s` before `now`."""
-    return minute_of(utc(now - grace_s)) - timedelta(minutes=1)
-
-
-def _hhmm(minute: datetime) -> str:
-    return (minute + timedelta(minutes=1)).strftime("%H:%M UTC")
-
-
-async def tenant_block_rate(conn: asyncpg.Connection, region: str, minute: datetime, cfg: AlertConfig) -> list[Finding]:
-    current = await conn.fetch(
-        "SELECT tenant, decisions, blocked FROM monitor_tenant_minutes WHERE region = $1 AND minute = $2 "
-        "AND decisions >= $3 ORDER BY decisions DESC, tenant LIMIT $4",
-        region,
-        minute,
-        cfg.block_min_decisions,
-        cfg.max_series,
-    )
-    if not current:
-        return []
-    history: dict[str, list[float]] = {r["tenant"]: [] for r in current}
-    for r in await conn.fetch(
-        "SELECT tenant, decisions, blocked FROM monitor_tenant_minutes WHERE region = $1 AND tenant = ANY($2) "
-        "AND minute >= $3 AND minute < $4 AND decisions > 0 ORDER BY tenant, minute",
-        region,
-        list(history),
-        minute - timedelta(minutes=cfg.lookback_minutes),
-        minute,
-    ):
-        history[r["tenant"]].append(r["blocked"] / r["decisions"])
-    found = []
-    for r in current:
-        b = ewma(history[r["tenant"]], cfg.half_life_minutes)
-        share = r["blocked"] / r["decisions"]
-        z = zscore(share, b.mean, share_std(b, r["decisions"]))
-        if b.points >= cfg.min_history_minutes and share - b.mean >= cfg.block_min_rise and z >= cfg.z_threshold:
-            found.append(
-                Finding(
-                    TENANT_BLOCK_RATE,
-                    r["tenant"],
-                    share,
-                    b.mean,
-                    f"tenant {r['tenant']}: {share:.0%} of {r['decisions']} decisions blocked in the minute to "
-                    f"{_hhmm(minute)}, baseline {b.mean:.1%} (z {z:.1f})",
-                )
-            )
-    return found
-
-
-async def category_volume(conn: asyncpg.Connection, region: str, minute: datetime, cfg: AlertConfig) -> list[Finding]:
-    current = await conn.fetch(
-        "SELECT category, sum(count)::bigint AS n FROM monitor_buckets WHERE region = $1 AND minute = $2 "
-        "GROUP BY category HAVING sum(count) >= $3 ORDER BY n DESC, category LIMIT $4",
-        region,
-        minute,
-        cfg.volume_min_count,
-        cfg.max_series,
-    )
-    if not current:
-        return []
-    start = minute - timedelta(minutes=cfg.lookback_minutes)
-    per_minute: dict[str, dict[datetime, int]] = {r["category"]: {} for r in current}
-    for r in await conn.fetch(
-        "SELECT category, minute, sum(count)::bigint AS n FROM monitor_buckets WHERE region = $1 "
-        "AND category = ANY($2) AND minute >= $3 AND minute < $4 GROUP BY category, minute",
-        region,
-        list(per_minute),
-        start,
-        minute,
-    ):
-        per_minute[r["category"]][r["minute"]] = r["n"]
-    found = []
-    for r in current:
-        seen = per_minute[r["category"]]
-        series: list[float] = []
-        if seen:  # every minute from the first one seen, zeros included
-            m = min(seen)
-            while m < minute:
-                series.append(float(seen.get(m, 0)))
-                m += timedelta(minutes=1)
-        b = ewma(series, cfg.half_life_minutes)
-        n = r["n"]
-        z = zscore(n, b.mean, count_std(b))
-        if b.points >= cfg.min_history_minutes and n >= cfg.volume_min_ratio * b.mean and z >= cfg.z_threshold:
-            found.append(
-                Finding(
-                    CATEGORY_VOLUME,
-                    r["category"],
-                    float(n),
-                    b.mean,
-                    f"category {r['category']}: {n} decisions in the minute to {_hhmm(minute)}, "
-                    f"baseline {b.mean:.1f}/min (z {z:.1f})",
-                )
-            )
-    return found
-
-
-async def dependency_degraded(
-    conn: asyncpg.Connection, region: str, minute: datetime, cfg: AlertConfig
-) -> list[Finding]:
-    first = minute - timedelta(minutes=cfg.dependency_window_minutes - 1)
-    rows = await conn.fetch(
-        "SELECT dependency, sum(degraded)::bigint AS n FROM monitor_dependency_minutes WHERE region = $1 "
-        "AND minute >= $2 AND minute <= $3 GROUP BY dependency HAVING sum(degraded) >= $4 "
-        "ORDER BY n DESC, dependency LIMIT $5",
-        region,
-        first,
-        minute,
-        cfg.dependency_min_count,
-        cfg.max_series,
-    )
-    if not rows:
-        return []
-    total = await conn.fetchval(
-        "SELECT coalesce(sum(decisions), 0)::bigint FROM monitor_tenant_minutes WHERE region = $1 "
-        "AND minute >= $2 AND minute <= $3",
-        region,
-        first,
-        minute,
-    )
-    found = []
-    for r in rows:
-        share = r["n"] / max(total, r["n"], 1)
-        if share >= cfg.dependency_threshold:
-            found.append(
-                Finding(
-                    DEPENDENCY_DEGRADED,
-                    r["dependency"],
-                    share,
-                    cfg.dependency_threshold,
-                    f"dependency {r['dependency']}: {r['n']} of {total} decisions ({share:.0%}) taken without it "
-                    f"(fail mode applied) in the {cfg.dependency_window_minutes} min to {_hhmm(minute)}",
-                )
-            )
-    return found
-
-
-class LagWatch:
-    """Consumer lag above `records` for `seconds` (in memory: one process's own lag)."""
-
-    def __init__(self, source: Callable[[], int], subject: str, records: int, seconds: float) -> None:
-        self.source = source
-        self.subject = subject
-        self.records = records
-        self.seconds = seconds
-        self._above_since: float | None = None
-
-    def check(self, now: float) -> list[Finding]:
-        lag = self.source()
-        if lag <= self.records:
-            self._above_since = None
-            return []
-        if self._above_since is None:
-            self._above_since = now
-        held = now - self._above_since
-        if held < self.seconds:
-            return []
-        return [
-            Finding(
-                CONSUMER_LAG,
-                self.subject,
-                float(lag),
-                float(self.records),
-                f"signal consumer {self.subject}: {lag} records behind for {held:.0f} s "
-                f"(threshold {self.records} records for {self.seconds:g} s)",
-            )
-        ]
-
-
 # ---- metrics --------------------------------------------------------------------------------
 class AlertMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -460,7 +199,7 @@ def _ts(when: datetime) -> timestamp_pb2.Timestamp:
 
 
 def alert_record(region: str, row: asyncpg.Record | dict, status: str, notified_at: datetime) -> A.Alert:
-    kind, severity, _ = KINDS[row["kind"]]
+    kind, severity = KINDS[row["kind"]]
     rec = A.Alert(
         notification_id=uuid.uuid4().hex,
         alert_id=row["alert_id"],

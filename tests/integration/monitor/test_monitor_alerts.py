@@ -35,16 +35,10 @@ from safeguards.v1 import alerts_pb2
 
 from services.common.errors import InvalidArgument
 from services.enforcer.admin import KafkaActionSink
-from services.monitor.alerts import (
-    AlertConfig,
-    AlertEvaluator,
-    AlertMetrics,
-    LagWatch,
-    fingerprint,
-    list_alerts,
-)
+from services.monitor.alerts import AlertEvaluator, AlertMetrics, list_alerts
 from services.monitor.consumer import ConsumerMetrics, SignalConsumer, alerts_topic, signals_topic
 from services.monitor.decisions import decision_from_signal
+from services.monitor.detectors import AlertConfig, LagWatch, fingerprint
 from services.monitor.store import Retention, Store, minute_of, utc
 from services.monitor.webhook import SIGNATURE_HEADER, Webhook
 from tests.integration.monitor.monitor_support import KEY, make_signal, pg_database, read_topic

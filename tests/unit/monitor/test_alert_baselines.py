@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.monitor.alerts import (
+from services.monitor.decisions import MAX_DEPENDENCIES, UNKNOWN_DEPENDENCY, decision_from_signal
+from services.monitor.detectors import (
     Baseline,
     count_std,
     evaluated_minute,
@@ -21,7 +22,6 @@ from services.monitor.alerts import (
     share_std,
     zscore,
 )
-from services.monitor.decisions import MAX_DEPENDENCIES, UNKNOWN_DEPENDENCY, decision_from_signal
 from tests.integration.monitor.monitor_support import make_signal
 
 values = st.lists(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), min_size=1, max_size=200)
