@@ -228,7 +228,7 @@ class AlertEvaluator:
         region: str,
         config: AlertConfig,
         metrics: AlertMetrics,
-        sink: ActionSink | None,
+        sink: ActionSink | None,  # shared with the rules (its owner closes it)
         webhook: Webhook | None,
         lag: LagWatch | None = None,
         interval_s: float = 30.0,
@@ -463,5 +463,3 @@ class AlertEvaluator:
                 await self._task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
-        if self.sink is not None:
-            await self.sink.close()

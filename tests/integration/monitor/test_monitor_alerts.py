@@ -128,12 +128,13 @@ async def replica(kafka: EmbeddedKafka, db_url: str, region: str, *, webhook=Non
     store = Store(db_url, region, Retention(3600, 3600, 3600))
     await store.start(create=False)
     registry = CollectorRegistry()
+    sink = KafkaActionSink(kafka.bootstrap, idempotence=False, timeout_s=5, client_id=f"alerts-{region}")
     evaluator = AlertEvaluator(
         pool=store.pool,
         region=region,
         config=cfg,
         metrics=AlertMetrics(registry),
-        sink=KafkaActionSink(kafka.bootstrap, idempotence=False, timeout_s=5, client_id=f"alerts-{region}"),
+        sink=sink,
         webhook=webhook,
         lag=lag,
     )
@@ -142,6 +143,7 @@ async def replica(kafka: EmbeddedKafka, db_url: str, region: str, *, webhook=Non
         yield store, evaluator, registry
     finally:
         await evaluator.stop()
+        await sink.close()
         await store.close()
 
 
