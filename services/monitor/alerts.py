@@ -221,6 +221,9 @@ def alert_record(region: str, row: asyncpg.Record | dict, status: str, notified_
 
 
 class AlertEvaluator:
+    """One replica's alerting: detect, transition (under the region lock), deliver
+    the outbox; one background round every `interval_s`."""
+
     def __init__(
         self,
         *,

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from services.monitor.decisions import NO_CATEGORY
 from services.monitor.store import minute_of, utc
 
 TENANT_BLOCK_RATE = "tenant_block_rate"
@@ -178,11 +179,12 @@ async def tenant_block_rate(conn: asyncpg.Connection, region: str, minute: datet
 async def category_volume(conn: asyncpg.Connection, region: str, minute: datetime, cfg: AlertConfig) -> list[Finding]:
     current = await conn.fetch(
         "SELECT category, sum(count)::bigint AS n FROM monitor_buckets WHERE region = $1 AND minute = $2 "
-        "GROUP BY category HAVING sum(count) >= $3 ORDER BY n DESC, category LIMIT $4",
+        "AND category <> $5 GROUP BY category HAVING sum(count) >= $3 ORDER BY n DESC, category LIMIT $4",
         region,
         minute,
         cfg.volume_min_count,
         cfg.max_series,
+        NO_CATEGORY,  # decisions without a category are traffic, not a safety signal
     )
     if not current:
         return []

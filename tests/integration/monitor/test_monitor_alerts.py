@@ -308,7 +308,7 @@ async def _two_replicas(kafka: EmbeddedKafka, db_url: str) -> None:
         receiver.stop()
 
 
-def test_a_category_volume_spike_fires_for_that_category_only(env) -> None:
+def test_a_category_volume_spike_fires_for_that_category_only_and_allowed_traffic_does_not(env) -> None:
     asyncio.run(_volume(*env))
 
 
@@ -321,6 +321,8 @@ async def _volume(kafka: EmbeddedKafka, db_url: str) -> None:
         # The spike is spread over ten tenants, each too small for its own block-rate alert.
         for t in range(10):
             signals += minute_of_signals(region, f"t{t}", SPIKE_MINUTE, 8, 8)
+        # A surge of allowed traffic (category "none") is not a safety signal.
+        signals += minute_of_signals(region, "surge", SPIKE_MINUTE, 100, 0)
         assert await feed(store, signals) == len(signals)
         [alert] = await evaluator.evaluate(NOW)
         assert (alert.kind, alert.subject, alert.value) == (alerts_pb2.ALERT_KIND_CATEGORY_VOLUME, "jailbreak", 85)
