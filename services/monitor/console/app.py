@@ -38,7 +38,7 @@ from services.common.errors import (
 from services.common.reloader import ReloadingConfig
 from services.common.settings import split_host_port
 from services.monitor.console.sessions import ATTEMPT_WINDOW_S, Session, Sessions
-from services.monitor.console.users import Account, authenticate, in_scope
+from services.monitor.console.users import Account, authenticate
 from services.monitor.decisions import ACTIONS
 from services.monitor.operations import ConsoleRole, Operations, Operator
 from services.monitor.store import CaseFilter
@@ -62,7 +62,6 @@ MAX_FORM_BYTES = 64 * 1024
 PAGE_SIZE = 50
 STATUSES = {1: "OPEN", 2: "ACTIONED", 3: "DISMISSED"}
 DATA_POLICIES = {1: "STANDARD", 2: "METADATA_ONLY", 3: "ZERO_RETENTION"}
-RANK = {ConsoleRole.VIEWER: 0, ConsoleRole.REVIEWER: 1, ConsoleRole.ADMIN: 2}
 #: Most keys drawn in one chart (the ones with the most blocks); the rest are left out.
 CHART_KEYS = 8
 ERROR_STATUS: dict[type[ServiceError], int] = {
@@ -210,7 +209,7 @@ class Console:
             raise web.HTTPForbidden(text="your session has expired: sign in again")
         request["session"] = session
         request["operator"] = operator = account.operator
-        if request.path != "/signout" and not in_scope(operator, self.region):
+        if request.path != "/signout" and not operator.covers(self.region):
             raise PermissionDenied(
                 f"{operator.name} may not use the console of region {self.region!r} "
                 f"(scope: {', '.join(sorted(operator.regions))})"
@@ -255,7 +254,7 @@ class Console:
         session: Session | None = request.get("session")
         html = self.templates.get_template(template).render(
             operator=operator,
-            can=lambda role: operator is not None and RANK[operator.role] >= RANK[ConsoleRole(role)],
+            can=lambda role: operator is not None and operator.at_least(ConsoleRole(role)),
             csrf=session.csrf if session else "",
             region=self.region,
             static=lambda name: str(request.app.router["static"].url_for(filename=name)),

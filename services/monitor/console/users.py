@@ -142,7 +142,3 @@ def authenticate(users: dict[str, Account], name: str, password: str) -> Operato
     account = users.get(name)
     ok = verify_password(password, account.password_hash if account else _DUMMY_HASH)
     return account.operator if ok and account is not None else None
-
-
-def in_scope(operator: Operator, region: str) -> bool:
-    return "*" in operator.regions or region in operator.regions

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from services.common.errors import ConfigError
-from services.monitor.console.users import authenticate, hash_password, in_scope, load_users, verify_password
+from services.monitor.console.users import authenticate, hash_password, load_users, verify_password
 from services.monitor.operations import ConsoleRole, Operator
 from tests.support import ROOT
 
@@ -52,8 +52,8 @@ def test_users_file_parses_roles_and_regions(tmp_path) -> None:
     assert authenticate(users, "alice", "pw-a") == users["alice"].operator
     assert authenticate(users, "alice", "pw-b") is None
     assert authenticate(users, "nobody", "pw-a") is None
-    assert in_scope(users["alice"].operator, "eu") and not in_scope(users["alice"].operator, "ap")
-    assert in_scope(users["root"].operator, "ap")
+    assert users["alice"].operator.covers("eu") and not users["alice"].operator.covers("ap")
+    assert users["root"].operator.covers("ap")
 
 
 GOOD = hash_password("x", **FAST)
