@@ -72,6 +72,7 @@ def make_signal(
     project: str = "proj-1",
     time_s: float | None = None,
     decision_id: str | None = None,
+    key: RegionalKey = KEY,
 ) -> signals_pb2.SafeguardSignal:
     act, reasons = _ACTIONS[action]
     outcome = Outcome(
@@ -88,7 +89,7 @@ def make_signal(
             time_s=time.time() if time_s is None else time_s,
             region=region,
             tenant=tenant,
-            account_hmac=KEY.account(tenant, account),
+            account_hmac=key.account(tenant, account),
             project=project,
             model=model,
             request_id=request_id,
@@ -101,7 +102,7 @@ def make_signal(
             latencies={"total": 0.01},
             model_versions={"prompt_guard": 1},
         ),
-        KEY,
+        key,
         snippet_chars=280,
     )
 
