@@ -112,6 +112,7 @@ def mesh_services(
                 "MONITOR_REGION": region,
                 "MONITOR_SPOOL_DIR": str(ROOT / ".cache" / "spool"),
                 "MONITOR_RULES": str(ROOT / "config" / "monitor-rules"),
+                "MONITOR_HMAC_KEY_FILE": str(hmac_key_file(region)),
                 "MONITOR_CONSOLE_USERS": str(DEV_CONSOLE_USERS),
             },
         ),

@@ -20,6 +20,9 @@ PERMISSION_DENIED. Without `--admin-tokens` the service is still registered (so
 reflection shows it) but refuses every call with FAILED_PRECONDITION saying so.
 Every call, allowed or denied, is audited as a SURFACE_ADMIN signal.
 
+The same domain object serves the monitor's operators' console: there the caller is
+a signed-in operator (a `Caller` the console verified), passed instead of a token.
+
 Raw account ids are pseudonymised with the regional key before anything leaves
 this module. `python -m services.enforcer.admin hash-token < token-file` prints the
 digest to put in the tokens file.
@@ -70,6 +73,7 @@ MAX_FIELD = 256
 MAX_REASON = 1024
 MAX_EVIDENCE = 100
 _CATEGORY = re.compile(r"^[a-z0-9_.-]+$")
+_HMAC = re.compile(r"^[0-9a-f]{64}$")
 
 
 class Unauthenticated(ServiceError):
@@ -106,6 +110,10 @@ class _TokenFile(BaseModel):
 class Caller:
     name: str
     role: Role
+
+
+#: A bearer token to check, or a caller another front end (the console) already verified.
+Credentials = str | Caller
 
 
 def hash_token(token: str) -> str:
@@ -217,7 +225,7 @@ class EnforcementAdmin:
         self,
         *,
         region: str,
-        key: RegionalKey,
+        key: RegionalKey | None,
         state: EnforcementState,
         sink: ActionSink,
         publisher: Publisher,
@@ -248,21 +256,32 @@ class EnforcementAdmin:
         if caller.role not in ALLOWED[method]:
             raise PermissionDenied(f"role {caller.role.value!r} may not call {method}")
 
-    async def _audited(self, method: str, token: str, tenant: str, reason: str, run) -> object:
+    async def _audited(self, method: str, who: Credentials, tenant: str, reason: str, run) -> object:
         """Authorise, run, and audit the call whatever its outcome."""
-        caller: Caller | None = None
+        caller: Caller | None = who if isinstance(who, Caller) else None
         action_id = ""
         allowed = False
         try:
-            caller = self.authenticate(token)
+            if caller is None:
+                caller = self.authenticate(who)  # type: ignore[arg-type]
             self.authorise(caller, method)  # a denied caller is audited by name
             result, action_id = await run(caller)
             allowed = True
             return result
         finally:
-            self._audit(method, caller, tenant, action_id, reason, allowed)
+            self.audit(method, caller, tenant, action_id, reason, allowed)
 
-    def _audit(self, method: str, caller: Caller | None, tenant: str, action_id: str, reason: str, ok: bool) -> None:
+    def audit(
+        self,
+        method: str,
+        caller: Caller | None,
+        tenant: str,
+        action_id: str,
+        reason: str,
+        ok: bool,
+        case_id: str = "",
+    ) -> None:
+        """Publish a SURFACE_ADMIN signal for one administrative call (and log it, content-free)."""
         sig = signals_pb2.SafeguardSignal(
             decision_id=uuid.uuid4().hex,
             time=_ts(self._clock()),
@@ -276,6 +295,7 @@ class EnforcementAdmin:
                 action_id=action_id,
                 reason=reason[:MAX_REASON],
                 allowed=ok,
+                case_id=case_id[:MAX_FIELD],
             ),
         )
         self.publisher.publish(signal_record(sig))
@@ -286,22 +306,30 @@ class EnforcementAdmin:
                 "actor": sig.audit.actor,
                 "role": sig.audit.role,
                 "action_id": action_id,
+                "case_id": sig.audit.case_id,
                 "allowed": ok,
             },
         )
 
     # ---- IssueAction ----
-    async def issue(self, token: str, req: enforcement_pb2.IssueActionRequest) -> enforcement_pb2.EnforcementAction:
+    async def issue(
+        self, who: Credentials, req: enforcement_pb2.IssueActionRequest, *, account_hmac: str = ""
+    ) -> enforcement_pb2.EnforcementAction:
+        """Issue an action. The account is `req.account` (raw, pseudonymised here) or, from
+        a front end that only knows the pseudonym (a review case), `account_hmac`."""
+
         async def run(caller: Caller):
-            action = self._build(caller, req)
+            action = self._build(caller, req, account_hmac)
             key = action_key(action.kind, action.target)
             await self.sink.send(self.topic, key.encode(), action.SerializeToString())
             self.state.apply(key.encode(), action.SerializeToString())  # this replica at once
             return action, action.action_id
 
-        return await self._audited("IssueAction", token, req.tenant, req.reason, run)  # type: ignore[return-value]
+        return await self._audited("IssueAction", who, req.tenant, req.reason, run)  # type: ignore[return-value]
 
-    def _build(self, caller: Caller, req: enforcement_pb2.IssueActionRequest) -> enforcement_pb2.EnforcementAction:
+    def _build(
+        self, caller: Caller, req: enforcement_pb2.IssueActionRequest, account_hmac: str = ""
+    ) -> enforcement_pb2.EnforcementAction:
         kind = req.kind
         if kind not in KIND_NAMES:
             raise InvalidArgument(
@@ -316,7 +344,15 @@ class EnforcementAdmin:
             K.ENFORCEMENT_KIND_THROTTLE_ACCOUNT: {"tenant", "account"},
             K.ENFORCEMENT_KIND_FORCE_BLOCK_CATEGORY: {"tenant", "category"},
         }.get(kind)
+        if account_hmac and req.account:
+            raise InvalidArgument("give the account or its pseudonym, not both")
+        if account_hmac and not _HMAC.match(account_hmac):
+            raise InvalidArgument("account_hmac must be a regional account pseudonym (64 lowercase hex characters)")
         given = {f for f in ("tenant", "account", "model", "category") if getattr(req, f)}
+        if account_hmac:
+            given.add("account")
+        elif req.account and self.key is None:
+            raise FailedPrecondition("no regional key here to pseudonymise a raw account id: give its pseudonym")
         if needs is None:  # kill switch: a tenant or a model
             if len(given & {"tenant", "model"}) != 1 or given - {"tenant", "model"}:
                 raise InvalidArgument("KILL_SWITCH needs exactly one of tenant or model (and nothing else)")
@@ -349,7 +385,7 @@ class EnforcementAdmin:
             kind=kind,
             target=enforcement_pb2.EnforcementTarget(
                 tenant=req.tenant,
-                account_hmac=self.key.account(req.tenant, req.account),
+                account_hmac=account_hmac or self.key.account(req.tenant, req.account),
                 model=req.model,
                 category=req.category,
             ),
@@ -366,15 +402,15 @@ class EnforcementAdmin:
 
     # ---- ListActions ----
     async def list(
-        self, token: str, req: enforcement_pb2.ListActionsRequest
+        self, who: Credentials, req: enforcement_pb2.ListActionsRequest
     ) -> list[enforcement_pb2.EnforcementAction]:
         async def run(caller: Caller):
             return self.state.actions(req.tenant), ""
 
-        return await self._audited("ListActions", token, req.tenant, "", run)  # type: ignore[return-value]
+        return await self._audited("ListActions", who, req.tenant, "", run)  # type: ignore[return-value]
 
     # ---- RevokeAction ----
-    async def revoke(self, token: str, req: enforcement_pb2.RevokeActionRequest) -> bool:
+    async def revoke(self, who: Credentials, req: enforcement_pb2.RevokeActionRequest) -> bool:
         live = self.state.find(req.action_id) if req.action_id else None
         tenant = live.action.target.tenant if live else ""
 
@@ -393,7 +429,7 @@ class EnforcementAdmin:
             self.state.apply(key, None)
             return True, req.action_id
 
-        return await self._audited("RevokeAction", token, tenant, req.reason, run)  # type: ignore[return-value]
+        return await self._audited("RevokeAction", who, tenant, req.reason, run)  # type: ignore[return-value]
 
 
 def _ts(unix: float) -> timestamp_pb2.Timestamp:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -96,6 +96,46 @@ def action_key(kind: int, target: enforcement_pb2.EnforcementTarget) -> str:
     raise ValueError(f"target does not fit kind {K.EnforcementKind.Name(kind) if kind in KIND_NAMES else kind}")
 
 
+_KIND_OF_PREFIX = {name: kind for kind, name in KIND_NAMES.items()}
+
+
+def parse_key(key: str) -> tuple[int, enforcement_pb2.EnforcementTarget] | None:
+    """The kind and target a record key names (`action_key`'s inverse), None when it
+    is not one: what a tombstone revoked when the revoked record is gone."""
+    parts = key.split(":")
+    kind = _KIND_OF_PREFIX.get(parts[0])
+    if kind is None or len(parts) != 3:
+        return None
+    a, b = unquote(parts[1]), unquote(parts[2])
+    T = enforcement_pb2.EnforcementTarget
+    if kind in (K.ENFORCEMENT_KIND_SUSPEND_ACCOUNT, K.ENFORCEMENT_KIND_THROTTLE_ACCOUNT):
+        target = T(tenant=a, account_hmac=b)
+    elif kind == K.ENFORCEMENT_KIND_FORCE_BLOCK_CATEGORY:
+        target = T(tenant=a, category=b)
+    elif a == "tenant":
+        target = T(tenant=b)
+    elif a == "model":
+        target = T(model=b)
+    else:
+        return None
+    try:
+        return (kind, target) if action_key(kind, target) == key else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class ObservedRecord:
+    """A record of the actions topic as a replica applied it, for keepers of history
+    (the monitor): `action` is None for a tombstone (a revoke)."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: str
+    action: enforcement_pb2.EnforcementAction | None
+
+
 @dataclass(frozen=True)
 class LiveAction:
     key: str
@@ -107,25 +147,29 @@ class LiveAction:
 
 
 class StateMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, prefix: str = "enforcer") -> None:
         self.applied = Counter(
-            "enforcer_actions_applied",
+            f"{prefix}_actions_applied",
             "Records of the actions topic applied, by kind (revoke = tombstone).",
             ["kind"],
             registry=registry,
         )
         self.malformed = Counter(
-            "enforcer_actions_malformed", "Records of the actions topic skipped as malformed.", registry=registry
+            f"{prefix}_actions_malformed", "Records of the actions topic skipped as malformed.", registry=registry
         )
-        self.live = Gauge("enforcer_actions_live", "Actions held in memory (expired ones included).", registry=registry)
+        self.live = Gauge(
+            f"{prefix}_actions_live", "Actions held in memory (expired ones included).", registry=registry
+        )
         self.lag = Gauge(
-            "enforcer_actions_lag", "Records between what this replica applied and the topic's end.", registry=registry
+            f"{prefix}_actions_lag", "Records between what this replica applied and the topic's end.", registry=registry
         )
         self.up = Gauge(
-            "enforcer_actions_consumer_up", "1 while the actions consumer reaches Kafka.", registry=registry
+            f"{prefix}_actions_consumer_up", "1 while the actions consumer reaches Kafka.", registry=registry
         )
         self.caught_up = Gauge(
-            "enforcer_actions_caught_up", "1 once the topic was read up to its end offsets at start.", registry=registry
+            f"{prefix}_actions_caught_up",
+            "1 once the topic was read up to its end offsets at start.",
+            registry=registry,
         )
 
 
@@ -140,9 +184,11 @@ class EnforcementState:
         bootstrap: str = "",
         catchup_timeout_s: float = 30.0,
         probe_interval_s: float = 5.0,
+        observer: Callable[[ObservedRecord], None] | None = None,
         clock=time.time,
     ) -> None:
         self.region = region
+        self.observer = observer
         self.topic = actions_topic(region)
         self.metrics = metrics
         self.bootstrap = bootstrap
@@ -248,6 +294,15 @@ class EnforcementState:
         self.metrics.live.set(len(self._by_key))
         return True
 
+    def _apply_record(self, tp: TopicPartition, r) -> None:
+        if self.observer is None:
+            self.apply(r.key, r.value)
+            return
+        if self.apply(r.key, r.value):
+            skey = r.key.decode()  # apply() accepted it: a usable key
+            live = self._by_key.get(skey) if r.value is not None else None
+            self.observer(ObservedRecord(tp.partition, r.offset, r.timestamp, skey, live.action if live else None))
+
     def _remove(self, key: str) -> None:
         old = self._by_key.pop(key, None)
         if old is None:
@@ -299,7 +354,7 @@ class EnforcementState:
                 pass
 
     async def _run(self) -> None:
-        wait = wait_exponential_jitter(initial=0.2, max=5.0, jitter=0.2)
+        wait = wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2)
         attempt = 0
         while True:
             try:
@@ -345,7 +400,7 @@ class EnforcementState:
             batches = await consumer.getmany(timeout_ms=250, max_records=2000)
             for tp, records in batches.items():
                 for r in records:
-                    self.apply(r.key, r.value)
+                    self._apply_record(tp, r)
                     self._positions[tp] = r.offset + 1
             if not self._caught_up.is_set() and await self._reached(consumer, end):
                 self._caught_up.set()

@@ -1,6 +1,7 @@
 """`python -m services.monitor`: wiring only (the runner): the PostgreSQL store, the
 signal consumer, the aggregate metrics, retention, the rollup publisher and its
-spool, the automated enforcement rules, and the gRPC query service around them."""
+spool, the automated enforcement rules, the operators' domain (enforcement state,
+action history, audited actions) and the gRPC query service around them."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from services.common.kafka import KafkaPublisher, ProducerConfig, PublisherMetrics
+from services.common.privacy import RegionalKey
 from services.common.server import App, run
 from services.common.spool import Spool
-from services.enforcer.admin import KafkaActionSink
+from services.enforcer.admin import EnforcementAdmin, KafkaActionSink
+from services.enforcer.state import EnforcementState, StateMetrics
 from services.monitor.aggregates import AggregateMetrics, AggregateRefresher
 from services.monitor.consumer import ConsumerMetrics, SignalConsumer
+from services.monitor.operations import ActionHistory, Operations
+from services.monitor.operations import ensure_schema as ensure_operations_schema
 from services.monitor.queries import Queries
 from services.monitor.retention import Purger
 from services.monitor.rollup import Rollup, RollupMetrics
@@ -42,15 +47,16 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
     rules_config_ = rules_config(settings.rules, rule_metrics, settings.rules_poll_seconds) if settings.rules else None
     if rules_config_ is not None:
         rules_config_.load_initial()  # a broken rules file at start is fatal
+    sink = KafkaActionSink(
+        settings.kafka_bootstrap,
+        idempotence=settings.kafka_idempotence,
+        timeout_s=settings.actions_timeout_seconds,
+        client_id=f"monitor-actions-{settings.region}",
+    )
     engine = RuleEngine(
         region=settings.region,
         rules=rules_config_,
-        sink=KafkaActionSink(
-            settings.kafka_bootstrap,
-            idempotence=settings.kafka_idempotence,
-            timeout_s=settings.actions_timeout_seconds,
-            client_id=f"monitor-rules-{settings.region}",
-        ),
+        sink=sink,
         metrics=rule_metrics,
         max_per_tenant_hour=settings.max_automated_actions_per_tenant_per_hour,
         case_retention_s=store.retention.for_policy,
@@ -98,8 +104,41 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
         grace_s=settings.rollup_grace_seconds,
         lookback_s=settings.rollup_lookback_hours * HOUR,
     )
-    on_start = [publisher.start, engine.start, consumer.start, refresher.start, purger.start, rollup.start]
-    on_stop = [consumer.stop, engine.stop, rollup.stop, purger.stop, refresher.stop, publisher.close, store.close]
+    # The operators' domain: this region's enforcement state (read from the actions
+    # topic like an enforcer replica, its records kept as history) and the enforcer's
+    # own admin logic to issue and revoke actions, audited to the signals topic.
+    await ensure_operations_schema(store.pool)
+    key = RegionalKey.from_file(settings.region, settings.hmac_key_file) if settings.hmac_key_file else None
+    history = ActionHistory(store.pool, settings.region)
+    state = EnforcementState(
+        settings.region,
+        StateMetrics(registry, prefix="monitor"),
+        bootstrap=settings.kafka_bootstrap,
+        observer=history.observe,
+    )
+    admin = EnforcementAdmin(region=settings.region, key=key, state=state, sink=sink, publisher=publisher, tokens=None)
+    operations = Operations(store=store, state=state, admin=admin, key=key)  # noqa: F841 (the console serves it)
+    on_start = [
+        publisher.start,
+        history.start,
+        state.start,
+        engine.start,
+        consumer.start,
+        refresher.start,
+        purger.start,
+        rollup.start,
+    ]
+    on_stop = [
+        consumer.stop,
+        engine.stop,
+        state.stop,
+        history.stop,
+        rollup.stop,
+        purger.stop,
+        refresher.stop,
+        publisher.close,
+        store.close,
+    ]
     if rules_config_ is not None:
         on_start.insert(0, rules_config_.start)
         on_stop.insert(0, rules_config_.stop)

@@ -89,6 +89,12 @@ class MonitorSettings(ServiceSettings):
         64 * 1024 * 1024, ge=1024, description="spool size limit; beyond it rollup records are dropped (counted)"
     )
 
+    hmac_key_file: str = Field(
+        "",
+        description="file holding this region's HMAC key (the enforcers' --hmac-key-file): operators may then look "
+        "accounts up and act on them by raw id; empty: by pseudonym only",
+    )
+
     rules: str = Field(
         "",
         description="YAML file or folder of automated enforcement rules, hot reloaded (empty: no rules)",

@@ -80,10 +80,13 @@ CREATE TABLE IF NOT EXISTS monitor_rollup_sent (
 );
 """
 
+#: Review case statuses (safeguards.v1.CaseStatus).
 CASE_OPEN = 1
+CASE_ACTIONED = 2
+CASE_DISMISSED = 3
+CASE_STATUSES = (CASE_OPEN, CASE_ACTIONED, CASE_DISMISSED)
 #: Runs inside `Store.apply`'s transaction with the batch's new decisions.
 AfterApply = Callable[[asyncpg.Connection, list[Decision]], Awaitable[None]]
-CASE_STATUSES = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -350,6 +353,31 @@ class Store:
     async def get_case(self, case_id: str) -> CaseRow:
         row = await self.pool.fetchrow(
             "SELECT * FROM monitor_cases WHERE region = $1 AND case_id = $2", self.region, case_id
+        )
+        if row is None:
+            raise NotFound(f"no case {case_id!r} in region {self.region}")
+        return _case(row)
+
+    async def account_cases(self, tenant: str, account_hmac: str, limit: int) -> list[CaseRow]:
+        """An account's cases, newest first."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM monitor_cases WHERE region = $1 AND tenant = $2 AND account_hmac = $3 "
+            "ORDER BY decided_at DESC, case_id DESC LIMIT $4",
+            self.region,
+            tenant,
+            account_hmac,
+            limit,
+        )
+        return [_case(r) for r in rows]
+
+    async def set_case_status(self, case_id: str, status: int) -> CaseRow:
+        if status not in CASE_STATUSES:
+            raise InvalidArgument(f"unknown case status {status}")
+        row = await self.pool.fetchrow(
+            "UPDATE monitor_cases SET status = $3 WHERE region = $1 AND case_id = $2 RETURNING *",
+            self.region,
+            case_id,
+            status,
         )
         if row is None:
             raise NotFound(f"no case {case_id!r} in region {self.region}")

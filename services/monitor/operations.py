@@ -1,0 +1,556 @@
+"""What a signed-in operator may see and do in this region: the operators' console's
+domain, free of HTTP (the web layer in `services.monitor.console` only renders it).
+
+- Reads: review cases, an account's cases / actions in force / action history, the
+  actions in force, block rates per minute, alerts, the audit log.
+- Writes: a case's review verdict; issuing and revoking enforcement actions, automated
+  ones included ("reverse"). Actions go through the enforcer's own admin domain
+  (`services.enforcer.admin.EnforcementAdmin`): the same validation, the same
+  acks=all produce to `safeguards.actions.<region>` (an unreachable Kafka answers
+  Unavailable and nothing changes) and the same SURFACE_ADMIN audit signal.
+- Every write, allowed or refused, is also kept in the in-region `monitor_audit`
+  table (who, role, what, target, why), which the console shows.
+
+Authorisation is per call: the operator's region scope must include this region
+(a reviewer of `us` reads nothing of `eu`), and the role must be high enough:
+viewer reads; reviewer also reviews cases and suspends / unsuspends / throttles
+accounts; admin also kill switches and force-blocks categories.
+
+Action history comes from the actions topic itself: the monitor's replica of the
+enforcement state (`EnforcementState`) reports every record it applies, and
+`ActionHistory` appends them to `monitor_action_history`, idempotent by partition,
+offset and record digest, so re-reading the topic at each start adds nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+import asyncpg
+from google.protobuf import duration_pb2
+from safeguards.v1 import enforcement_pb2, safeguards_pb2
+
+from services.common.errors import InvalidArgument, NotFound, PermissionDenied
+from services.common.privacy import RegionalKey
+from services.enforcer.admin import MAX_REASON, Caller, EnforcementAdmin, Role
+from services.enforcer.state import EnforcementState, ObservedRecord, parse_key
+from services.monitor.store import CASE_ACTIONED, CASE_DISMISSED, CaseFilter, CaseRow, Store
+
+log = logging.getLogger("safeguards.monitor.operations")
+
+K = enforcement_pb2
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS monitor_audit (
+    id bigserial PRIMARY KEY,
+    region text NOT NULL,
+    at timestamptz NOT NULL DEFAULT now(),
+    operator text NOT NULL,
+    role text NOT NULL,
+    what text NOT NULL,
+    target text NOT NULL,
+    reason text NOT NULL,
+    ok boolean NOT NULL
+);
+CREATE INDEX IF NOT EXISTS monitor_audit_at ON monitor_audit (region, at DESC);
+CREATE INDEX IF NOT EXISTS monitor_audit_target ON monitor_audit (region, target);
+
+CREATE TABLE IF NOT EXISTS monitor_action_history (
+    region text NOT NULL,
+    partition integer NOT NULL,
+    record_offset bigint NOT NULL,
+    digest text NOT NULL,
+    at timestamptz NOT NULL,
+    event text NOT NULL,
+    action_id text NOT NULL,
+    kind smallint NOT NULL,
+    tenant text NOT NULL,
+    account_hmac text NOT NULL,
+    model text NOT NULL,
+    category text NOT NULL,
+    record bytea,
+    PRIMARY KEY (region, partition, record_offset, digest)
+);
+CREATE INDEX IF NOT EXISTS monitor_action_history_account
+    ON monitor_action_history (region, tenant, account_hmac, at DESC);
+"""
+
+KINDS = {
+    "SUSPEND_ACCOUNT": K.ENFORCEMENT_KIND_SUSPEND_ACCOUNT,
+    "THROTTLE_ACCOUNT": K.ENFORCEMENT_KIND_THROTTLE_ACCOUNT,
+    "FORCE_BLOCK_CATEGORY": K.ENFORCEMENT_KIND_FORCE_BLOCK_CATEGORY,
+    "KILL_SWITCH": K.ENFORCEMENT_KIND_KILL_SWITCH,
+}
+KIND_LABELS = {v: k for k, v in KINDS.items()}
+#: Kinds a reviewer may issue and revoke; the rest need an admin.
+ACCOUNT_KINDS = frozenset({K.ENFORCEMENT_KIND_SUSPEND_ACCOUNT, K.ENFORCEMENT_KIND_THROTTLE_ACCOUNT})
+VERDICTS = {"approve": CASE_ACTIONED, "dismiss": CASE_DISMISSED}
+AUTOMATION = "automation"
+_HMAC = re.compile(r"^[0-9a-f]{64}$")
+MAX_LIST = 500
+
+
+class ConsoleRole(StrEnum):
+    """Cumulative: each role may do what the ones before it may."""
+
+    VIEWER = "viewer"
+    REVIEWER = "reviewer"
+    ADMIN = "admin"
+
+
+_RANK = {ConsoleRole.VIEWER: 0, ConsoleRole.REVIEWER: 1, ConsoleRole.ADMIN: 2}
+#: The enforcer admin role an operator acts with.
+_ADMIN_ROLE = {ConsoleRole.VIEWER: Role.VIEWER, ConsoleRole.REVIEWER: Role.OPERATOR, ConsoleRole.ADMIN: Role.ADMIN}
+
+
+@dataclass(frozen=True)
+class Operator:
+    name: str
+    role: ConsoleRole
+    #: Regions this operator may see; "*" is every region.
+    regions: frozenset[str]
+
+    def covers(self, region: str) -> bool:
+        return "*" in self.regions or region in self.regions
+
+    def at_least(self, role: ConsoleRole) -> bool:
+        return _RANK[self.role] >= _RANK[role]
+
+
+@dataclass(frozen=True)
+class ActionView:
+    action_id: str
+    kind: str
+    tenant: str
+    account_hmac: str
+    model: str
+    category: str
+    actor: str
+    reason: str
+    issued_at: datetime | None
+    expires_at: datetime | None
+    requests_per_minute: int
+    evidence: tuple[str, ...]
+    automated: bool
+
+    @classmethod
+    def of(cls, a: enforcement_pb2.EnforcementAction) -> ActionView:
+        return cls(
+            action_id=a.action_id,
+            kind=KIND_LABELS.get(a.kind, str(a.kind)),
+            tenant=a.target.tenant,
+            account_hmac=a.target.account_hmac,
+            model=a.target.model,
+            category=a.target.category,
+            actor=a.actor,
+            reason=a.reason,
+            issued_at=a.issued_at.ToDatetime(tzinfo=UTC) if a.HasField("issued_at") else None,
+            expires_at=a.expires_at.ToDatetime(tzinfo=UTC) if a.HasField("expires_at") else None,
+            requests_per_minute=a.requests_per_minute,
+            evidence=tuple(a.evidence),
+            automated=a.actor == AUTOMATION,
+        )
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    at: datetime
+    event: str  # "issued" | "revoked"
+    action: ActionView
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    at: datetime
+    operator: str
+    role: str
+    what: str
+    target: str
+    reason: str
+    ok: bool
+
+
+@dataclass(frozen=True)
+class CaseView:
+    case: CaseRow
+    account_cases: list[CaseRow]
+    live: list[ActionView]
+    audit: list[AuditRow]
+
+
+@dataclass(frozen=True)
+class AccountView:
+    tenant: str
+    account_hmac: str
+    cases: list[CaseRow]
+    live: list[ActionView]
+    history: list[HistoryRow]
+
+
+@dataclass(frozen=True)
+class SeriesPoint:
+    minute: datetime
+    key: str
+    blocked: int
+    total: int
+
+
+async def ensure_schema(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute(SCHEMA)
+
+
+class ActionHistory:
+    """Appends the records the enforcement state applies to `monitor_action_history`
+    (the state's observer is synchronous; a task writes what it queued)."""
+
+    def __init__(self, pool: asyncpg.Pool, region: str, flush_interval_s: float = 0.5) -> None:
+        self.pool = pool
+        self.region = region
+        self.flush_interval_s = flush_interval_s
+        self._pending: list[tuple] = []
+        #: The last action seen per key: what a tombstone revoked.
+        self._last: dict[str, enforcement_pb2.EnforcementAction] = {}
+        self._task: asyncio.Task | None = None
+
+    def observe(self, rec: ObservedRecord) -> None:
+        if rec.action is not None:
+            self._last[rec.key] = rec.action
+            action: enforcement_pb2.EnforcementAction | None = rec.action
+        else:
+            action = self._last.pop(rec.key, None)
+        if action is not None:
+            kind, target, action_id, record = action.kind, action.target, action.action_id, action.SerializeToString()
+        else:
+            parsed = parse_key(rec.key)
+            if parsed is None:
+                return
+            (kind, target), action_id, record = parsed, "", None
+        digest = hashlib.sha256(rec.key.encode() + b"\0" + (rec.action.SerializeToString() if rec.action else b""))
+        self._pending.append(
+            (
+                self.region,
+                rec.partition,
+                rec.offset,
+                digest.hexdigest()[:32],
+                datetime.fromtimestamp(rec.timestamp_ms / 1000, UTC),
+                "issued" if rec.action is not None else "revoked",
+                action_id,
+                kind,
+                target.tenant,
+                target.account_hmac,
+                target.model,
+                target.category,
+                record,
+            )
+        )
+
+    async def flush(self) -> int:
+        rows, self._pending = self._pending, []
+        if not rows:
+            return 0
+        try:
+            await self.pool.executemany(
+                "INSERT INTO monitor_action_history (region, partition, record_offset, digest, at, event, action_id, "
+                "kind, tenant, account_hmac, model, category, record) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING",
+                rows,
+            )
+        except (OSError, asyncpg.PostgresError):
+            self._pending[:0] = rows  # keep them for the next try
+            raise
+        return len(rows)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval_s)
+            try:
+                await self.flush()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("action history not written; retrying", extra={"error": type(exc).__name__})
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="action-history")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        try:
+            await self.flush()
+        except (OSError, asyncpg.PostgresError):
+            pass
+
+
+class Operations:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        state: EnforcementState,
+        admin: EnforcementAdmin,
+        key: RegionalKey | None,
+        alerts=None,
+    ) -> None:
+        self.store = store
+        self.region = store.region
+        self.state = state
+        self.admin = admin
+        self.key = key
+        #: `async (pool, region, *, limit) -> list[AlertRow]` (services.monitor.alerts.list_alerts)
+        self._alerts = alerts
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.store.pool
+
+    # ---- authorisation -------------------------------------------------------------------
+    def _check(self, op: Operator, role: ConsoleRole = ConsoleRole.VIEWER) -> None:
+        if not op.covers(self.region):
+            raise PermissionDenied(f"{op.name} has no access to region {self.region}")
+        if not op.at_least(role):
+            raise PermissionDenied(f"role {op.role.value} may not do this (needs {role.value})")
+
+    @staticmethod
+    def _caller(op: Operator) -> Caller:
+        return Caller(f"console:{op.name}", _ADMIN_ROLE[op.role])
+
+    # ---- audit ---------------------------------------------------------------------------
+    async def record(
+        self, op: Operator | str, role: str, what: str, target: str = "", reason: str = "", ok: bool = True
+    ) -> None:
+        """Keep one audit row (the web layer's own events too: sign-in, sign-out)."""
+        name = op.name if isinstance(op, Operator) else op
+        await self.pool.execute(
+            "INSERT INTO monitor_audit (region, operator, role, what, target, reason, ok) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            self.region,
+            name[:256],
+            role[:32],
+            what[:64],
+            target[:256],
+            reason[:MAX_REASON],
+            ok,
+        )
+        log.info("operator action", extra={"operator": name, "what": what, "target": target[:80], "ok": ok})
+
+    async def _audited(self, op: Operator, what: str, target: str, reason: str, run):
+        ok = False
+        try:
+            result = await run()
+            ok = True
+            return result
+        finally:
+            await self.record(op, op.role.value, what, target, reason, ok)
+
+    async def audit_log(self, op: Operator, limit: int = 100, target: str = "") -> list[AuditRow]:
+        self._check(op)
+        rows = await self.pool.fetch(
+            "SELECT at, operator, role, what, target, reason, ok FROM monitor_audit WHERE region = $1 "
+            "AND ($2 = '' OR target = $2) ORDER BY at DESC, id DESC LIMIT $3",
+            self.region,
+            target,
+            _limit(limit),
+        )
+        return [AuditRow(**dict(r)) for r in rows]
+
+    # ---- cases -----------------------------------------------------------------------------
+    async def list_cases(
+        self, op: Operator, f: CaseFilter, page_size: int = 50, page_token: str = ""
+    ) -> tuple[list[CaseRow], str]:
+        self._check(op)
+        try:
+            return await self.store.list_cases(f, _limit(page_size), page_token)
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgument("page_token is not one this console issued") from exc
+
+    async def case(self, op: Operator, case_id: str) -> CaseView:
+        self._check(op)
+        case = await self.store.get_case(case_id)
+        others: list[CaseRow] = []
+        live: list[ActionView] = []
+        if case.account_hmac:
+            others = [
+                c for c in await self.store.account_cases(case.tenant, case.account_hmac, 21) if c.case_id != case_id
+            ][:20]
+            live = self._live_for(case.tenant, case.account_hmac)
+        return CaseView(case, others, live, await self.audit_log(op, 50, target=case_id))
+
+    async def review(self, op: Operator, case_id: str, verdict: str, note: str) -> CaseRow:
+        status = VERDICTS.get(verdict)
+        if status is None:
+            raise InvalidArgument(f"verdict must be one of {', '.join(VERDICTS)}")
+        note = _reason(note, "a note")
+
+        async def run() -> CaseRow:
+            self._check(op, ConsoleRole.REVIEWER)
+            row = await self.store.set_case_status(case_id, status)
+            self.admin.audit("ReviewCase", self._caller(op), row.tenant, "", note, True, case_id=case_id)
+            return row
+
+        return await self._audited(op, f"review.{verdict}", case_id, note, run)
+
+    # ---- accounts ------------------------------------------------------------------------
+    def pseudonym(self, tenant: str, account: str) -> str:
+        """A raw account id's regional pseudonym; a pseudonym is taken as it is."""
+        account = account.strip()
+        if _HMAC.match(account):
+            return account
+        if not account:
+            raise InvalidArgument("an account id (or its pseudonym) is required")
+        if self.key is None:
+            raise InvalidArgument(
+                "this monitor has no regional key (--hmac-key-file): look accounts up by their pseudonym"
+            )
+        return self.key.account(tenant, account)
+
+    def _live_for(self, tenant: str, account_hmac: str) -> list[ActionView]:
+        return [
+            ActionView.of(a)
+            for a in self.state.actions(tenant)
+            if a.target.account_hmac == account_hmac or (not a.target.account_hmac and not a.target.category)
+        ]
+
+    async def account(self, op: Operator, tenant: str, account: str) -> AccountView:
+        self._check(op)
+        if not tenant.strip():
+            raise InvalidArgument("tenant is required")
+        account_hmac = self.pseudonym(tenant, account)
+        cases = await self.store.account_cases(tenant, account_hmac, 50)
+        rows = await self.pool.fetch(
+            "SELECT at, event, record, action_id, kind, tenant, account_hmac, model, category "
+            "FROM monitor_action_history WHERE region = $1 AND tenant = $2 AND account_hmac = $3 "
+            "ORDER BY at DESC, record_offset DESC LIMIT 100",
+            self.region,
+            tenant,
+            account_hmac,
+        )
+        history = [HistoryRow(r["at"], r["event"], ActionView.of(_history_action(r))) for r in rows]
+        return AccountView(tenant, account_hmac, cases, self._live_for(tenant, account_hmac), history)
+
+    # ---- actions ---------------------------------------------------------------------------
+    async def live_actions(self, op: Operator, tenant: str = "") -> list[ActionView]:
+        self._check(op)
+        return [ActionView.of(a) for a in self.state.actions(tenant)]
+
+    async def issue(
+        self,
+        op: Operator,
+        *,
+        kind: str,
+        tenant: str,
+        account: str = "",
+        account_hmac: str = "",
+        model: str = "",
+        category: str = "",
+        reason: str,
+        ttl_seconds: float = 0,
+        requests_per_minute: int = 0,
+        evidence: Sequence[str] = (),
+        case_id: str = "",
+    ) -> ActionView:
+        code = KINDS.get(kind)
+        target = case_id or account_hmac or tenant or model
+
+        async def run() -> ActionView:
+            if code is None:
+                raise InvalidArgument(f"kind must be one of {', '.join(KINDS)}")
+            self._check(op, ConsoleRole.REVIEWER if code in ACCOUNT_KINDS else ConsoleRole.ADMIN)
+            if ttl_seconds < 0:
+                raise InvalidArgument("the duration must not be negative")
+            if case_id:
+                await self.store.get_case(case_id)  # exists, in this region
+            if account and account_hmac:
+                raise InvalidArgument("give the account or its pseudonym, not both")
+            req = enforcement_pb2.IssueActionRequest(
+                kind=code,
+                tenant=tenant,
+                model=model,
+                category=category,
+                reason=reason,
+                requests_per_minute=requests_per_minute,
+                evidence=list(evidence),
+            )
+            if ttl_seconds:
+                req.ttl.CopyFrom(duration_pb2.Duration(seconds=int(ttl_seconds)))
+            pseudonym = self.pseudonym(tenant, account) if account else account_hmac
+            action = await self.admin.issue(self._caller(op), req, account_hmac=pseudonym)
+            if case_id:
+                await self.store.set_case_status(case_id, CASE_ACTIONED)
+            return ActionView.of(action)
+
+        return await self._audited(op, f"action.issue.{kind.lower()}"[:64], target, reason, run)
+
+    async def revoke(self, op: Operator, action_id: str, reason: str) -> None:
+        async def run() -> None:
+            self._check(op)
+            live = self.state.find(action_id) if action_id else None
+            if live is None:
+                raise NotFound(f"no action {action_id[:64]!r} in force in region {self.region}")
+            self._check(op, ConsoleRole.REVIEWER if live.action.kind in ACCOUNT_KINDS else ConsoleRole.ADMIN)
+            req = enforcement_pb2.RevokeActionRequest(action_id=action_id, reason=reason)
+            await self.admin.revoke(self._caller(op), req)
+
+        await self._audited(op, "action.revoke", action_id, reason, run)
+
+    # ---- charts and alerts ---------------------------------------------------------------
+    async def block_rates(self, op: Operator, by: str, minutes: int = 60) -> list[SeriesPoint]:
+        """Per minute and per category (or tenant): BLOCK decisions and all decisions.
+        Counts are decision-category counts (a decision in two categories counts in both)."""
+        self._check(op)
+        if by not in ("category", "tenant"):
+            raise InvalidArgument("by must be 'category' or 'tenant'")
+        if not 1 <= minutes <= 24 * 60:
+            raise InvalidArgument("minutes must be within 1..1440")
+        since = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=minutes - 1)
+        rows = await self.pool.fetch(
+            f"SELECT minute, {by} AS key, "  # by is one of two column names, checked above
+            "sum(count) FILTER (WHERE action = $3)::bigint AS blocked, sum(count)::bigint AS total "
+            f"FROM monitor_buckets WHERE region = $1 AND minute >= $2 GROUP BY minute, {by} ORDER BY minute, {by}",
+            self.region,
+            since,
+            safeguards_pb2.ACTION_BLOCK,
+        )
+        return [SeriesPoint(r["minute"], r["key"], r["blocked"] or 0, r["total"]) for r in rows]
+
+    async def alerts(self, op: Operator, limit: int = 100) -> list:
+        self._check(op)
+        if self._alerts is None:
+            return []
+        return await self._alerts(self.pool, self.region, limit=_limit(limit))
+
+
+def _limit(n: int) -> int:
+    if not 1 <= n <= MAX_LIST:
+        raise InvalidArgument(f"a page holds 1..{MAX_LIST} rows")
+    return n
+
+
+def _reason(text: str, what: str) -> str:
+    text = text.strip()
+    if not text:
+        raise InvalidArgument(f"{what} is required")
+    if len(text) > MAX_REASON:
+        raise InvalidArgument(f"{what} is longer than {MAX_REASON} characters")
+    return text
+
+
+def _history_action(r: asyncpg.Record) -> enforcement_pb2.EnforcementAction:
+    if r["record"] is not None:
+        return enforcement_pb2.EnforcementAction.FromString(r["record"])
+    return enforcement_pb2.EnforcementAction(
+        action_id=r["action_id"],
+        kind=r["kind"],
+        target=enforcement_pb2.EnforcementTarget(
+            tenant=r["tenant"], account_hmac=r["account_hmac"], model=r["model"], category=r["category"]
+        ),
+    )
