@@ -211,7 +211,7 @@ class Console:
         request["operator"] = operator = account.operator
         if request.path != "/signout" and not operator.covers(self.region):
             raise PermissionDenied(
-                f"{operator.name} may not use the console of region {self.region!r} "
+                f"{operator.name} may not use the console of region {self.region} "
                 f"(scope: {', '.join(sorted(operator.regions))})"
             )
         return await handler(request)

@@ -270,7 +270,7 @@ async def test_a_us_reviewer_gets_403_on_the_eu_consoles_case_page(console) -> N
         for path in (f"/cases/{case_id}", "/cases", "/audit", "/charts/data?by=tenant"):
             status, page, _ = await b.get(path)  # ... but this is not ulf's region
             assert status == 403, path
-            assert "region 'eu'" in page and case_id not in page and secret not in page and "acme" not in page
+            assert "console of region eu" in page and case_id not in page and secret not in page and "acme" not in page
         status, _, _ = await b.post(f"/cases/{case_id}/review", {"verdict": "approve", "note": "x"})
         assert status == 403
     async with Browser(console["url"]) as b:  # a reviewer of eu sees it, snippet included
