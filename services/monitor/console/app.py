@@ -20,7 +20,7 @@ import logging
 import secrets
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -64,6 +64,7 @@ STATUSES = {1: "OPEN", 2: "ACTIONED", 3: "DISMISSED"}
 DATA_POLICIES = {1: "STANDARD", 2: "METADATA_ONLY", 3: "ZERO_RETENTION"}
 #: Most keys drawn in one chart (the ones with the most blocks); the rest are left out.
 CHART_KEYS = 8
+CHART_MINUTES = 60
 ERROR_STATUS: dict[type[ServiceError], int] = {
     InvalidArgument: 400,
     PermissionDenied: 403,
@@ -425,8 +426,8 @@ class Console:
 
     async def chart_data(self, request: web.Request) -> web.Response:
         by = request.query.get("by", "category")
-        points = await self.ops.block_rates(request["operator"], by, 60)
-        return web.json_response(chart_series(points))
+        points = await self.ops.block_rates(request["operator"], by, CHART_MINUTES)
+        return web.json_response(chart_series(points, datetime.now(UTC)))
 
     async def alerts(self, request: web.Request) -> web.Response:
         return self._render(request, "alerts.html", {"alerts": await self.ops.alerts(request["operator"])})
@@ -435,18 +436,22 @@ class Console:
         return self._render(request, "audit.html", {"rows": await self.ops.audit_log(request["operator"], 200)})
 
 
-def chart_series(points) -> dict:
-    """Per-minute block rate series of the keys with the most blocks, for the chart JS."""
-    minutes = sorted({p.minute for p in points})
-    index = {m: i for i, m in enumerate(minutes)}
-    blocked: dict[str, list[int]] = defaultdict(lambda: [0] * len(minutes))
-    total: dict[str, list[int]] = defaultdict(lambda: [0] * len(minutes))
+def chart_series(points, now: datetime, minutes: int = CHART_MINUTES) -> dict:
+    """Per-minute block rate series (every minute of the window, None where nothing was
+    decided) of the keys with the most blocks, for the chart script."""
+    last = now.astimezone(UTC).replace(second=0, microsecond=0)
+    axis = [last - timedelta(minutes=minutes - 1 - i) for i in range(minutes)]
+    index = {m: i for i, m in enumerate(axis)}
+    blocked: dict[str, list[int]] = defaultdict(lambda: [0] * minutes)
+    total: dict[str, list[int]] = defaultdict(lambda: [0] * minutes)
     for p in points:
-        blocked[p.key][index[p.minute]] += p.blocked
-        total[p.key][index[p.minute]] += p.total
+        i = index.get(p.minute.astimezone(UTC))
+        if i is not None:
+            blocked[p.key][i] += p.blocked
+            total[p.key][i] += p.total
     keys = sorted(total, key=lambda k: (-sum(blocked[k]), k))[:CHART_KEYS]
     return {
-        "minutes": [m.isoformat() for m in minutes],
+        "minutes": [m.isoformat() for m in axis],
         "series": [
             {
                 "key": k,

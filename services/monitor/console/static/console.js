@@ -30,16 +30,20 @@ function draw(svg, legend, data) {
     const label = (i) => data.minutes[i].slice(11, 16);
     svg.appendChild(el("text", { x: PAD.left, y: H - 6 }, label(0)));
     svg.appendChild(el("text", { x: W - PAD.right - 30, y: H - 6 }, label(n - 1)));
-  } else {
-    svg.appendChild(el("text", { x: W / 2 - 60, y: H / 2 }, "no decisions in the last hour"));
   }
+  if (!data.series.length) svg.appendChild(el("text", { x: W / 2 - 60, y: H / 2 }, "no decisions in the last hour"));
   legend.replaceChildren();
   data.series.forEach((s, k) => {
     const color = COLORS[k % COLORS.length];
-    const points = s.rates.map((r, i) => (r === null ? null : `${x(i).toFixed(1)},${y(r).toFixed(1)}`)).filter(Boolean);
-    const line = el("polyline", { points: points.join(" "), stroke: color });
+    const points = s.rates.map((r, i) => (r === null ? null : [x(i), y(r), r, i])).filter(Boolean);
+    const line = el("polyline", { points: points.map(([px, py]) => `${px.toFixed(1)},${py.toFixed(1)}`).join(" "), stroke: color });
     line.appendChild(el("title", {}, s.key));
     svg.appendChild(line);
+    for (const [px, py, r, i] of points) {  // a dot per minute with decisions: single minutes show too
+      const dot = el("circle", { cx: px.toFixed(1), cy: py.toFixed(1), r: 3, fill: color });
+      dot.appendChild(el("title", {}, `${s.key} ${data.minutes[i].slice(11, 16)}: ${Math.round(r * 100)}% blocked`));
+      svg.appendChild(dot);
+    }
     const item = document.createElement("li");
     const swatch = document.createElement("span");
     swatch.className = "swatch";
