@@ -15,6 +15,7 @@ access log (paths hold case ids and account pseudonyms, not for a log line).
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 import secrets
@@ -111,6 +112,7 @@ class Console:
             undefined=jinja2.StrictUndefined,
         )
         self.templates.filters["when"] = _when
+        self.templates.filters["fields"] = _fields
         self.templates.globals.update(ACTIONS=ACTIONS, STATUSES=STATUSES, DATA_POLICIES=DATA_POLICIES)
         self.app = self._build()
         self._runner: web.AppRunner | None = None
@@ -524,6 +526,11 @@ def _local(target: str, default: str) -> str:
     if target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
     return default
+
+
+def _fields(row) -> dict:
+    """A row dataclass as name -> value (the alerts table shows whatever AlertRow holds)."""
+    return {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
 
 
 def _when(value: datetime | None) -> str:
