@@ -63,6 +63,7 @@ class SignalInput:
     policy: Policy
     latencies: dict[str, float]
     model_versions: dict[str, int]
+    prompt_decision_id: str = ""
 
 
 def build_signal(s: SignalInput, key: RegionalKey, snippet_chars: int) -> signals_pb2.SafeguardSignal:
@@ -84,6 +85,7 @@ def build_signal(s: SignalInput, key: RegionalKey, snippet_chars: int) -> signal
         degraded=s.outcome.degraded,
         failed_dependencies=list(s.outcome.failed_dependencies),
         request_id="" if zero else s.request_id,
+        prompt_decision_id=s.prompt_decision_id,
     )
     for r in s.outcome.reasons:
         sig.reasons.add(code=r.code, detail=r.detail)

@@ -307,6 +307,7 @@ class CompletionSession:
                 policy=policy,
                 latencies=dict(self._latencies),
                 model_versions=dict(self._models),
+                prompt_decision_id=self.prompt_decision_id,
             ),
             s.key,
             s.limits.snippet_chars,

@@ -125,3 +125,4 @@ async def test_after_ext_authz_only_the_completion_is_screened(tmp_path) -> None
     assert b'"finish_reason":"content_filter"' in cut.body_mutation.body
     (sig,) = pub.signals()
     assert sig.action == 5 and sig.surface == 5  # BLOCK, SURFACE_EXT_PROC_RESPONSE
+    assert sig.prompt_decision_id == "authz-decision-1"  # the completion links to ext_authz's decision

@@ -78,6 +78,7 @@ async def test_finish_screens_the_unscreened_tail_and_emits_one_signal(tmp_path)
     assert v.chunk_index == 1
     (sig,) = pub.signals()
     assert sig.surface == signals_pb2.SURFACE_SCREEN_COMPLETION and sig.decision_id == v.result.decision_id
+    assert sig.prompt_decision_id == "p1"
     assert sig.content.characters == 13 and sig.content.redacted_snippet == "0123456789abc"
     assert sig.account_hmac and "acct-raw-7" not in sig.SerializeToString().decode("latin-1")
     with pytest.raises(FailedPrecondition):
