@@ -27,6 +27,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import jinja2
 from aiohttp import web
+from safeguards.v1 import monitor_pb2, signals_pb2
 
 from services.common.errors import (
     InvalidArgument,
@@ -61,8 +62,9 @@ SECURITY_HEADERS = {
 PRE_COOKIE = "sgconsole_signin"
 MAX_FORM_BYTES = 64 * 1024
 PAGE_SIZE = 50
-STATUSES = {1: "OPEN", 2: "ACTIONED", 3: "DISMISSED"}
-DATA_POLICIES = {1: "STANDARD", 2: "METADATA_ONLY", 3: "ZERO_RETENTION"}
+#: Display names of the proto enums the case rows hold as numbers.
+STATUSES = {v: n.removeprefix("CASE_STATUS_") for n, v in monitor_pb2.CaseStatus.items() if v}
+DATA_POLICIES = {v: n.removeprefix("DATA_POLICY_") for n, v in signals_pb2.DataPolicy.items() if v}
 #: Most keys drawn in one chart (the ones with the most blocks); the rest are left out.
 CHART_KEYS = 8
 CHART_MINUTES = 60
@@ -125,9 +127,8 @@ class Console:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, port = split_host_port(self.listen)
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await web.TCPSite(self._runner, host, port).start()
+        self.port = self._runner.addresses[0][1]
         log.info("console serving", extra={"host": host, "port": self.port})
         print(f"console serving http://{host}:{self.port}/", flush=True)
 
