@@ -171,7 +171,12 @@ def test_reviewer_suspends_an_account_from_the_browser_and_the_enforcer_blocks_i
 
             page.click("nav a:text('Block rates')")
             expect(page.locator("#chart-category")).to_have_attribute("data-updated", re.compile("."))
-            expect(page.locator("#legend-category li").first).to_contain_text("jailbreak")
+            legend = page.locator("#legend-category li")
+            expect(legend.filter(has_text="jailbreak")).to_have_text("jailbreak: 1 blocked of 1", timeout=15_000)
+            expect(legend.filter(has_text="enforcement")).to_have_text(
+                "enforcement: 1 blocked of 1", timeout=15_000  # the suspended request, redrawn within 5 s
+            )
+            expect(page.locator("#chart-tenant circle").first).to_be_attached()
             assert not errors, errors  # no CSP violation or script error in the console
         finally:
             browser.close()
