@@ -2,12 +2,14 @@
 broker, real PostgreSQL) serving its console on a real socket, driven by an aiohttp
 client that keeps cookies like a browser.
 
-Proves: sign-in good and bad (and audited), the sign-in attempt limit, idle and
-absolute session expiry and sign-out, CSRF (no token, a wrong token, a foreign
-Origin, no Origin/Referer at all: refused, nothing changed), roles (a viewer cannot
-suspend), region scope (a `us` reviewer gets 403 on the `eu` console's case page and
-sees none of it), security headers on pages, errors and static files, error pages
-without stack traces, and a raw account id looked up never reaching the logs.
+Proves: sign-in good and bad (and audited), the sign-in form's own CSRF token and
+Origin check, the sign-in attempt limit, idle and absolute session expiry and
+sign-out, CSRF (no token, a wrong token, a foreign Origin, no Origin/Referer at all:
+refused, nothing changed), roles (a viewer cannot suspend), region scope (a `us`
+reviewer gets 403 on the `eu` console's case page and sees none of it), users-file
+changes applying to live sessions, security headers on pages, errors and static
+files, error pages without stack traces, a raw account id looked up never reaching
+the logs, and Kafka down answering 503 with nothing changed.
 """
 
 from __future__ import annotations
@@ -70,12 +72,12 @@ def console(tmp_path_factory):
                     "--spool-dir", str(tmp / "spool"), "--drain-grace-seconds", "2",
                     "--hmac-key-file", str(tmp / "hmac.key"), "--actions-timeout-seconds", "3",
                     "--console-listen", "127.0.0.1:0", "--console-users", str(users),
-                    "--console-signin-attempts", str(ATTEMPTS),
+                    "--console-signin-attempts", str(ATTEMPTS), "--console-users-poll-seconds", "0.2",
                 ],
             ).start(timeout=60)  # fmt: skip
             try:
                 line = next(x for x in mon.stdout_lines if x.startswith("console serving "))
-                yield {"url": line.split()[2].rstrip("/"), "db": db_url, "kafka": kafka, "monitor": mon}
+                yield {"url": line.split()[2].rstrip("/"), "db": db_url, "kafka": kafka, "monitor": mon, "users": users}
             finally:
                 mon.stop()
     finally:
@@ -189,6 +191,18 @@ async def test_signin_with_a_good_password_opens_the_queue_and_a_bad_one_does_no
     assert cookie.value not in {r["id_hash"] for r in rows}
 
 
+async def test_signin_forms_need_their_token_and_the_consoles_origin(console) -> None:
+    async with Browser(console["url"]) as b:
+        await b.get("/signin")  # sets the sign-in token cookie
+        creds = {"name": "rita", "password": password("rita")}
+        status, page, _ = await b.post("/signin", creds, token="")
+        assert status == 403 and "security token" in page
+        _, page, _ = await b.get("/signin")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+        assert (await b.post("/signin", creds, token=token, origin="http://evil.example"))[0] == 403
+        assert (await b.get("/cases"))[0] == 303  # not signed in by either
+
+
 async def test_failed_signins_past_the_limit_lock_the_name_out_even_with_the_right_password(console) -> None:
     await sql(console["db"], "DELETE FROM console_signin_failures")
     try:
@@ -277,6 +291,29 @@ async def test_a_us_reviewer_gets_403_on_the_eu_consoles_case_page(console) -> N
         await b.signin("rita")
         status, page, _ = await b.get(f"/cases/{case_id}")
         assert status == 200 and secret in page
+
+
+async def test_a_users_file_change_applies_to_signed_in_operators_at_once(console) -> None:
+    users = console["users"]
+    before = users.read_text()
+    async with Browser(console["url"]) as b:
+        await b.signin("ulf")
+        assert (await b.get("/cases"))[0] == 403  # us only
+        users.write_text(before.replace("role: reviewer, regions: ['us']", "role: reviewer, regions: ['us', 'eu']"))
+        try:
+            for _ in range(100):
+                if (await b.get("/cases"))[0] == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert (await b.get("/cases"))[0] == 200  # the same session, now in scope
+            users.write_text(before.replace("  - {name: ulf,", "  - {name: ulf-removed,"))
+            for _ in range(100):
+                if (await b.get("/cases"))[0] == 303:
+                    break
+                await asyncio.sleep(0.1)
+            assert (await b.get("/cases"))[2].headers.get("Location") == "/signin"  # a removed user is signed out
+        finally:
+            users.write_text(before)
 
 
 async def test_account_lookup_by_raw_id_redirects_to_the_pseudonym_and_logs_no_raw_id(console) -> None:
