@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Digests of the well-known local tokens; the admin one is printed at start.
 DEV_ADMIN_TOKENS = ROOT / "config" / "admin-tokens.example.yaml"
 DEV_ADMIN_TOKEN = "dev-admin-token"
+# scrypt hashes of the well-known local console passwords (dev-<role>-password).
+DEV_CONSOLE_USERS = ROOT / "config" / "console-users.example.yaml"
 
 
 @dataclass
@@ -111,6 +113,7 @@ def mesh_services(
                 "MONITOR_SPOOL_DIR": str(ROOT / ".cache" / "spool"),
                 "MONITOR_RULES": str(ROOT / "config" / "monitor-rules"),
                 "MONITOR_HMAC_KEY_FILE": str(hmac_key_file(region)),
+                "MONITOR_CONSOLE_USERS": str(DEV_CONSOLE_USERS),
             },
         ),
     ]
@@ -286,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"enforcer admin API: 'authorization: Bearer {DEV_ADMIN_TOKEN}' (local dev token, "
                     f"{DEV_ADMIN_TOKENS.relative_to(ROOT)})",
+                    flush=True,
+                )
+            if "monitor" in mesh.addresses and "MONITOR_CONSOLE_USERS" not in os.environ:
+                print(
+                    "monitor console: sign in as dev-reviewer / dev-reviewer-password (or dev-admin, dev-viewer; "
+                    f"local dev users, {DEV_CONSOLE_USERS.relative_to(ROOT)})",
                     flush=True,
                 )
             print("mesh ready; Ctrl-C stops everything", flush=True)

@@ -1,11 +1,12 @@
 """`python -m services.monitor`: wiring only (the runner): the PostgreSQL store, the
 signal consumer, the aggregate metrics, retention, the rollup publisher and its
 spool, the automated enforcement rules, the alerts, the operators' domain
-(enforcement state, action history, audited actions) and the gRPC query service
-around them."""
+(enforcement state, action history, audited actions), the gRPC query service and
+the operators' web console around them."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -13,12 +14,16 @@ from prometheus_client import CollectorRegistry
 
 from services.common.kafka import KafkaPublisher, ProducerConfig, PublisherMetrics
 from services.common.privacy import RegionalKey
+from services.common.reloader import ReloadingConfig
 from services.common.server import App, run
 from services.common.spool import Spool
 from services.enforcer.admin import EnforcementAdmin, KafkaActionSink
 from services.enforcer.state import EnforcementState, StateMetrics
 from services.monitor.aggregates import AggregateMetrics, AggregateRefresher
-from services.monitor.alerts import AlertEvaluator, AlertMetrics
+from services.monitor.alerts import AlertEvaluator, AlertMetrics, list_alerts
+from services.monitor.console.app import Console
+from services.monitor.console.sessions import Sessions
+from services.monitor.console.users import load_users
 from services.monitor.consumer import ConsumerMetrics, SignalConsumer
 from services.monitor.detectors import AlertConfig, LagWatch
 from services.monitor.operations import ActionHistory, Operations
@@ -33,6 +38,7 @@ from services.monitor.store import Retention, Store
 from services.monitor.webhook import Webhook
 
 HOUR = 3600.0
+log = logging.getLogger("safeguards.monitor")
 
 
 async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
@@ -139,7 +145,7 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
         observer=history.observe,
     )
     admin = EnforcementAdmin(region=settings.region, key=key, state=state, sink=sink, publisher=publisher, tokens=None)
-    operations = Operations(store=store, state=state, admin=admin, key=key)  # noqa: F841 (the console serves it)
+    operations = Operations(store=store, state=state, admin=admin, key=key, alerts=list_alerts)
     on_start = [
         publisher.start,
         history.start,
@@ -166,6 +172,12 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
     if rules_config_ is not None:
         on_start.insert(0, rules_config_.start)
         on_stop.insert(0, rules_config_.stop)
+    if settings.console_listen and settings.console_users:
+        console = build_console(settings, operations, store)
+        on_start.append(console.start)  # last: serve operators once everything is up
+        on_stop.insert(0, console.stop)  # first: no operator request outlives the rest
+    elif settings.console_listen:
+        log.info("console off: no --console-users file")
     return App(bindings=bindings(Queries(store)), on_start=on_start, on_stop=on_stop)
 
 
@@ -185,6 +197,31 @@ def alert_config(s: MonitorSettings) -> AlertConfig:
         dependency_min_count=s.alert_dependency_min_count,
         resolve_s=s.alert_resolve_seconds,
         repeat_s=s.alert_repeat_seconds,
+    )
+
+
+def build_console(settings: MonitorSettings, operations: Operations, store: Store) -> Console:
+    users = ReloadingConfig(
+        Path(settings.console_users),
+        load_users,
+        poll_seconds=settings.console_users_poll_seconds,
+        describe=lambda u: {"users": len(u)},
+    )
+    users.load_initial()  # a broken users file at start is fatal
+    sessions = Sessions(
+        store.pool,
+        lifetime_s=settings.console_session_hours * HOUR,
+        idle_s=settings.console_idle_minutes * 60,
+        max_failures=settings.console_signin_attempts,
+    )
+    return Console(
+        ops=operations,
+        sessions=sessions,
+        users=users,
+        region=settings.region,
+        listen=settings.console_listen,
+        secure_cookies=settings.console_secure_cookies,
+        allowed_origins=settings.console_allowed_origins,
     )
 
 

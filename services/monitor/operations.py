@@ -28,7 +28,7 @@ import asyncio
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -41,6 +41,7 @@ from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.common.privacy import RegionalKey
 from services.enforcer.admin import MAX_REASON, Caller, EnforcementAdmin, Role
 from services.enforcer.state import EnforcementState, ObservedRecord, parse_key
+from services.monitor.alerts import AlertRow
 from services.monitor.store import CASE_ACTIONED, CASE_DISMISSED, CaseFilter, CaseRow, Store
 
 log = logging.getLogger("safeguards.monitor.operations")
@@ -299,7 +300,7 @@ class Operations:
         state: EnforcementState,
         admin: EnforcementAdmin,
         key: RegionalKey | None,
-        alerts=None,
+        alerts: Callable[..., Awaitable[list[AlertRow]]] | None = None,
     ) -> None:
         self.store = store
         self.region = store.region
@@ -522,7 +523,7 @@ class Operations:
         )
         return [SeriesPoint(r["minute"], r["key"], r["blocked"] or 0, r["total"]) for r in rows]
 
-    async def alerts(self, op: Operator, limit: int = 100) -> list:
+    async def alerts(self, op: Operator, limit: int = 100) -> list[AlertRow]:
         self._check(op)
         if self._alerts is None:
             return []

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
-from services.common.settings import ServiceSettings
+from services.common.settings import ServiceSettings, split_host_port
 
 DEFAULT_PORT = 50054
 
@@ -185,9 +185,39 @@ class MonitorSettings(ServiceSettings):
     alert_webhook_retries: int = Field(
         2, ge=0, description="retries of a failed webhook POST before it waits for the next round"
     )
+    console_listen: str = Field(
+        "127.0.0.1:8054",
+        description="operators' web console HTTP listen address HOST:PORT (port 0 picks a free port); "
+        "empty disables the console (it is also off without --console-users)",
+    )
+    console_users: str = Field(
+        "",
+        description="YAML file of console operators (name, scrypt password hash, role, regions), reloaded on "
+        "change; empty: no console",
+    )
+    console_users_poll_seconds: float = Field(2.0, gt=0, description="how often the console users file is checked")
+    console_session_hours: float = Field(
+        8.0, gt=0, description="absolute lifetime of a console session from sign-in, however active"
+    )
+    console_idle_minutes: float = Field(
+        30.0, gt=0, description="a console session unused for this long expires (sign in again)"
+    )
+    console_secure_cookies: bool = Field(
+        False, description="mark the console session cookie Secure (set it when the console is served over HTTPS)"
+    )
+    console_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins (scheme://host[:port]) a console form may be posted from, e.g. behind a TLS proxy "
+        "(JSON list or comma separated; empty: the console's own address as the browser sent it in Host)",
+    )
+    console_signin_attempts: int = Field(
+        5, ge=1, description="failed console sign-ins allowed per user and per client address in 15 minutes"
+    )
 
     @model_validator(mode="after")
     def _default_group(self) -> MonitorSettings:
         if not self.group_id:
             self.group_id = f"safeguards-monitor-{self.region}"
+        if self.console_listen:
+            split_host_port(self.console_listen)
         return self

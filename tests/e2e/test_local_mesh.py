@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -51,7 +52,7 @@ FREE_PORTS = {
     f"{svc}_{what}": "127.0.0.1:0"
     for svc in ("RATELIMIT", "CLASSIFIER", "ENFORCER", "MONITOR")
     for what in ("LISTEN", "METRICS_LISTEN")
-}
+} | {"MONITOR_CONSOLE_LISTEN": "127.0.0.1:0"}
 
 
 class Mesh:
@@ -122,6 +123,12 @@ def test_local_mesh_starts_serves_and_stops_cleanly() -> None:
             "safeguards.rollup.global",
         } <= asyncio.run(topics())
         assert redis_addr.startswith("127.0.0.1:")
+        # The console of the local run, with the dev users (needs the monitor, so PostgreSQL).
+        if any(x.startswith("monitor listening on ") for x in mesh.lines):
+            console = next(x for x in mesh.lines if x.startswith("console serving ")).split()[2]
+            with urllib.request.urlopen(f"{console}signin", timeout=10) as page:
+                assert page.status == 200 and b'name="password"' in page.read()
+            assert any(x.startswith("monitor console: sign in as dev-reviewer") for x in mesh.lines)
         kids = children_of(mesh.proc.pid)
         assert len(kids) >= 5  # redis-server, tansu, ratelimit, classifier, enforcer
         mesh.proc.send_signal(signal.SIGINT)

@@ -75,6 +75,7 @@ def make_signal(
     time_s: float | None = None,
     decision_id: str | None = None,
     failed_dependencies: tuple[str, ...] = (),
+    key: RegionalKey = KEY,
 ) -> signals_pb2.SafeguardSignal:
     act, reasons = _ACTIONS[action]
     outcome = Outcome(
@@ -91,7 +92,7 @@ def make_signal(
             time_s=time.time() if time_s is None else time_s,
             region=region,
             tenant=tenant,
-            account_hmac=KEY.account(tenant, account),
+            account_hmac=key.account(tenant, account),
             project=project,
             model=model,
             request_id=request_id,
@@ -104,7 +105,7 @@ def make_signal(
             latencies={"total": 0.01},
             model_versions={"prompt_guard": 1},
         ),
-        KEY,
+        key,
         snippet_chars=280,
     )
 
