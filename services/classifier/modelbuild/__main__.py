@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .build import DEFAULT_CACHE, DEFAULT_OUT, build
+from .build import DEFAULT_CACHE, DEFAULT_OUT, DEFAULT_SHARED, build
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,9 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="download cache (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the stamp says up to date")
     parser.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation and model cards")
+    parser.add_argument(
+        "--shared-cache",
+        default=DEFAULT_SHARED,
+        help="folder of complete builds kept per input hash, reused by any checkout on this machine; empty "
+        "disables (default: $SAFEGUARDS_MODEL_CACHE or %(default)s)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    built = build(args.out, args.cache, force=args.force, run_eval=not args.no_eval)
+    built = build(args.out, args.cache, force=args.force, run_eval=not args.no_eval, shared=args.shared_cache)
     print(f"{'built' if built else 'up to date'}: {args.out}")
     return 0
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -40,6 +41,11 @@ from .sources import DEBIAN_DOC_DIR, ENCODER, ENCODER_DIR, PINS, Wheel, fetch_wh
 log = logging.getLogger("modelbuild")
 STAMP = ".build-stamp"
 DEFAULT_OUT = Path("build/models")
+#: Complete builds (evaluated, with model cards) kept per input hash outside the
+#: checkout, like ccache: a fresh clone on a machine that built the same inputs
+#: before copies them in seconds. SAFEGUARDS_MODEL_CACHE overrides; empty disables.
+DEFAULT_SHARED = os.environ.get("SAFEGUARDS_MODEL_CACHE", str(Path.home() / ".cache" / "safeguards-mesh" / "models"))
+KEEP_SHARED = 2
 DEFAULT_CACHE = Path(".cache")
 
 
@@ -132,7 +138,12 @@ def _timer():
 
 
 def build(
-    out: Path = DEFAULT_OUT, cache_dir: Path = DEFAULT_CACHE, *, force: bool = False, run_eval: bool = True
+    out: Path = DEFAULT_OUT,
+    cache_dir: Path = DEFAULT_CACHE,
+    *,
+    force: bool = False,
+    run_eval: bool = True,
+    shared: Path | str | None = DEFAULT_SHARED,
 ) -> bool:
     """Build every default model into ``out``; returns False when already up to date.
 
@@ -143,16 +154,19 @@ def build(
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _build_locked(out, cache_dir, force=force, run_eval=run_eval)
+        return _build_locked(out, cache_dir, force=force, run_eval=run_eval, shared=Path(shared) if shared else None)
 
 
-def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool) -> bool:
+def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool, shared: Path | None) -> bool:
     lap = _timer()
     inputs = BuildInputs.resolve(cache_dir)
     input_hash = inputs.input_hash()
     if not force and is_up_to_date(out, input_hash):
         log.info("models in %s are up to date (input hash %s)", out, input_hash[:12])
         return False
+    if not force and run_eval and shared is not None and restore_shared(shared, out, input_hash):
+        log.info("models copied from the shared build cache %s (input hash %s)", shared, input_hash[:12])
+        return True
     lap("fetched inputs, hashed them")
 
     ds = build_dataset(cache_dir, inputs.stdlib, inputs.doc_dir)
@@ -263,7 +277,51 @@ def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool) ->
         evaluation.evaluate(out, cache_dir, dataset=ds)
         lap("evaluated on the test split, wrote model cards")
     (out / STAMP).write_text(json.dumps({"input_hash": input_hash, "data_hash": ds.data_hash}, indent=2) + "\n")
+    if run_eval and shared is not None:
+        save_shared(shared, out, input_hash)
     return True
+
+
+def _shared_entry(shared: Path, input_hash: str) -> Path:
+    return shared / input_hash[:32]
+
+
+def restore_shared(shared: Path, out: Path, input_hash: str) -> bool:
+    """Copy a complete build of these inputs from the shared cache into ``out``."""
+    src = _shared_entry(shared, input_hash)
+    if not is_up_to_date(src, input_hash):
+        return False
+    staging = out.parent / f".{out.name}.restoring"
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(src, staging)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except OSError as exc:
+        log.warning("shared build cache not usable (%s): building", exc)
+        shutil.rmtree(staging, ignore_errors=True)
+        return False
+    return is_up_to_date(out, input_hash)
+
+
+def save_shared(shared: Path, out: Path, input_hash: str) -> None:
+    """Keep this complete build in the shared cache (best effort), and only the
+    newest KEEP_SHARED builds there."""
+    target = _shared_entry(shared, input_hash)
+    tmp = shared / f".tmp-{os.getpid()}"
+    try:
+        shared.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(out, tmp)
+            tmp.rename(target)
+        entries = sorted((p for p in shared.iterdir() if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
+        for old in entries[:-KEEP_SHARED]:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        log.warning("could not keep the build in the shared cache %s: %s", shared, exc)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _build_info(inputs: BuildInputs, ds: Dataset, input_hash: str) -> dict:
