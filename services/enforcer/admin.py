@@ -43,11 +43,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
-import yaml
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from google.protobuf import timestamp_pb2
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from safeguards.v1 import enforcement_pb2, enforcement_pb2_grpc, signals_pb2
 
 from services.common.errors import (
@@ -63,6 +62,7 @@ from services.common.kafka import Publisher
 from services.common.privacy import RegionalKey
 from services.common.reloader import ReloadingConfig
 from services.common.server import ServiceBinding
+from services.common.yamlfile import load_model
 from services.enforcer.signals import signal_record
 from services.enforcer.state import KIND_NAMES, EnforcementState, action_key, actions_topic
 
@@ -122,22 +122,7 @@ def hash_token(token: str) -> str:
 
 def load_tokens(path: Path) -> dict[str, Caller]:
     """Parse a tokens file: digest -> caller. Raises ConfigError naming the problem."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping with a 'tokens' key")
-    try:
-        parsed = _TokenFile.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: {where}: {err['msg']}") from None
+    parsed = load_model(path, _TokenFile, "tokens")
     out: dict[str, Caller] = {}
     for digest, entry in parsed.tokens.items():
         if not re.fullmatch(r"[0-9a-f]{64}", digest):

@@ -24,10 +24,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.common.errors import ConfigError
+from services.common.yamlfile import load_model
 from services.monitor.operations import ConsoleRole, Operator
 
 #: scrypt cost: 2**15 x 8 x 1 needs 32 MiB and ~50-100 ms per hash (OWASP's floor is 2**17 x 8 x 1
@@ -113,22 +113,7 @@ class Account:
 
 def load_users(path: Path) -> dict[str, Account]:
     """Parse a users file: name -> account. Raises ConfigError naming the file and problem."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping with a 'users' key")
-    try:
-        parsed = _UsersFile.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: {where}: {err['msg'].removeprefix('Value error, ')}") from None
+    parsed = load_model(path, _UsersFile, "users")
     out: dict[str, Account] = {}
     for i, u in enumerate(parsed.users):
         if u.name in out:

@@ -20,7 +20,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 from safeguards.v1 import enforcement_pb2, signals_pb2
 
@@ -32,7 +31,7 @@ from services.enforcer.state import EnforcementState, StateMetrics, action_key
 from services.monitor.decisions import decision_from_signal
 from services.monitor.operations import ActionHistory, ConsoleRole, Operations, Operator, ensure_schema
 from services.monitor.store import CASE_ACTIONED, CASE_DISMISSED, CaseFilter, Retention, Store
-from tests.integration.monitor.monitor_support import KEY, make_signal, pg_database
+from tests.integration.monitor.monitor_support import KEY, make_signal, pg_database, read_topic
 from tests.support import EmbeddedKafka
 from tools.run_mesh import create_topics
 
@@ -86,30 +85,6 @@ async def operations(env, key=KEY):
         await sink.close()
         await publisher.close()
         await store.close()
-
-
-async def read_topic(bootstrap: str, topic: str) -> list:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not parts:
-            await consumer.topics()
-            parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        end = await consumer.end_offsets(parts)
-        out = []
-
-        async def behind() -> bool:
-            return any([await consumer.position(tp) < end[tp] for tp in parts])
-
-        while await behind():
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                out.extend(records)
-        return out
-    finally:
-        await consumer.stop()
 
 
 async def eventually(predicate, timeout: float = 20.0, what: str = "condition"):
