@@ -163,6 +163,8 @@ def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool, sh
     input_hash = inputs.input_hash()
     if not force and is_up_to_date(out, input_hash):
         log.info("models in %s are up to date (input hash %s)", out, input_hash[:12])
+        if shared is not None:
+            save_shared(shared, out, input_hash)  # e.g. built before the shared cache existed
         return False
     if not force and run_eval and shared is not None and restore_shared(shared, out, input_hash):
         log.info("models copied from the shared build cache %s (input hash %s)", shared, input_hash[:12])
@@ -309,13 +311,14 @@ def save_shared(shared: Path, out: Path, input_hash: str) -> None:
     """Keep this complete build in the shared cache (best effort), and only the
     newest KEEP_SHARED builds there."""
     target = _shared_entry(shared, input_hash)
+    if target.exists():
+        return
     tmp = shared / f".tmp-{os.getpid()}"
     try:
         shared.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(out, tmp)
-            tmp.rename(target)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(out, tmp)
+        tmp.rename(target)
         entries = sorted((p for p in shared.iterdir() if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
         for old in entries[:-KEEP_SHARED]:
             shutil.rmtree(old, ignore_errors=True)
