@@ -217,9 +217,15 @@ class EnforcementAdmin:
         sink: ActionSink,
         publisher: Publisher,
         tokens: ReloadingConfig[dict[str, Caller]] | None,
+        apply_locally: bool = False,
         clock=time.time,
     ) -> None:
+        """`apply_locally`: also apply an acknowledged record to `state` at once, before
+        the consumer reads it back (the console, so an operator sees what they did on
+        the next page). The enforcer's admin API leaves its state to the consumer, like
+        every other replica's."""
         self.region = region
+        self.apply_locally = apply_locally
         self.key = key
         self.state = state
         self.sink = sink
@@ -309,7 +315,8 @@ class EnforcementAdmin:
             action = self._build(caller, req, account_hmac)
             key = action_key(action.kind, action.target)
             await self.sink.send(self.topic, key.encode(), action.SerializeToString())
-            self.state.apply(key.encode(), action.SerializeToString())  # this replica at once
+            if self.apply_locally:
+                self.state.apply(key.encode(), action.SerializeToString())
             return action, action.action_id
 
         return await self._audited("IssueAction", who, req.tenant, req.reason, run)  # type: ignore[return-value]
@@ -413,7 +420,8 @@ class EnforcementAdmin:
                 )
             key = live.key.encode()
             await self.sink.send(self.topic, key, None)
-            self.state.apply(key, None)
+            if self.apply_locally:
+                self.state.apply(key, None)
             return True, req.action_id
 
         return await self._audited("RevokeAction", who, tenant, req.reason, run)  # type: ignore[return-value]

@@ -144,7 +144,9 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
         bootstrap=settings.kafka_bootstrap,
         observer=history.observe,
     )
-    admin = EnforcementAdmin(region=settings.region, key=key, state=state, sink=sink, publisher=publisher, tokens=None)
+    admin = EnforcementAdmin(
+        region=settings.region, key=key, state=state, sink=sink, publisher=publisher, tokens=None, apply_locally=True
+    )
     operations = Operations(store=store, state=state, admin=admin, key=key, alerts=list_alerts)
     on_start = [
         publisher.start,

@@ -73,7 +73,9 @@ async def operations(env, key=KEY):
         Spool(Path(tmp) / f"spool-{uuid.uuid4().hex[:6]}.db", 1 << 20),
         PublisherMetrics(registry),
     )
-    admin = EnforcementAdmin(region=REGION, key=key, state=state, sink=sink, publisher=publisher, tokens=None)
+    admin = EnforcementAdmin(
+        region=REGION, key=key, state=state, sink=sink, publisher=publisher, tokens=None, apply_locally=True
+    )
     await publisher.start()
     await history.start()
     await state.start()

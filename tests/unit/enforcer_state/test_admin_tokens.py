@@ -219,3 +219,26 @@ async def test_revoke_validation(admin) -> None:
         await admin.revoke(OPERATOR, pb.RevokeActionRequest(action_id="abc"))
     with pytest.raises(Exception, match="no action 'abc' in force"):
         await admin.revoke(OPERATOR, pb.RevokeActionRequest(action_id="abc", reason="r"))
+
+
+class CollectingSink:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes | None]] = []
+
+    async def send(self, topic, key, value) -> None:
+        self.sent.append((topic, key, value))
+
+    async def close(self) -> None: ...
+
+
+@pytest.mark.parametrize("apply_locally", [False, True])
+async def test_issue_only_produces_unless_told_to_apply_locally(admin, apply_locally) -> None:
+    """The enforcer's admin API writes no replica state: its own consumer applies the
+    record like every replica's. The console (apply_locally) shows it at once."""
+    admin.sink, admin.apply_locally = CollectingSink(), apply_locally
+    action = await admin.issue(
+        OPERATOR, pb.IssueActionRequest(kind=SUSPEND, tenant="acme", account="a", reason="abuse")
+    )
+    ((topic, key, value),) = admin.sink.sent
+    assert topic == "safeguards.actions.unit-1" and pb.EnforcementAction.FromString(value) == action
+    assert [a.action_id for a in admin.state.actions()] == ([action.action_id] if apply_locally else [])
