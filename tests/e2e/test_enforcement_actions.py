@@ -121,6 +121,13 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "co
     return time.monotonic() - start
 
 
+def holds(replica: ServiceProcess, action_id: str) -> None:
+    """Wait until `replica` has read the action back from the topic: the admin API
+    only produces, every replica (the issuing one too) applies what it consumes."""
+    listed = lambda: admin(replica, "ListActions", epb.ListActionsRequest(), VIEWER).actions  # noqa: E731
+    eventually(lambda: action_id in [a.action_id for a in listed()], what=f"action on {replica.address}")
+
+
 def codes(d: pb.Decision) -> list[str]:
     return [r.code for r in d.reasons]
 
@@ -159,6 +166,7 @@ def test_kill_switch_for_a_model(mesh) -> None:
     assert codes(screen(r2, user, model="doomed-model")) == ["enforcement.kill_switch"]
     assert screen(r2, user, model="claude").action == pb.ACTION_ALLOW
     assert screen(r2, user, tenant="other", model="doomed-model").action == pb.ACTION_BLOCK  # every tenant
+    holds(r1, action.action_id)
     revoke(r1, action.action_id)
     eventually(lambda: screen(r2, user, model="doomed-model").action == pb.ACTION_ALLOW, what="kill switch revoked")
 
@@ -182,8 +190,8 @@ def test_throttled_account_is_throttled_by_the_rate_limiter(mesh) -> None:
 def test_throttle_allows_exactly_the_limit(mesh) -> None:
     r1, _ = mesh["replicas"]
     throttled = acct()
-    issue(r1, kind=THROTTLE, tenant="acme", account=throttled, requests_per_minute=4)
-    # Issue applies on the issuing replica at once: no polling needed here.
+    action = issue(r1, kind=THROTTLE, tenant="acme", account=throttled, requests_per_minute=4)
+    holds(r1, action.action_id)  # without a screen: every request counts against the limit
     actions = [screen(r1, throttled).action for _ in range(6)]
     assert actions == [pb.ACTION_ALLOW] * 4 + [pb.ACTION_THROTTLE] * 2
 
@@ -197,6 +205,7 @@ def test_forced_category_blocks_what_the_policy_only_flags(mesh) -> None:
     d = screen(r2, user, JAILBREAK, tenant="flagger")
     assert "classifier.jailbreak" in codes(d) and "forced block" in [r.detail for r in d.reasons]
     assert screen(r2, user, tenant="flagger").action == pb.ACTION_ALLOW  # benign text is unaffected
+    holds(r1, action.action_id)
     revoke(r1, action.action_id)
     eventually(lambda: screen(r2, user, JAILBREAK, tenant="flagger").action == pb.ACTION_FLAG, what="unforced")
 
@@ -275,6 +284,7 @@ def test_every_admin_call_is_audited_without_raw_account_ids(mesh) -> None:
     action = issue(r1, kind=SUSPEND, tenant="acme", account=raw, reason="audit me")
     with pytest.raises(grpc.RpcError):
         issue(r1, VIEWER, kind=SUSPEND, tenant="acme", account=raw)
+    holds(r1, action.action_id)
     revoke(r1, action.action_id)
 
     def audits(records) -> list[signals_pb2.SafeguardSignal]:
