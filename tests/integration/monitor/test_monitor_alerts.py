@@ -10,7 +10,8 @@ evaluators on one database (two replicas) page once, and repeat once; a category
 volume spike fires; degraded (fail-open) decisions fire the dependency alert and a
 replay of them changes no count; a stuck consumer fires the lag alert and resolves
 when it catches up; a webhook that is down gets the notification once when it is
-back, and one that rejects it (4xx) is not retried; alerts carry no content and no
+back, and one that rejects it (4xx) is not retried; Kafka unreachable: the record is
+produced once when it is reachable again; alerts carry no content and no
 account id; the monitor process runs the alerts end to end from its flags.
 """
 
@@ -447,6 +448,42 @@ async def _webhook_outage(kafka: EmbeddedKafka, db_url: str) -> None:
             assert {h["Idempotency-Key"] for _, h, _ in receiver.posts} == {alert.notification_id}
             assert all(h["Authorization"] == f"Bearer {SECRET}" for _, h, _ in receiver.posts)
             assert len(await alert_records(kafka, region)) == 1  # Kafka was not sent again
+    finally:
+        receiver.stop()
+
+
+def test_kafka_unreachable_then_reachable_gets_the_notification_once(env) -> None:
+    asyncio.run(_kafka_outage(*env))
+
+
+async def _kafka_outage(kafka: EmbeddedKafka, db_url: str) -> None:
+    region = await new_region(kafka, "kdown")
+    receiver = Receiver().start()
+    webhook = Webhook(receiver.url, secret=SECRET, timeout_s=5, retries=0)
+    try:
+        async with replica(kafka, db_url, region, webhook=webhook) as (store, evaluator, registry):
+            live_sink = evaluator.sink
+            # Nothing listens at this bootstrap address: every produce fails (Unavailable).
+            evaluator.sink = KafkaActionSink(
+                f"127.0.0.1:{free_port()}", idempotence=False, timeout_s=2, client_id="alerts-down"
+            )
+            await calm_then_spike(store, region, f"kdown-{RUN}")
+            [alert] = await evaluator.evaluate(NOW)
+            assert await evaluator.deliver() == 1  # the webhook only
+            assert await evaluator.deliver() == 0  # Kafka still down: still pending, webhook not re-sent
+            assert len(receiver.delivered()) == 1
+            assert sample(registry, "safeguards_monitor_alert_notifications_total", channel="kafka", result="failed")
+            await evaluator.refresh_metrics()
+            assert sample(registry, "safeguards_monitor_alert_notifications_pending", channel="kafka") == 1
+            assert await alert_records(kafka, region) == []
+
+            await evaluator.sink.close()
+            evaluator.sink = live_sink  # Kafka reachable again
+            assert await evaluator.deliver() == 1
+            assert await evaluator.deliver() == 0
+            [(_, headers, rec)] = await alert_records(kafka, region)
+            assert rec.notification_id == alert.notification_id == headers["record-id"].decode()
+            assert len(receiver.delivered()) == 1  # the webhook was not sent again
     finally:
         receiver.stop()
 
