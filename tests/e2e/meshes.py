@@ -1,7 +1,7 @@
 """The enforcer with every dependency as a real process — rate limiter (real Redis),
 classifier (real ONNX models), Tansu broker — shared by the e2e modules that call
 the enforcer over its different APIs. `backends()` starts the dependencies; `enforcer_mesh()`
-adds one enforcer with the policy set below.
+adds one enforcer with the policy set below; `monitored_mesh()` one enforcer and a monitor.
 
 One policy set: `default` (STANDARD, classifier fail-open), `closed` (classifier
 fail-closed), `zero` (ZERO_RETENTION); tenant `tiny` gets 2 requests an hour."""
@@ -171,6 +171,59 @@ async def read_signals(
     finally:
         await consumer.stop()
     return out
+
+
+MONITORED_POLICY = """
+version: "e2e.monitored"
+deadline_ms: 400
+classifier: {models: [prompt_guard], fail_mode: open}
+ratelimit: {domain: e2e, fail_mode: open, descriptors: [{entries: [tenant]}]}
+categories:
+  jailbreak: {threshold: model, action: BLOCK}
+"""
+MONITORED_RATELIMIT = """
+domain: e2e
+descriptors:
+  - key: tenant
+    rate_limit: {unit: hour, requests_per_unit: 100000}
+"""
+
+
+@contextmanager
+def monitored_mesh(
+    tmp: Path,
+    region: str,
+    db_url: str,
+    *,
+    enforcer_args: Sequence[str] = (),
+    monitor_args: Sequence[str] = (),
+) -> Iterator[dict]:
+    """`backends()` plus one enforcer (every tenant: jailbreaks BLOCKed, a generous
+    limit) and one monitor on its signals (PostgreSQL at `db_url`), in `region`."""
+    policies = tmp / "policies"
+    policies.mkdir()
+    (policies / "default.yaml").write_text("tenant: default\n" + MONITORED_POLICY)
+    (tmp / "rl").mkdir()
+    (tmp / "rl" / "e2e.yaml").write_text(MONITORED_RATELIMIT)
+    key = tmp / "hmac.key"
+    key.write_bytes(b"e2e-monitored-key-" + uuid.uuid4().hex.encode())
+    with backends(tmp, tmp / "rl", topics_region=region) as b:
+        enforcer = b.enforcer(
+            [
+                *b.enforcer_args(region=region, policies=policies, key=key),
+                "--actions-catchup-timeout-seconds", "20", *enforcer_args,
+            ]
+        )  # fmt: skip
+        monitor = ServiceProcess(
+            "services.monitor",
+            [
+                "--plaintext", "--listen", "127.0.0.1:0", "--metrics-listen", "", "--region", region,
+                "--kafka-bootstrap", b.kafka.bootstrap, "--database-url", db_url, "--batch-wait-ms", "50",
+                "--spool-dir", str(tmp / "monitor-spool"), "--drain-grace-seconds", "2", *monitor_args,
+            ],
+        ).start(timeout=60)  # fmt: skip
+        b.procs.append(monitor)
+        yield {"enforcer": enforcer, "monitor": monitor, "key": key}
 
 
 def find_signal(records: list[tuple[bytes, bytes]], decision_id: str) -> signals_pb2.SafeguardSignal:

@@ -16,26 +16,12 @@ import pytest
 from safeguards.v1 import safeguards_pb2 as pb
 from safeguards.v1 import safeguards_pb2_grpc
 
-from tests.e2e.meshes import JAILBREAK, backends
+from tests.e2e.meshes import JAILBREAK, monitored_mesh
 from tests.integration.monitor.monitor_support import pg_database
 from tests.support import ServiceProcess
 
 REGION = "e2e-auto"
 N = 3
-POLICY = """
-version: "e2e.auto"
-deadline_ms: 400
-classifier: {models: [prompt_guard], fail_mode: open}
-ratelimit: {domain: e2e, fail_mode: open, descriptors: [{entries: [tenant]}]}
-categories:
-  jailbreak: {threshold: model, action: BLOCK}
-"""
-RATELIMIT = """
-domain: e2e
-descriptors:
-  - key: tenant
-    rate_limit: {unit: hour, requests_per_unit: 100000}
-"""
 RULES = f"""
 rules:
   - name: suspend-jailbreakers
@@ -54,33 +40,13 @@ rules:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("automation")
-    policies = tmp / "policies"
-    policies.mkdir()
-    (policies / "default.yaml").write_text("tenant: default\n" + POLICY)
-    (tmp / "rl").mkdir()
-    (tmp / "rl" / "e2e.yaml").write_text(RATELIMIT)
     (tmp / "rules").mkdir()
     (tmp / "rules" / "rules.yaml").write_text(RULES)
-    key = tmp / "hmac.key"
-    key.write_bytes(b"e2e-automation-key-" + b"z" * 40)
-    with backends(tmp, tmp / "rl", topics_region=REGION) as b, pg_database("monauto") as db_url:
-        enforcer = b.enforcer(
-            [
-                *b.enforcer_args(region=REGION, policies=policies, key=key),
-                "--throttle-domain", "e2e", "--actions-catchup-timeout-seconds", "20",
-            ]
-        )  # fmt: skip
-        monitor = ServiceProcess(
-            "services.monitor",
-            [
-                "--plaintext", "--listen", "127.0.0.1:0", "--metrics-listen", "", "--region", REGION,
-                "--kafka-bootstrap", b.kafka.bootstrap, "--database-url", db_url, "--batch-wait-ms", "50",
-                "--spool-dir", str(tmp / "monitor-spool"), "--rules", str(tmp / "rules"),
-                "--actions-flush-seconds", "0.3", "--drain-grace-seconds", "2",
-            ],
-        ).start(timeout=60)  # fmt: skip
-        b.procs.append(monitor)
-        yield {"enforcer": enforcer, "monitor": monitor}
+    rules = ["--rules", str(tmp / "rules"), "--actions-flush-seconds", "0.3"]
+    with pg_database("monauto") as db_url, monitored_mesh(
+        tmp, REGION, db_url, enforcer_args=["--throttle-domain", "e2e"], monitor_args=rules
+    ) as m:
+        yield m
 
 
 def screen(enforcer: ServiceProcess, tenant: str, account: str, text: str = "What is the capital of France?"):

@@ -24,27 +24,13 @@ from safeguards.v1 import safeguards_pb2 as pb
 from safeguards.v1 import safeguards_pb2_grpc
 
 from services.monitor.console.users import hash_password
-from tests.e2e.meshes import JAILBREAK, backends
+from tests.e2e.meshes import JAILBREAK, monitored_mesh
 from tests.integration.monitor.monitor_support import pg_database
 from tests.support import ServiceProcess
 
 CHROMIUM = "/usr/bin/chromium"
 REGION = "e2e-console"
 TENANT = "acme"
-POLICY = """
-version: "e2e.console"
-deadline_ms: 400
-classifier: {models: [prompt_guard], fail_mode: open}
-ratelimit: {domain: e2e, fail_mode: open, descriptors: [{entries: [tenant]}]}
-categories:
-  jailbreak: {threshold: model, action: BLOCK}
-"""
-RATELIMIT = """
-domain: e2e
-descriptors:
-  - key: tenant
-    rate_limit: {unit: hour, requests_per_unit: 100000}
-"""
 REVIEWER, PASSWORD = "rosa", "rosa-" + uuid.uuid4().hex[:12]
 
 pytestmark = pytest.mark.skipif(
@@ -55,34 +41,22 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("console-e2e")
-    policies = tmp / "policies"
-    policies.mkdir()
-    (policies / "default.yaml").write_text("tenant: default\n" + POLICY)
-    (tmp / "rl").mkdir()
-    (tmp / "rl" / "e2e.yaml").write_text(RATELIMIT)
-    key = tmp / "hmac.key"
-    key.write_bytes(b"e2e-console-key-" + b"q" * 40)
     users = tmp / "users.yaml"
     users.write_text(
         f'users:\n  - {{name: {REVIEWER}, password_hash: "{hash_password(PASSWORD)}", role: reviewer, '
         f"regions: [{REGION}]}}\n"
     )
-    with backends(tmp, tmp / "rl", topics_region=REGION) as b, pg_database("moncone2e") as db_url:
-        enforcer = b.enforcer(
-            [*b.enforcer_args(region=REGION, policies=policies, key=key), "--actions-catchup-timeout-seconds", "20"]
-        )
-        monitor = ServiceProcess(
-            "services.monitor",
-            [
-                "--plaintext", "--listen", "127.0.0.1:0", "--metrics-listen", "", "--region", REGION,
-                "--kafka-bootstrap", b.kafka.bootstrap, "--database-url", db_url, "--batch-wait-ms", "50",
-                "--spool-dir", str(tmp / "monitor-spool"), "--hmac-key-file", str(key),
-                "--drain-grace-seconds", "2", "--console-listen", "127.0.0.1:0", "--console-users", str(users),
-            ],
-        ).start(timeout=60)  # fmt: skip
-        b.procs.append(monitor)
-        console = next(x for x in monitor.stdout_lines if x.startswith("console serving ")).split()[2].rstrip("/")
-        yield {"enforcer": enforcer, "monitor": monitor, "console": console, "db": db_url}
+    with pg_database("moncone2e") as db_url, monitored_mesh(
+        tmp,
+        REGION,
+        db_url,
+        monitor_args=[
+            "--hmac-key-file", str(tmp / "hmac.key"),
+            "--console-listen", "127.0.0.1:0", "--console-users", str(users),
+        ],
+    ) as m:  # fmt: skip
+        console = next(x for x in m["monitor"].stdout_lines if x.startswith("console serving ")).split()[2]
+        yield {**m, "console": console.rstrip("/"), "db": db_url}
 
 
 def screen(enforcer: ServiceProcess, account: str, text: str) -> pb.Decision:
