@@ -221,19 +221,21 @@ class ActionHistory:
         self._task: asyncio.Task | None = None
 
     def observe(self, rec: ObservedRecord) -> None:
-        if rec.action is not None:
+        issued = rec.action is not None
+        if issued:
             self._last[rec.key] = rec.action
-            action: enforcement_pb2.EnforcementAction | None = rec.action
+            action = rec.action
         else:
             action = self._last.pop(rec.key, None)
+        record = action.SerializeToString() if action is not None else None
         if action is not None:
-            kind, target, action_id, record = action.kind, action.target, action.action_id, action.SerializeToString()
+            kind, target, action_id = action.kind, action.target, action.action_id
         else:
             parsed = parse_key(rec.key)
             if parsed is None:
                 return
-            (kind, target), action_id, record = parsed, "", None
-        digest = hashlib.sha256(rec.key.encode() + b"\0" + (rec.action.SerializeToString() if rec.action else b""))
+            (kind, target), action_id = parsed, ""
+        digest = hashlib.sha256(rec.key.encode() + b"\0" + (record if issued else b""))
         self._pending.append(
             (
                 self.region,
@@ -241,7 +243,7 @@ class ActionHistory:
                 rec.offset,
                 digest.hexdigest()[:32],
                 datetime.fromtimestamp(rec.timestamp_ms / 1000, UTC),
-                "issued" if rec.action is not None else "revoked",
+                "issued" if issued else "revoked",
                 action_id,
                 kind,
                 target.tenant,
