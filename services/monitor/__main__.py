@@ -140,7 +140,7 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
     history = ActionHistory(store.pool, settings.region)
     state = EnforcementState(
         settings.region,
-        StateMetrics(registry, prefix="monitor"),
+        StateMetrics(registry, prefix="safeguards_monitor"),
         bootstrap=settings.kafka_bootstrap,
         observer=history.observe,
     )

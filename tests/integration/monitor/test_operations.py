@@ -65,7 +65,7 @@ async def operations(env, key=KEY):
     registry = CollectorRegistry()
     history = ActionHistory(store.pool, REGION, flush_interval_s=0.1)
     state = EnforcementState(
-        REGION, StateMetrics(registry, prefix="monitor"), bootstrap=kafka.bootstrap, observer=history.observe
+        REGION, StateMetrics(registry, prefix="safeguards_monitor"), bootstrap=kafka.bootstrap, observer=history.observe
     )
     sink = KafkaActionSink(kafka.bootstrap, idempotence=False, timeout_s=10, client_id="ops-test")
     publisher = KafkaPublisher(
