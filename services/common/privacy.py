@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.errors import ConfigError
 
 MIN_KEY_BYTES = 32
+_PSEUDONYM = re.compile(r"[0-9a-f]{64}")
+
+
+def is_pseudonym(value: str) -> bool:
+    """Whether `value` has the shape of a `RegionalKey` pseudonym (HMAC-SHA256, hex)."""
+    return _PSEUDONYM.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

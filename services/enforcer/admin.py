@@ -59,7 +59,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.kafka import Publisher
-from services.common.privacy import RegionalKey
+from services.common.privacy import RegionalKey, is_pseudonym
 from services.common.reloader import ReloadingConfig
 from services.common.server import ServiceBinding
 from services.common.yamlfile import load_model
@@ -73,7 +73,6 @@ MAX_FIELD = 256
 MAX_REASON = 1024
 MAX_EVIDENCE = 100
 _CATEGORY = re.compile(r"^[a-z0-9_.-]+$")
-_HMAC = re.compile(r"^[0-9a-f]{64}$")
 
 
 class Unauthenticated(ServiceError):
@@ -340,7 +339,7 @@ class EnforcementAdmin:
         }.get(kind)
         if account_hmac and req.account:
             raise InvalidArgument("give the account or its pseudonym, not both")
-        if account_hmac and not _HMAC.match(account_hmac):
+        if account_hmac and not is_pseudonym(account_hmac):
             raise InvalidArgument("account_hmac must be a regional account pseudonym (64 lowercase hex characters)")
         given = {f for f in ("tenant", "account", "model", "category") if getattr(req, f)}
         if account_hmac:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,7 +37,7 @@ from google.protobuf import duration_pb2
 from safeguards.v1 import enforcement_pb2, safeguards_pb2
 
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
-from services.common.privacy import RegionalKey
+from services.common.privacy import RegionalKey, is_pseudonym
 from services.enforcer.admin import MAX_REASON, Caller, EnforcementAdmin, Role
 from services.enforcer.state import EnforcementState, ObservedRecord, parse_key
 from services.monitor.alerts import AlertRow
@@ -93,7 +92,6 @@ KIND_LABELS = {v: k for k, v in KINDS.items()}
 ACCOUNT_KINDS = frozenset({K.ENFORCEMENT_KIND_SUSPEND_ACCOUNT, K.ENFORCEMENT_KIND_THROTTLE_ACCOUNT})
 VERDICTS = {"approve": CASE_ACTIONED, "dismiss": CASE_DISMISSED}
 AUTOMATION = "automation"
-_HMAC = re.compile(r"^[0-9a-f]{64}$")
 MAX_LIST = 500
 
 
@@ -406,7 +404,7 @@ class Operations:
     def pseudonym(self, tenant: str, account: str) -> str:
         """A raw account id's regional pseudonym; a pseudonym is taken as it is."""
         account = account.strip()
-        if _HMAC.match(account):
+        if is_pseudonym(account):
             return account
         if not account:
             raise InvalidArgument("an account id (or its pseudonym) is required")
