@@ -7,8 +7,10 @@ decision code can use them around any awaitable."""
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -48,57 +50,164 @@ class BreakerState(enum.Enum):
     HALF_OPEN = "half_open"
 
 
+class Health(enum.Enum):
+    """What one call's outcome says about the dependency (not about the request)."""
+
+    HEALTHY = "healthy"  # it answered: a result, or a refusal of this one request
+    UNHEALTHY = "unhealthy"  # it is down or overloaded: connection refused, UNAVAILABLE, its overload answer
+    SLOW = "slow"  # it did not answer in time: counts only in the error rate over many calls
+    UNKNOWN = "unknown"  # says nothing (the caller went away, or its own deadline was too short to judge)
+
+
+#: gRPC codes by what they say about the server that returned them. INVALID_ARGUMENT and
+#: friends are answers about the request (a healthy server refusing it), so they never
+#: count against the dependency: one caller's oversize text must not open the breaker
+#: for every tenant.
+UNHEALTHY_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+SLOW_CODES = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+def grpc_health(exc: BaseException) -> Health:
+    """Classify a failed call for the breaker (see `Health`)."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        code = exc.code()
+        if code in UNHEALTHY_CODES:
+            return Health.UNHEALTHY
+        if code in SLOW_CODES:
+            return Health.SLOW
+        if code is grpc.StatusCode.CANCELLED:
+            return Health.UNKNOWN
+        return Health.HEALTHY
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return Health.SLOW
+    if isinstance(exc, ConnectionError | OSError):
+        return Health.UNHEALTHY
+    return Health.UNHEALTHY  # an unexpected error in the call path: treat as a dependency fault
+
+
 @dataclass
 class CircuitBreaker:
-    """Opens after `failure_threshold` consecutive failures; after `open_seconds`
-    lets one probe through (half-open); closes again on its success."""
+    """Per dependency; opens only on signs that the dependency is unhealthy, never on
+    what one request did (DESIGN.md "Failures isolated").
+
+    Two rules open it:
+
+    * `failure_threshold` consecutive UNHEALTHY outcomes (connection failures,
+      UNAVAILABLE, the dependency's own overload answers);
+    * over the last `window` calls with a verdict (at least `min_calls` of them), a share
+      of UNHEALTHY + SLOW outcomes of `error_rate` or more: a dependency that stopped
+      answering in time for most callers, not one caller with a tiny deadline.
+
+    HEALTHY outcomes (an answer, or a refusal of this one request such as
+    INVALID_ARGUMENT) reset the consecutive count; UNKNOWN ones (the caller went away, or
+    its deadline was under `min_judged_budget_s`) are not recorded at all. After
+    `open_seconds` one probe goes through (half-open); its success closes the breaker.
+    `on_change(name, state)` is called on every transition (metrics, logs)."""
 
     name: str
     failure_threshold: int = 5
     open_seconds: float = 2.0
+    window: int = 50
+    min_calls: int = 20
+    error_rate: float = 0.5
+    min_judged_budget_s: float = 0.010
+    classify: Callable[[BaseException], Health] = grpc_health
+    on_change: Callable[[str, BreakerState], None] | None = None
     clock: Callable[[], float] = time.monotonic
     state: BreakerState = field(default=BreakerState.CLOSED, init=False)
     _failures: int = field(default=0, init=False)
     _opened_at: float = field(default=0.0, init=False)
     _probing: bool = field(default=False, init=False)
+    _recent: deque = field(default_factory=deque, init=False)  # bools: True = unhealthy or slow
+    _bad: int = field(default=0, init=False)
+    opened_because: str = field(default="", init=False)
 
     def allow(self) -> bool:
         if self.state is BreakerState.CLOSED:
             return True
         if self.state is BreakerState.OPEN and self.clock() - self._opened_at >= self.open_seconds:
-            self.state = BreakerState.HALF_OPEN
+            self._set(BreakerState.HALF_OPEN)
             self._probing = False
         if self.state is BreakerState.HALF_OPEN and not self._probing:
             self._probing = True
             return True
         return False
 
-    def record_success(self) -> None:
-        self._failures = 0
+    def record(self, health: Health) -> None:
+        """Record one call's outcome and apply the opening rules."""
+        if health is Health.UNKNOWN:
+            self._probing = False
+            return
+        bad = health is not Health.HEALTHY
+        self._recent.append(bad)
+        self._bad += bad
+        if len(self._recent) > self.window:
+            self._bad -= self._recent.popleft()
+        if health is Health.HEALTHY:
+            self._failures = 0
+            self._probing = False
+            if self.state is not BreakerState.CLOSED:
+                self._set(BreakerState.CLOSED)
+            return
         self._probing = False
-        self.state = BreakerState.CLOSED
+        if health is Health.UNHEALTHY:
+            self._failures += 1
+        if self.state is BreakerState.HALF_OPEN:
+            self._open("probe failed")
+        elif self.state is BreakerState.CLOSED:
+            if self._failures >= self.failure_threshold:
+                self._open(f"{self._failures} consecutive failures")
+            elif len(self._recent) >= self.min_calls and self._bad >= self.error_rate * len(self._recent):
+                self._open(f"{self._bad} of the last {len(self._recent)} calls failed or timed out")
+
+    def record_success(self) -> None:
+        self.record(Health.HEALTHY)
 
     def record_failure(self) -> None:
-        self._failures += 1
-        self._probing = False
-        if self.state is BreakerState.HALF_OPEN or self._failures >= self.failure_threshold:
-            self.state = BreakerState.OPEN
-            self._opened_at = self.clock()
+        self.record(Health.UNHEALTHY)
 
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+    def _open(self, why: str) -> None:
+        self._opened_at = self.clock()
+        self.opened_because = why
+        self._failures = 0
+        self._recent.clear()
+        self._bad = 0
+        self._set(BreakerState.OPEN)
+
+    def _set(self, state: BreakerState) -> None:
+        if state is not self.state:
+            self.state = state
+            if self.on_change is not None:
+                self.on_change(self.name, state)
+
+    async def call(self, fn: Callable[[], Awaitable[T]], budget_s: float | None = None) -> T:
+        """Run `fn` through the breaker. `budget_s`: the time the caller gave this call;
+        under `min_judged_budget_s` a timeout says nothing about the dependency."""
         if not self.allow():
-            raise BreakerOpen(f"{self.name}: circuit open")
+            raise BreakerOpen(f"{self.name}: circuit open ({self.opened_because})")
         try:
             result = await fn()
-        except Exception:
-            self.record_failure()
+        except Exception as exc:
+            health = self.classify(exc)
+            if health is Health.SLOW and budget_s is not None and budget_s < self.min_judged_budget_s:
+                health = Health.UNKNOWN
+            self.record(health)
             raise
         except BaseException:
             # Cancelled (the caller went away): says nothing about the dependency, but a
             # probe that never reports back must not leave the breaker half-open for good.
             self._probing = False
             raise
-        self.record_success()
+        self.record(Health.HEALTHY)
         return result
 
 

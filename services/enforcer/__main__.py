@@ -9,9 +9,9 @@ import logging
 import sys
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
-from services.common.clients import CircuitBreaker
+from services.common.clients import BreakerState, CircuitBreaker
 from services.common.errors import ConfigError
 from services.common.kafka import KafkaPublisher, ProducerConfig, PublisherMetrics
 from services.common.privacy import RegionalKey
@@ -21,6 +21,7 @@ from services.common.spool import Spool
 from services.common.tls import ClientTLS, secure_channel
 from services.enforcer import admin, policy
 from services.enforcer.detectors import warm_up
+from services.enforcer.retro import RetroScreener, RetroStats
 from services.enforcer.screening import Limits, Screener, ScreenStats
 from services.enforcer.server import bindings
 from services.enforcer.settings import EnforcerSettings
@@ -52,7 +53,26 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
     ratelimit_channel = secure_channel(settings.ratelimit_addr, tls)
 
     def breaker(name: str) -> CircuitBreaker:
-        return CircuitBreaker(name, settings.breaker_failures, settings.breaker_open_seconds)
+        return CircuitBreaker(
+            name,
+            settings.breaker_failures,
+            settings.breaker_open_seconds,
+            window=settings.breaker_window,
+            min_calls=settings.breaker_min_calls,
+            error_rate=settings.breaker_error_rate,
+            on_change=breaker_changed,
+        )
+
+    breaker_state = Gauge(
+        "enforcer_breaker_open",
+        "1 while a dependency's circuit breaker is open or half-open.",
+        ["dependency"],
+        registry=registry,
+    )
+
+    def breaker_changed(name: str, state: BreakerState) -> None:
+        breaker_state.labels(name).set(0 if state is BreakerState.CLOSED else 1)
+        log.warning("circuit breaker %s", state.value, extra={"dependency": name})
 
     publisher = KafkaPublisher(
         ProducerConfig(
@@ -69,11 +89,24 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
         bootstrap=settings.kafka_bootstrap,
         catchup_timeout_s=settings.actions_catchup_timeout_seconds,
     )
+    classifier = ClassifierCaller(classifier_channel, breaker("classifier"), settings.classifier_max_chars)
+    retro = RetroScreener(
+        classifier=classifier,
+        publisher=publisher,
+        key=key,
+        region=settings.region,
+        snippet_chars=settings.snippet_chars,
+        stats=RetroStats(registry),
+        max_jobs=settings.retro_queue_size,
+        max_bytes=settings.retro_queue_max_bytes,
+        timeout_s=settings.retro_deadline_seconds,
+        workers=settings.retro_workers,
+    )
     screener = Screener(
         region=settings.region,
         policies=policies,
         key=key,
-        classifier=ClassifierCaller(classifier_channel, breaker("classifier")),
+        classifier=classifier,
         ratelimit=RateLimitCaller(ratelimit_channel, breaker("ratelimit")),
         publisher=publisher,
         stats=ScreenStats(registry),
@@ -82,9 +115,11 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
             max_messages=settings.max_messages,
             classifier_max_chars=settings.classifier_max_chars,
             snippet_chars=settings.snippet_chars,
+            tier0_inline_chars=settings.tier0_inline_chars,
         ),
         enforcement=state,
         throttle_domain=settings.throttle_domain,
+        retro=retro,
     )
     tokens = None
     if settings.admin_tokens:
@@ -114,6 +149,14 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
                 await asyncio.wait_for(channel.channel_ready(), timeout=settings.upstream_connect_timeout_seconds)
             except TimeoutError:
                 log.warning("upstream not reachable at start", extra={"dependency": name})
+        await classifier.refresh_limits()
+
+    async def start_retro() -> None:
+        retro.start()
+
+    async def stop_retro() -> None:
+        await retro.drain(timeout_s=min(5.0, settings.retro_deadline_seconds))
+        await retro.stop()
 
     async def close_channels() -> None:
         await classifier_channel.close()
@@ -121,12 +164,20 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
 
     return App(
         bindings=[*bindings(screener, settings), admin.admin_binding(enforcement_admin)],
-        on_start=[connect_upstreams, publisher.start, policies.start, *([tokens.start] if tokens else []), state.start],
+        on_start=[
+            connect_upstreams,
+            publisher.start,
+            start_retro,
+            policies.start,
+            *([tokens.start] if tokens else []),
+            state.start,
+        ],
         on_stop=[
             policies.stop,
             *([tokens.stop] if tokens else []),
             state.stop,
             sink.close,
+            stop_retro,
             close_channels,
             publisher.close,
         ],

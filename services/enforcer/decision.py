@@ -6,10 +6,20 @@ Each rule that fires adds a Reason and an Action; the most severe action wins
 (ALLOW < FLAG < REDACT < THROTTLE < BLOCK). A dependency that failed or timed out
 contributes its fail mode from the policy: `closed` refuses, `open` decides
 without it and marks the decision degraded.
+
+The classifier's verdict is FULL, PARTIAL (an earlier cascade stage answered for a
+text the later stage should have seen, or an oversize text was screened in part) or
+NONE. The safeguard never switches itself off silently (DESIGN.md "Never silently
+off"): a PARTIAL verdict is decided on the scores it has, plus the policy's
+`partial.uncertain_action` when its unsafe score sits in the uncertain band; a NONE
+verdict applies the fail mode only when the classifier is unreachable (connection
+refused, UNAVAILABLE, its breaker open), and otherwise the policy's
+`partial.no_verdict_action`. Each such decision carries a `verdict.*` reason.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -31,15 +41,40 @@ class CategoryScore:
     action: Action
 
 
+class Verdict(enum.IntEnum):
+    """How much classifier verdict a decision rests on (safeguards.v1.VerdictCompleteness)."""
+
+    FULL = 1
+    PARTIAL = 2
+    NONE = 3
+
+
 @dataclass(frozen=True)
 class ClassifierOutcome:
     """Scores per label (max over the policy's models), each model's own threshold,
-    and the model versions that produced them; `failed` when the call did not answer."""
+    and the model versions that produced them; `failed` when the call did not answer.
+
+    `verdict` is PARTIAL when some stage did not answer (`verdict_reason` says why);
+    `unreachable` marks a failure that says the classifier is down (the only case a
+    fail-open policy decides without it)."""
 
     scores: Mapping[str, float] = field(default_factory=dict)
     model_thresholds: Mapping[str, float] = field(default_factory=dict)
     model_versions: Mapping[str, int] = field(default_factory=dict)
     failed: str = ""  # why, when the classifier did not answer
+    unreachable: bool = False
+    partial: str = ""  # why, when the verdict is partial
+    answered_by: str = ""
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.failed:
+            return Verdict.NONE
+        return Verdict.PARTIAL if self.partial else Verdict.FULL
+
+    @property
+    def verdict_reason(self) -> str:
+        return self.failed or self.partial
 
 
 @dataclass(frozen=True)
@@ -68,6 +103,9 @@ class Outcome:
     degraded: bool
     failed_dependencies: tuple[str, ...]
     retry_after_s: float = 0.0
+    verdict: Verdict = Verdict.FULL
+    verdict_reason: str = ""
+    answered_by: str = ""
 
 
 def decide(
@@ -103,14 +141,26 @@ def decide(
 
     # The classifier.
     scores: list[CategoryScore] = []
-    if classifier.failed:
+    verdict = Verdict.FULL
+    if enforcement is not None and enforcement.action is Action.BLOCK:
+        pass  # decided before any scoring: no classifier verdict is needed
+    elif classifier.failed:
+        verdict = Verdict.NONE
         failed.append("classifier")
         if policy.classifier_fail_mode is FailMode.CLOSED:
             actions.append(Action.BLOCK)
             reasons.append(Reason("dependency.classifier", f"fail closed: {classifier.failed}"))
-        else:
+        elif classifier.unreachable:
             degraded = True
+            reasons.append(Reason("dependency.classifier", f"fail open: {classifier.failed}"))
+        else:
+            actions.append(policy.partial.no_verdict_action)
+            reasons.append(Reason("verdict.none", f"no classifier verdict: {classifier.failed}"))
     else:
+        if classifier.partial:
+            verdict = Verdict.PARTIAL
+            reasons.append(Reason("verdict.partial", f"{classifier.answered_by or 'classifier'}: {classifier.partial}"))
+        fired = False
         categories = {**{c: None for c in forced_categories}, **policy.categories}
         for name in sorted(categories):
             score = classifier.scores.get(name)
@@ -123,9 +173,21 @@ def decide(
             action = Action.BLOCK if name in forced_categories else rule.action  # type: ignore[union-attr]
             scores.append(CategoryScore(name, score, threshold, action))
             if score >= threshold:
+                fired = True
                 actions.append(action)
                 reasons.append(
                     Reason(f"classifier.{name}", "forced block" if name in forced_categories else f"score {score:.2f}")
+                )
+        if classifier.partial and not fired:
+            top = max(scores, key=lambda c: c.score, default=None)
+            if top is not None and top.score >= policy.partial.uncertain_above:
+                actions.append(policy.partial.uncertain_action)
+                reasons.append(
+                    Reason(
+                        "classifier.uncertain",
+                        f"{top.category} score {top.score:.2f} on a partial verdict "
+                        f"(uncertain from {policy.partial.uncertain_above:.2f})",
+                    )
                 )
 
     # The rate limiter.
@@ -139,6 +201,7 @@ def decide(
                 retry_after = max(retry_after, 1.0)
             else:
                 degraded = True
+                reasons.append(Reason("dependency.ratelimit", f"fail open: {ratelimit.failed}"))
         elif ratelimit.over_limit:
             actions.append(Action.THROTTLE)
             reasons.append(Reason(f"ratelimit.{ratelimit.rule or 'limit'}"))
@@ -153,6 +216,9 @@ def decide(
         degraded=degraded,
         failed_dependencies=tuple(failed),
         retry_after_s=retry_after if action is Action.THROTTLE else 0.0,
+        verdict=verdict,
+        verdict_reason=classifier.verdict_reason if verdict is not Verdict.FULL else "",
+        answered_by=classifier.answered_by,
     )
 
 

@@ -9,7 +9,15 @@ the field, and turned into immutable objects the decision code reads.
     deadline_ms: 50                 # budget for the whole decision
     classifier:
       models: [prompt_guard]
-      fail_mode: open               # open: decide without scores; closed: BLOCK
+      fail_mode: open               # no verdict because the classifier is unreachable (connection
+                                    # refused, UNAVAILABLE, breaker open): open = ALLOW, marked
+                                    # degraded and re-screened in the background; closed = BLOCK
+      partial:                      # a verdict that is not FULL while the classifier is up
+        uncertain_above: 0.2        # PARTIAL (an earlier cascade stage answered, or an oversize text
+        uncertain_action: FLAG      #   was screened in part): decide on its scores, and take this
+                                    #   action when no category fired but one scores this high
+        no_verdict_action: FLAG     # NONE for another reason (e.g. the caller's deadline was too
+                                    #   short for any stage); fail_mode closed still BLOCKs
     ratelimit:
       domain: llm
       fail_mode: open
@@ -80,9 +88,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class _Partial(_Strict):
+    uncertain_above: float = Field(0.2, ge=0.0, le=1.0)
+    uncertain_action: ActionName = "FLAG"
+    no_verdict_action: ActionName = "FLAG"
+
+
 class _Classifier(_Strict):
     models: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=lambda: ["prompt_guard"], min_length=1)
     fail_mode: Literal["open", "closed"] = "open"
+    partial: _Partial = Field(default_factory=_Partial)
 
 
 class _Descriptor(_Strict):
@@ -159,6 +174,15 @@ class RateLimitRule:
 
 
 @dataclass(frozen=True)
+class PartialRule:
+    """What a verdict that is not FULL means while the classifier is reachable."""
+
+    uncertain_above: float
+    uncertain_action: Action
+    no_verdict_action: Action
+
+
+@dataclass(frozen=True)
 class CompletionRule:
     every_chars: int
     window_chars: int
@@ -174,6 +198,7 @@ class Policy:
     deadline_s: float
     classifier_models: tuple[str, ...]
     classifier_fail_mode: FailMode
+    partial: PartialRule
     ratelimit: RateLimitRule | None
     categories: Mapping[str, CategoryRule]
     pii_action: Action
@@ -232,6 +257,11 @@ def parse_policy(text: str, source: str) -> Policy:
         deadline_s=f.deadline_ms / 1000,
         classifier_models=tuple(f.classifier.models),
         classifier_fail_mode=FailMode(f.classifier.fail_mode),
+        partial=PartialRule(
+            f.classifier.partial.uncertain_above,
+            Action[f.classifier.partial.uncertain_action],
+            Action[f.classifier.partial.no_verdict_action],
+        ),
         ratelimit=rl,
         categories=MappingProxyType(
             {

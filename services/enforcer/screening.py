@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,15 +35,19 @@ from services.enforcer.decision import (
     EnforcementVerdict,
     Outcome,
     Reason,
+    Verdict,
     decide,
 )
-from services.enforcer.detectors import run_tier0
+from services.enforcer.detectors import Tier0Result, run_tier0
 from services.enforcer.policy import Action, FailMode, Policy, PolicySet, RateLimitRule
+from services.enforcer.retro import RetroJob, RetroScreener
 from services.enforcer.signals import SignalInput, build_signal, signal_record
 from services.enforcer.streaming import CompletionSession
 from services.enforcer.upstream import ACCOUNT_THROTTLE_RULE, ClassifierCaller, RateLimitCaller
 
 log = logging.getLogger("safeguards.enforcer")
+#: One line per decision: a high-rate logger, capped by --log-decisions-per-s.
+decision_log = logging.getLogger("safeguards.enforcer.decisions")
 
 
 def _account_throttle_reason(outcome: Outcome) -> Outcome:
@@ -55,6 +60,20 @@ def _account_throttle_reason(outcome: Outcome) -> Outcome:
 
 
 CHARS_PER_TOKEN = 4  # token estimate when the gateway sends none
+#: Longest identity field (tenant, account, project, model, region, request id): they become
+#: rate-limit descriptors, metric labels and Kafka keys, which all have limits of their own.
+MAX_IDENTITY_CHARS = 256
+
+
+def check_identity(ident: Identity) -> None:
+    """Refuse identity fields that no gateway sends: over-long, or with control characters
+    (a NUL in a field poisons every store downstream)."""
+    for name in ("tenant", "account", "project", "model", "region", "request_id"):
+        value = getattr(ident, name)
+        if len(value) > MAX_IDENTITY_CHARS:
+            raise InvalidArgument(f"{name} is {len(value)} characters (max {MAX_IDENTITY_CHARS})")
+        if not value.isprintable():
+            raise InvalidArgument(f"{name} contains control characters")
 
 
 @dataclass(frozen=True)
@@ -113,6 +132,9 @@ class Limits:
     max_messages: int
     classifier_max_chars: int
     snippet_chars: int
+    #: Texts longer than this run the tier-0 detectors on a worker thread, so one large
+    #: body never holds the event loop (and every other tenant's decision) for long.
+    tier0_inline_chars: int = 8192
 
 
 class ScreenStats:
@@ -142,6 +164,12 @@ class ScreenStats:
             ["dependency"],
             registry=registry,
         )
+        self.verdicts = Counter(
+            "enforcer_verdicts",
+            "Decisions by how much classifier verdict they rest on (full, partial, none) and why not full.",
+            ["surface", "verdict", "reason"],
+            registry=registry,
+        )
         self.tenant_label = BoundedLabels(200)
 
 
@@ -159,6 +187,7 @@ class Screener:
         limits: Limits,
         enforcement: EnforcementView | None = None,
         throttle_domain: str = "",
+        retro: RetroScreener | None = None,
     ) -> None:
         self.region = region
         self.policies = policies
@@ -170,6 +199,16 @@ class Screener:
         self.limits = limits
         self.enforcement = enforcement or NoEnforcement()
         self.throttle_domain = throttle_domain  # RLS domain for throttled accounts of tenants without limits
+        self.retro = retro
+        # One thread: large texts queue behind each other instead of taking every core.
+        self._tier0_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tier0")
+
+    async def tier0(self, text: str, policy: Policy, *, blocklist: bool = True) -> Tier0Result:
+        """Tier-0 detectors; on a worker thread when the text is large (see Limits)."""
+        args = (text, policy.blocklist if blocklist else None, sorted(policy.screened_pii_kinds))
+        if len(text) <= self.limits.tier0_inline_chars:
+            return run_tier0(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._tier0_pool, run_tier0, *args)
 
     def open_completion(
         self,
@@ -184,6 +223,7 @@ class Screener:
         the tenant's policy as of now, the account pseudonymised once."""
         if not identity.tenant:
             raise InvalidArgument("tenant is required")
+        check_identity(identity)
         if identity.region and identity.region != self.region:
             raise FailedPrecondition(
                 f"request is for region {identity.region!r}; this enforcer serves {self.region!r} only"
@@ -203,6 +243,7 @@ class Screener:
         ident = req.identity
         if not ident.tenant:
             raise InvalidArgument("tenant is required")
+        check_identity(ident)
         if ident.region and ident.region != self.region:
             raise FailedPrecondition(
                 f"request is for region {ident.region!r}; this enforcer serves {self.region!r} only"
@@ -235,15 +276,17 @@ class Screener:
             models: dict[str, int] = {}
         else:
             t1 = time.perf_counter()
-            tier0 = run_tier0(text, policy.blocklist, sorted(policy.screened_pii_kinds))
+            tier0 = await self.tier0(text, policy)
             latencies["tier0"] = time.perf_counter() - t1
             budget = Budget.start(policy.deadline_s, caller_remaining_s)
-            classify_text = (tier0.normalized.text if tier0.normalized else text)[: self.limits.classifier_max_chars]
+            classify_text = tier0.normalized.text if tier0.normalized else text
             tokens = req.estimated_tokens or max(1, len(text) // CHARS_PER_TOKEN)
             context = {"tenant": ident.tenant, "account": account_hmac, "model": ident.model, "project": ident.project}
             cl, rl = await asyncio.gather(
                 self._timed(
-                    latencies, "classifier", self.classifier.classify(classify_text, policy.classifier_models, budget)
+                    latencies,
+                    "classifier",
+                    self.classifier.classify(classify_text, policy.classifier_models, budget, tenant=ident.tenant),
                 ),
                 self._timed(latencies, "ratelimit", self._ratelimit(policy, context, tokens, budget)),
             )
@@ -267,13 +310,16 @@ class Screener:
         redacted: tuple[tuple[str, str], ...] = ()
         if outcome.redact:
             redacted = tuple(
-                (role, run_tier0(content, None, sorted(policy.screened_pii_kinds)).redact(content))
-                for role, content in req.messages
+                [
+                    (role, (await self.tier0(content, policy, blocklist=False)).redact(content))
+                    for role, content in req.messages
+                ]
             )
         latency = time.perf_counter() - t0
         latencies["total"] = latency
         surface = str(req.surface)
         self.stats.decisions.labels(self.stats.tenant_label(ident.tenant), outcome.action.name, surface).inc()
+        self.stats.verdicts.labels(surface, outcome.verdict.name.lower(), _reason_label(outcome.verdict_reason)).inc()
         self.stats.latency.labels(surface).observe(latency)
         signal = build_signal(
             SignalInput(
@@ -298,7 +344,27 @@ class Screener:
             self.limits.snippet_chars,
         )
         self.publisher.publish(signal_record(signal))
-        log.info(
+        if outcome.verdict is not Verdict.FULL and outcome.action is not Action.BLOCK and self.retro is not None:
+            # Decided on less than a full verdict: screen again in the background (a
+            # BLOCK cannot become stricter, so it is not worth the encoder's time).
+            self.retro.submit(
+                RetroJob(
+                    decision_id=decision_id,
+                    tenant=ident.tenant,
+                    account_hmac=account_hmac,
+                    project=ident.project,
+                    model=ident.model,
+                    request_id=ident.request_id,
+                    text=classify_text,
+                    raw_text=text,
+                    messages=len(req.messages),
+                    tier0=tier0,
+                    policy=policy,
+                    original=outcome,
+                    forced_categories=self.enforcement.forced_categories(ident.tenant),
+                )
+            )
+        decision_log.info(
             "decision",
             extra={
                 "decision_id": decision_id,
@@ -306,6 +372,7 @@ class Screener:
                 "action": outcome.action.name,
                 "reasons": [r.code for r in outcome.reasons],
                 "degraded": outcome.degraded,
+                "verdict": outcome.verdict.name,
                 "latency_ms": round(latency * 1000, 3),
                 "policy_version": policy.version,
             },
@@ -333,3 +400,8 @@ class Screener:
             return await coro
         finally:
             latencies[name] = time.perf_counter() - t
+
+
+def _reason_label(reason: str) -> str:
+    """A bounded metric label from a verdict reason ("deadline", "circuit open", ...)."""
+    return reason.split(",", 1)[0][:32] if reason else ""

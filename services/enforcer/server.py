@@ -16,7 +16,7 @@ from services.enforcer.bodies import IdentityHeaders
 from services.enforcer.extproc import ExtProcConfig, ExtProcServicer
 from services.enforcer.screening import Identity, PromptRequest, Screener, ScreenResult
 from services.enforcer.settings import EnforcerSettings
-from services.enforcer.signals import ACTION_TO_PB, duration
+from services.enforcer.signals import ACTION_TO_PB, VERDICT_TO_PB, duration
 from services.enforcer.streaming import ChunkVerdict
 
 END_GRACE_S = 0.01
@@ -34,6 +34,9 @@ def decision_to_pb(result: ScreenResult) -> safeguards_pb2.Decision:
         policy_version=result.policy_version,
         latency=duration(result.latency_s),
         degraded=o.degraded,
+        verdict=VERDICT_TO_PB[o.verdict],
+        verdict_reason=o.verdict_reason,
+        answered_by=o.answered_by,
     )
     for r in o.reasons:
         d.reasons.add(code=r.code, detail=r.detail)

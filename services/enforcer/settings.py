@@ -57,12 +57,38 @@ class EnforcerSettings(ServiceSettings):
     max_messages: int = Field(256, ge=1, description="most messages in one request")
     classifier_max_chars: int = Field(
         16_000,
-        ge=1,
-        description="characters of the prompt sent to the classifier (the rest is screened by tier 0 only)",
+        ge=4,
+        description="characters of a prompt the classifier screens on the hot path; a longer prompt is screened "
+        "by its head, its tail and two windows at random offsets (each a quarter of this), marked PARTIAL "
+        "(reason oversize) and re-screened whole in the background",
+    )
+    tier0_inline_chars: int = Field(
+        8192, ge=0, description="texts longer than this run the tier-0 detectors on a worker thread, off the event loop"
     )
     snippet_chars: int = Field(280, ge=0, description="length of the redacted snippet kept in STANDARD signals")
-    breaker_failures: int = Field(5, ge=1, description="consecutive dependency failures that open its circuit breaker")
+    breaker_failures: int = Field(
+        5,
+        ge=1,
+        description="consecutive signs that a dependency is down (connection failure, UNAVAILABLE, its overload "
+        "answer) that open its circuit breaker; a refusal of one request (INVALID_ARGUMENT) or one request's "
+        "short deadline never counts",
+    )
     breaker_open_seconds: float = Field(2.0, gt=0, description="how long an open breaker fails fast before probing")
+    breaker_window: int = Field(50, ge=1, description="calls the breaker's error-rate rule looks back over")
+    breaker_min_calls: int = Field(20, ge=1, description="calls in the window before the error-rate rule may open")
+    breaker_error_rate: float = Field(
+        0.5, gt=0, le=1, description="share of failed or timed-out calls in the window that opens the breaker"
+    )
+    retro_queue_size: int = Field(
+        10_000, ge=0, description="decisions waiting for retro-screening (beyond it they are dropped and counted)"
+    )
+    retro_queue_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="text held in memory for retro-screening, in characters, at most"
+    )
+    retro_deadline_seconds: float = Field(
+        30.0, gt=0, description="deadline of one retro-screening classifier call (background priority)"
+    )
+    retro_workers: int = Field(1, ge=1, description="retro-screening calls in flight at once")
     admin_tokens: str = Field(
         "",
         description="YAML file of admin API token SHA-256 digests -> {name, role} (reloaded on change); "

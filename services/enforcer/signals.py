@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from google.protobuf import duration_pb2, timestamp_pb2
-from safeguards.v1 import safeguards_pb2, signals_pb2
+from safeguards.v1 import classifier_pb2, safeguards_pb2, signals_pb2
 
 from services.common.privacy import RegionalKey
 from services.common.spool import Record
-from services.enforcer.decision import Outcome
+from services.enforcer.decision import Outcome, Verdict
 from services.enforcer.detectors import mask
 from services.enforcer.policy import DataPolicy, Policy
 
@@ -27,6 +27,11 @@ ACTION_TO_PB = {
     3: safeguards_pb2.ACTION_REDACT,
     4: safeguards_pb2.ACTION_THROTTLE,
     5: safeguards_pb2.ACTION_BLOCK,
+}
+VERDICT_TO_PB = {
+    Verdict.FULL: classifier_pb2.VERDICT_COMPLETENESS_FULL,
+    Verdict.PARTIAL: classifier_pb2.VERDICT_COMPLETENESS_PARTIAL,
+    Verdict.NONE: classifier_pb2.VERDICT_COMPLETENESS_NONE,
 }
 DATA_POLICY_TO_PB = {
     DataPolicy.STANDARD: signals_pb2.DATA_POLICY_STANDARD,
@@ -64,6 +69,9 @@ class SignalInput:
     latencies: dict[str, float]
     model_versions: dict[str, int]
     prompt_decision_id: str = ""
+    #: Retro-screening follow-ups (SURFACE_RETRO_SCREEN): the decision re-screened, and its action.
+    retro_of_decision_id: str = ""
+    original_action: int = 0
 
 
 def build_signal(s: SignalInput, key: RegionalKey, snippet_chars: int) -> signals_pb2.SafeguardSignal:
@@ -86,7 +94,14 @@ def build_signal(s: SignalInput, key: RegionalKey, snippet_chars: int) -> signal
         failed_dependencies=list(s.outcome.failed_dependencies),
         request_id="" if zero else s.request_id,
         prompt_decision_id=s.prompt_decision_id,
+        verdict=VERDICT_TO_PB[s.outcome.verdict],
+        verdict_reason=s.outcome.verdict_reason,
+        answered_by=s.outcome.answered_by,
     )
+    if s.retro_of_decision_id:
+        sig.retro_of_decision_id = s.retro_of_decision_id
+        sig.original_action = ACTION_TO_PB[s.original_action]
+        sig.retro_catch = int(s.outcome.action) > s.original_action
     for r in s.outcome.reasons:
         sig.reasons.add(code=r.code, detail=r.detail)
     for c in s.outcome.scores:

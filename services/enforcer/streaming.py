@@ -18,6 +18,7 @@ client goes away mid-stream, at `abandon()` with what is known by then.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -74,6 +75,7 @@ def merge_outcomes(outcomes: list[Outcome]) -> Outcome:
             if s.category not in scores or s.score > scores[s.category].score:
                 scores[s.category] = s
     action = max((o.action for o in outcomes), default=Action.ALLOW)
+    worst = max(outcomes, key=lambda o: o.verdict)
     return Outcome(
         action=action,
         reasons=tuple(reasons),
@@ -82,6 +84,9 @@ def merge_outcomes(outcomes: list[Outcome]) -> Outcome:
         degraded=any(o.degraded for o in outcomes),
         failed_dependencies=tuple(failed),
         retry_after_s=max((o.retry_after_s for o in outcomes), default=0.0) if action is Action.THROTTLE else 0.0,
+        verdict=worst.verdict,
+        verdict_reason=worst.verdict_reason,
+        answered_by=worst.answered_by,
     )
 
 
@@ -237,7 +242,10 @@ class CompletionSession:
         classified = await asyncio.gather(
             *(
                 s.classifier.classify(
-                    (t0r.normalized.text if t0r.normalized else t)[-limit:], policy.classifier_models, budget
+                    (t0r.normalized.text if t0r.normalized else t)[-limit:],
+                    policy.classifier_models,
+                    budget,
+                    tenant=ident.tenant,
                 )
                 for t, t0r in zip(texts, tier0s, strict=True)
             )
@@ -268,15 +276,7 @@ class CompletionSession:
         s, policy, ident = self._s, self.policy, self.identity
         outcome = merge_outcomes(self._outcomes) if self._outcomes else NO_OUTCOME
         if abandoned:
-            outcome = Outcome(
-                outcome.action,
-                (*outcome.reasons, ABANDONED),
-                outcome.scores,
-                False,
-                outcome.degraded,
-                outcome.failed_dependencies,
-                outcome.retry_after_s,
-            )
+            outcome = dataclasses.replace(outcome, reasons=(*outcome.reasons, ABANDONED), redact=False)
         for dep in outcome.failed_dependencies:
             if outcome.degraded:
                 s.stats.degraded.labels(dep).inc()

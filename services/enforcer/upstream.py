@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
+from dataclasses import dataclass, replace
 
 import grpc
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
@@ -33,31 +35,191 @@ def _why(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """The failure says the dependency is down (the only case fail-open applies to)."""
+    if isinstance(exc, BreakerOpen):
+        return True
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() is grpc.StatusCode.UNAVAILABLE
+
+
+@dataclass(frozen=True)
+class ClassifierLimits:
+    """What the classifier accepts (ListModels `limits`); until it answered, its defaults."""
+
+    max_text_bytes: int = 32 * 1024
+    max_batch_texts: int = 64
+
+
+def split_utf8(text: str, max_bytes: int) -> list[str]:
+    """Cut `text` into pieces of at most `max_bytes` bytes of UTF-8, on character
+    boundaries. Linear: one encode, one pass."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= max_bytes:
+        return [text] if text else []
+    pieces, pos = [], 0
+    while pos < len(data):
+        end = min(len(data), pos + max_bytes)
+        while end < len(data) and end > pos and (data[end] & 0xC0) == 0x80:  # inside a character
+            end -= 1
+        pieces.append(data[pos:end].decode("utf-8", "surrogatepass"))
+        pos = end
+    return pieces
+
+
+@dataclass(frozen=True)
+class Segments:
+    """The texts one classifier call screens for one decision, and whether they cover
+    the whole text (`oversize` is False) or a stated sample of it."""
+
+    texts: list[str]
+    oversize: bool
+
+
+def segment(text: str, max_chars: int, limits: ClassifierLimits, rng: random.Random | None = None) -> Segments:
+    """The rule for over-long input on the hot path: a text of up to `max_chars`
+    characters is screened whole (in pieces the classifier accepts); a longer one by its
+    head, its tail and two windows at random offsets in between, each `max_chars // 4`
+    characters: where an attacker hides the payload cannot be known in advance, and the
+    whole text is re-screened in the background (retro-screening). Never unscreened."""
+    if len(text) <= max_chars:
+        chosen, oversize = [text], False
+    else:
+        part = max(1, max_chars // 4)
+        rng = rng or random.SystemRandom()
+        middle = sorted(rng.randrange(part, len(text) - 2 * part + 1) for _ in range(2))
+        chosen = [text[:part], *(text[m : m + part] for m in middle), text[-part:]]
+        oversize = True
+    texts = [p for c in chosen for p in split_utf8(c, limits.max_text_bytes)]
+    if len(texts) > limits.max_batch_texts:  # tiny classifier limits: head and tail first
+        keep = limits.max_batch_texts
+        texts = texts[: (keep + 1) // 2] + texts[len(texts) - keep // 2 :] if keep > 1 else texts[:1]
+        oversize = True
+    return Segments(texts, oversize)
+
+
+def whole(text: str, limits: ClassifierLimits) -> list[list[str]]:
+    """Every piece of `text`, in requests the classifier accepts (retro-screening)."""
+    pieces = split_utf8(text, limits.max_text_bytes) or [""]
+    n = max(1, limits.max_batch_texts)
+    return [pieces[i : i + n] for i in range(0, len(pieces), n)]
+
+
 class ClassifierCaller:
-    def __init__(self, channel: grpc.aio.Channel, breaker: CircuitBreaker) -> None:
+    def __init__(self, channel: grpc.aio.Channel, breaker: CircuitBreaker, max_chars: int = 16_000) -> None:
         self._stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
         self.breaker = breaker
+        self.max_chars = max_chars
+        self.limits = ClassifierLimits()
 
-    async def classify(self, text: str, models: tuple[str, ...], budget: Budget) -> ClassifierOutcome:
-        request = classifier_pb2.ClassifyRequest(texts=[text], models=list(models))
+    async def refresh_limits(self, timeout_s: float = 2.0) -> ClassifierLimits:
+        """Read the classifier's request limits (ListModels), so the enforcer never sends
+        what it would refuse. Keeps the last known limits when it cannot answer."""
+        try:
+            response = await self._stub.ListModels(classifier_pb2.ListModelsRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError:
+            return self.limits
+        lim = response.limits
+        if lim.max_text_bytes and lim.max_batch_texts:
+            self.limits = ClassifierLimits(lim.max_text_bytes, lim.max_batch_texts)
+        return self.limits
+
+    async def classify(
+        self, text: str, models: tuple[str, ...], budget: Budget, *, tenant: str = ""
+    ) -> ClassifierOutcome:
+        """One decision's verdict under its budget: the text (or, when over-long, the
+        `segment` rule's sample of it) in one request, scores the max over pieces."""
+        seg = segment(text, self.max_chars, self.limits)
+        outcome = await self._call(seg.texts or [""], models, budget, tenant=tenant, background=False)
+        if seg.oversize and not outcome.failed:
+            outcome = replace(outcome, partial=_join(outcome.partial, "oversize"))
+        return outcome
+
+    async def classify_whole(
+        self, text: str, models: tuple[str, ...], timeout_s: float, *, tenant: str = ""
+    ) -> ClassifierOutcome:
+        """Every piece of the text, as background work (retro-screening): verdicts of
+        all requests merged; not through the breaker, which guards the hot path."""
+        outcomes = []
+        for texts in whole(text, self.limits):
+            budget = Budget.start(timeout_s)
+            outcomes.append(await self._call(texts, models, budget, tenant=tenant, background=True, guarded=False))
+            if outcomes[-1].failed:
+                return outcomes[-1]
+        return merge_classifier_outcomes(outcomes)
+
+    async def _call(
+        self,
+        texts: list[str],
+        models: tuple[str, ...],
+        budget: Budget,
+        *,
+        tenant: str,
+        background: bool,
+        guarded: bool = True,
+    ) -> ClassifierOutcome:
+        request = classifier_pb2.ClassifyRequest(texts=texts, models=list(models), tenant=tenant, background=background)
 
         async def call(timeout: float):
             return await self._stub.Classify(request, timeout=timeout)
 
         try:
-            response = await self.breaker.call(lambda: call_in_budget(call, budget))
+            if guarded:
+                response = await self.breaker.call(lambda: call_in_budget(call, budget), budget.remaining())
+            else:
+                response = await call_in_budget(call, budget)
         except Exception as exc:  # every failure is an outcome; the policy decides
-            return ClassifierOutcome(failed=_why(exc))
+            if isinstance(exc, grpc.aio.AioRpcError) and exc.code() is grpc.StatusCode.INVALID_ARGUMENT:
+                asyncio.get_running_loop().create_task(self.refresh_limits())  # limits may have changed
+            return ClassifierOutcome(failed=_why(exc), unreachable=_unreachable(exc))
         per_model, thresholds, versions = [], {}, {}
-        for m in response.results[0].models:
-            per_model.append({s.label: s.score for s in m.scores})
-            for s in m.scores:
-                if s.threshold > 0:
-                    thresholds[s.label] = min(s.threshold, thresholds.get(s.label, 1.0))
-            versions[m.answered_by or m.model] = m.version
+        partial, answered_by = "", ""
+        for per_text in response.results:
+            for m in per_text.models:
+                per_model.append({s.label: s.score for s in m.scores})
+                for s in m.scores:
+                    if s.threshold > 0:
+                        thresholds[s.label] = min(s.threshold, thresholds.get(s.label, 1.0))
+                versions[m.answered_by or m.model] = m.version
+                if m.completeness == classifier_pb2.VERDICT_COMPLETENESS_PARTIAL:
+                    partial = _join(partial, m.partial_reason or "partial")
+                    answered_by = m.answered_by
+                elif not partial:
+                    answered_by = m.answered_by or answered_by
         return ClassifierOutcome(
-            scores=combine_model_scores(per_model), model_thresholds=thresholds, model_versions=versions
+            scores=combine_model_scores(per_model),
+            model_thresholds=thresholds,
+            model_versions=versions,
+            partial=partial,
+            answered_by=answered_by,
         )
+
+
+def _join(a: str, b: str) -> str:
+    """Reasons joined once each, in order ("deadline", "deadline,oversize")."""
+    parts = [p for p in a.split(",") if p]
+    return ",".join(parts if b in parts else [*parts, b])
+
+
+def merge_classifier_outcomes(outcomes: list[ClassifierOutcome]) -> ClassifierOutcome:
+    """Outcomes of several requests over one text: the max score per label, partial if any was."""
+    if len(outcomes) == 1:
+        return outcomes[0]
+    partial = ""
+    for o in outcomes:
+        for r in o.partial.split(","):
+            if r:
+                partial = _join(partial, r)
+    thresholds: dict[str, float] = {}
+    for o in outcomes:
+        for label, t in o.model_thresholds.items():
+            thresholds[label] = min(t, thresholds.get(label, 1.0))
+    return ClassifierOutcome(
+        scores=combine_model_scores([o.scores for o in outcomes]),
+        model_thresholds=thresholds,
+        model_versions={k: v for o in outcomes for k, v in o.model_versions.items()},
+        partial=partial,
+        answered_by=next((o.answered_by for o in outcomes if o.partial), outcomes[-1].answered_by),
+    )
 
 
 class RateLimitCaller:
@@ -97,7 +259,7 @@ class RateLimitCaller:
             return await self._stub.ShouldRateLimit(request, timeout=timeout)
 
         try:
-            response = await self.breaker.call(lambda: call_in_budget(call, budget))
+            response = await self.breaker.call(lambda: call_in_budget(call, budget), budget.remaining())
         except Exception as exc:
             return RateLimitOutcome(failed=_why(exc))
         if response.overall_code != rls_pb2.RateLimitResponse.OVER_LIMIT:

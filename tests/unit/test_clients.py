@@ -121,3 +121,94 @@ async def test_slow_dependency_gets_only_the_remaining_time() -> None:
     with pytest.raises(TimeoutError):
         await call_in_budget(slow, Budget.start(0.1), attempts=3, retry_on=lambda e: isinstance(e, TimeoutError))
     assert seen[0] <= 0.1 and sum(seen) <= 0.12
+
+
+def rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=code.name)
+
+
+async def fail_with(b: CircuitBreaker, exc: BaseException, budget_s: float | None = 0.05) -> None:
+    async def boom():
+        raise exc
+
+    with pytest.raises(type(exc)):
+        await b.call(boom, budget_s)
+
+
+async def test_refusals_of_one_request_never_open_the_breaker() -> None:
+    """INVALID_ARGUMENT (an oversize text, a bad field) is a healthy server refusing one
+    request: a thousand of them must not switch the classifier off for every tenant."""
+    b = CircuitBreaker("dep", failure_threshold=3, min_calls=5, window=10)
+    for _ in range(1000):
+        await fail_with(b, rpc_error(grpc.StatusCode.INVALID_ARGUMENT))
+    assert b.state is BreakerState.CLOSED and b.allow()
+
+
+async def test_a_callers_own_tiny_deadline_says_nothing_about_the_dependency() -> None:
+    b = CircuitBreaker("dep", failure_threshold=3, min_calls=5, window=10, min_judged_budget_s=0.01)
+    for _ in range(100):
+        await fail_with(b, rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED), budget_s=0.001)
+    assert b.state is BreakerState.CLOSED
+
+
+async def test_timeouts_alone_open_the_breaker_only_as_an_error_rate_over_many_calls() -> None:
+    changes: list[BreakerState] = []
+    b = CircuitBreaker(
+        "dep", failure_threshold=3, window=20, min_calls=10, error_rate=0.5, on_change=lambda _n, s: changes.append(s)
+    )
+
+    async def ok():
+        return 1
+
+    # Every other call times out: 50% once 10 calls are in the window.
+    for i in range(9):
+        if i % 2:
+            await fail_with(b, rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED))
+        else:
+            await b.call(ok, 0.05)
+    assert b.state is BreakerState.CLOSED  # 9 calls: under min_calls
+    await fail_with(b, rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED))
+    assert b.state is BreakerState.OPEN and changes == [BreakerState.OPEN]
+    assert "5 of the last 10" in b.opened_because
+
+
+async def test_a_few_timeouts_among_answers_keep_it_closed() -> None:
+    b = CircuitBreaker("dep", failure_threshold=3, window=50, min_calls=20, error_rate=0.5)
+
+    async def ok():
+        return 1
+
+    for i in range(200):
+        if i % 5 == 0:  # 20% slow
+            await fail_with(b, rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED))
+        else:
+            await b.call(ok, 0.05)
+    assert b.state is BreakerState.CLOSED
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [rpc_error(grpc.StatusCode.UNAVAILABLE), rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED), ConnectionRefusedError()],
+)
+async def test_signs_of_a_down_or_overloaded_dependency_open_it_after_the_threshold(exc) -> None:
+    b = CircuitBreaker("dep", failure_threshold=3, min_calls=100)
+    for _ in range(2):
+        await fail_with(b, exc)
+    assert b.state is BreakerState.CLOSED
+    await fail_with(b, exc)
+    assert b.state is BreakerState.OPEN
+    with pytest.raises(BreakerOpen, match="3 consecutive failures"):
+        await b.call(lambda: asyncio.sleep(0))
+
+
+async def test_an_answer_between_failures_resets_the_consecutive_count() -> None:
+    b = CircuitBreaker("dep", failure_threshold=3, min_calls=100)
+
+    async def ok():
+        return 1
+
+    for _ in range(10):
+        await fail_with(b, rpc_error(grpc.StatusCode.UNAVAILABLE))
+        await fail_with(b, rpc_error(grpc.StatusCode.UNAVAILABLE))
+        await b.call(ok)
+    assert b.state is BreakerState.CLOSED

@@ -11,6 +11,7 @@ from services.enforcer.decision import (
     ClassifierOutcome,
     EnforcementVerdict,
     RateLimitOutcome,
+    Verdict,
     combine_model_scores,
     decide,
 )
@@ -83,13 +84,55 @@ def test_rate_limit_over_means_throttle_with_retry_after(policies) -> None:
     assert out.action is Action.BLOCK and out.retry_after_s == 0
 
 
-def test_classifier_failure_follows_the_policys_fail_mode(policies) -> None:
+def test_an_unreachable_classifier_follows_the_policys_fail_mode_and_says_so(policies) -> None:
     open_p, closed_p = policies.default, policies.for_tenant("hospital")
-    down = ClassifierOutcome(failed="deadline exceeded")
+    down = ClassifierOutcome(failed="circuit open", unreachable=True)
     out = decide(open_p, tier0("hi", open_p), down, RateLimitOutcome())
     assert out.action is Action.ALLOW and out.degraded and out.failed_dependencies == ("classifier",)
+    assert out.verdict is Verdict.NONE and out.verdict_reason == "circuit open"
+    assert [r.code for r in out.reasons] == ["dependency.classifier"]  # never silent, even when open
     out = decide(closed_p, tier0("hi", closed_p), down, None)
     assert out.action is Action.BLOCK and out.reasons[0].code == "dependency.classifier"
+
+
+def test_no_verdict_from_a_reachable_classifier_is_not_a_fail_open(policies) -> None:
+    """Fail-open is for a classifier that is down; a missing verdict for another reason
+    (here the caller's deadline) takes the policy's no_verdict_action."""
+    open_p, closed_p = policies.default, policies.for_tenant("hospital")
+    late = ClassifierOutcome(failed="deadline exceeded")
+    out = decide(open_p, tier0("hi", open_p), late, RateLimitOutcome())
+    assert out.action is open_p.partial.no_verdict_action is Action.FLAG
+    assert not out.degraded and out.verdict is Verdict.NONE
+    assert [r.code for r in out.reasons] == ["verdict.none"]
+    assert decide(closed_p, tier0("hi", closed_p), late, None).action is Action.BLOCK
+
+
+def test_a_partial_verdict_decides_on_the_scores_it_has(policies) -> None:
+    p = policies.default
+    partial = dict(partial="deadline", answered_by="prompt_guard_ngram")
+    base = {"benign": 0.1, "jailbreak": 0.95, "prompt_injection": 0.01, "harmful": 0.01}
+    confident = ClassifierOutcome(scores=base, model_thresholds=MODEL_THRESHOLDS, **partial)
+    out = decide(p, tier0("hi", p), confident, RateLimitOutcome())
+    assert out.action is Action.BLOCK and out.verdict is Verdict.PARTIAL and out.answered_by == "prompt_guard_ngram"
+    assert {r.code for r in out.reasons} == {"verdict.partial", "classifier.jailbreak"}
+
+
+def test_a_partial_verdict_in_the_uncertain_band_takes_the_uncertain_action(policies) -> None:
+    p = policies.default
+    assert p.partial.uncertain_above == 0.2 and p.partial.uncertain_action is Action.FLAG
+    mid = {"benign": 0.6, "jailbreak": 0.01, "prompt_injection": 0.01, "harmful": 0.4}
+    out = decide(
+        p, tier0("hi", p), ClassifierOutcome(scores=mid, model_thresholds=MODEL_THRESHOLDS, partial="deadline"), None
+    )
+    assert out.action is Action.FLAG and "classifier.uncertain" in {r.code for r in out.reasons}
+    low = {**mid, "harmful": 0.05}
+    out = decide(
+        p, tier0("hi", p), ClassifierOutcome(scores=low, model_thresholds=MODEL_THRESHOLDS, partial="deadline"), None
+    )
+    assert out.action is Action.ALLOW and [r.code for r in out.reasons] == ["verdict.partial"]
+    # The same scores on a FULL verdict are simply under the threshold.
+    out = decide(p, tier0("hi", p), ClassifierOutcome(scores=mid, model_thresholds=MODEL_THRESHOLDS), None)
+    assert out.action is Action.ALLOW and not out.reasons and out.verdict is Verdict.FULL
 
 
 def test_rate_limiter_failure_fails_open_by_default(policies) -> None:

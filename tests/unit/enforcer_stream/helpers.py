@@ -36,10 +36,10 @@ class RecordingClassifier:
         self.texts: list[str] = []
         self.fail = fail
 
-    async def classify(self, text, models, budget) -> ClassifierOutcome:
+    async def classify(self, text, models, budget, *, tenant: str = "") -> ClassifierOutcome:
         self.texts.append(text)
         if self.fail:
-            return ClassifierOutcome(failed=self.fail)
+            return ClassifierOutcome(failed=self.fail, unreachable=self.fail == "unavailable")
         score = 0.9 if "HARMFUL" in text else 0.1
         return ClassifierOutcome(scores={"harmful": score}, model_versions={"prompt_guard": 3})
 
