@@ -1,0 +1,58 @@
+"""The hot path's rule for over-long input: screened whole when it fits, else by head,
+tail and random windows (marked oversize), never unscreened; pieces always fit the
+classifier's byte limit."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.enforcer.upstream import ClassifierLimits, segment, split_utf8, whole
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=400), st.integers(4, 64))
+@settings(max_examples=300, deadline=None)
+def test_pieces_fit_the_byte_limit_and_join_back_to_the_text(text: str, max_bytes: int) -> None:
+    pieces = split_utf8(text, max_bytes)
+    assert "".join(pieces) == text
+    assert all(0 < len(p.encode("utf-8", "surrogatepass")) <= max_bytes for p in pieces)
+
+
+def test_cjk_text_is_cut_on_character_boundaries_by_bytes_not_characters() -> None:
+    text = "漢" * 20_000  # 60,000 bytes of UTF-8, 20,000 characters
+    pieces = split_utf8(text, 32 * 1024)
+    assert len(pieces) == 2 and "".join(pieces) == text
+
+
+def test_a_text_within_the_hot_path_budget_is_screened_whole() -> None:
+    seg = segment("x" * 1000, 1000, ClassifierLimits())
+    assert seg.texts == ["x" * 1000] and not seg.oversize
+
+
+def test_an_over_long_text_is_sampled_head_tail_and_middle_and_marked_oversize() -> None:
+    text = "".join(f"{i:07d} " for i in range(10_000))  # 80,000 characters, every offset distinct
+    seg = segment(text, 16_000, ClassifierLimits(), random.Random(7))
+    assert seg.oversize
+    assert seg.texts[0] == text[:4000] and seg.texts[-1] == text[-4000:]
+    assert len(seg.texts) == 4 and all(t in text for t in seg.texts)
+    assert sum(len(t) for t in seg.texts) == 16_000
+
+
+def test_middle_windows_move_so_a_payload_cannot_be_hidden_at_a_known_offset() -> None:
+    marked = "".join(chr(0x4E00 + (i % 2000)) for i in range(100_000))
+    seen = {segment(marked, 16_000, ClassifierLimits(), random.Random(s)).texts[1][:5] for s in range(20)}
+    assert len(seen) > 10
+
+
+def test_tiny_classifier_limits_keep_head_and_tail_and_say_oversize() -> None:
+    seg = segment("y" * 1000, 1000, ClassifierLimits(max_text_bytes=100, max_batch_texts=3))
+    assert seg.oversize and len(seg.texts) == 3
+
+
+def test_retro_screening_covers_every_piece_in_requests_the_classifier_accepts() -> None:
+    text = "z" * 10_000
+    batches = whole(text, ClassifierLimits(max_text_bytes=100, max_batch_texts=8))
+    assert all(len(b) <= 8 for b in batches)
+    assert "".join(p for b in batches for p in b) == text

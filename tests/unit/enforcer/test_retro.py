@@ -1,0 +1,189 @@
+"""Retro-screening: a decision taken on less than a full verdict is screened again in
+the background, in memory, with a bounded queue, and followed up by one signal."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from safeguards.v1 import classifier_pb2, safeguards_pb2, signals_pb2
+
+from services.common.privacy import RegionalKey
+from services.common.reloader import ReloadingConfig
+from services.enforcer import policy
+from services.enforcer.decision import ClassifierOutcome, Verdict
+from services.enforcer.policy import Action
+from services.enforcer.retro import RetroScreener, RetroStats
+from services.enforcer.screening import Identity, Limits, PromptRequest, Screener, ScreenStats
+from tests.unit.enforcer_stream.helpers import ListPublisher
+
+POLICY = """
+tenant: default
+version: "retro.1"
+data_policy: {data_policy}
+deadline_ms: 200
+classifier: {{models: [prompt_guard], fail_mode: open}}
+categories:
+  harmful: {{threshold: 0.5, action: BLOCK}}
+"""
+THRESHOLDS = {"harmful": 0.5}
+
+
+class StagedClassifier:
+    """The hot path gets the cheap stage's partial answer; the whole-text background
+    call gets the full cascade's. Both record what they were asked."""
+
+    def __init__(self, hot: ClassifierOutcome, full: ClassifierOutcome, gate: asyncio.Event | None = None) -> None:
+        self.hot, self.full, self.gate = hot, full, gate
+        self.hot_calls: list[str] = []
+        self.whole_calls: list[tuple[str, float]] = []
+
+    async def classify(self, text, models, budget, *, tenant: str = "") -> ClassifierOutcome:
+        self.hot_calls.append(text)
+        return self.hot
+
+    async def classify_whole(self, text, models, timeout_s, *, tenant: str = "") -> ClassifierOutcome:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.whole_calls.append((text, timeout_s))
+        return self.full
+
+
+class NoRateLimit:
+    async def check(self, *args, **kw):
+        raise AssertionError("no rate limits in this policy")
+
+
+def make(tmp: Path, cl: StagedClassifier, *, data_policy: str = "STANDARD", max_jobs: int = 100):
+    d = tmp / f"policies-{data_policy}-{max_jobs}"
+    d.mkdir()
+    (d / "default.yaml").write_text(POLICY.format(data_policy=data_policy))
+    policies = ReloadingConfig(d, policy.load)
+    policies.load_initial()
+    pub = ListPublisher()
+    key = RegionalKey.from_bytes("unit", b"k" * 32)
+    registry = CollectorRegistry()
+    retro = RetroScreener(
+        classifier=cl,
+        publisher=pub,
+        key=key,
+        region="unit",
+        snippet_chars=40,
+        stats=RetroStats(registry),
+        max_jobs=max_jobs,
+        timeout_s=7.0,
+    )
+    screener = Screener(
+        region="unit",
+        policies=policies,
+        key=key,
+        classifier=cl,
+        ratelimit=NoRateLimit(),
+        publisher=pub,
+        stats=ScreenStats(registry),
+        limits=Limits(max_prompt_bytes=100_000, max_messages=10, classifier_max_chars=1000, snippet_chars=40),
+        retro=retro,
+    )
+    return screener, retro, pub, registry
+
+
+PARTIAL_LOW = ClassifierOutcome(
+    scores={"harmful": 0.05}, model_thresholds=THRESHOLDS, partial="deadline", answered_by="prompt_guard_ngram"
+)
+FULL_HARMFUL = ClassifierOutcome(
+    scores={"harmful": 0.97}, model_thresholds=THRESHOLDS, answered_by="prompt_guard_minilm"
+)
+FULL_BENIGN = ClassifierOutcome(
+    scores={"harmful": 0.02}, model_thresholds=THRESHOLDS, answered_by="prompt_guard_minilm"
+)
+
+
+def request(text: str, tenant: str = "acme") -> PromptRequest:
+    return PromptRequest(Identity(tenant=tenant, account="acct-raw-1", request_id="req-9"), (("user", text),))
+
+
+async def wait_for(cond, timeout: float = 5.0) -> None:
+    end = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < end, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_partial_allow_is_rescreened_and_a_stricter_full_verdict_is_a_retro_catch(tmp_path) -> None:
+    cl = StagedClassifier(PARTIAL_LOW, FULL_HARMFUL)
+    screener, retro, pub, registry = make(tmp_path, cl)
+    retro.start()
+    try:
+        res = await screener.screen_prompt(request("a long text with something hidden in it"))
+        assert res.outcome.action is Action.ALLOW and res.outcome.verdict is Verdict.PARTIAL
+        await wait_for(lambda: len(pub.signals()) == 2)
+    finally:
+        await retro.stop()
+    decision, follow_up = pub.signals()
+    assert decision.verdict == classifier_pb2.VERDICT_COMPLETENESS_PARTIAL and decision.verdict_reason == "deadline"
+    assert decision.answered_by == "prompt_guard_ngram"
+    assert follow_up.surface == signals_pb2.SURFACE_RETRO_SCREEN
+    assert follow_up.retro_of_decision_id == res.decision_id != follow_up.decision_id
+    assert follow_up.retro_catch and follow_up.action == safeguards_pb2.ACTION_BLOCK
+    assert follow_up.original_action == safeguards_pb2.ACTION_ALLOW
+    assert follow_up.verdict == classifier_pb2.VERDICT_COMPLETENESS_FULL
+    assert follow_up.tenant == "acme" and follow_up.account_hmac == decision.account_hmac
+    assert cl.whole_calls == [("a long text with something hidden in it", 7.0)]
+    assert registry.get_sample_value("enforcer_retro_jobs_total", {"result": "caught"}) == 1
+
+
+async def test_a_cleared_rescreen_is_not_a_catch(tmp_path) -> None:
+    screener, retro, pub, registry = make(tmp_path, StagedClassifier(PARTIAL_LOW, FULL_BENIGN))
+    retro.start()
+    try:
+        await screener.screen_prompt(request("hello there"))
+        await wait_for(lambda: len(pub.signals()) == 2)
+    finally:
+        await retro.stop()
+    assert not pub.signals()[1].retro_catch
+    assert registry.get_sample_value("enforcer_retro_jobs_total", {"result": "cleared"}) == 1
+
+
+async def test_full_verdicts_and_blocks_are_not_rescreened(tmp_path) -> None:
+    partial_block = ClassifierOutcome(scores={"harmful": 0.99}, model_thresholds=THRESHOLDS, partial="deadline")
+    for i, hot in enumerate((FULL_BENIGN, partial_block)):
+        (tmp_path / str(i)).mkdir()
+        screener, retro, pub, _ = make(tmp_path / str(i), StagedClassifier(hot, FULL_HARMFUL))
+        await screener.screen_prompt(request("text"))
+        assert retro.pending == 0 and len(pub.signals()) == 1
+
+
+async def test_the_queue_is_bounded_and_drops_are_counted_never_blocking_a_decision(tmp_path) -> None:
+    gate = asyncio.Event()  # the classifier is stuck: nothing leaves the queue
+    cl = StagedClassifier(PARTIAL_LOW, FULL_BENIGN, gate)
+    screener, retro, pub, registry = make(tmp_path, cl, max_jobs=3)
+    retro.start()
+    try:
+        for i in range(10):
+            res = await screener.screen_prompt(request(f"text {i}"))
+            assert res.outcome.verdict is Verdict.PARTIAL  # every decision answered at once
+        # One job is being screened (stuck at the gate), three wait, six were dropped.
+        assert registry.get_sample_value("enforcer_retro_jobs_total", {"result": "dropped"}) == 6
+        assert registry.get_sample_value("enforcer_retro_queue_depth") == 3
+        gate.set()
+        await wait_for(lambda: retro.pending == 0)
+    finally:
+        await retro.stop()
+    assert registry.get_sample_value("enforcer_retro_jobs_total", {"result": "cleared"}) == 4
+
+
+@pytest.mark.parametrize("data_policy", ["ZERO_RETENTION"])
+async def test_zero_retention_follow_ups_carry_no_content_or_raw_identifier(tmp_path, data_policy) -> None:
+    screener, retro, pub, _ = make(tmp_path, StagedClassifier(PARTIAL_LOW, FULL_HARMFUL), data_policy=data_policy)
+    retro.start()
+    try:
+        await screener.screen_prompt(request("a secret text nobody may keep"))
+        await wait_for(lambda: len(pub.signals()) == 2)
+    finally:
+        await retro.stop()
+    follow_up = pub.signals()[1]
+    assert follow_up.retro_catch
+    assert not follow_up.content.redacted_snippet and not follow_up.content.text_hmac
+    assert not follow_up.request_id and b"secret text" not in follow_up.SerializeToString()
