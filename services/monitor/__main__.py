@@ -79,7 +79,7 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
         region=settings.region,
         group_id=settings.group_id,
         store=store,
-        metrics=ConsumerMetrics(registry),
+        metrics=ConsumerMetrics(registry, settings.metrics_max_labels),
         max_records=settings.batch_max_records,
         wait_ms=settings.batch_wait_ms,
         rules=engine,

@@ -25,7 +25,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from safeguards.v1 import signals_pb2
 
 from services.common.errors import InvalidArgument
-from services.monitor.decisions import Decision, decision_from_signal, is_audit
+from services.common.metrics import BoundedLabels
+from services.monitor.decisions import VERDICTS, Decision, decision_from_signal, is_audit
 from services.monitor.rules import RuleEngine
 from services.monitor.store import Store
 
@@ -42,7 +43,7 @@ def alerts_topic(region: str) -> str:
 
 
 class ConsumerMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, max_tenants: int = 200) -> None:
         self.records = Counter(
             "safeguards_monitor_signals",
             "Signal records consumed, by result: new (counted), duplicate (replay, no effect), audit (admin "
@@ -66,6 +67,23 @@ class ConsumerMetrics:
         self.committed = Counter(
             "safeguards_monitor_batches_committed", "Batches applied and their offsets committed.", registry=registry
         )
+        self.verdicts = Counter(
+            "safeguards_monitor_decisions_by_verdict",
+            "Decisions consumed, by the completeness of the classifier verdict they rest on (full, partial, none).",
+            ["verdict"],
+            registry=registry,
+        )
+        self.retro_catches = Counter(
+            "safeguards_monitor_retro_catches",
+            "Retro-screen follow-ups whose full verdict called for a stricter action than the decision took, by "
+            "tenant (the first N tenants seen keep their name, the rest count as _other).",
+            ["tenant"],
+            registry=registry,
+        )
+        #: Tenant names are client data: a bounded set of label values.
+        self.tenants = BoundedLabels(max_tenants)
+        for name in VERDICTS.values():
+            self.verdicts.labels(name)
 
 
 class SignalConsumer:
@@ -136,6 +154,10 @@ class SignalConsumer:
             self.metrics.records.labels("new").inc(result.new)
             self.metrics.records.labels("duplicate").inc(result.duplicates)
             self.metrics.cases.inc(result.cases)
+            for verdict, n in result.verdicts.items():
+                self.metrics.verdicts.labels(VERDICTS.get(verdict, "full")).inc(n)
+            for tenant, n in result.retro_catches.items():
+                self.metrics.retro_catches.labels(self.metrics.tenants(tenant)).inc(n)
             if self.rules is not None:
                 self.rules.committed()
                 await self._flush_actions()

@@ -5,13 +5,18 @@ needs a human, a `CaseContent` holding content only as the tenant's data policy
 allows. The monitor enforces the data policy again on its side (defence in depth):
 a ZERO_RETENTION signal that carried content by mistake still leaves none here,
 and a METADATA_ONLY one keeps no snippet.
+
+A SURFACE_RETRO_SCREEN signal is not a decision: it is the background re-screen
+(full cascade) of a decision taken with a PARTIAL or NONE verdict. It becomes a
+`Decision` with `retro_of` set, so the store can attach it to the decision it
+re-screened and count its catch, and never counts it as a decision itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from safeguards.v1 import safeguards_pb2, signals_pb2
+from safeguards.v1 import classifier_pb2, safeguards_pb2, signals_pb2
 
 from services.common.errors import InvalidArgument
 
@@ -34,6 +39,16 @@ MAX_ID_CHARS = 256
 UNKNOWN_DEPENDENCY = "unknown"
 MAX_DEPENDENCIES = 8
 MAX_DEPENDENCY_CHARS = 64
+
+#: Verdict completeness (safeguards.v1.VerdictCompleteness) and its label.
+FULL = classifier_pb2.VERDICT_COMPLETENESS_FULL
+PARTIAL = classifier_pb2.VERDICT_COMPLETENESS_PARTIAL
+NO_VERDICT = classifier_pb2.VERDICT_COMPLETENESS_NONE
+VERDICTS = {FULL: "full", PARTIAL: "partial", NO_VERDICT: "none"}
+RETRO = signals_pb2.SURFACE_RETRO_SCREEN
+MAX_REASON_CHARS = 256
+MAX_STAGE_CHARS = 64
+SURFACES = {v: n.removeprefix("SURFACE_").lower() for n, v in signals_pb2.Surface.items() if v}
 
 STANDARD = signals_pb2.DATA_POLICY_STANDARD
 METADATA_ONLY = signals_pb2.DATA_POLICY_METADATA_ONLY
@@ -67,6 +82,25 @@ class Decision:
     needs_case: bool
     #: Dependencies the decision was taken without (the policy's fail mode applied).
     failed_dependencies: tuple[str, ...] = ()
+    #: FULL, PARTIAL or NO_VERDICT (never UNSPECIFIED: see `verdict_of`).
+    verdict: int = FULL
+    #: Why the verdict is PARTIAL or NONE (bounded; the enforcer's words, no content).
+    verdict_reason: str = ""
+    #: The classifier cascade stage that answered.
+    answered_by: str = ""
+    #: End-to-end decision latency; None when the signal carried none.
+    latency_s: float | None = None
+    #: SURFACE_RETRO_SCREEN only: the decision this record re-screened ...
+    retro_of: str = ""
+    #: ... whether the full verdict calls for a stricter action than it took ...
+    retro_catch: bool = False
+    #: ... and the action it took.
+    original_action: int = 0
+
+    @property
+    def is_retro(self) -> bool:
+        """A re-screen follow-up: never counted as a decision."""
+        return bool(self.retro_of)
 
 
 def category_of(code: str) -> str:
@@ -102,6 +136,20 @@ def content_allowed(sig: signals_pb2.SafeguardSignal) -> CaseContent:
     return CaseContent()
 
 
+def verdict_of(sig: signals_pb2.SafeguardSignal) -> int:
+    """The verdict completeness a decision rests on. Producers older than the field
+    send UNSPECIFIED: their decisions were FULL unless taken without the classifier."""
+    if sig.verdict in VERDICTS:
+        return sig.verdict
+    return NO_VERDICT if "classifier" in sig.failed_dependencies else FULL
+
+
+def latency_of(sig: signals_pb2.SafeguardSignal) -> float | None:
+    if not sig.HasField("latencies") or not sig.latencies.HasField("total"):
+        return None
+    return max(sig.latencies.total.ToNanoseconds() / 1e9, 0.0)
+
+
 def is_audit(sig: signals_pb2.SafeguardSignal) -> bool:
     """SURFACE_ADMIN signals audit an administrative call; they are not decisions."""
     return sig.surface == signals_pb2.SURFACE_ADMIN
@@ -118,6 +166,11 @@ def decision_from_signal(sig: signals_pb2.SafeguardSignal, fallback_time_s: floa
     reasons = tuple((r.code, r.detail) for r in sig.reasons)
     time_s = sig.time.ToNanoseconds() / 1e9 if sig.HasField("time") else fallback_time_s
     enforced_only = bool(reasons) and all(code.startswith(ENFORCED_REASON_PREFIXES) for code, _ in reasons)
+    retro = sig.surface == RETRO
+    if retro and (not sig.retro_of_decision_id or len(sig.retro_of_decision_id) > MAX_ID_CHARS):
+        raise InvalidArgument("retro-screen signal without a usable retro_of_decision_id")
+    if retro and sig.original_action not in ACTIONS:
+        raise InvalidArgument(f"retro-screen signal with unknown original action {sig.original_action}")
     return Decision(
         decision_id=sig.decision_id,
         time_s=time_s,
@@ -132,6 +185,15 @@ def decision_from_signal(sig: signals_pb2.SafeguardSignal, fallback_time_s: floa
         reasons=reasons,
         scores=tuple((s.category, s.score, s.threshold, s.action) for s in sig.scores),
         content=content_allowed(sig),
-        needs_case=sig.action in CASE_ACTIONS and not enforced_only,
+        # A re-screen opens no case of its own: it is attached to the decision it
+        # re-screened, and the automated rules act on catches.
+        needs_case=sig.action in CASE_ACTIONS and not enforced_only and not retro,
         failed_dependencies=dependencies_of(sig),
+        verdict=verdict_of(sig),
+        verdict_reason=sig.verdict_reason[:MAX_REASON_CHARS],
+        answered_by=sig.answered_by[:MAX_STAGE_CHARS],
+        latency_s=latency_of(sig),
+        retro_of=sig.retro_of_decision_id if retro else "",
+        retro_catch=retro and sig.retro_catch,
+        original_action=sig.original_action if retro else 0,
     )

@@ -1,6 +1,15 @@
 """Automated enforcement rules: "an account with >= N BLOCK decisions in category C
 within W minutes -> throttle (or suspend) it for T and open a review case".
 
+A rule with `match.retro_catch: true` counts retro catches instead of decisions:
+re-screens (SURFACE_RETRO_SCREEN) of decisions taken on a partial or missing
+verdict whose full verdict called for a stricter action (`match.action`, BLOCK by
+default) than the decision took, i.e. attacks that got through while the
+classifier could not answer in time. "Suspend an account after N retro-confirmed
+attacks in W minutes" is such a rule; `match.category` is then optional (empty:
+any category). Decision rules never count retro catches and retro rules never
+count decisions, so one attack is not counted twice.
+
 Rules are YAML (a file or a directory of files), hot reloaded with
 `ReloadingConfig`; the schema forbids unknown keys so a typo fails the load, and a
 rejected file leaves the last good set live.
@@ -68,8 +77,11 @@ CREATE TABLE IF NOT EXISTS monitor_account_decisions (
     account_hmac text NOT NULL,
     action smallint NOT NULL,
     categories text[] NOT NULL,
-    decided_at timestamptz NOT NULL
+    decided_at timestamptz NOT NULL,
+    retro_catch boolean NOT NULL DEFAULT false
 );
+-- Databases created before retro-screening: the column arrives here.
+ALTER TABLE monitor_account_decisions ADD COLUMN IF NOT EXISTS retro_catch boolean NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS monitor_account_decisions_acct
     ON monitor_account_decisions (region, tenant, account_hmac, decided_at);
 CREATE INDEX IF NOT EXISTS monitor_account_decisions_at ON monitor_account_decisions (decided_at);
@@ -103,9 +115,27 @@ class _Strict(BaseModel):
 
 
 class Match(_Strict):
-    category: str = Field(min_length=1, max_length=128, description="decision category, e.g. jailbreak, pii")
+    category: str = Field(
+        "", max_length=128, description="decision category, e.g. jailbreak, pii (retro_catch rules: optional, any)"
+    )
     action: Literal["ALLOW", "FLAG", "REDACT", "THROTTLE", "BLOCK"] = "BLOCK"
     tenant: str = Field("", max_length=256, description="only this tenant's accounts (default: every tenant)")
+    retro_catch: bool = Field(
+        False, description="count retro catches (re-screens calling for `action`), not decisions"
+    )
+
+    @model_validator(mode="after")
+    def _category(self) -> Match:
+        if not self.category and not self.retro_catch:
+            raise ValueError("category is required (only retro_catch rules may match any category)")
+        return self
+
+    def accepts(self, d: Decision) -> bool:
+        if d.retro_catch != self.retro_catch or ACTION_CODES[self.action] != d.action:
+            return False
+        if self.category and self.category not in d.categories:
+            return False
+        return not self.tenant or self.tenant == d.tenant
 
 
 class Threshold(_Strict):
@@ -280,19 +310,23 @@ class RuleEngine:
 
     # ---- evaluation (inside the batch transaction) ----
     async def after_apply(self, conn: asyncpg.Connection, new: Sequence[Decision]) -> None:
-        """Record the new decisions per account and fire the rules they complete."""
+        """Record the new decisions (and retro catches) per account and fire the rules
+        they complete. A retro follow-up that caught nothing is not recorded."""
         self._uncommitted = []
-        with_account = [d for d in new if d.account_hmac]
+        with_account = [d for d in new if d.account_hmac and (not d.is_retro or d.retro_catch)]
         if not with_account:
             return
         await conn.executemany(
             "INSERT INTO monitor_account_decisions (decision_id, region, tenant, account_hmac, action, categories, "
-            "decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (decision_id) DO NOTHING",
+            "decided_at, retro_catch) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (decision_id) DO NOTHING",
             [
-                (d.decision_id, self.region, d.tenant, d.account_hmac, d.action, list(d.categories), utc(d.time_s))
+                (
+                    d.decision_id, self.region, d.tenant, d.account_hmac, d.action, list(d.categories),
+                    utc(d.time_s), d.retro_catch,
+                )
                 for d in with_account
             ],
-        )
+        )  # fmt: skip
         rules = self.rules
         if not rules:
             return
@@ -300,10 +334,7 @@ class RuleEngine:
         touched: dict[tuple[str, str], list[tuple[Rule, Decision]]] = {}
         for d in with_account:
             for rule in rules:
-                m = rule.match
-                if ACTION_CODES[m.action] != d.action or m.category not in d.categories:
-                    continue
-                if m.tenant and m.tenant != d.tenant:
+                if not rule.match.accepts(d):
                     continue
                 touched.setdefault((d.tenant, d.account_hmac), []).append((rule, d))
         for tenant, account in sorted(touched):
@@ -323,8 +354,8 @@ class RuleEngine:
         start = end - rule.threshold.window_minutes * 60
         rows = await conn.fetch(
             "SELECT decision_id FROM monitor_account_decisions WHERE region = $1 AND tenant = $2 "
-            "AND account_hmac = $3 AND action = $4 AND $5 = ANY(categories) AND decided_at >= $6 "
-            "AND decided_at <= $7 ORDER BY decided_at DESC, decision_id LIMIT $8",
+            "AND account_hmac = $3 AND action = $4 AND ($5 = '' OR $5 = ANY(categories)) AND decided_at >= $6 "
+            "AND decided_at <= $7 AND retro_catch = $9 ORDER BY decided_at DESC, decision_id LIMIT $8",
             self.region,
             d.tenant,
             d.account_hmac,
@@ -333,6 +364,7 @@ class RuleEngine:
             _dt(start),
             _dt(end + 0.001),
             max(rule.threshold.count, MAX_EVIDENCE),
+            rule.match.retro_catch,
         )
         if len(rows) < rule.threshold.count:
             return
@@ -410,13 +442,19 @@ class RuleEngine:
 
     def _action(self, rule: Rule, d: Decision, now: float, n: int, evidence: list[str]) -> K.EnforcementAction:
         e = rule.enforce
+        m = rule.match
+        what = (
+            f"{n} retro-confirmed {m.action} catches (re-screens of partial or missing verdicts)"
+            if m.retro_catch
+            else f"{n} {m.action} decisions"
+        )
         action = K.EnforcementAction(
             action_id=uuid.uuid4().hex,
             kind=KINDS[e.kind],
             target=K.EnforcementTarget(tenant=d.tenant, account_hmac=d.account_hmac),
             actor=ACTOR,
             reason=(
-                f"rule {rule.name}: {n} {rule.match.action} decisions in category {rule.match.category} "
+                f"rule {rule.name}: {what} in category {m.category or 'any'} "
                 f"within {rule.threshold.window_minutes:g} min (threshold {rule.threshold.count})"
             ),
             issued_at=_ts(now),
@@ -442,8 +480,16 @@ class RuleEngine:
             d.tenant,
             d.account_hmac,
             ACTION_CODES[rule.match.action],
-            [rule.match.category],
-            json.dumps([[f"automation.{rule.name}", f"{rule.enforce.kind} action {action.action_id}; {n} decisions"]]),
+            [rule.match.category] if rule.match.category else list(d.categories),
+            json.dumps(
+                [
+                    [
+                        f"automation.{rule.name}",
+                        f"{rule.enforce.kind} action {action.action_id}; "
+                        f"{n} {'retro catches' if rule.match.retro_catch else 'decisions'}",
+                    ]
+                ]
+            ),
             d.data_policy,
             _dt(now),
             float(self.case_retention_s(d.data_policy)),

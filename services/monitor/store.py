@@ -1,6 +1,13 @@
 """The monitor's durable state in PostgreSQL (asyncpg): processed decision ids,
 per-minute aggregate buckets (and the per-tenant and per-dependency minutes the
-alerts read), review cases, and which rollup windows were sent.
+alerts read, the per-tenant and per-account minutes the overview reads), review
+cases, the decisions operators may open (`monitor_decisions`), and which rollup
+windows were sent.
+
+A retro follow-up (SURFACE_RETRO_SCREEN) is not a decision: it adds to no bucket,
+no decision count and opens no case; it counts as a retro screen (and a retro
+catch) in the overview minutes and is written onto the decision it re-screened
+when that decision is stored.
 
 Idempotence lives here. `apply()` runs one transaction per batch: it inserts the
 batch's decision ids into `monitor_processed` (ON CONFLICT DO NOTHING RETURNING),
@@ -16,14 +23,15 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from services.common.errors import ConfigError, InvalidArgument, NotFound
-from services.monitor.decisions import BLOCK, METADATA_ONLY, STANDARD, ZERO_RETENTION, Decision
+from services.monitor.decisions import BLOCK, FULL, METADATA_ONLY, STANDARD, ZERO_RETENTION, Decision
+from services.monitor.overview import BUCKETS, MinuteTotals, account_tally, tally
 
 log = logging.getLogger("safeguards.monitor.store")
 
@@ -94,6 +102,74 @@ CREATE TABLE IF NOT EXISTS monitor_cases (
 CREATE INDEX IF NOT EXISTS monitor_cases_list ON monitor_cases (region, decided_at DESC, case_id DESC);
 CREATE INDEX IF NOT EXISTS monitor_cases_expiry ON monitor_cases (expires_at);
 
+-- Per tenant and minute, for the operators' overview (services.monitor.overview):
+-- decisions by verdict completeness, retro screens and catches, and the latency as
+-- counts in fixed buckets (overview.LATENCY_BOUNDS_MS) so minutes and tenants add up.
+CREATE TABLE IF NOT EXISTS monitor_overview_minutes (
+    region text NOT NULL,
+    minute timestamptz NOT NULL,
+    tenant text NOT NULL,
+    decisions bigint NOT NULL,
+    blocked bigint NOT NULL,
+    full_verdict bigint NOT NULL,
+    partial_verdict bigint NOT NULL,
+    no_verdict bigint NOT NULL,
+    retro_screens bigint NOT NULL,
+    retro_catches bigint NOT NULL,
+    latency bigint[] NOT NULL,
+    PRIMARY KEY (region, minute, tenant)
+);
+CREATE INDEX IF NOT EXISTS monitor_overview_minutes_minute ON monitor_overview_minutes (minute);
+
+-- Per account (regional pseudonym only) and minute, only for accounts with a block or
+-- a retro catch that minute: the overview's top accounts.
+CREATE TABLE IF NOT EXISTS monitor_account_minutes (
+    region text NOT NULL,
+    minute timestamptz NOT NULL,
+    tenant text NOT NULL,
+    account_hmac text NOT NULL,
+    blocked bigint NOT NULL,
+    retro_catches bigint NOT NULL,
+    PRIMARY KEY (region, minute, tenant, account_hmac)
+);
+CREATE INDEX IF NOT EXISTS monitor_account_minutes_minute ON monitor_account_minutes (minute);
+
+-- The decisions an operator may open (those with a case, those taken on a partial or
+-- no verdict) with how they were decided, and the retro-screen result once it came.
+-- Kept as long as the data policy keeps cases; request_id only as it allows.
+CREATE TABLE IF NOT EXISTS monitor_decisions (
+    decision_id text PRIMARY KEY,
+    region text NOT NULL,
+    tenant text NOT NULL,
+    account_hmac text NOT NULL,
+    model text NOT NULL,
+    surface smallint NOT NULL,
+    action smallint NOT NULL,
+    categories text[] NOT NULL,
+    reasons jsonb NOT NULL,
+    verdict smallint NOT NULL,
+    verdict_reason text NOT NULL,
+    answered_by text NOT NULL,
+    failed_dependencies text[] NOT NULL,
+    request_id text NOT NULL,
+    latency_ms double precision,
+    data_policy smallint NOT NULL,
+    policy_version text NOT NULL,
+    decided_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL,
+    retro_decision_id text,
+    retro_action smallint,
+    retro_catch boolean,
+    retro_verdict smallint,
+    retro_answered_by text,
+    retro_reasons jsonb,
+    retro_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS monitor_decisions_account
+    ON monitor_decisions (region, tenant, account_hmac, decided_at DESC);
+CREATE INDEX IF NOT EXISTS monitor_decisions_retro ON monitor_decisions (region, retro_at DESC) WHERE retro_catch;
+CREATE INDEX IF NOT EXISTS monitor_decisions_expiry ON monitor_decisions (expires_at);
+
 CREATE TABLE IF NOT EXISTS monitor_rollup_sent (
     region text NOT NULL,
     window_seconds integer NOT NULL,
@@ -135,6 +211,55 @@ class ApplyResult:
     new: int
     duplicates: int
     cases: int
+    #: Of the new records: retro catches per tenant, and decisions per verdict completeness.
+    retro_catches: dict[str, int] = field(default_factory=dict)
+    verdicts: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DecisionRow:
+    """A stored decision as an operator opens it, with its retro-screen result."""
+
+    decision_id: str
+    region: str
+    tenant: str
+    account_hmac: str
+    model: str
+    surface: int
+    action: int
+    categories: tuple[str, ...]
+    reasons: tuple[tuple[str, str], ...]
+    verdict: int
+    verdict_reason: str
+    answered_by: str
+    failed_dependencies: tuple[str, ...]
+    request_id: str
+    latency_ms: float | None
+    data_policy: int
+    policy_version: str
+    decided_at: datetime
+    expires_at: datetime
+    retro_decision_id: str | None
+    retro_action: int | None
+    retro_catch: bool | None
+    retro_verdict: int | None
+    retro_answered_by: str | None
+    retro_reasons: tuple[tuple[str, str], ...]
+    retro_at: datetime | None
+
+    @property
+    def rescreened(self) -> bool:
+        return self.retro_decision_id is not None
+
+
+@dataclass(frozen=True)
+class TopRow:
+    """A tenant (account_hmac empty) or an account over a window."""
+
+    tenant: str
+    account_hmac: str
+    blocked: int
+    retro_catches: int
 
 
 @dataclass(frozen=True)
@@ -263,11 +388,13 @@ class Store:
                 list(unique),
             )
             new = [unique[r["decision_id"]] for r in rows]
+            # Retro follow-ups are not decisions: they count only as retro screens.
+            counted = [d for d in new if not d.is_retro]
             buckets: Counter[tuple] = Counter()
             tenants: Counter[tuple] = Counter()
             blocked: Counter[tuple] = Counter()
             degraded: Counter[tuple] = Counter()
-            for d in new:
+            for d in counted:
                 minute = minute_of(utc(d.time_s))
                 for category in d.categories:
                     buckets[(minute, d.tenant, category, d.action, d.model)] += 1
@@ -317,7 +444,9 @@ class Store:
                     [k[1] for k in keys],
                     [degraded[k] for k in keys],
                 )
-            cases = [d for d in new if d.needs_case]
+            await self._apply_overview(conn, new)
+            await self._apply_decisions(conn, counted, [d for d in new if d.is_retro])
+            cases = [d for d in counted if d.needs_case]
             if cases:
                 await conn.executemany(
                     "INSERT INTO monitor_cases (case_id, region, tenant, account_hmac, model, action, categories, "
@@ -329,7 +458,86 @@ class Store:
                 )
             if after is not None and new:
                 await after(conn, new)
-        return ApplyResult(len(new), len(decisions) - len(new), len(cases))
+        return ApplyResult(
+            len(new),
+            len(decisions) - len(new),
+            len(cases),
+            dict(Counter(d.tenant for d in new if d.retro_catch)),
+            dict(Counter(d.verdict for d in counted)),
+        )
+
+    async def _apply_overview(self, conn: asyncpg.Connection, new: Sequence[Decision]) -> None:
+        """Add the batch to the overview's tenant and account minutes."""
+        per_tenant = tally(new, _minute)
+        if per_tenant:
+            await conn.executemany(
+                "INSERT INTO monitor_overview_minutes (region, minute, tenant, decisions, blocked, full_verdict, "
+                "partial_verdict, no_verdict, retro_screens, retro_catches, latency) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+                "ON CONFLICT (region, minute, tenant) DO UPDATE SET "
+                "decisions = monitor_overview_minutes.decisions + EXCLUDED.decisions, "
+                "blocked = monitor_overview_minutes.blocked + EXCLUDED.blocked, "
+                "full_verdict = monitor_overview_minutes.full_verdict + EXCLUDED.full_verdict, "
+                "partial_verdict = monitor_overview_minutes.partial_verdict + EXCLUDED.partial_verdict, "
+                "no_verdict = monitor_overview_minutes.no_verdict + EXCLUDED.no_verdict, "
+                "retro_screens = monitor_overview_minutes.retro_screens + EXCLUDED.retro_screens, "
+                "retro_catches = monitor_overview_minutes.retro_catches + EXCLUDED.retro_catches, "
+                "latency = ARRAY(SELECT coalesce(a, 0) + coalesce(b, 0) FROM "
+                "unnest(monitor_overview_minutes.latency, EXCLUDED.latency) WITH ORDINALITY AS t(a, b, i) ORDER BY i)",
+                [
+                    (self.region, m, t, r.decisions, r.blocked, r.full, r.partial, r.no_verdict, r.retro_screens,
+                     r.retro_catches, r.latency)
+                    for (m, t), r in sorted(per_tenant.items())  # one lock order for every writer
+                ],
+            )  # fmt: skip
+        per_account = account_tally(new, _minute)
+        if per_account:
+            await conn.executemany(
+                "INSERT INTO monitor_account_minutes (region, minute, tenant, account_hmac, blocked, retro_catches) "
+                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (region, minute, tenant, account_hmac) DO UPDATE SET "
+                "blocked = monitor_account_minutes.blocked + EXCLUDED.blocked, "
+                "retro_catches = monitor_account_minutes.retro_catches + EXCLUDED.retro_catches",
+                [(self.region, *k, b, c) for k, (b, c) in sorted(per_account.items())],
+            )
+
+    async def _apply_decisions(
+        self, conn: asyncpg.Connection, decisions: Sequence[Decision], retros: Sequence[Decision]
+    ) -> None:
+        """Keep the decisions an operator may open (a case, or a verdict that was not
+        FULL: those are re-screened), then write each retro result onto its decision
+        (the originals first: a follow-up in the same batch finds its decision)."""
+        keep = [d for d in decisions if d.needs_case or d.verdict != FULL]
+        if keep:
+            await conn.executemany(
+                "INSERT INTO monitor_decisions (decision_id, region, tenant, account_hmac, model, surface, action, "
+                "categories, reasons, verdict, verdict_reason, answered_by, failed_dependencies, request_id, "
+                "latency_ms, data_policy, policy_version, decided_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+                "$8, $9::jsonb, $10, $11, $12, $13, $14, $15, $16, $17, $18, now() + make_interval(secs => $19)) "
+                "ON CONFLICT (decision_id) DO NOTHING",
+                [
+                    (
+                        d.decision_id, self.region, d.tenant, d.account_hmac, d.model, d.surface, d.action,
+                        list(d.categories), json.dumps([list(r) for r in d.reasons]), d.verdict, d.verdict_reason,
+                        d.answered_by, list(d.failed_dependencies), d.content.request_id,
+                        None if d.latency_s is None else d.latency_s * 1000.0, d.data_policy, d.policy_version,
+                        utc(d.time_s), self.retention.for_policy(d.data_policy),
+                    )
+                    for d in sorted(keep, key=lambda d: d.decision_id)
+                ],
+            )  # fmt: skip
+        if retros:
+            await conn.executemany(
+                "UPDATE monitor_decisions SET retro_decision_id = $3, retro_action = $4, retro_catch = $5, "
+                "retro_verdict = $6, retro_answered_by = $7, retro_reasons = $8::jsonb, retro_at = $9 "
+                "WHERE region = $1 AND decision_id = $2",
+                [
+                    (
+                        self.region, d.retro_of, d.decision_id, d.action, d.retro_catch, d.verdict, d.answered_by,
+                        json.dumps([list(r) for r in d.reasons]), utc(d.time_s),
+                    )
+                    for d in sorted(retros, key=lambda d: (d.retro_of, d.time_s))
+                ],
+            )  # fmt: skip
 
     def _case_args(self, d: Decision) -> tuple:
         c = d.content
@@ -383,6 +591,105 @@ class Store:
             model,
         )
         return [AggregateRow(r["tenant"], r["category"], r["action"], r["model"], r["n"]) for r in rows]
+
+    # ---- the overview ------------------------------------------------------------------
+    async def overview_minutes(self, start: datetime, end: datetime) -> dict[datetime, MinuteTotals]:
+        """Per minute with start <= minute < end, summed over tenants."""
+        rows = await self.pool.fetch(
+            "SELECT minute, sum(decisions)::bigint AS decisions, sum(blocked)::bigint AS blocked, "
+            "sum(full_verdict)::bigint AS full, sum(partial_verdict)::bigint AS partial, "
+            "sum(no_verdict)::bigint AS none, sum(retro_screens)::bigint AS retro_screens, "
+            "sum(retro_catches)::bigint AS retro_catches FROM monitor_overview_minutes "
+            "WHERE region = $1 AND minute >= $2 AND minute < $3 GROUP BY minute",
+            self.region,
+            start,
+            end,
+        )
+        out = {
+            r["minute"]: MinuteTotals(
+                r["decisions"], r["blocked"], r["full"], r["partial"], r["none"], r["retro_screens"],
+                r["retro_catches"],
+            )
+            for r in rows
+        }  # fmt: skip
+        hist = await self.pool.fetch(
+            "SELECT minute, i, sum(v)::bigint AS n FROM monitor_overview_minutes, "
+            "unnest(latency) WITH ORDINALITY AS u(v, i) WHERE region = $1 AND minute >= $2 AND minute < $3 "
+            "GROUP BY minute, i",
+            self.region,
+            start,
+            end,
+        )
+        for r in hist:
+            row = out.get(r["minute"])
+            if row is not None and 1 <= r["i"] <= BUCKETS:
+                row.latency[r["i"] - 1] = r["n"]
+        return out
+
+    async def top_tenants(self, start: datetime, end: datetime, by: str, limit: int) -> list[TopRow]:
+        """The tenants with the most blocks (by="blocked") or retro catches ("retro_catches")."""
+        column = _top_column(by)
+        rows = await self.pool.fetch(
+            "SELECT tenant, sum(blocked)::bigint AS blocked, sum(retro_catches)::bigint AS retro_catches "
+            "FROM monitor_overview_minutes WHERE region = $1 AND minute >= $2 AND minute < $3 GROUP BY tenant "
+            f"HAVING sum({column}) > 0 ORDER BY sum({column}) DESC, tenant LIMIT $4",  # column: checked
+            self.region,
+            start,
+            end,
+            limit,
+        )
+        return [TopRow(r["tenant"], "", r["blocked"], r["retro_catches"]) for r in rows]
+
+    async def top_accounts(self, start: datetime, end: datetime, by: str, limit: int) -> list[TopRow]:
+        column = _top_column(by)
+        rows = await self.pool.fetch(
+            "SELECT tenant, account_hmac, sum(blocked)::bigint AS blocked, "
+            "sum(retro_catches)::bigint AS retro_catches FROM monitor_account_minutes "
+            "WHERE region = $1 AND minute >= $2 AND minute < $3 GROUP BY tenant, account_hmac "
+            f"HAVING sum({column}) > 0 ORDER BY sum({column}) DESC, tenant, account_hmac LIMIT $4",
+            self.region,
+            start,
+            end,
+            limit,
+        )
+        return [TopRow(r["tenant"], r["account_hmac"], r["blocked"], r["retro_catches"]) for r in rows]
+
+    # ---- stored decisions --------------------------------------------------------------
+    async def get_decision(self, decision_id: str) -> DecisionRow:
+        row = await self.pool.fetchrow(
+            "SELECT * FROM monitor_decisions WHERE region = $1 AND decision_id = $2", self.region, decision_id
+        )
+        if row is None:
+            raise NotFound(f"no stored decision {decision_id!r} in region {self.region}")
+        return _decision(row)
+
+    async def find_decision(self, decision_id: str) -> DecisionRow | None:
+        try:
+            return await self.get_decision(decision_id)
+        except NotFound:
+            return None
+
+    async def account_decisions(self, tenant: str, account_hmac: str, limit: int) -> list[DecisionRow]:
+        """An account's stored decisions (cases, partial or missing verdicts), newest first."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM monitor_decisions WHERE region = $1 AND tenant = $2 AND account_hmac = $3 "
+            "ORDER BY decided_at DESC, decision_id DESC LIMIT $4",
+            self.region,
+            tenant,
+            account_hmac,
+            limit,
+        )
+        return [_decision(r) for r in rows]
+
+    async def recent_retro_catches(self, since: datetime, limit: int) -> list[DecisionRow]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM monitor_decisions WHERE region = $1 AND retro_catch AND retro_at >= $2 "
+            "ORDER BY retro_at DESC, decision_id DESC LIMIT $3",
+            self.region,
+            since,
+            limit,
+        )
+        return [_decision(r) for r in rows]
 
     # ---- review cases ------------------------------------------------------------------
     async def list_cases(self, f: CaseFilter, page_size: int, page_token: str) -> tuple[list[CaseRow], str]:
@@ -445,9 +752,17 @@ class Store:
         out = {}
         async with self.pool.acquire() as conn:
             out["cases"] = _count(await conn.execute("DELETE FROM monitor_cases WHERE expires_at <= $1", now))
+            out["decisions"] = _count(
+                await conn.execute("DELETE FROM monitor_decisions WHERE expires_at <= $1", now)
+            )
             bucket_cut = now - timedelta(seconds=bucket_retention_s)
             out["buckets"] = _count(await conn.execute("DELETE FROM monitor_buckets WHERE minute < $1", bucket_cut))
-            for table in ("monitor_tenant_minutes", "monitor_dependency_minutes"):
+            for table in (
+                "monitor_tenant_minutes",
+                "monitor_dependency_minutes",
+                "monitor_overview_minutes",
+                "monitor_account_minutes",
+            ):
                 out["buckets"] += _count(await conn.execute(f"DELETE FROM {table} WHERE minute < $1", bucket_cut))
             out["processed"] = _count(
                 await conn.execute(
@@ -514,6 +829,48 @@ class Store:
 def _count(status: str) -> int:
     # asyncpg returns the command tag, e.g. "DELETE 3".
     return int(status.rsplit(" ", 1)[-1])
+
+
+def _minute(d: Decision) -> datetime:
+    return minute_of(utc(d.time_s))
+
+
+def _top_column(by: str) -> str:
+    if by not in ("blocked", "retro_catches"):
+        raise InvalidArgument("top rows are by 'blocked' or 'retro_catches'")
+    return by
+
+
+def _decision(r: asyncpg.Record) -> DecisionRow:
+    retro_reasons = r["retro_reasons"]
+    return DecisionRow(
+        decision_id=r["decision_id"],
+        region=r["region"],
+        tenant=r["tenant"],
+        account_hmac=r["account_hmac"],
+        model=r["model"],
+        surface=r["surface"],
+        action=r["action"],
+        categories=tuple(r["categories"]),
+        reasons=tuple(tuple(x) for x in json.loads(r["reasons"])),
+        verdict=r["verdict"],
+        verdict_reason=r["verdict_reason"],
+        answered_by=r["answered_by"],
+        failed_dependencies=tuple(r["failed_dependencies"]),
+        request_id=r["request_id"],
+        latency_ms=r["latency_ms"],
+        data_policy=r["data_policy"],
+        policy_version=r["policy_version"],
+        decided_at=r["decided_at"],
+        expires_at=r["expires_at"],
+        retro_decision_id=r["retro_decision_id"],
+        retro_action=r["retro_action"],
+        retro_catch=r["retro_catch"],
+        retro_verdict=r["retro_verdict"],
+        retro_answered_by=r["retro_answered_by"],
+        retro_reasons=tuple(tuple(x) for x in json.loads(retro_reasons)) if retro_reasons else (),
+        retro_at=r["retro_at"],
+    )
 
 
 def _case(r: asyncpg.Record) -> CaseRow:

@@ -36,9 +36,22 @@ def test_good_file_loads_with_defaults():
     assert parse_rules("", "empty.yaml") == []
 
 
-def test_shipped_default_is_one_dry_run_rule():
+def test_shipped_defaults_are_dry_run_a_block_burst_and_a_retro_catch_rule():
     rules = load_rules(Path(__file__).parents[3] / "config" / "monitor-rules").rules
-    assert len(rules) == 1 and rules[0].dry_run
+    assert [r.name for r in rules] == ["jailbreak-burst", "retro-confirmed-attacks"]
+    assert all(r.dry_run for r in rules)
+    retro = rules[1]
+    assert retro.match.retro_catch and retro.match.category == "" and retro.enforce.kind == "SUSPEND_ACCOUNT"
+
+
+def test_a_retro_catch_rule_may_match_any_category_a_decision_rule_may_not():
+    retro = "rules:\n  - {name: r, match: {retro_catch: true}, threshold: {count: 2, window_minutes: 30},\n" \
+        "     enforce: {kind: SUSPEND_ACCOUNT, ttl_minutes: 60}, dry_run: false}\n"
+    (rule,) = parse_rules(retro, "retro.yaml")
+    assert (rule.match.retro_catch, rule.match.category, rule.match.action) == (True, "", "BLOCK")
+    with pytest.raises(ConfigError) as err:
+        parse_rules(retro.replace("retro_catch: true", "retro_catch: false"), "bad.yaml")
+    assert str(err.value).startswith("bad.yaml: rules.0.match: ") and "category is required" in str(err.value)
 
 
 @pytest.mark.parametrize(
