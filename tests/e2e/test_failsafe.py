@@ -1,0 +1,163 @@
+"""Screening that cannot be switched off (issue 11's acceptance), through the shipped
+default policy (`config/policies`, 50 ms budget, fail-open) with every dependency a
+real process: long prompts, adversarial 256 KB bodies and 8 concurrent callers do not
+turn verdicts into ALLOW; decisions on less than a full verdict say so and are
+re-screened in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+from safeguards.v1 import classifier_pb2
+from safeguards.v1 import safeguards_pb2 as pb
+from safeguards.v1 import safeguards_pb2_grpc, signals_pb2
+
+from tests.e2e.failsafe_prompts import ATTACKS, BENIGN, HARMFUL, adversarial, long_benign
+from tests.e2e.meshes import JAILBREAK, backends, read_signals
+from tests.support import ROOT, free_port
+
+REGION = "e2e-failsafe"
+UNLIMITED = "internal-evals"  # config/ratelimit/llm.yaml: never rate limited
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("failsafe")
+    key = tmp / "hmac.key"
+    key.write_bytes(b"failsafe-key-" + b"x" * 40)
+    with backends(tmp, ROOT / "config" / "ratelimit") as b:
+        metrics_port = free_port()
+        args = b.enforcer_args(
+            region=REGION, policies=ROOT / "config" / "policies", key=key, metrics_listen=f"127.0.0.1:{metrics_port}"
+        )
+        enforcer = b.enforcer(args)
+        with grpc.insecure_channel(enforcer.address) as channel:
+            yield {
+                "stub": safeguards_pb2_grpc.SafeguardsServiceStub(channel),
+                "kafka": b.kafka,
+                "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+            }
+
+
+def screen(mesh, text: str, tenant: str = UNLIMITED, timeout: float = 10.0) -> pb.Decision:
+    req = pb.ScreenPromptRequest(
+        context=pb.RequestContext(
+            tenant=tenant, account="acct-" + tenant, model="claude", request_id="req-" + uuid.uuid4().hex[:8]
+        ),
+        messages=[pb.ChatMessage(role="user", content=text)],
+    )
+    return mesh["stub"].ScreenPrompt(req, timeout=timeout).decision
+
+
+def screen_all(mesh, texts: Sequence[str], callers: int, tenant: str = UNLIMITED) -> list[pb.Decision]:
+    if callers == 1:
+        return [screen(mesh, t, tenant) for t in texts]
+    with ThreadPoolExecutor(callers) as pool:
+        return list(pool.map(lambda t: screen(mesh, t, tenant), texts))
+
+
+def metric(mesh, name: str, **labels: str) -> float:
+    body = urllib.request.urlopen(mesh["metrics"], timeout=5).read().decode()
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_short_harmful_prompts_blocked_at_rest_stay_blocked_during_and_after_a_flood_of_long_ones(mesh) -> None:
+    at_rest = screen_all(mesh, HARMFUL, 1)
+    blocked = [t for t, d in zip(HARMFUL, at_rest, strict=True) if d.action == pb.ACTION_BLOCK]
+    assert len(blocked) >= len(HARMFUL) // 2, "the models block too few of these at rest for the test to mean much"
+
+    # Other tenants flood the classifier with long prompts (3-16 KB), 8 callers at once,
+    # while the short harmful prompts are sent; then once more after the flood.
+    long_prompts = [long_benign(3000 + 1000 * (i % 14), seed=i) for i in range(48)]
+    stop = threading.Event()
+
+    def flood(worker: int) -> None:
+        i = worker
+        while not stop.is_set():
+            screen(mesh, long_prompts[i % len(long_prompts)], tenant=f"flood-{worker}", timeout=30)
+            i += 8
+
+    with ThreadPoolExecutor(8) as pool:
+        floods = [pool.submit(flood, w) for w in range(8)]
+        try:
+            during = screen_all(mesh, blocked, 1, tenant="victim")
+        finally:
+            stop.set()
+        for f in floods:
+            f.result()
+    after = screen_all(mesh, blocked, 1, tenant="victim-after")
+    assert [d.action for d in during] == [pb.ACTION_BLOCK] * len(blocked)
+    assert [d.action for d in after] == [pb.ACTION_BLOCK] * len(blocked)
+    assert metric(mesh, "enforcer_breaker_open", dependency="classifier") == 0
+
+
+def test_a_normal_prompt_is_answered_while_256_kb_adversarial_ones_are_processed(mesh) -> None:
+    big = adversarial(256 * 1024 - 64)
+    with ThreadPoolExecutor(3) as pool:
+        bigs = [pool.submit(screen, mesh, big, f"hostile-{i}", 120) for i in range(3)]
+        # The normal prompt's client waits at most 2 s (it once waited 30 s and gave up):
+        # the event loop is never held for long by the large bodies.
+        normal = [screen(mesh, "What is the capital of France?", "bystander", timeout=2.0) for _ in range(5)]
+        results = [f.result() for f in bigs]
+    assert all(d.action == pb.ACTION_ALLOW for d in normal)
+    assert all(d.verdict == classifier_pb2.VERDICT_COMPLETENESS_FULL for d in normal[1:])
+    for d in results:  # the large ones are decided too, and say they were screened in part
+        assert d.decision_id and d.verdict == classifier_pb2.VERDICT_COMPLETENESS_PARTIAL
+        assert "oversize" in d.verdict_reason
+
+
+def test_recall_and_false_blocks_under_8_concurrent_callers_match_sequential(mesh) -> None:
+    long_docs = [long_benign(4000 + 1500 * i, seed=100 + i) for i in range(8)]  # ~10% of the mix, 4-16 KB
+    mix = ATTACKS + BENIGN + long_docs
+    seq = screen_all(mesh, mix, 1)
+    conc = screen_all(mesh, mix, 8)
+
+    def rates(decisions: list[pb.Decision]) -> tuple[float, float]:
+        blocked = [d.action == pb.ACTION_BLOCK for d in decisions]
+        recall = sum(blocked[: len(ATTACKS)]) / len(ATTACKS)
+        benign = blocked[len(ATTACKS) :]
+        return recall, sum(benign) / len(benign)
+
+    (r_seq, fp_seq), (r_conc, fp_conc) = rates(seq), rates(conc)
+    assert r_conc >= r_seq - 0.05, f"attack recall {r_conc:.3f} under load vs {r_seq:.3f} sequential"
+    assert abs(fp_conc - fp_seq) <= 0.01 + 1e-9, f"benign false blocks {fp_conc:.3f} under load vs {fp_seq:.3f}"
+    none = [d for d in seq + conc if d.verdict == classifier_pb2.VERDICT_COMPLETENESS_NONE]
+    assert not none, f"{len(none)} decisions without any classifier verdict"
+
+
+def test_a_partial_decision_says_so_and_its_retro_screen_follows_up_on_kafka(mesh) -> None:
+    # An attack hidden in the middle of a long document: the hot path cannot run the
+    # encoder over 16 KB in 50 ms, so the cheap stage answers (PARTIAL); the background
+    # re-screen runs the full cascade over every window and follows up.
+    text = long_benign(7000, seed=7) + " " + JAILBREAK + " " + long_benign(7000, seed=8)
+    d = screen(mesh, text, tenant="retro-tenant")
+    assert d.verdict == classifier_pb2.VERDICT_COMPLETENESS_PARTIAL and d.verdict_reason and d.answered_by
+    assert "verdict.partial" in [r.code for r in d.reasons]
+    follow_up = None
+    for _ in range(3):
+        records = asyncio.run(read_signals(mesh["kafka"].bootstrap, {d.decision_id}, timeout=20, region=REGION))
+        sigs = [signals_pb2.SafeguardSignal.FromString(v) for _k, v in records]
+        original = [s for s in sigs if s.decision_id == d.decision_id]
+        follow_ups = [s for s in sigs if s.retro_of_decision_id == d.decision_id]
+        if follow_ups:
+            follow_up = follow_ups[0]
+            break
+    assert original and original[0].verdict == classifier_pb2.VERDICT_COMPLETENESS_PARTIAL
+    assert follow_up is not None, "no retro-screening follow-up signal"
+    assert follow_up.surface == signals_pb2.SURFACE_RETRO_SCREEN
+    assert follow_up.verdict == classifier_pb2.VERDICT_COMPLETENESS_FULL
+    assert follow_up.original_action == d.action
+    if d.action != pb.ACTION_BLOCK:
+        assert follow_up.retro_catch and follow_up.action == pb.ACTION_BLOCK
