@@ -107,6 +107,11 @@ class Outcome:
     verdict_reason: str = ""
     answered_by: str = ""
 
+    @property
+    def verdict_labels(self) -> tuple[str, str]:
+        """(verdict, first reason) as bounded metric label values."""
+        return self.verdict.name.lower(), self.verdict_reason.split(",", 1)[0][:32]
+
 
 def decide(
     policy: Policy,

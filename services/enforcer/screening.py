@@ -319,7 +319,7 @@ class Screener:
         latencies["total"] = latency
         surface = str(req.surface)
         self.stats.decisions.labels(self.stats.tenant_label(ident.tenant), outcome.action.name, surface).inc()
-        self.stats.verdicts.labels(surface, outcome.verdict.name.lower(), _reason_label(outcome.verdict_reason)).inc()
+        self.stats.verdicts.labels(surface, *outcome.verdict_labels).inc()
         self.stats.latency.labels(surface).observe(latency)
         signal = build_signal(
             SignalInput(
@@ -400,8 +400,3 @@ class Screener:
             return await coro
         finally:
             latencies[name] = time.perf_counter() - t
-
-
-def _reason_label(reason: str) -> str:
-    """A bounded metric label from a verdict reason ("deadline", "circuit open", ...)."""
-    return reason.split(",", 1)[0][:32] if reason else ""
