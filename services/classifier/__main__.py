@@ -98,6 +98,7 @@ async def build(settings: ClassifierSettings, registry: CollectorRegistry) -> Ap
             tokenize_inline_chars=settings.tokenize_inline_chars,
         ),
         max_shadow_inflight=settings.max_shadow_inflight,
+        reply_margin_s=settings.reply_margin_ms / 1000.0,
     )
 
     async def check_default() -> None:

@@ -1,49 +1,81 @@
-"""Dynamic batching for one model version (Triton's dynamic batcher, TEI's queue).
+"""Dynamic batching for one model version (Triton's dynamic batcher, TEI's queue), with
+deadline-aware admission and per-tenant fair queueing.
 
-The API is deliberately tiny: ``submit(arrays, lengths, timeout)`` returns a future of
-the model's output rows for exactly the rows submitted, and one background loop turns
-whatever is queued into batches.  Why each piece is here:
+The API is deliberately tiny: ``submit(arrays, lengths, timeout, tenant, background)``
+returns a future of the model's output rows for exactly the rows submitted, and one
+background loop turns whatever is queued into batches.  Why each piece is here:
 
-* Admission control is separate from batching: ``submit`` refuses a request at once with
-  ``ResourceExhausted`` when the rows already waiting plus its own would pass the queue's
-  capacity (an idle queue always admits, so one large request can still run).  Shedding at
-  the door keeps queue time bounded instead of letting every caller time out.
+* Admission control is separate from batching, and answers at once:
+
+  - ``ResourceExhausted`` when the rows already waiting plus the request's own would pass
+    the queue's capacity (an idle queue always admits, so one large request can still
+    run).  This is the model's own overload answer: shedding at the door keeps queue
+    time bounded instead of letting every caller time out.
+  - ``WouldMissDeadline`` (a ``DeadlineExceeded``) when the request is *predicted* to
+    finish after its deadline: the time left of the batch running now, plus the work
+    queued that the fairness rule would run before it, plus its own rows, costed by the
+    model version's learned cost model (below).  Computing an answer nobody waits for
+    would only delay the callers that can still be answered; refusing at once lets a
+    cascade answer with its earlier stage while there is still time to.
+
+* The cost model (``CostModel``) is learned, per model version, from what was measured:
+  ``seconds = a + b * padded tokens`` for a batch (``rows * width``), fitted online by
+  exponentially weighted least squares over ``_run``'s own timings (seeded from the
+  repository's warm-up runs when there are any), so it follows the machine it runs on,
+  including the CPU other work takes.  Predicted queue work is the queued rows' real
+  tokens times the padding factor the batches actually had.  Until a first batch has
+  been measured nothing is refused on prediction.
+
+* Per-tenant fairness: rows are queued per tenant and batches are formed by deficit
+  round robin over tenants, weighted by tokens: each visit grants a tenant one quantum
+  (the longest row seen), so a tenant flooding long texts gets one long row per round
+  while a tenant with one short text gets into the very next batch.  Background
+  requests (retro-screening) are a lower class with its own round robin: a batch takes
+  background rows only when no live row waits, and a background batch is cut short
+  (``background_batch_s``) so it delays a live caller that arrives meanwhile little.
+
 * A batch is sent when ``max_batch_size`` rows wait, or when the oldest row has waited
   ``max_queue_delay``.  Under load the queue refills while a batch runs, so batches form
   with no extra delay; when idle, a lone row waits at most the delay.
-* Rows are grouped by length: from a bounded look-ahead of the queue, the batch is the
-  run of rows (sorted by length) that contains the oldest row and wastes the least
-  padding.  The oldest row is always taken, so nothing starves; each batch is padded
-  only to its own longest row.
-* Rows whose request's deadline has passed, or whose caller went away, are dropped before
-  inference: running them would only delay callers that can still be answered.
+
+* Within the fair order, rows are grouped by length: each tenant's visit starts with its
+  oldest row (so nothing starves), and further rows are picked from a bounded look-ahead
+  of its queue to waste the least padding.  A batch also stops growing where one more
+  row would make any row in it miss its deadline; a row that cannot make its deadline
+  even alone is dropped before inference, like a row whose deadline passed or whose
+  caller went away.
+
 * Inference runs on a dedicated thread (ONNX Runtime releases the GIL), so the event loop
   keeps accepting, tokenising and admitting while a batch runs.
 * A request's rows may be spread over several batches; each row's output is written back
   at its own index, and the future resolves when the last one arrives.
 
 Nothing here knows about gRPC, manifests or tokenisers: the caller gives a synchronous
-``infer(feeds) -> [rows, k]`` function and the padding value of every input.
+``infer(feeds) -> [rows, k]`` function and the padding value of every input.  Tenant
+names are queue keys only: they are never logged nor used as metric labels.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
+import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from services.classifier.stats import ClassifierStats
-from services.common.errors import DeadlineExceeded, ResourceExhausted, ServiceError, Unavailable
+from services.common.errors import DeadlineExceeded, ResourceExhausted, ServiceError, Unavailable, WouldMissDeadline
 
 log = logging.getLogger("safeguards.classifier.batcher")
 
 Infer = Callable[[dict[str, np.ndarray]], np.ndarray]
+_INF = math.inf
 
 
 class InferenceFailed(ServiceError):
@@ -58,22 +90,198 @@ class BatchPolicy:
     max_queue_delay_s: float
     capacity: int  # rows that may wait before admission refuses new requests
     lookahead: int = 4  # rows considered for length grouping: lookahead * max_batch_size
+    # A background batch is cut once its predicted cost reaches this (it always takes at
+    # least one row): a live request arriving meanwhile waits at most about this long.
+    background_batch_s: float = 0.025
+
+
+class CostModel:
+    """``seconds = a + b * tokens`` for one batch of ``tokens = rows * width`` positions.
+
+    Fitted by exponentially weighted least squares (each new batch weighs ``1 - decay``
+    of the total), so it tracks the machine as load on it changes while one slow batch
+    moves it only a little.  When the recent batches all had about the same size the
+    slope cannot be told apart from the intercept: the last good slope is kept and only
+    the intercept moves.  Both terms are kept non-negative.
+    """
+
+    def __init__(self, decay: float = 0.9) -> None:
+        self.decay = decay
+        self._n = self._sx = self._sy = self._sxx = self._sxy = 0.0
+        self.a = 0.0  # seconds per batch
+        self.b = 0.0  # seconds per padded token
+        self.observations = 0
+
+    @property
+    def known(self) -> bool:
+        return self.observations > 0
+
+    def observe(self, tokens: float, seconds: float) -> None:
+        if tokens <= 0 or not math.isfinite(seconds) or seconds < 0:
+            return
+        d = self.decay
+        self._n = d * self._n + 1.0
+        self._sx = d * self._sx + tokens
+        self._sy = d * self._sy + seconds
+        self._sxx = d * self._sxx + tokens * tokens
+        self._sxy = d * self._sxy + tokens * seconds
+        self.observations += 1
+        mx, my = self._sx / self._n, self._sy / self._n
+        var = self._sxx / self._n - mx * mx
+        if var > (0.05 * mx) ** 2:  # sizes varied enough to separate slope from intercept
+            b = (self._sxy / self._n - mx * my) / var
+            a = my - b * mx
+            if b <= 0:
+                a, b = my, 0.0 if self.b <= 0 else self.b
+                a = max(0.0, my - b * mx)
+            elif a < 0:  # through the origin
+                a, b = 0.0, self._sxy / self._sxx
+            self.a, self.b = a, b
+        elif self.b > 0:
+            self.a = max(0.0, my - self.b * mx)
+        else:  # nothing known about the slope yet: all cost proportional to tokens
+            self.a, self.b = 0.0, my / mx
+
+    def seconds(self, tokens: float, batches: float = 1.0) -> float:
+        return self.a * batches + self.b * tokens
 
 
 class _Request:
-    __slots__ = ("arrays", "lengths", "n", "future", "deadline", "enqueued", "pending", "queued", "results", "dead")
+    __slots__ = (
+        "arrays",
+        "lengths",
+        "n",
+        "future",
+        "deadline",
+        "enqueued",
+        "pending",
+        "queued",
+        "queued_tokens",
+        "results",
+        "dead",
+        "tenant",
+        "predicted",
+    )
 
     def __init__(self, arrays, lengths, future, deadline: float | None, now: float) -> None:
         self.arrays: dict[str, np.ndarray] = arrays
         self.lengths: np.ndarray = lengths
         self.n = len(lengths)
         self.future: asyncio.Future = future
-        self.deadline = deadline
+        self.deadline = _INF if deadline is None else deadline
         self.enqueued = now
         self.pending = self.n  # rows without an answer yet
         self.queued = self.n  # rows still in the queue
+        self.queued_tokens = int(lengths.sum())
         self.results: np.ndarray | None = None
         self.dead = False  # answered, failed, expired or cancelled: ignore its remaining rows
+        self.tenant: _Tenant | None = None
+        self.predicted: float | None = None  # seconds from submit to answer, as admission predicted
+
+
+class _Tenant:
+    """One tenant's queue in one class (live or background) and its round-robin state."""
+
+    __slots__ = ("key", "lane", "queue", "rows", "tokens", "deficit", "in_ring")
+
+    def __init__(self, key: str, lane: _Lane) -> None:
+        self.key = key
+        self.lane = lane
+        self.queue: deque[tuple[_Request, int]] = deque()  # may hold rows of dead requests
+        self.rows = 0  # live rows queued
+        self.tokens = 0  # their real tokens
+        self.deficit = 0
+        self.in_ring = False
+
+
+class _Lane:
+    """A priority class: per-tenant queues and the deficit round robin's ring."""
+
+    def __init__(self) -> None:
+        self.tenants: dict[str, _Tenant] = {}
+        self.ring: deque[_Tenant] = deque()
+        self.rows = 0
+        self.tokens = 0
+
+    def tenant(self, key: str) -> _Tenant:
+        t = self.tenants.get(key)
+        if t is None:
+            t = self.tenants[key] = _Tenant(key, self)
+        if not t.in_ring:
+            t.in_ring = True
+            self.ring.append(t)
+        return t
+
+    def ahead(self, key: str, tokens: int, rows: int) -> tuple[float, float]:
+        """(tokens, rows) queued that deficit round robin would run before a new request
+        of ``tokens`` real tokens in ``rows`` rows from tenant ``key``, its own included.
+
+        Round robin weighted by tokens gives every waiting tenant about the same tokens
+        while the new request's tenant drains its queue up to and including the request,
+        so each other tenant contributes at most that many tokens.
+        """
+        own = self.tenants.get(key)
+        own_tokens = (own.tokens if own else 0) + tokens
+        own_rows = (own.rows if own else 0) + rows
+        out_tokens, out_rows = float(own_tokens), float(own_rows)
+        for t in self.tenants.values():
+            if t is own or t.tokens <= 0:
+                continue
+            if t.tokens <= own_tokens:
+                out_tokens += t.tokens
+                out_rows += t.rows
+            else:
+                out_tokens += own_tokens
+                out_rows += t.rows * own_tokens / t.tokens
+        return out_tokens, out_rows
+
+
+def _head_deadline(t: _Tenant) -> float:
+    for req, _ in t.queue:
+        if not req.dead:
+            return req.deadline
+    return _INF
+
+
+class _Window:
+    """The rows at the front of one tenant's queue that a batch may pick from (length
+    grouping looks this far ahead), with the ones picked so far."""
+
+    __slots__ = ("tenant", "rows", "order", "sorted_len", "used", "left")
+
+    def __init__(self, tenant: _Tenant, rows: list[tuple[_Request, int]]) -> None:
+        self.tenant = tenant
+        self.rows = rows
+        lengths = [int(r.lengths[i]) for r, i in rows]
+        self.order = sorted(range(len(rows)), key=lengths.__getitem__)
+        self.sorted_len = [lengths[k] for k in self.order]
+        self.used = [False] * len(rows)
+        self.left = len(rows)
+
+    def use(self, k: int) -> None:
+        self.used[k] = True
+        self.left -= 1
+
+    def oldest(self) -> int:
+        return self.used.index(False)
+
+    def closest(self, width: int) -> int:
+        """The unused row that adds the least padding: the longest one not wider than the
+        batch, else the shortest wider one; the oldest among rows of that length."""
+        used, order, lens = self.used, self.order, self.sorted_len
+        pos = bisect.bisect_right(lens, width) - 1
+        for j in range(pos, -1, -1):
+            if not used[order[j]]:
+                for first in range(bisect.bisect_left(lens, lens[j]), j + 1):
+                    if not used[order[first]]:
+                        return order[first]
+        for j in range(pos + 1, len(order)):
+            if not used[order[j]]:
+                return order[j]
+        raise AssertionError("no unused row")  # callers check `left`
+
+    def unused(self) -> list[tuple[_Request, int]]:
+        return [row for row, u in zip(self.rows, self.used, strict=True) if not u]
 
 
 class Batcher:
@@ -86,24 +294,35 @@ class Batcher:
         pad_values: dict[str, int],
         policy: BatchPolicy,
         stats: ClassifierStats | None = None,
+        seed: Iterable[tuple[int, float]] = (),
     ) -> None:
+        """``seed``: (padded tokens, seconds) of batches measured before serving (the
+        repository's warm-up), so the first callers are admitted on a real estimate."""
         self.name = name
         self.policy = policy
         self._infer = infer
         self._pad = dict(pad_values)
         self._stats = stats
         self._label = stats.model(name) if stats else name
-        self._queue: deque[tuple[_Request, int]] = deque()
-        self._queued = 0  # live rows waiting (rows of dead requests are not counted)
+        self._live = _Lane()
+        self._background = _Lane()
+        self._queued = 0  # live rows waiting in both classes (rows of dead requests are not counted)
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}"[:15])
+        self.cost = CostModel()
+        for tokens, seconds in seed:
+            self.cost.observe(tokens, seconds)
+        self._pad_ratio = 1.0  # padded / real tokens of recent batches (EWMA)
+        self._quantum = 1  # deficit round robin quantum: the longest row seen, in tokens
+        self._running_until = 0.0  # predicted end of the batch running now (monotonic; 0: idle)
         # Plain counters for tests and ListModels-style introspection.
         self.batches_run = 0
         self.rows_run = 0
         self.rows_dropped = 0
         self.rejected = 0
+        self._publish_cost()
 
     # -- API ----------------------------------------------------------------------
 
@@ -120,22 +339,32 @@ class Batcher:
             self._fail_all(InferenceFailed(f"model {self.name} batcher stopped"))
 
     def submit(
-        self, arrays: dict[str, np.ndarray], lengths: np.ndarray, timeout: float | None = None
+        self,
+        arrays: dict[str, np.ndarray],
+        lengths: np.ndarray,
+        timeout: float | None = None,
+        tenant: str = "",
+        background: bool = False,
     ) -> asyncio.Future:
         """Queue ``len(lengths)`` rows; row ``i`` is ``arrays[name][i, :lengths[i]]``.
 
         Returns a future of the output rows in submission order.  Raises
-        ``ResourceExhausted`` when the queue is full and ``Unavailable`` when closing.
-        ``timeout`` is the caller's remaining time in seconds (None: no deadline).
+        ``ResourceExhausted`` when the queue is full, ``WouldMissDeadline`` when the rows
+        are predicted to finish after ``timeout`` (the caller's remaining time in seconds;
+        None: no deadline) and ``Unavailable`` when closing.  ``tenant`` is the fairness
+        key; ``background`` rows only run when no live row waits.
         """
         n = len(lengths)
         if self._closing:
             self._count_reject("closed")
             raise Unavailable(f"model {self.name} is unloading; retry")
-        if self._queued and self._queued + n > self.policy.capacity:
+        # Live requests are measured against live rows only: background work never makes
+        # the queue look full to them.  Background requests only take what is free.
+        waiting = self._queued if background else self._live.rows
+        if waiting and waiting + n > self.policy.capacity:
             self._count_reject("queue_full")
             raise ResourceExhausted(
-                f"model {self.name} queue is full ({self._queued} rows waiting, capacity "
+                f"model {self.name} queue is full ({waiting} rows waiting, capacity "
                 f"{self.policy.capacity}); retry with backoff"
             )
         loop = asyncio.get_running_loop()
@@ -143,20 +372,51 @@ class Batcher:
         if n == 0:
             future.set_result(np.zeros((0, 0), np.float32))
             return future
+        lengths = np.maximum(np.asarray(lengths, dtype=np.int64), 1)
         now = time.monotonic()
-        req = _Request(
-            arrays,
-            np.maximum(np.asarray(lengths, dtype=np.int64), 1),
-            future,
-            None if timeout is None else now + timeout,
-            now,
-        )
+        predicted = self.predict(int(lengths.sum()), n, tenant, background, now)
+        if timeout is not None and predicted is not None and predicted > timeout:
+            self._count_reject("deadline")
+            raise WouldMissDeadline(
+                f"model {self.name} would answer in about {predicted * 1000:.1f} ms but the deadline is in "
+                f"{max(0.0, timeout) * 1000:.1f} ms ({n} rows, {self._queued} rows waiting); refused at admission"
+            )
+        req = _Request(arrays, lengths, future, None if timeout is None else now + timeout, now)
+        req.predicted = predicted
+        lane = self._background if background else self._live
+        t = lane.tenant(tenant)
+        req.tenant = t
+        t.queue.extend((req, i) for i in range(n))
+        t.rows += n
+        t.tokens += req.queued_tokens
+        lane.rows += n
+        lane.tokens += req.queued_tokens
+        self._quantum = max(self._quantum, int(lengths.max()))
         future.add_done_callback(lambda f, r=req: self._on_done(r, f))
-        self._queue.extend((req, i) for i in range(n))
         self._queued += n
         self._depth(n)
         self._wake.set()
         return future
+
+    def predict(
+        self, tokens: int, rows: int, tenant: str = "", background: bool = False, now: float | None = None
+    ) -> float | None:
+        """Seconds until a request of ``rows`` rows and ``tokens`` real tokens would be
+        answered if submitted now; None while the cost of a batch is still unknown."""
+        if not self.cost.known:
+            return None
+        now = time.monotonic() if now is None else now
+        if background:
+            ahead_tokens, ahead_rows = self._background.ahead(tenant, tokens, rows)
+            ahead_tokens += self._live.tokens
+            ahead_rows += self._live.rows
+        else:
+            ahead_tokens, ahead_rows = self._live.ahead(tenant, tokens, rows)
+        running = max(0.0, self._running_until - now) if self._running_until else 0.0
+        batches = math.ceil(ahead_rows / self.policy.max_batch_size - 1e-9)
+        # An idle queue holds a lone row up to the delay, waiting for companions.
+        delay = self.policy.max_queue_delay_s if ahead_rows < self.policy.max_batch_size and not running else 0.0
+        return running + delay + self.cost.seconds(ahead_tokens * self._pad_ratio, max(1, batches))
 
     @property
     def queued(self) -> int:
@@ -206,52 +466,161 @@ class Batcher:
                 # One pass of the event loop before the next batch: answered callers reply
                 # and freshly arrived rows join, so the next batch is fuller at no latency cost.
                 await asyncio.sleep(0)
-            elif self._queued and not self._queue:  # defensive: accounting drifted
-                self._depth(-self._queued)
+            elif self._queued and not self._live.rows and not self._background.rows:
+                self._depth(-self._queued)  # defensive: accounting drifted
                 self._queued = 0
 
     def _oldest_enqueued(self) -> float:
-        for req, _ in self._queue:
-            if not req.dead:
-                return req.enqueued
-        return time.monotonic()
+        oldest = _INF
+        for lane in (self._live, self._background):
+            for t in lane.ring:
+                for req, _ in t.queue:
+                    if not req.dead:
+                        oldest = min(oldest, req.enqueued)
+                        break
+            if oldest < _INF:
+                return oldest  # live rows decide; background ones only when none is live
+        return time.monotonic() if oldest == _INF else oldest
 
     def _take(self) -> list[tuple[_Request, int]]:
-        """Pop the next batch: live rows only, grouped by length around the oldest row."""
-        size = self.policy.max_batch_size
-        limit = size * max(1, self.policy.lookahead)
+        """Pop the next batch: deficit round robin over tenants, length-grouped, capped so
+        that no row in it misses its deadline because of the others."""
+        self._purge(self._live)
+        lane = self._live if self._live.rows else self._background
+        if lane is self._background:
+            self._purge(lane)
+        if not lane.rows:
+            return []
+        policy = self.policy
+        size = policy.max_batch_size
+        limit = size * max(1, policy.lookahead)
+        cap_s = policy.background_batch_s if lane is self._background else _INF
+        cost = self.cost if self.cost.known else None
         now = time.monotonic()
-        window: list[tuple[_Request, int]] = []
-        while self._queue and len(window) < limit:
-            req, i = self._queue.popleft()
+        batch: list[tuple[_Request, int]] = []
+        width = 0
+        earliest = _INF  # earliest deadline in the batch
+        if len(lane.ring) > 1 and cost is not None:
+            # Within a round, the tenant whose oldest row is due first goes first (the
+            # sort is stable: without deadlines the ring's rotation decides).  Shares are
+            # still one quantum per tenant per round; this only keeps a tight-deadline
+            # row from being shut out of a batch by a slower tenant ahead of it.
+            lane.ring = deque(sorted(lane.ring, key=_head_deadline))
+        # Each tenant's look-ahead window, popped (and sorted by length) once per batch.
+        windows: dict[int, _Window] = {}
+        blocked: set[int] = set()  # tenants whose next row would make the batch miss a deadline
+        full = False
+        while not full:
+            progress = False
+            for _ in range(len(lane.ring)):
+                if len(batch) >= size:
+                    full = True
+                    break
+                t = lane.ring.popleft()
+                if t.rows == 0:
+                    self._leave(t)
+                    continue
+                if id(t) in blocked:
+                    lane.ring.append(t)
+                    continue
+                t.deficit += self._quantum
+                w = windows.get(id(t))
+                first = w is None
+                if w is None:
+                    w = windows[id(t)] = _Window(t, self._window(t, limit, now))
+                while len(batch) < size and w.left:
+                    # A tenant's first visit starts with its oldest row (nothing starves);
+                    # further rows are the ones that add the least padding.
+                    k = w.oldest() if first else w.closest(width)
+                    first = False
+                    req, i = w.rows[k]
+                    if req.dead:
+                        w.use(k)
+                        continue
+                    length = int(req.lengths[i])
+                    if length > t.deficit:
+                        if lane.ring:
+                            break  # its turn is over: the next tenant's turn
+                        t.deficit += self._quantum  # alone: round after round
+                    if cost is not None:
+                        alone = cost.seconds(length)
+                        if now + alone > req.deadline:
+                            # Cannot finish in time even alone: drop before inference.
+                            w.use(k)
+                            self._kill(req, "deadline", self._cannot_finish(req, now, alone))
+                            continue
+                        seconds = cost.seconds((len(batch) + 1) * max(width, length))
+                        if batch and (now + seconds > min(earliest, req.deadline) or seconds > cap_s):
+                            blocked.add(id(t))
+                            full = seconds > cap_s
+                            break
+                    w.use(k)
+                    batch.append((req, i))
+                    width = max(width, length)
+                    earliest = min(earliest, req.deadline)
+                    t.deficit -= length
+                    req.queued -= 1
+                    req.queued_tokens -= length
+                    t.rows -= 1
+                    t.tokens -= length
+                    lane.rows -= 1
+                    lane.tokens -= length
+                    self._queued -= 1
+                    self._depth(-1)
+                    progress = True
+                if t.rows > 0:
+                    lane.ring.append(t)
+                else:
+                    self._leave(t)
+                if full:
+                    break
+            if not progress or not lane.ring:
+                break
+        for w in windows.values():  # rows not taken go back to the front of their queue, in order
+            if w.tenant.in_ring:
+                w.tenant.queue.extendleft(reversed(w.unused()))
+        # A request killed after some of its rows were taken (it cannot finish) runs no row.
+        return [row for row in batch if not row[0].dead]
+
+    def _window(self, t: _Tenant, k: int, now: float) -> list[tuple[_Request, int]]:
+        """Pop up to ``k`` live rows from the front of a tenant's queue (at least one),
+        dropping rows of dead or expired requests on the way."""
+        out: list[tuple[_Request, int]] = []
+        k = max(1, k)
+        while t.queue and len(out) < k:
+            req, i = t.queue.popleft()
             if req.dead:
                 continue
-            if req.deadline is not None and req.deadline <= now:
+            if req.deadline <= now:
                 self._kill(req, "deadline", DeadlineExceeded(f"deadline passed while queued for model {self.name}"))
                 continue
-            window.append((req, i))
-        if len(window) > size:
-            lengths = np.fromiter((r.lengths[i] for r, i in window), dtype=np.int64, count=len(window))
-            order = np.argsort(lengths, kind="stable")
-            sorted_len = lengths[order]
-            anchor = int(np.flatnonzero(order == 0)[0])  # window[0] is the oldest row
-            lo, hi = max(0, anchor - size + 1), min(anchor, len(window) - size)
-            csum = np.r_[0, np.cumsum(sorted_len)]
-            starts = np.arange(lo, hi + 1)
-            waste = size * sorted_len[starts + size - 1] - (csum[starts + size] - csum[starts])
-            s = int(starts[int(np.argmin(waste))])
-            chosen = np.zeros(len(window), dtype=bool)
-            chosen[order[s : s + size]] = True
-            batch = [row for row, c in zip(window, chosen, strict=True) if c]
-            rest = [row for row, c in zip(window, chosen, strict=True) if not c]
-            self._queue.extendleft(reversed(rest))
-        else:
-            batch = window
-        for req, _ in batch:
-            req.queued -= 1
-        self._queued -= len(batch)
-        self._depth(-len(batch))
-        return batch
+            out.append((req, i))
+        return out
+
+    def _purge(self, lane: _Lane) -> None:
+        """Forget tenants whose every queued row belongs to a dead request."""
+        if lane.rows == 0 and lane.ring:
+            for t in lane.ring:
+                t.queue.clear()
+                t.in_ring = False
+                t.deficit = 0
+            lane.ring.clear()
+            lane.tenants.clear()
+            lane.tokens = 0
+
+    def _leave(self, t: _Tenant) -> None:
+        """A tenant whose queue emptied leaves the ring and loses its deficit (DRR)."""
+        t.queue.clear()
+        t.deficit = 0
+        t.in_ring = False
+        if t.lane.tenants.get(t.key) is t:
+            del t.lane.tenants[t.key]
+
+    def _cannot_finish(self, req: _Request, now: float, seconds: float) -> DeadlineExceeded:
+        return WouldMissDeadline(
+            f"model {self.name} cannot answer before the deadline (a row needs about {seconds * 1000:.1f} ms, "
+            f"{max(0.0, req.deadline - now) * 1000:.1f} ms left); dropped before inference"
+        )
 
     async def _run(self, batch: list[tuple[_Request, int]]) -> None:
         width = int(max(r.lengths[i] for r, i in batch))
@@ -264,7 +633,9 @@ class Batcher:
                 out[k, :n] = req.arrays[name][i, :n]
             feeds[name] = out
         real = int(sum(int(r.lengths[i]) for r, i in batch))
+        padded = len(batch) * width
         started = time.monotonic()
+        self._running_until = started + (self.cost.seconds(padded) if self.cost.known else 0.0)
         if self._stats:
             label = self._label
             seen: set[int] = set()
@@ -274,7 +645,7 @@ class Batcher:
                     self._stats.queue_duration.labels(label).observe(started - req.enqueued)
             self._stats.batch_size.labels(label).observe(len(batch))
             self._stats.batch_tokens.labels(label, "real").inc(real)
-            self._stats.batch_tokens.labels(label, "padding").inc(len(batch) * width - real)
+            self._stats.batch_tokens.labels(label, "padding").inc(padded - real)
         loop = asyncio.get_running_loop()
         try:
             output = await loop.run_in_executor(self._executor, self._infer, feeds)
@@ -294,10 +665,16 @@ class Batcher:
                     self._kill(req, None, failure)
             return
         finally:
+            self._running_until = 0.0
+            elapsed = time.monotonic() - started
             if self._stats:
-                self._stats.inference_duration.labels(self._label).observe(time.monotonic() - started)
+                self._stats.inference_duration.labels(self._label).observe(elapsed)
+        self.cost.observe(padded, elapsed)
+        self._pad_ratio = 0.8 * self._pad_ratio + 0.2 * (padded / max(1, real))
+        self._publish_cost()
         self.batches_run += 1
         self.rows_run += len(batch)
+        done = time.monotonic()
         for k, (req, i) in enumerate(batch):
             if req.dead or req.future.done():
                 # Dead, or cancelled by its caller in this very loop iteration, before
@@ -310,6 +687,8 @@ class Batcher:
             if req.pending == 0:
                 req.dead = True
                 req.future.set_result(req.results)
+                if self._stats and req.predicted is not None:
+                    self._stats.admission_error.labels(self._label).observe(done - req.enqueued - req.predicted)
 
     # -- bookkeeping ----------------------------------------------------------------
 
@@ -323,18 +702,33 @@ class Batcher:
         if req.queued:
             self._queued -= req.queued
             self._depth(-req.queued)
+            t = req.tenant
+            if t is not None:
+                t.rows -= req.queued
+                t.tokens -= req.queued_tokens
+                t.lane.rows -= req.queued
+                t.lane.tokens -= req.queued_tokens
+                if t.rows == 0:
+                    t.deficit = 0
             self.rows_dropped += req.queued if reason else 0
             if reason and self._stats:
                 self._stats.rows_dropped.labels(self._label, reason).inc(req.queued)
             req.queued = 0
+            req.queued_tokens = 0
         if error is not None and not req.future.done():
             req.future.set_exception(error)
 
     def _fail_all(self, error: BaseException) -> None:
-        while self._queue:
-            req, _ = self._queue.popleft()
-            if not req.dead:
-                self._kill(req, None, error)
+        for lane in (self._live, self._background):
+            for t in list(lane.ring):
+                while t.queue:
+                    req, _ = t.queue.popleft()
+                    if not req.dead:
+                        self._kill(req, None, error)
+                t.in_ring = False
+            lane.ring.clear()
+            lane.tenants.clear()
+            lane.rows = lane.tokens = 0
         self._depth(-self._queued)
         self._queued = 0
 
@@ -347,3 +741,8 @@ class Batcher:
         # inc/dec rather than set: an old version draining and its successor share a label.
         if self._stats and delta:
             self._stats.queue_depth.labels(self._label).inc(delta)
+
+    def _publish_cost(self) -> None:
+        if self._stats and self.cost.known:
+            self._stats.cost_model.labels(self._label, "per_batch").set(self.cost.a)
+            self._stats.cost_model.labels(self._label, "per_token").set(self.cost.b)

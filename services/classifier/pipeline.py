@@ -9,9 +9,19 @@ For each model a request names (or the default model):
   for ``benign``), so content hidden mid-document still counts;
 * a ``cascade``: the first stage scores every text; texts whose unsafe score (max
   non-benign probability) lies inside the band are escalated to the second stage, which
-  answers for them; ``answered_by`` says which stage answered;
-* its ``shadow_models`` run afterwards in the background on the same texts: their scores
-  go to metrics and logs, never into the answer, and they never delay it.
+  answers for them; ``answered_by`` says which stage answered.  A verdict comes within
+  the deadline, always: when the second stage is refused at admission (predicted to miss
+  the deadline), overloaded, unavailable, or has not answered ``reply_margin`` before the
+  deadline, the escalated texts are answered with the first stage's scores, marked
+  ``PARTIAL`` with the reason (``deadline``, ``overloaded``, ``unavailable``).  The first
+  stage itself is never replaced by a made-up verdict: if it cannot answer in time the
+  request is DEADLINE_EXCEEDED;
+* its ``shadow_models`` run afterwards as background work on the same texts (their rows
+  only run when no live row waits): their scores go to metrics and logs, never into the
+  answer, and they never delay it.
+
+Every batcher deadline is the caller's deadline minus ``reply_margin``: work is admitted
+only if its answer can still be sent before the caller gives up.
 
 Privacy: texts are never logged; log lines and error messages carry counts, lengths and
 indices only.
@@ -28,12 +38,27 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.classifier import manifest as mf
+from services.classifier.batcher import InferenceFailed
 from services.classifier.repository import READY, LoadedVersion, ModelRepository
 from services.classifier.stats import ClassifierStats
 from services.classifier.tokenize import max_over_windows
-from services.common.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable
+from services.common.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
 
 log = logging.getLogger("safeguards.classifier.pipeline")
+
+FULL = "FULL"
+PARTIAL = "PARTIAL"
+# Why a cascade's later stage did not answer (ModelScores.partial_reason).
+DEADLINE = "deadline"
+OVERLOADED = "overloaded"
+UNAVAILABLE = "unavailable"
 
 
 @dataclass(frozen=True)
@@ -51,10 +76,15 @@ class ModelResult:
     flagged: list[str]
     answered_by: str  # cascades: the stage that answered; "" otherwise
     windows: int
+    completeness: str = FULL  # PARTIAL: an earlier cascade stage answered for a later one
+    partial_reason: str = ""  # PARTIAL only: DEADLINE, OVERLOADED or UNAVAILABLE
 
 
 @dataclass(frozen=True)
 class Limits:
+    """What one request may hold; ListModels reports the first three so callers (the
+    enforcer) size their requests to them instead of learning them from refusals."""
+
     max_text_bytes: int = 32 * 1024
     max_batch_texts: int = 64
     max_models: int = 8
@@ -69,6 +99,15 @@ class ModelRef:
     @property
     def key(self) -> str:
         return self.name if self.version is None else f"{self.name}:{self.version}"
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every model of one request shares: its deadline and its place in the queue."""
+
+    deadline: float | None  # monotonic seconds; None: no deadline
+    tenant: str = ""
+    background: bool = False
 
 
 @dataclass
@@ -104,8 +143,12 @@ class Classifier:
         default_model: str,
         limits: Limits = Limits(),
         max_shadow_inflight: int = 16,
+        reply_margin_s: float = 0.005,
     ) -> None:
+        """``reply_margin_s``: time kept back from every deadline to build and send the
+        answer, so a partial verdict still reaches the caller before it gives up."""
         self.repository = repository
+        self.reply_margin_s = reply_margin_s
         self.stats = stats
         self.default_model = default_model
         self.limits = limits
@@ -143,15 +186,25 @@ class Classifier:
     # -- classification ---------------------------------------------------------------------
 
     async def classify(
-        self, texts: Sequence[str], models: Sequence[str], timeout: float | None = None
+        self,
+        texts: Sequence[str],
+        models: Sequence[str],
+        timeout: float | None = None,
+        tenant: str = "",
+        background: bool = False,
     ) -> list[list[ModelResult]]:
-        """Scores per text (request order), per model (request order)."""
+        """Scores per text (request order), per model (request order).
+
+        ``timeout``: seconds the caller still waits (None: no deadline).  ``tenant`` is
+        the fair-queueing key; ``background`` work (retro-screening, shadows) only runs
+        when no live request waits."""
         refs = self.validate(texts, models)
         if timeout is not None and timeout <= 0:
             raise DeadlineExceeded("the request's deadline had already passed on arrival")
         deadline = None if timeout is None else time.monotonic() + timeout
+        job = _Job(deadline, tenant, background)
         unique = list({r.key: r for r in refs}.values())
-        answers = await asyncio.gather(*(self._answer(r, texts, deadline) for r in unique))
+        answers = await asyncio.gather(*(self._answer(r, texts, job) for r in unique))
         by_key = dict(zip((r.key for r in unique), answers, strict=True))
         for ref in unique:
             self._shadow(ref.name, texts, by_key[ref.key])
@@ -165,45 +218,82 @@ class Classifier:
         )
         return [[by_key[r.key][t] for r in refs] for t in range(len(texts))]
 
-    async def _answer(self, ref: ModelRef, texts: Sequence[str], deadline: float | None) -> list[ModelResult]:
+    async def _answer(self, ref: ModelRef, texts: Sequence[str], job: _Job) -> list[ModelResult]:
         man = self.repository.manifest(ref.name)
         if isinstance(man, mf.CascadeManifest):
-            return await self._cascade(man, texts, deadline)
+            return await self._cascade(man, texts, job)
         with self.repository.acquire(ref.name, ref.version) as lv:
-            scored = await self._score(lv, texts, deadline)
+            scored = await self._score(lv, texts, job)
         self.stats.texts.labels(self.stats.model(ref.name), ref.name).inc(len(texts))
         return [self._result(ref.name, scored, t, t, "") for t in range(len(texts))]
 
-    async def _cascade(
-        self, man: mf.CascadeManifest, texts: Sequence[str], deadline: float | None
-    ) -> list[ModelResult]:
+    async def _cascade(self, man: mf.CascadeManifest, texts: Sequence[str], job: _Job) -> list[ModelResult]:
         first_name, second_name = man.stages
-        state, why = self.repository.cascade_state(man)
-        if state != READY:
-            raise Unavailable(f"model {man.name!r} is not ready ({state}{': ' + why if why else ''})")
+        self._check_cascade(man)
         with self.repository.acquire(first_name) as first:
-            s1 = await self._score(first, texts, deadline)
+            s1 = await self._score(first, texts, job)
         unsafe = _unsafe(s1.scores, s1.manifest.labels)
         lo, hi = man.band
         escalate = np.flatnonzero((unsafe >= lo) & (unsafe <= hi))
-        s2 = None
+        s2, reason = None, ""
         if escalate.size:
-            with self.repository.acquire(second_name) as second:
-                s2 = await self._score(second, [texts[i] for i in escalate], deadline)
+            s2, reason = await self._escalate(second_name, [texts[i] for i in escalate], job)
         position = {int(t): k for k, t in enumerate(escalate)}
         out = []
         for t in range(len(texts)):
-            if t in position:
+            if t in position and s2 is not None:
                 out.append(self._result(man.name, s2, position[t], t, second_name))
+            elif t in position:
+                out.append(self._result(man.name, s1, t, t, first_name, PARTIAL, reason))
             else:
                 out.append(self._result(man.name, s1, t, t, first_name))
         label = self.stats.model(man.name)
-        self.stats.texts.labels(label, first_name).inc(len(texts) - escalate.size)
-        if escalate.size:
-            self.stats.texts.labels(label, second_name).inc(int(escalate.size))
+        answered_second = int(escalate.size) if s2 is not None else 0
+        self.stats.texts.labels(label, first_name).inc(len(texts) - answered_second)
+        if answered_second:
+            self.stats.texts.labels(label, second_name).inc(answered_second)
+        if reason:
+            self.stats.partial.labels(label, reason).inc(int(escalate.size))
+            log.debug(
+                "cascade answered by its first stage",
+                extra={"model": man.name, "texts": int(escalate.size), "partial_reason": reason},
+            )
         return out
 
-    async def _score(self, lv: LoadedVersion, texts: Sequence[str], deadline: float | None) -> _Scored:
+    def _check_cascade(self, man: mf.CascadeManifest) -> None:
+        """A cascade answers when its first stage serves; a second stage that exists but
+        has no ready version makes answers PARTIAL, not errors.  A cascade whose stages
+        are not (onnxruntime) models of the repository is misconfigured: UNAVAILABLE."""
+        state, why = self.repository.cascade_state(man)
+        if state == READY:
+            return
+        first_name, second_name = man.stages
+        try:
+            second_ok = isinstance(self.repository.manifest(second_name), mf.ModelManifest)
+        except (NotFound, Unavailable):
+            second_ok = False
+        if not second_ok or self.repository.serving(first_name) is None:
+            raise Unavailable(f"model {man.name!r} is not ready ({state}{': ' + why if why else ''})")
+
+    async def _escalate(self, name: str, texts: list[str], job: _Job) -> tuple[_Scored | None, str]:
+        """The second stage's scores, or None and why it could not answer in time."""
+        try:
+            with self.repository.acquire(name) as second:
+                return await self._score(second, texts, job, wait=True), ""
+        except DeadlineExceeded:  # refused at admission, dropped in the queue, or not back in time
+            return None, DEADLINE
+        except ResourceExhausted:
+            return None, OVERLOADED
+        except (Unavailable, NotFound, InferenceFailed):
+            return None, UNAVAILABLE
+
+    async def _score(self, lv: LoadedVersion, texts: Sequence[str], job: _Job, wait: bool = False) -> _Scored:
+        """Run ``texts`` through one model version under the job's deadline.
+
+        ``wait``: stop waiting for the batcher when the deadline (less the reply margin)
+        comes, and raise DeadlineExceeded (the batcher then drops the rows if they have
+        not run): a cascade's later stage must leave time to answer with the earlier one.
+        """
         featurizer = lv.featurizer
         size = sum(len(t) for t in texts)
         if size <= self.limits.tokenize_inline_chars:
@@ -212,17 +302,35 @@ class Classifier:
             windows = await asyncio.to_thread(featurizer.windows, texts)
         lengths = featurizer.lengths(windows)
         timeout = None
-        if deadline is not None:
-            timeout = deadline - time.monotonic()
+        if job.deadline is not None:
+            timeout = job.deadline - self.reply_margin_s - time.monotonic()
             if timeout <= 0:
-                raise DeadlineExceeded(f"deadline passed before model {lv.name} ran")
-        rows = await lv.batcher.submit(windows.arrays, lengths, timeout)
+                raise DeadlineExceeded(
+                    f"deadline too short: no time left for model {lv.name} before the answer must be sent"
+                )
+        future = lv.batcher.submit(windows.arrays, lengths, timeout, tenant=job.tenant, background=job.background)
+        if wait and timeout is not None:
+            try:
+                rows = await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                raise DeadlineExceeded(f"model {lv.name} did not answer before the deadline") from None
+        else:
+            rows = await future
         labels = lv.manifest.labels
         scores = max_over_windows(rows, windows.text_index, windows.n_texts, labels)
         counts = np.bincount(windows.text_index, minlength=windows.n_texts)
         return _Scored(scores, counts, lv.version, lv.manifest)
 
-    def _result(self, model: str, s: _Scored, row: int, text: int, answered_by: str) -> ModelResult:
+    def _result(
+        self,
+        model: str,
+        s: _Scored,
+        row: int,
+        text: int,
+        answered_by: str,
+        completeness: str = FULL,
+        partial_reason: str = "",
+    ) -> ModelResult:
         man = s.manifest
         scores, flagged = [], []
         values = s.scores[row]
@@ -235,7 +343,9 @@ class Classifier:
         mlabel = self.stats.model(model)
         for label in flagged:
             self.stats.flagged.labels(mlabel, label).inc()
-        return ModelResult(model, s.version, scores, flagged, answered_by, int(s.windows[row]))
+        return ModelResult(
+            model, s.version, scores, flagged, answered_by, int(s.windows[row]), completeness, partial_reason
+        )
 
     # -- shadow models --------------------------------------------------------------------------
 
@@ -257,7 +367,7 @@ class Classifier:
         try:
             ref = ModelRef(shadow, None)
             self.repository.manifest(shadow)
-            results = await self._answer(ref, texts, None)
+            results = await self._answer(ref, texts, _Job(None, "", background=True))
         except Exception as exc:  # a shadow's failure is a metric and a log line, never the caller's
             self.stats.shadow_runs.labels(mlabel, slabel, "failed").inc()
             log.warning("shadow model failed", extra={"model": name, "shadow": shadow, "error": str(exc)[:300]})

@@ -460,6 +460,7 @@ class ModelRepository:
                 capacity=man.batching.max_queue_rows or self.queue_capacity,
             ),
             self.stats,
+            seed=model.warmup_timings,
         )
         batcher.start()
         new = LoadedVersion(man, r.version, model, batcher)

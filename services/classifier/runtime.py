@@ -11,6 +11,7 @@ choice something that can be reported (ListModels, the start-up log line, a metr
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,7 @@ class OnnxModel:
             )
         self._outputs = [manifest.probabilities]
         self.featurizer = Featurizer(manifest.inputs, version_dir)
+        self.warmup_timings: list[tuple[int, float]] = []  # (padded tokens, seconds), by warm_up
 
     def infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run one padded batch (called on the batcher's thread)."""
@@ -179,15 +181,26 @@ class OnnxModel:
 
         The first run of a shape allocates and plans memory; doing it here keeps that cost
         out of the first callers' latency, and proves the graph computes sane
-        probabilities before the version is allowed to serve.
+        probabilities before the version is allowed to serve.  Each shape's second run is
+        timed (``warmup_timings``: padded tokens, seconds), and one full-length window is
+        run too, so the batcher's cost model starts from this machine's numbers for short
+        and long rows alike instead of admitting blindly until its first batches.
         """
         b = self.manifest.batching
         sizes = sorted({1, *b.preferred_batch_sizes, b.max_batch_size})
         w = self.featurizer.windows([WARMUP_TEXT])
-        for size in sizes:
-            feeds = {k: np.repeat(v[:1], size, axis=0) for k, v in w.arrays.items()}
+        shapes = [{k: np.repeat(v[:1], size, axis=0) for k, v in w.arrays.items()} for size in sizes]
+        long_text = WARMUP_TEXT * (self.manifest.inputs.max_sequence_length // 8 + 1)
+        full = self.featurizer.windows([long_text])
+        shapes.append({k: v[:1] for k, v in full.arrays.items()})
+        timings: list[tuple[int, float]] = []
+        for feeds in shapes:
+            size = next(iter(feeds.values())).shape[0]
             try:
-                out = np.asarray(self.infer(feeds))
+                out = np.asarray(self.infer(dict(feeds)))
+                started = time.perf_counter()
+                self.infer(dict(feeds))
+                elapsed = time.perf_counter() - started
             except Exception as exc:
                 raise ConfigError(f"warm-up inference failed at batch {size}: {_one_line(exc)}") from None
             if out.shape != (size, len(self.manifest.labels)):
@@ -196,6 +209,8 @@ class OnnxModel:
                 )
             if not np.all(np.isfinite(out)) or out.min() < -1e-4 or out.max() > 1 + 1e-4:
                 raise ConfigError("warm-up: output is not probabilities (values outside [0, 1] or not finite)")
+            timings.append((int(next(iter(feeds.values())).size), elapsed))
+        self.warmup_timings = timings
 
 
 def _one_line(exc: BaseException) -> str:

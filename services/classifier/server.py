@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 from safeguards.v1 import classifier_pb2, classifier_pb2_grpc
 
-from services.classifier.pipeline import Classifier, ModelResult
+from services.classifier.pipeline import FULL, PARTIAL, Classifier, Limits, ModelResult
 from services.classifier.repository import FAILED, LOADING, READY, UNLOADED, ModelRepository, ModelStatus
 from services.common.server import ServiceBinding
 
@@ -16,6 +16,10 @@ _STATES = {
     READY: classifier_pb2.MODEL_STATE_READY,
     FAILED: classifier_pb2.MODEL_STATE_FAILED,
     UNLOADED: classifier_pb2.MODEL_STATE_UNLOADED,
+}
+_COMPLETENESS = {
+    FULL: classifier_pb2.VERDICT_COMPLETENESS_FULL,
+    PARTIAL: classifier_pb2.VERDICT_COMPLETENESS_PARTIAL,
 }
 
 
@@ -32,6 +36,14 @@ def _model_scores(r: ModelResult) -> classifier_pb2.ModelScores:
         flagged_labels=r.flagged,
         answered_by=r.answered_by,
         windows=r.windows,
+        completeness=_COMPLETENESS[r.completeness],
+        partial_reason=r.partial_reason,
+    )
+
+
+def _limits(lim: Limits) -> classifier_pb2.ClassifierLimits:
+    return classifier_pb2.ClassifierLimits(
+        max_text_bytes=lim.max_text_bytes, max_batch_texts=lim.max_batch_texts, max_models=lim.max_models
     )
 
 
@@ -60,7 +72,13 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
         self._provider = execution_provider
 
     async def Classify(self, request: classifier_pb2.ClassifyRequest, context: grpc.aio.ServicerContext):
-        results = await self._classifier.classify(request.texts, request.models, context.time_remaining())
+        results = await self._classifier.classify(
+            request.texts,
+            request.models,
+            context.time_remaining(),
+            tenant=request.tenant,
+            background=request.background,
+        )
         return classifier_pb2.ClassifyResponse(
             results=[classifier_pb2.TextScores(models=[_model_scores(r) for r in per_text]) for per_text in results]
         )
@@ -70,6 +88,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
             models=[_model_info(m) for m in self._repository.status()],
             execution_provider=self._provider,
             default_model=self._classifier.default_model,
+            limits=_limits(self._classifier.limits),
         )
 
 

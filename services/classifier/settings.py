@@ -70,6 +70,13 @@ class ClassifierSettings(ServiceSettings):
         "eager: an idle model runs what is queued at once and batches form while it is busy (TEI); "
         "auto: manifest on CUDA, where a batch costs about what one row does, eager on CPU",
     )
+    reply_margin_ms: float = Field(
+        5.0,
+        ge=0,
+        description="time kept back from each caller's deadline to send the answer: work predicted to end "
+        "later is refused at admission, and a cascade answers with its first stage (PARTIAL) when its "
+        "second has not answered this long before the deadline",
+    )
     max_shadow_inflight: int = Field(
         16, ge=0, description="shadow-model runs in flight at once; beyond it shadow runs are skipped (counted)"
     )

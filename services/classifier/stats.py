@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from services.common.metrics import LATENCY_BUCKETS, BoundedLabels
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+ERROR_BUCKETS = (-0.5, -0.1, -0.05, -0.02, -0.01, -0.005, -0.002, 0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5)
 SCORE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
@@ -57,8 +58,22 @@ class ClassifierStats:
         )
         self.rejected = Counter(
             "classifier_requests_rejected_total",
-            "Requests refused admission to a model's queue, by reason (queue_full, closed).",
+            "Requests refused admission to a model's queue, by reason (queue_full, closed, deadline: "
+            "predicted to finish after the caller's deadline).",
             ["model", "reason"],
+            registry=registry,
+        )
+        self.admission_error = Histogram(
+            "classifier_admission_prediction_error_seconds",
+            "Answer time minus the time admission predicted, per request (positive: later than predicted).",
+            m,
+            buckets=ERROR_BUCKETS,
+            registry=registry,
+        )
+        self.cost_model = Gauge(
+            "classifier_cost_model_seconds",
+            "The learned cost of a batch, seconds = per_batch + per_token * rows * width (admission's model).",
+            ["model", "term"],
             registry=registry,
         )
         self.inference_failures = Counter(
@@ -95,6 +110,13 @@ class ClassifierStats:
             "classifier_texts_total",
             "Texts answered, by model and the stage that answered (a cascade's escalation rate).",
             ["model", "answered_by"],
+            registry=registry,
+        )
+        self.partial = Counter(
+            "classifier_partial_answers_total",
+            "Texts a cascade answered with an earlier stage's scores (completeness PARTIAL), by reason "
+            "(deadline, overloaded, unavailable).",
+            ["model", "reason"],
             registry=registry,
         )
         self.flagged = Counter(

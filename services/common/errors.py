@@ -45,5 +45,12 @@ class DeadlineExceeded(ServiceError):
     code = "DEADLINE_EXCEEDED"
 
 
+class WouldMissDeadline(DeadlineExceeded):
+    """Refused before any work was done: the answer was predicted to come after the
+    caller's deadline (the message states predicted vs remaining time).  Callers that
+    can answer otherwise (a cascade's earlier stage) tell it from a deadline that
+    passed mid-way by this type; on the wire it is DEADLINE_EXCEEDED."""
+
+
 class ConfigError(ValueError):
     """A configuration file or setting is invalid; the message says where and why."""

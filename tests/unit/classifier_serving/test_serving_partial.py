@@ -1,0 +1,166 @@
+"""A verdict within the deadline, always: a cascade whose second stage is refused at
+admission, slow, overloaded or unavailable answers with its first stage's scores marked
+PARTIAL (with the reason, ``answered_by`` the first stage), before the deadline; FULL
+otherwise.  A first stage, or a plain model, that cannot answer in time is
+DEADLINE_EXCEEDED, never a made-up verdict.  Real ONNX Runtime sessions on tiny models
+(the second stage's batcher is held shut where a test needs it slow)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from services.classifier.pipeline import DEADLINE, FULL, OVERLOADED, PARTIAL, UNAVAILABLE, Classifier
+from services.classifier.repository import ModelRepository
+from services.classifier.runtime import RuntimeOptions
+from services.classifier.stats import ClassifierStats
+from services.common.errors import DeadlineExceeded, WouldMissDeadline
+from tests.unit.classifier_serving.tinymodel import write_model
+
+SHORT = "hello"  # the tiny model's jailbreak score for it is ~0.37: inside the "mixed" band
+LONG = "x" * 60  # ~0.001: below it
+
+
+def cascade(root: Path, name: str, stages: list[str], band: list[float]) -> None:
+    (root / name).mkdir()
+    (root / name / "manifest.yaml").write_text(
+        yaml.safe_dump({"name": name, "platform": "cascade", "stages": stages, "band": band})
+    )
+
+
+@pytest.fixture
+async def env(tmp_path: Path):
+    write_model(tmp_path, "a", thresholds={"jailbreak": 0.0001})
+    write_model(tmp_path, "b")
+    broken = write_model(tmp_path, "c")
+    (broken / "1" / "model.onnx").write_bytes(b"not an onnx graph")
+    cascade(tmp_path, "guard", ["a", "b"], [0.0, 1.0])
+    cascade(tmp_path, "mixed", ["a", "b"], [0.3, 0.45])
+    cascade(tmp_path, "guard_c", ["a", "c"], [0.0, 1.0])
+    registry = CollectorRegistry()
+    stats = ClassifierStats(registry)
+    repo = ModelRepository(tmp_path, RuntimeOptions(), stats, poll_seconds=0)
+    await repo.start()
+    classifier = Classifier(repo, stats, "guard", reply_margin_s=0.01)
+    yield classifier, repo, registry
+    await classifier.stop()
+    await repo.stop()
+
+
+class Gate:
+    """Holds a model version's batches shut (its real session runs once opened)."""
+
+    def __init__(self, repo: ModelRepository, name: str) -> None:
+        self.batcher = repo.serving(name).batcher
+        self._real = self.batcher._infer
+        self.open = threading.Event()
+        self.started = threading.Event()
+        self.batcher._infer = self._infer
+
+    def _infer(self, feeds):
+        self.started.set()
+        self.open.wait(10)
+        return self._real(feeds)
+
+
+def scores(result) -> dict[str, float]:
+    return {s.label: s.score for s in result.scores}
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_second_stage_that_answers_in_time_gives_a_full_verdict(env) -> None:
+    classifier, _, _ = env
+    ((m,),) = await classifier.classify([SHORT], ["guard"], timeout=5.0)
+    assert (m.completeness, m.partial_reason, m.answered_by) == (FULL, "", "b")
+
+
+async def test_a_second_stage_refused_at_admission_answers_partial_with_the_first_stages_scores(env) -> None:
+    classifier, repo, registry = env
+    ((first,),) = await classifier.classify([SHORT], ["a"])
+    repo.serving("b").batcher.cost.observe(1, 10.0)  # the encoder now costs 10 s a token
+    ((m,),) = await asyncio.wait_for(classifier.classify([SHORT], ["guard"], timeout=2.0), 2.0)
+    assert (m.completeness, m.partial_reason, m.answered_by) == (PARTIAL, DEADLINE, "a")
+    assert m.model == "guard" and m.version == first.version
+    assert scores(m) == pytest.approx(scores(first)) and m.flagged == first.flagged == ["jailbreak"]
+    assert sample(registry, "classifier_partial_answers_total", model="guard", reason=DEADLINE) == 1
+    assert sample(registry, "classifier_requests_rejected_total", model="b", reason="deadline") == 1
+    assert sample(registry, "classifier_texts_total", model="guard", answered_by="a") == 1
+    # No deadline: nothing is refused on prediction, the answer is FULL.
+    ((m,),) = await classifier.classify([SHORT], ["guard"])
+    assert (m.completeness, m.answered_by) == (FULL, "b")
+
+
+async def test_only_the_escalated_texts_of_a_request_are_partial(env) -> None:
+    classifier, repo, _ = env
+    repo.serving("b").batcher.cost.observe(1, 10.0)
+    short, long_ = await classifier.classify([SHORT, LONG], ["mixed"], timeout=2.0)
+    assert (short[0].completeness, short[0].partial_reason, short[0].answered_by) == (PARTIAL, DEADLINE, "a")
+    assert (long_[0].completeness, long_[0].partial_reason, long_[0].answered_by) == (FULL, "", "a")
+
+
+async def test_a_second_stage_too_slow_to_answer_in_time_answers_partial_before_the_deadline(env) -> None:
+    classifier, repo, registry = env
+    gate = Gate(repo, "b")
+    try:
+        # The call itself must come back before the caller's deadline: wait_for would raise.
+        ((m,),) = await asyncio.wait_for(classifier.classify([SHORT], ["guard"], timeout=0.3), 0.3)
+    finally:
+        gate.open.set()
+    assert (m.completeness, m.partial_reason, m.answered_by) == (PARTIAL, DEADLINE, "a")
+    assert gate.started.is_set(), "it was admitted and ran, but too late"
+
+
+async def test_an_overloaded_second_stage_answers_partial_overloaded(env) -> None:
+    classifier, repo, registry = env
+    gate = Gate(repo, "b")
+    gate.batcher.policy = dataclasses.replace(gate.batcher.policy, capacity=1)
+    try:
+        running = asyncio.ensure_future(classifier.classify([SHORT], ["guard"]))
+        await asyncio.to_thread(gate.started.wait, 5)
+        queued = asyncio.ensure_future(classifier.classify([SHORT], ["guard"]))
+        while gate.batcher.queued == 0:
+            await asyncio.sleep(0.001)
+        ((m,),) = await classifier.classify([SHORT], ["guard"], timeout=5.0)
+    finally:
+        gate.open.set()
+    assert (m.completeness, m.partial_reason, m.answered_by) == (PARTIAL, OVERLOADED, "a")
+    for done in await asyncio.gather(running, queued):
+        assert done[0][0].completeness == FULL
+    assert sample(registry, "classifier_partial_answers_total", model="guard", reason=OVERLOADED) == 1
+
+
+async def test_a_second_stage_with_no_ready_version_answers_partial_unavailable(env) -> None:
+    classifier, _, registry = env
+    ((m,),) = await classifier.classify([SHORT], ["guard_c"], timeout=5.0)
+    assert (m.completeness, m.partial_reason, m.answered_by) == (PARTIAL, UNAVAILABLE, "a")
+    assert sample(registry, "classifier_partial_answers_total", model="guard_c", reason=UNAVAILABLE) == 1
+
+
+async def test_a_first_stage_that_cannot_answer_in_time_is_deadline_exceeded_not_a_verdict(env) -> None:
+    classifier, repo, _ = env
+    repo.serving("a").batcher.cost.observe(1, 10.0)
+    with pytest.raises(WouldMissDeadline, match="model a would answer in about"):
+        await classifier.classify([SHORT], ["guard"], timeout=2.0)
+
+
+async def test_a_plain_model_that_cannot_answer_in_time_is_deadline_exceeded(env) -> None:
+    classifier, repo, _ = env
+    repo.serving("b").batcher.cost.observe(1, 10.0)
+    with pytest.raises(DeadlineExceeded) as err:
+        await classifier.classify([SHORT], ["b"], timeout=2.0)
+    assert err.value.code == "DEADLINE_EXCEEDED"
+
+
+async def test_a_deadline_shorter_than_the_reply_margin_is_deadline_exceeded(env) -> None:
+    classifier, _, _ = env
+    with pytest.raises(DeadlineExceeded, match="deadline too short"):
+        await classifier.classify([SHORT], ["guard"], timeout=0.005)  # the margin is 10 ms
