@@ -1,8 +1,11 @@
 """What a signed-in operator may see and do in this region: the operators' console's
 domain, free of HTTP (the web layer in `services.monitor.console` only renders it).
 
-- Reads: review cases, an account's cases / actions in force / action history, the
-  actions in force, block rates per minute, alerts, the audit log.
+- Reads: the overview (per minute: decisions, blocks, verdict completeness, retro
+  catches, latency; top tenants and accounts), review cases, stored decisions (how
+  they were decided, their retro-screen result), an account's cases / decisions /
+  actions in force / action history, the actions in force, blocks and block rates
+  per minute, alerts, the audit log. The overview and decision reads are audited.
 - Writes: a case's review verdict; issuing and revoking enforcement actions, automated
   ones included ("reverse"). Actions go through the enforcer's own admin domain
   (`services.enforcer.admin.EnforcementAdmin`): the same validation, the same
@@ -28,7 +31,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -41,7 +44,18 @@ from services.common.privacy import RegionalKey, is_pseudonym
 from services.enforcer.admin import MAX_REASON, Caller, EnforcementAdmin, Role
 from services.enforcer.state import EnforcementState, ObservedRecord, parse_key
 from services.monitor.alerts import AlertRow
-from services.monitor.store import CASE_ACTIONED, CASE_DISMISSED, CaseFilter, CaseRow, Store
+from services.monitor.decisions import MAX_ID_CHARS
+from services.monitor.overview import MinuteTotals
+from services.monitor.store import (
+    CASE_ACTIONED,
+    CASE_DISMISSED,
+    CaseFilter,
+    CaseRow,
+    DecisionRow,
+    Store,
+    TopRow,
+    minute_of,
+)
 
 log = logging.getLogger("safeguards.monitor.operations")
 
@@ -93,6 +107,8 @@ ACCOUNT_KINDS = frozenset({K.ENFORCEMENT_KIND_SUSPEND_ACCOUNT, K.ENFORCEMENT_KIN
 VERDICTS = {"approve": CASE_ACTIONED, "dismiss": CASE_DISMISSED}
 AUTOMATION = "automation"
 MAX_LIST = 500
+#: Rows in each of the overview's top tables, and retro catches listed.
+TOP_N = 10
 
 
 class ConsoleRole(StrEnum):
@@ -181,6 +197,9 @@ class CaseView:
     account_cases: list[CaseRow]
     live: list[ActionView]
     audit: list[AuditRow]
+    #: How the case's decision was taken and its retro-screen result (None: a rule's
+    #: case, or a decision stored before the monitor kept decisions).
+    decision: DecisionRow | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +209,29 @@ class AccountView:
     cases: list[CaseRow]
     live: list[ActionView]
     history: list[HistoryRow]
+    #: Stored decisions (cases, partial or missing verdicts), newest first.
+    decisions: list[DecisionRow] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DecisionView:
+    decision: DecisionRow
+    #: The review case of this decision, when it has one.
+    case: CaseRow | None
+
+
+@dataclass(frozen=True)
+class OverviewView:
+    """The last `minutes` minutes, every one of them (zeros where nothing happened)."""
+
+    since: datetime
+    minutes: list[tuple[datetime, MinuteTotals]]
+    totals: MinuteTotals
+    top_tenants_by_blocks: list[TopRow]
+    top_tenants_by_retro: list[TopRow]
+    top_accounts_by_blocks: list[TopRow]
+    top_accounts_by_retro: list[TopRow]
+    recent_retro_catches: list[DecisionRow]
 
 
 @dataclass(frozen=True)
@@ -384,7 +426,70 @@ class Operations:
                 c for c in await self.store.account_cases(case.tenant, case.account_hmac, 21) if c.case_id != case_id
             ][:20]
             live = self._live_for(case.tenant, case.account_hmac)
-        return CaseView(case, others, live, await self.audit_log(op, 50, target=case_id))
+        decision = await self.store.find_decision(case_id)
+        return CaseView(case, others, live, await self.audit_log(op, 50, target=case_id), decision)
+
+    async def decision(self, op: Operator, decision_id: str) -> DecisionView:
+        """A stored decision: which stage answered, the verdict and why it was partial or
+        missing, the surface, request id and latency, and the retro-screen result."""
+
+        async def run() -> DecisionView:
+            self._check(op)
+            if not decision_id or len(decision_id) > MAX_ID_CHARS:
+                raise InvalidArgument("a decision id (at most 256 characters) is required")
+            row = await self.store.get_decision(decision_id)
+            case = None
+            try:
+                case = await self.store.get_case(decision_id)
+            except NotFound:
+                pass
+            return DecisionView(row, case)
+
+        return await self._audited(op, "read.decision", decision_id[:MAX_ID_CHARS], "", run)
+
+    # ---- the overview ----------------------------------------------------------------------
+    async def overview(self, op: Operator, minutes: int = 60, top: int = TOP_N) -> OverviewView:
+        """Per minute of the last `minutes`: decisions, blocks, verdict completeness,
+        retro catches, latency; the top tenants and accounts by blocks and by retro
+        catches; the latest retro catches (decisions an operator can open). Audited."""
+
+        async def run() -> OverviewView:
+            self._check(op)
+            if not 1 <= minutes <= 24 * 60:
+                raise InvalidArgument("minutes must be within 1..1440")
+            last = minute_of(datetime.now(UTC))
+            since = last - timedelta(minutes=minutes - 1)
+            stop = last + timedelta(minutes=1)
+            rows = await self.store.overview_minutes(since, stop)
+            axis = [since + timedelta(minutes=i) for i in range(minutes)]
+            per_minute = [(m, rows.get(m) or MinuteTotals()) for m in axis]
+            totals = MinuteTotals()
+            for _, r in per_minute:
+                totals.merge(r)
+            n = _limit(top)
+            return OverviewView(
+                since=since,
+                minutes=per_minute,
+                totals=totals,
+                top_tenants_by_blocks=await self.store.top_tenants(since, stop, "blocked", n),
+                top_tenants_by_retro=await self.store.top_tenants(since, stop, "retro_catches", n),
+                top_accounts_by_blocks=await self.store.top_accounts(since, stop, "blocked", n),
+                top_accounts_by_retro=await self.store.top_accounts(since, stop, "retro_catches", n),
+                recent_retro_catches=await self.store.recent_retro_catches(since, n),
+            )
+
+        return await self._audited(op, "read.overview", "", f"last {minutes} min", run)
+
+    async def overview_minutes(self, op: Operator, minutes: int = 60) -> list[tuple[datetime, MinuteTotals]]:
+        """The overview's per-minute rows only (the live charts poll this: not audited,
+        like the other chart data; the page that shows them is)."""
+        self._check(op)
+        if not 1 <= minutes <= 24 * 60:
+            raise InvalidArgument("minutes must be within 1..1440")
+        last = minute_of(datetime.now(UTC))
+        since = last - timedelta(minutes=minutes - 1)
+        rows = await self.store.overview_minutes(since, last + timedelta(minutes=1))
+        return [(m, rows.get(m) or MinuteTotals()) for m in (since + timedelta(minutes=i) for i in range(minutes))]
 
     async def review(self, op: Operator, case_id: str, verdict: str, note: str) -> CaseRow:
         status = VERDICTS.get(verdict)
@@ -436,7 +541,8 @@ class Operations:
             account_hmac,
         )
         history = [HistoryRow(r["at"], r["event"], ActionView.of(_history_action(r))) for r in rows]
-        return AccountView(tenant, account_hmac, cases, self._live_for(tenant, account_hmac), history)
+        decisions = await self.store.account_decisions(tenant, account_hmac, 50)
+        return AccountView(tenant, account_hmac, cases, self._live_for(tenant, account_hmac), history, decisions)
 
     # ---- actions ---------------------------------------------------------------------------
     async def live_actions(self, op: Operator, tenant: str = "") -> list[ActionView]:
@@ -506,7 +612,10 @@ class Operations:
     # ---- charts and alerts ---------------------------------------------------------------
     async def block_rates(self, op: Operator, by: str, minutes: int = 60) -> list[SeriesPoint]:
         """Per minute and per category (or tenant): BLOCK decisions and all decisions.
-        Counts are decision-category counts (a decision in two categories counts in both)."""
+        Counts are decision-category counts (a decision in two categories counts in both).
+        Per category, only the blocks mean something: a decision is in a category
+        (other than "none") only when a reason of that category fired, so its
+        "rate" would read ~100%; the console charts blocks per category."""
         self._check(op)
         if by not in ("category", "tenant"):
             raise InvalidArgument("by must be 'category' or 'tenant'")

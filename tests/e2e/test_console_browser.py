@@ -4,10 +4,13 @@ ONNX models), Tansu, an enforcer and the monitor (real PostgreSQL) serving its
 console.
 
 A jailbreak gets BLOCKed, so the monitor opens a case; a reviewer signs in in the
-browser, opens the case from the review queue, suspends the account with a reason;
+browser, lands on the overview (the hour's decisions and blocks, its live charts
+drawn), opens the case from the review queue (it says how the decision was taken),
+suspends the account with a reason;
 the enforcer (a real ScreenPrompt call) then blocks that account's next benign
 request while another account passes; the audit log page shows the suspension and
-the live chart has been drawn by the page's script."""
+the blocks-per-category chart has been drawn by the page's script, its time axis
+labelled HH:MM."""
 
 from __future__ import annotations
 
@@ -106,8 +109,15 @@ def test_reviewer_suspends_an_account_from_the_browser_and_the_enforcer_blocks_i
             page.fill("input[name=name]", REVIEWER)
             page.fill("input[name=password]", PASSWORD)
             page.click("button:text('Sign in')")
-            expect(page.locator("h1")).to_have_text("Review queue")
+            expect(page.locator("h1")).to_have_text("Overview, last hour")  # the landing page
             expect(page.locator("header .who")).to_have_text(f"{REVIEWER} (reviewer)")
+            assert int(page.locator("#total-decisions").inner_text()) >= 2
+            assert int(page.locator("#total-blocks").inner_text()) >= 1
+            expect(page.locator("#chart-volume")).to_have_attribute("data-updated", re.compile("."))
+            expect(page.locator("#legend-volume li").first).to_contain_text("decisions: ")
+            expect(page.locator("#chart-latency text.time-tick").first).to_have_text(re.compile(r"^\d\d:\d\d$"))
+            page.click("nav a:text('Review queue')")
+            expect(page.locator("h1")).to_have_text("Review queue")
 
             page.fill("form.filters input[name=tenant]", TENANT)
             page.select_option("form.filters select[name=action]", "BLOCK")
@@ -116,6 +126,7 @@ def test_reviewer_suspends_an_account_from_the_browser_and_the_enforcer_blocks_i
             expect(page.locator("h1")).to_contain_text(blocked.decision_id)
             expect(page.locator("dd.decision")).to_have_text("BLOCK")
             expect(page.locator("table.scores tr.over td").first).to_have_text("jailbreak")
+            expect(page.locator("dl.how-decided dd.surface")).to_have_text("screen_prompt")
 
             page.fill("#suspend-form input[name=reason]", reason)
             page.click("#suspend-form button")
@@ -143,13 +154,14 @@ def test_reviewer_suspends_an_account_from_the_browser_and_the_enforcer_blocks_i
             expect(row).to_contain_text(reason)
             expect(row.locator("td").last).to_have_text("yes")
 
-            page.click("nav a:text('Block rates')")
+            page.click("nav a:text('Blocks')")
             expect(page.locator("#chart-category")).to_have_attribute("data-updated", re.compile("."))
             legend = page.locator("#legend-category li")
-            expect(legend.filter(has_text="jailbreak")).to_have_text("jailbreak: 1 blocked of 1", timeout=15_000)
+            expect(legend.filter(has_text="jailbreak")).to_have_text("jailbreak: 1 blocked", timeout=15_000)
             expect(legend.filter(has_text="enforcement")).to_have_text(
-                "enforcement: 1 blocked of 1", timeout=15_000  # the suspended request, redrawn within 5 s
+                "enforcement: 1 blocked", timeout=15_000  # the suspended request, redrawn within 5 s
             )
+            expect(page.locator("#chart-category text.time-tick").first).to_have_text(re.compile(r"^\d\d:\d\d$"))
             expect(page.locator("#chart-tenant circle").first).to_be_attached()
             assert not errors, errors  # no CSP violation or script error in the console
         finally:

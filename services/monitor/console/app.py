@@ -40,8 +40,9 @@ from services.common.reloader import ReloadingConfig
 from services.common.settings import split_host_port
 from services.monitor.console.sessions import ATTEMPT_WINDOW_S, Session, Sessions
 from services.monitor.console.users import Account, authenticate
-from services.monitor.decisions import ACTIONS
+from services.monitor.decisions import ACTIONS, SURFACES, VERDICTS
 from services.monitor.operations import ConsoleRole, Operations, Operator
+from services.monitor.overview import MinuteTotals
 from services.monitor.store import CaseFilter
 
 log = logging.getLogger("safeguards.monitor.console")
@@ -67,6 +68,10 @@ DATA_POLICIES = {v: n.removeprefix("DATA_POLICY_") for n, v in signals_pb2.DataP
 #: Most keys drawn in one chart (the ones with the most blocks); the rest are left out.
 CHART_KEYS = 8
 CHART_MINUTES = 60
+#: The time axis is labelled every this many minutes.
+TICK_MINUTES = 10
+#: Where a signed-in operator lands.
+LANDING = "/overview"
 ERROR_STATUS: dict[type[ServiceError], int] = {
     InvalidArgument: 400,
     PermissionDenied: 403,
@@ -113,7 +118,12 @@ class Console:
             undefined=jinja2.StrictUndefined,
         )
         self.templates.filters["when"] = _when
-        self.templates.globals.update(ACTIONS=ACTIONS, STATUSES=STATUSES, DATA_POLICIES=DATA_POLICIES)
+        self.templates.filters["hhmm"] = _hhmm
+        self.templates.filters["pct"] = _pct
+        self.templates.filters["ms"] = _ms
+        self.templates.globals.update(
+            ACTIONS=ACTIONS, STATUSES=STATUSES, DATA_POLICIES=DATA_POLICIES, VERDICTS=VERDICTS, SURFACES=SURFACES
+        )
         self.app = self._build()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -145,6 +155,9 @@ class Console:
         r.add_post("/signin", self.signin)
         r.add_post("/signout", self.signout)
         r.add_get("/", self.home)
+        r.add_get("/overview", self.overview)
+        r.add_get("/overview/data", self.overview_data)
+        r.add_get("/decisions/{decision_id}", self.decision)
         r.add_get("/cases", self.queue)
         r.add_get("/cases/{case_id}", self.case)
         r.add_post("/cases/{case_id}/review", self.review)
@@ -296,7 +309,7 @@ class Console:
         await self.sessions.succeeded(name)
         sid, _session = await self.sessions.create(operator.name)
         await self.ops.record(operator, str(operator.role), "sign-in")
-        response = see_other("/cases")
+        response = see_other(LANDING)
         response.set_cookie(self.cookie, sid, httponly=True, samesite="Strict", secure=self.secure, path="/")
         response.del_cookie(PRE_COOKIE, path="/signin")
         return response
@@ -311,7 +324,21 @@ class Console:
 
     # ---- review queue and cases ------------------------------------------------------------
     async def home(self, request: web.Request) -> web.StreamResponse:
-        return see_other("/cases")
+        return see_other(LANDING)
+
+    # ---- overview and decisions -------------------------------------------------------------
+    async def overview(self, request: web.Request) -> web.Response:
+        view = await self.ops.overview(request["operator"], CHART_MINUTES)
+        active = [(m, r) for m, r in reversed(view.minutes) if r.decisions or r.retro_screens]
+        return self._render(request, "overview.html", {"view": view, "t": view.totals, "active": active})
+
+    async def overview_data(self, request: web.Request) -> web.Response:
+        rows = await self.ops.overview_minutes(request["operator"], CHART_MINUTES)
+        return web.json_response(overview_series(rows))
+
+    async def decision(self, request: web.Request) -> web.Response:
+        view = await self.ops.decision(request["operator"], request.match_info["decision_id"])
+        return self._render(request, "decision.html", {"d": view.decision, "case": view.case})
 
     async def queue(self, request: web.Request) -> web.Response:
         q = request.query
@@ -428,7 +455,9 @@ class Console:
     async def chart_data(self, request: web.Request) -> web.Response:
         by = request.query.get("by", "category")
         points = await self.ops.block_rates(request["operator"], by, CHART_MINUTES)
-        return web.json_response(chart_series(points, datetime.now(UTC)))
+        # Per category only blocks mean something (see Operations.block_rates).
+        measure = "blocks" if by == "category" else "rate"
+        return web.json_response(chart_series(points, datetime.now(UTC), measure=measure))
 
     async def alerts(self, request: web.Request) -> web.Response:
         return self._render(request, "alerts.html", {"alerts": await self.ops.alerts(request["operator"])})
@@ -437,9 +466,17 @@ class Console:
         return self._render(request, "audit.html", {"rows": await self.ops.audit_log(request["operator"], 200)})
 
 
-def chart_series(points, now: datetime, minutes: int = CHART_MINUTES) -> dict:
-    """Per-minute block rate series (every minute of the window, None where nothing was
-    decided) of the keys with the most blocks, for the chart script."""
+def time_ticks(axis: list[datetime], every: int = TICK_MINUTES) -> list[list]:
+    """[index, "HH:MM"] for the minutes of the axis on a multiple of `every` minutes
+    (UTC), so the time axis is labelled at round times whatever the window's start."""
+    return [[i, _hhmm(m)] for i, m in enumerate(axis) if (m.hour * 60 + m.minute) % every == 0]
+
+
+def chart_series(points, now: datetime, minutes: int = CHART_MINUTES, measure: str = "rate") -> dict:
+    """Per-minute series of the keys with the most blocks, for the chart script, with
+    every minute of the window on the axis and HH:MM ticks. measure="rate": blocked /
+    total (None where nothing was decided); measure="blocks": blocks per minute, only
+    keys that blocked."""
     last = now.astimezone(UTC).replace(second=0, microsecond=0)
     axis = [last - timedelta(minutes=minutes - 1 - i) for i in range(minutes)]
     index = {m: i for i, m in enumerate(axis)}
@@ -450,18 +487,77 @@ def chart_series(points, now: datetime, minutes: int = CHART_MINUTES) -> dict:
         if i is not None:
             blocked[p.key][i] += p.blocked
             total[p.key][i] += p.total
-    keys = sorted(total, key=lambda k: (-sum(blocked[k]), k))[:CHART_KEYS]
-    return {
-        "minutes": [m.isoformat() for m in axis],
-        "series": [
+    keys = [k for k in total if measure == "rate" or sum(blocked[k])]
+    keys = sorted(keys, key=lambda k: (-sum(blocked[k]), k))[:CHART_KEYS]
+    series = []
+    for k in keys:
+        rates = [round(b / t, 4) if t else None for b, t in zip(blocked[k], total[k], strict=True)]
+        n, of = sum(blocked[k]), sum(total[k])
+        series.append(
             {
                 "key": k,
-                "blocked": sum(blocked[k]),
-                "total": sum(total[k]),
-                "rates": [round(b / t, 4) if t else None for b, t in zip(blocked[k], total[k], strict=True)],
+                "blocked": n,
+                "total": of,
+                "rates": rates,
+                "values": rates if measure == "rate" else list(blocked[k]),
+                "legend": f"{k}: {n} blocked of {of}" if measure == "rate" else f"{k}: {n} blocked",
             }
-            for k in keys
-        ],
+        )
+    return {
+        "minutes": [m.isoformat() for m in axis],
+        "ticks": time_ticks(axis),
+        "unit": "share" if measure == "rate" else "count",
+        "series": series,
+    }
+
+
+def overview_series(rows: list[tuple[datetime, MinuteTotals]]) -> dict:
+    """The overview's three live charts from its per-minute rows: volume (decisions,
+    blocks, retro catches per minute), verdicts (share decided on a full / partial /
+    no verdict) and latency (p50 / p99 in ms)."""
+    axis = [m for m, _ in rows]
+    totals = [r for _, r in rows]
+
+    def line(key: str, values: list, legend: str) -> dict:
+        return {"key": key, "values": values, "legend": legend}
+
+    def share(part) -> list:
+        return [None if r.share(part(r)) is None else round(r.share(part(r)), 4) for r in totals]
+
+    def ms(q) -> list:
+        return [None if q(r) is None else round(q(r), 2) for r in totals]
+
+    hour = MinuteTotals()
+    for r in totals:
+        hour.merge(r)
+    base = {"minutes": [m.isoformat() for m in axis], "ticks": time_ticks(axis)}
+    return {
+        "volume": {
+            **base,
+            "unit": "count",
+            "series": [
+                line("decisions", [r.decisions for r in totals], f"decisions: {hour.decisions}"),
+                line("blocks", [r.blocked for r in totals], f"blocks: {hour.blocked}"),
+                line("retro catches", [r.retro_catches for r in totals], f"retro catches: {hour.retro_catches}"),
+            ],
+        },
+        "verdicts": {
+            **base,
+            "unit": "share",
+            "series": [
+                line("full", share(lambda r: r.full), f"full verdict: {_pct(hour.share(hour.full))}"),
+                line("partial", share(lambda r: r.partial), f"partial verdict: {_pct(hour.share(hour.partial))}"),
+                line("none", share(lambda r: r.no_verdict), f"no verdict: {_pct(hour.share(hour.no_verdict))}"),
+            ],
+        },
+        "latency": {
+            **base,
+            "unit": "ms",
+            "series": [
+                line("p50", ms(lambda r: r.p50_ms), f"p50: {_ms(hour.p50_ms)}"),
+                line("p99", ms(lambda r: r.p99_ms), f"p99: {_ms(hour.p99_ms)}"),
+            ],
+        },
     }
 
 
@@ -525,6 +621,20 @@ def _local(target: str, default: str) -> str:
     if target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
     return default
+
+
+def _hhmm(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%H:%M")
+
+
+def _pct(share: float | None) -> str:
+    return "–" if share is None else f"{share * 100:.1f}%"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
 
 
 def _when(value: datetime | None) -> str:

@@ -15,6 +15,7 @@ the logs, and Kafka down answering 503 with nothing changed.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 
@@ -22,6 +23,7 @@ import aiohttp
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
+from safeguards.v1 import classifier_pb2, signals_pb2
 from yarl import URL
 
 from services.common.privacy import RegionalKey
@@ -178,7 +180,7 @@ async def test_signin_with_a_good_password_opens_the_queue_and_a_bad_one_does_no
         assert not any(c.key == "sgconsole" for c in b.http.cookie_jar)
         assert (await b.get("/cases"))[0] == 303
         status, _, r = await b.signin("rita")
-        assert status == 303 and r.headers["Location"] == "/cases"
+        assert status == 303 and r.headers["Location"] == "/overview"  # the landing page
         cookie = r.cookies["sgconsole"]
         assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/"
         status, page, _ = await b.get("/cases")
@@ -370,6 +372,114 @@ async def test_bad_input_and_unknown_cases_get_clear_pages_without_stack_traces(
         assert status == 400 and "reason is required" in page
         status, page, _ = await b.post("/actions/nope/revoke", {"reason": "test"})
         assert status == 404
+
+
+async def produce_and_wait(bootstrap: str, db_url: str, signals) -> None:
+    """Produce signals and wait until the monitor has processed every one."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for sig in signals:
+            await producer.send_and_wait(f"safeguards.signals.{REGION}", sig.SerializeToString(), key=b"acme")
+    finally:
+        await producer.stop()
+    ids = [s.decision_id for s in signals]
+    for _ in range(300):
+        if len(await sql(db_url, "SELECT 1 FROM monitor_processed WHERE decision_id = ANY($1)", ids)) == len(ids):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the monitor did not consume the signals")
+
+
+def partial_decision(action: str, account: str, *, policy: str = "STANDARD", request_id: str = "req-p"):
+    """A decision taken on a partial verdict (the encoder missed its deadline)."""
+    sig = make_signal(region=REGION, tenant="acme", action=action, account=account, key=KEY, data_policy=policy,
+                      request_id=request_id)  # fmt: skip
+    sig.verdict = classifier_pb2.VERDICT_COMPLETENESS_PARTIAL
+    sig.verdict_reason = "deadline"
+    sig.answered_by = "tier1-keywords"
+    sig.latencies.total.FromNanoseconds(37_000_000)
+    return sig
+
+
+def retro_follow_up(of, action: str = "BLOCK", catch: bool = True):
+    sig = make_signal(region=REGION, tenant=of.tenant, action=action, key=KEY)
+    sig.account_hmac = of.account_hmac
+    sig.surface = signals_pb2.SURFACE_RETRO_SCREEN
+    sig.retro_of_decision_id = of.decision_id
+    sig.retro_catch = catch
+    sig.original_action = of.action
+    sig.verdict = classifier_pb2.VERDICT_COMPLETENESS_FULL
+    sig.answered_by = "encoder-minilm"
+    return sig
+
+
+async def test_the_overview_lands_after_sign_in_and_shows_the_hour(console) -> None:
+    attacker = "acct-" + uuid.uuid4().hex[:8]
+    allowed = partial_decision("ALLOW", attacker)
+    blocked = partial_decision("BLOCK", attacker)
+    await produce_and_wait(
+        console["kafka"].bootstrap, console["db"], [allowed, blocked, retro_follow_up(allowed)]
+    )
+    attacker_hmac = KEY.account("acme", attacker)
+    async with Browser(console["url"]) as b:
+        status, _, r = await b.signin("vera")  # a viewer may read it
+        assert status == 303 and r.headers["Location"] == "/overview"
+        assert (await b.get("/"))[2].headers["Location"] == "/overview"
+        status, page, r = await b.get("/overview")
+        assert status == 200 and "Overview, last hour" in page and "unsafe-inline" not in r.headers[
+            "Content-Security-Policy"]  # fmt: skip
+        assert re.search(r'id="total-retro">[1-9]\d* of [1-9]', page)  # retro catches of re-screens
+        assert re.search(r'id="share-partial">\d+\.\d%', page) and 'id="latency">p50 ' in page
+        retro_top = page.split('id="top-accounts-retro"')[1].split("</section>")[0]
+        assert attacker_hmac[:16] in retro_top  # the attacker tops the accounts by retro catches
+        assert f'/decisions/{allowed.decision_id}"' in page  # the latest retro catches link their decision
+        assert '<table class="minutes"' in page
+        status, body, _ = await b.get("/overview/data")
+        data = json.loads(body)
+        assert status == 200 and set(data) == {"volume", "verdicts", "latency"}
+        volume = {s["key"]: s["values"] for s in data["volume"]["series"]}
+        assert sum(volume["retro catches"]) >= 1 and sum(volume["decisions"]) >= 2
+        assert all(re.fullmatch(r"\d\d:\d\d", label) for _, label in data["volume"]["ticks"])
+    rows = await sql(console["db"], "SELECT operator, role, ok FROM monitor_audit WHERE what = 'read.overview'")
+    assert ("vera", "viewer", True) in [tuple(r) for r in rows]  # the read is audited
+    async with Browser(console["url"]) as b:  # another region's reviewer sees none of it
+        await b.signin("ulf")
+        for path in ("/overview", "/overview/data", f"/decisions/{allowed.decision_id}"):
+            status, page, _ = await b.get(path)
+            assert status == 403 and "acme" not in page and allowed.decision_id not in page, path
+
+
+async def test_decision_and_case_pages_say_how_it_was_decided_and_the_retro_result(console) -> None:
+    account = "acct-" + uuid.uuid4().hex[:8]
+    blocked = partial_decision("BLOCK", account, request_id="req-" + uuid.uuid4().hex[:6])
+    flagged_zero = partial_decision("FLAG", account, policy="ZERO_RETENTION", request_id="zr-must-not-show")
+    await produce_and_wait(
+        console["kafka"].bootstrap, console["db"], [blocked, flagged_zero, retro_follow_up(blocked, catch=False)]
+    )
+    async with Browser(console["url"]) as b:
+        await b.signin("rita")
+        for path in (f"/cases/{blocked.decision_id}", f"/decisions/{blocked.decision_id}"):
+            status, page, _ = await b.get(path)
+            assert status == 200, path
+            assert '<dd class="surface">screen_prompt</dd>' in page
+            assert f"<code>{blocked.request_id}</code>" in page
+            assert '<dd class="latency">37 ms</dd>' in page
+            assert "partial · deadline" in page and "<code>tier1-keywords</code>" in page
+            assert "confirmed: the full verdict calls for BLOCK" in page and "encoder-minilm" in page
+        status, page, _ = await b.get(f"/decisions/{flagged_zero.decision_id}")
+        assert status == 200 and "zr-must-not-show" not in page and "not kept (data policy ZERO_RETENTION)" in page
+        assert "Not re-screened yet" in page
+        status, page, _ = await b.get("/decisions/no-such-decision")
+        assert status == 404 and "Traceback" not in page
+        status, page, _ = await b.get(account_path := f"/accounts/acme/{KEY.account('acme', account)}")
+        assert status == 200 and f"/decisions/{flagged_zero.decision_id}" in page, account_path
+    rows = await sql(
+        console["db"],
+        "SELECT operator, ok FROM monitor_audit WHERE what = 'read.decision' AND target = $1",
+        blocked.decision_id,
+    )
+    assert [tuple(r) for r in rows] == [("rita", True)]
 
 
 async def test_kafka_down_answers_503_and_changes_nothing(console) -> None:
