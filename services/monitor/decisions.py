@@ -169,7 +169,7 @@ def decision_from_signal(sig: signals_pb2.SafeguardSignal, fallback_time_s: floa
     retro = sig.surface == RETRO
     if retro and (not sig.retro_of_decision_id or len(sig.retro_of_decision_id) > MAX_ID_CHARS):
         raise InvalidArgument("retro-screen signal without a usable retro_of_decision_id")
-    if retro and sig.original_action not in ACTIONS:
+    if retro and sig.original_action and sig.original_action not in ACTIONS:
         raise InvalidArgument(f"retro-screen signal with unknown original action {sig.original_action}")
     return Decision(
         decision_id=sig.decision_id,
