@@ -154,10 +154,13 @@ def run(
     build: Callable[[ServiceSettings, CollectorRegistry], Awaitable[App]],
 ) -> int:
     """Configure logs, build the app, serve until SIGTERM/SIGINT, drain, return 0."""
-    logs.configure(name, settings.region, settings.log_level)
+    log_pipeline = logs.configure(
+        name, settings.region, settings.log_level, decisions_per_s=settings.log_decisions_per_s
+    )
 
     async def main() -> int:
         registry = new_registry()
+        log_pipeline.register(registry)
         app = await build(settings, registry)
         server = GrpcServer(name, settings, app, registry)
         loop = asyncio.get_running_loop()
@@ -182,6 +185,8 @@ def run(
         log.error("cannot start", extra={"error": str(exc)})
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
+    finally:
+        log_pipeline.stop()  # write the queued lines (bounded wait) before exit
 
 
 def main_exit(code: int) -> None:

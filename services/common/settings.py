@@ -53,6 +53,12 @@ class ServiceSettings(BaseSettings):
     )
     region: str = Field("local", description="data-residency region this process serves (labels logs and metrics)")
     log_level: str = Field("INFO", description="log level: DEBUG, INFO, WARNING, ERROR")
+    log_decisions_per_s: float = Field(
+        100.0,
+        ge=0,
+        description="most INFO lines per second written by each high-rate logger (one line per decision); "
+        "the rest are counted in safeguards_log_records_dropped_total, not written; 0 = no cap",
+    )
     plaintext: bool = Field(
         False,
         description="serve without TLS; must be chosen explicitly (local runs on loopback only)",
