@@ -15,9 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from safeguards.v1 import classifier_pb2
+from safeguards.v1 import classifier_pb2, safeguards_pb2_grpc, signals_pb2
 from safeguards.v1 import safeguards_pb2 as pb
-from safeguards.v1 import safeguards_pb2_grpc, signals_pb2
 
 from tests.e2e.failsafe_prompts import ATTACKS, BENIGN, HARMFUL, adversarial, long_benign
 from tests.e2e.meshes import JAILBREAK, backends, read_signals
