@@ -34,9 +34,19 @@ background loop turns whatever is queued into batches.  Why each piece is here:
   background rows only when no live row waits, and a background batch is cut short
   (``background_batch_s``) so it delays a live caller that arrives meanwhile little.
 
+* A running batch cannot be interrupted, so its length is what a newly arrived row waits
+  at least: a live batch stops growing once its predicted cost reaches ``max_batch_s``.
+  On a CPU a batch of long rows costs about the sum of its rows (ONNX Runtime measured
+  15.4 rows/s at batch 8 and 14.4 at batch 1 for MiniLM, bench/RESULTS.md), so the cap
+  costs little throughput there and binds only for long rows; on a GPU it rarely binds.
+
 * A batch is sent when ``max_batch_size`` rows wait, or when the oldest row has waited
   ``max_queue_delay``.  Under load the queue refills while a batch runs, so batches form
   with no extra delay; when idle, a lone row waits at most the delay.
+
+* Within a round, the tenant whose oldest row is due first is visited first (the ring's
+  rotation breaks ties), so a tight-deadline row is not shut out of a batch by a slower
+  tenant ahead of it in the ring.
 
 * Within the fair order, rows are grouped by length: each tenant's visit starts with its
   oldest row (so nothing starves), and further rows are picked from a bounded look-ahead
@@ -90,9 +100,16 @@ class BatchPolicy:
     max_queue_delay_s: float
     capacity: int  # rows that may wait before admission refuses new requests
     lookahead: int = 4  # rows considered for length grouping: lookahead * max_batch_size
+    # A live batch stops growing once its predicted cost would pass this (it always takes
+    # at least one row; None: no cap).  A running batch cannot be interrupted, so this is
+    # about the longest a newly arrived row waits for the batch ahead of it.
+    max_batch_s: float | None = None
     # A background batch is cut once its predicted cost reaches this (it always takes at
     # least one row): a live request arriving meanwhile waits at most about this long.
     background_batch_s: float = 0.025
+    # An idle model that measured nothing for this long admits one request its cost model
+    # refuses, to measure again (see Batcher._may_probe).
+    probe_interval_s: float = 1.0
 
 
 class CostModel:
@@ -161,6 +178,7 @@ class _Request:
         "dead",
         "tenant",
         "predicted",
+        "probe",
     )
 
     def __init__(self, arrays, lengths, future, deadline: float | None, now: float) -> None:
@@ -177,6 +195,7 @@ class _Request:
         self.dead = False  # answered, failed, expired or cancelled: ignore its remaining rows
         self.tenant: _Tenant | None = None
         self.predicted: float | None = None  # seconds from submit to answer, as admission predicted
+        self.probe = False  # admitted against the prediction, to measure the model again (see _may_probe)
 
 
 class _Tenant:
@@ -317,11 +336,15 @@ class Batcher:
         self._pad_ratio = 1.0  # padded / real tokens of recent batches (EWMA)
         self._quantum = 1  # deficit round robin quantum: the longest row seen, in tokens
         self._running_until = 0.0  # predicted end of the batch running now (monotonic; 0: idle)
+        self._running = False
         # Plain counters for tests and ListModels-style introspection.
         self.batches_run = 0
         self.rows_run = 0
         self.rows_dropped = 0
         self.rejected = 0
+        self.probes = 0
+        self._last_measured = time.monotonic()
+        self._last_probe = 0.0
         self._publish_cost()
 
     # -- API ----------------------------------------------------------------------
@@ -375,7 +398,10 @@ class Batcher:
         lengths = np.maximum(np.asarray(lengths, dtype=np.int64), 1)
         now = time.monotonic()
         predicted = self.predict(int(lengths.sum()), n, tenant, background, now)
+        probe = False
         if timeout is not None and predicted is not None and predicted > timeout:
+            probe = self._may_probe(now)
+        if timeout is not None and predicted is not None and predicted > timeout and not probe:
             self._count_reject("deadline")
             raise WouldMissDeadline(
                 f"model {self.name} would answer in about {predicted * 1000:.1f} ms but the deadline is in "
@@ -383,6 +409,10 @@ class Batcher:
             )
         req = _Request(arrays, lengths, future, None if timeout is None else now + timeout, now)
         req.predicted = predicted
+        req.probe = probe
+        if probe:
+            self.probes += 1
+            self._last_probe = now
         lane = self._background if background else self._live
         t = lane.tenant(tenant)
         req.tenant = t
@@ -417,6 +447,20 @@ class Batcher:
         # An idle queue holds a lone row up to the delay, waiting for companions.
         delay = self.policy.max_queue_delay_s if ahead_rows < self.policy.max_batch_size and not running else 0.0
         return running + delay + self.cost.seconds(ahead_tokens * self._pad_ratio, max(1, batches))
+
+    def _may_probe(self, now: float) -> bool:
+        """Whether to admit a request the prediction refuses, to measure again.
+
+        A cost model that became too pessimistic (a warm-up or batches timed while the
+        machine was busy) would otherwise never be corrected when every caller has a
+        tight deadline: refused work is never measured.  So when the model is idle and
+        has measured nothing for ``probe_interval_s``, one refused request runs anyway.
+        Idle means nobody waits behind it; if it does finish late, its caller (a cascade)
+        has already answered with its earlier stage.
+        """
+        idle = self._queued == 0 and not self._running_until and not self._running
+        quiet = now - max(self._last_measured, self._last_probe) >= self.policy.probe_interval_s
+        return idle and quiet
 
     @property
     def queued(self) -> int:
@@ -494,7 +538,9 @@ class Batcher:
         policy = self.policy
         size = policy.max_batch_size
         limit = size * max(1, policy.lookahead)
-        cap_s = policy.background_batch_s if lane is self._background else _INF
+        cap_s = policy.max_batch_s or _INF
+        if lane is self._background:
+            cap_s = min(cap_s, policy.background_batch_s)
         cost = self.cost if self.cost.known else None
         now = time.monotonic()
         batch: list[tuple[_Request, int]] = []
@@ -544,7 +590,7 @@ class Batcher:
                         t.deficit += self._quantum  # alone: round after round
                     if cost is not None:
                         alone = cost.seconds(length)
-                        if now + alone > req.deadline:
+                        if now + alone > req.deadline and not req.probe:
                             # Cannot finish in time even alone: drop before inference.
                             w.use(k)
                             self._kill(req, "deadline", self._cannot_finish(req, now, alone))
@@ -635,6 +681,7 @@ class Batcher:
         real = int(sum(int(r.lengths[i]) for r, i in batch))
         padded = len(batch) * width
         started = time.monotonic()
+        self._running = True
         self._running_until = started + (self.cost.seconds(padded) if self.cost.known else 0.0)
         if self._stats:
             label = self._label
@@ -665,11 +712,13 @@ class Batcher:
                     self._kill(req, None, failure)
             return
         finally:
+            self._running = False
             self._running_until = 0.0
             elapsed = time.monotonic() - started
             if self._stats:
                 self._stats.inference_duration.labels(self._label).observe(elapsed)
         self.cost.observe(padded, elapsed)
+        self._last_measured = time.monotonic()
         self._pad_ratio = 0.8 * self._pad_ratio + 0.2 * (padded / max(1, real))
         self._publish_cost()
         self.batches_run += 1

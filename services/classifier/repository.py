@@ -140,6 +140,7 @@ class ModelRepository:
         stats: ClassifierStats,
         *,
         queue_capacity: int = 1024,
+        max_batch_s: float | None = None,
         poll_seconds: float = 2.0,
         wait_for_batch: bool = True,
         health: HealthCallback | None = None,
@@ -148,6 +149,7 @@ class ModelRepository:
         self.runtime = runtime
         self.stats = stats
         self.queue_capacity = queue_capacity
+        self.max_batch_s = max_batch_s
         self.poll_seconds = poll_seconds
         # False: ignore max_queue_delay_ms (an idle model runs at once; see --batch-wait).
         self.wait_for_batch = wait_for_batch
@@ -458,6 +460,7 @@ class ModelRepository:
                 max_batch_size=man.batching.max_batch_size,
                 max_queue_delay_s=man.batching.max_queue_delay_ms / 1000.0 if self.wait_for_batch else 0.0,
                 capacity=man.batching.max_queue_rows or self.queue_capacity,
+                max_batch_s=self.max_batch_s,
             ),
             self.stats,
             seed=model.warmup_timings,

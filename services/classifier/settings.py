@@ -63,6 +63,13 @@ class ClassifierSettings(ServiceSettings):
         ge=1,
         description="rows (text windows) that may wait per model version; requests beyond are RESOURCE_EXHAUSTED",
     )
+    max_batch_ms: float = Field(
+        150.0,
+        ge=0,
+        description="a batch stops growing once its predicted inference time reaches this (it always takes "
+        "one row): a running batch cannot be interrupted, so this bounds how long a newly arrived text waits "
+        "for the batch ahead of it (0: no bound)",
+    )
     batch_wait: str = Field(
         "auto",
         pattern="^(auto|manifest|eager)$",

@@ -12,6 +12,7 @@ rows wait while live rows exist and never make the queue look full to live calle
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def row(tag: int, tokens: int) -> list[int]:
 
 
 def make(model: CostlyModel, stats: ClassifierStats | None = None, seed=(), **policy) -> Batcher:
-    args = {"max_batch_size": 4, "max_queue_delay_s": 0.0, "capacity": 1000} | policy
+    args = {"max_batch_size": 4, "max_queue_delay_s": 0.0, "capacity": 1000, "probe_interval_s": math.inf} | policy
     b = Batcher("tiny", model.infer, {"x": 0}, BatchPolicy(**args), stats, seed=seed)
     b.start()
     return b
@@ -276,4 +277,25 @@ async def test_background_work_is_never_admitted_ahead_of_live_work(model) -> No
     admitted = batcher.submit(*rows(*(row(50 + k, 2) for k in range(3))), tenant="c")
     model.gate.set()
     await asyncio.gather(running, retro, admitted)
+    await batcher.close()
+
+
+async def test_an_idle_model_probes_a_refused_request_so_a_pessimistic_cost_model_recovers(model) -> None:
+    """Refused work is never measured: a cost model made too pessimistic (a warm-up timed
+    on a busy machine) must not keep refusing every tight-deadline caller for ever."""
+    model.seconds_per_token = 0.0
+    batcher = make(model, seed=[(10, 1.0), (20, 2.0)], probe_interval_s=0.0)  # believes 100 ms a token
+    assert batcher.predict(10, 1) == pytest.approx(1.0)
+    out = await batcher.submit(*rows(row(3, 10)), timeout=0.5)  # predicted 1 s: admitted as a probe
+    assert out[0][0] == 3 + 9 and batcher.probes == 1
+    assert batcher.predict(10, 1) < 1.0, "the probe's measurement moved the model"
+    # A busy model does not probe: the refusal stands.
+    model.gate.clear()
+    running = batcher.submit(*rows(row(1, 1)))
+    await asyncio.to_thread(model.started.wait, 5)
+    batcher.cost.observe(10, 100.0)
+    with pytest.raises(WouldMissDeadline):
+        batcher.submit(*rows(row(4, 10)), timeout=0.5)
+    model.gate.set()
+    await running
     await batcher.close()

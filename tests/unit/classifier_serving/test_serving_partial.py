@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import threading
 from pathlib import Path
 
@@ -69,6 +70,13 @@ class Gate:
         return self._real(feeds)
 
 
+def make_slow(repo: ModelRepository, name: str) -> None:
+    """Teach a version's cost model that it costs 10 s a token (and never probe it)."""
+    batcher = repo.serving(name).batcher
+    batcher.cost.observe(1, 10.0)
+    batcher.policy = dataclasses.replace(batcher.policy, probe_interval_s=math.inf)
+
+
 def scores(result) -> dict[str, float]:
     return {s.label: s.score for s in result.scores}
 
@@ -86,7 +94,7 @@ async def test_a_second_stage_that_answers_in_time_gives_a_full_verdict(env) -> 
 async def test_a_second_stage_refused_at_admission_answers_partial_with_the_first_stages_scores(env) -> None:
     classifier, repo, registry = env
     ((first,),) = await classifier.classify([SHORT], ["a"])
-    repo.serving("b").batcher.cost.observe(1, 10.0)  # the encoder now costs 10 s a token
+    make_slow(repo, "b")
     ((m,),) = await asyncio.wait_for(classifier.classify([SHORT], ["guard"], timeout=2.0), 2.0)
     assert (m.completeness, m.partial_reason, m.answered_by) == (PARTIAL, DEADLINE, "a")
     assert m.model == "guard" and m.version == first.version
@@ -101,7 +109,7 @@ async def test_a_second_stage_refused_at_admission_answers_partial_with_the_firs
 
 async def test_only_the_escalated_texts_of_a_request_are_partial(env) -> None:
     classifier, repo, _ = env
-    repo.serving("b").batcher.cost.observe(1, 10.0)
+    make_slow(repo, "b")
     short, long_ = await classifier.classify([SHORT, LONG], ["mixed"], timeout=2.0)
     assert (short[0].completeness, short[0].partial_reason, short[0].answered_by) == (PARTIAL, DEADLINE, "a")
     assert (long_[0].completeness, long_[0].partial_reason, long_[0].answered_by) == (FULL, "", "a")
@@ -147,14 +155,14 @@ async def test_a_second_stage_with_no_ready_version_answers_partial_unavailable(
 
 async def test_a_first_stage_that_cannot_answer_in_time_is_deadline_exceeded_not_a_verdict(env) -> None:
     classifier, repo, _ = env
-    repo.serving("a").batcher.cost.observe(1, 10.0)
+    make_slow(repo, "a")
     with pytest.raises(WouldMissDeadline, match="model a would answer in about"):
         await classifier.classify([SHORT], ["guard"], timeout=2.0)
 
 
 async def test_a_plain_model_that_cannot_answer_in_time_is_deadline_exceeded(env) -> None:
     classifier, repo, _ = env
-    repo.serving("b").batcher.cost.observe(1, 10.0)
+    make_slow(repo, "b")
     with pytest.raises(DeadlineExceeded) as err:
         await classifier.classify([SHORT], ["b"], timeout=2.0)
     assert err.value.code == "DEADLINE_EXCEEDED"
