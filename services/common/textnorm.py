@@ -693,8 +693,11 @@ _PCT_RE = re.compile(r"%[0-9A-Fa-f]{2}")
 _ESC_RE = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|x([0-9A-Fa-f]{2})|u\{([0-9A-Fa-f]{1,6})\})")
 _SURROGATE_PAIR_RE = re.compile("[\ud800-\udbff][\udc00-\udfff]")
 _HTML_NUM_RE = re.compile(r"&#(?:[xX][0-9A-Fa-f]{1,6}|\d{1,7});")
-_NON_SPACE_RUN_LEFT = re.compile(r"\S*$")
-_NON_SPACE_RUN_RIGHT = re.compile(r"\S*")
+_NON_SPACE_RUN = re.compile(r"\S*")
+#: How far an escape run is widened to the token around it, each side. Ordinary tokens
+#: (a URL, a word with an escape in it) are far shorter; a hostile one-token wall of
+#: text must not make every escape region (and its decoded payload) as long as itself.
+_WIDEN_MAX = 256
 
 
 class _Budget:
@@ -783,10 +786,19 @@ def _decode_token(token: str, budget: _Budget) -> tuple[str, str] | None:
 
 
 def _word_region(text: str, start: int, end: int) -> tuple[int, int]:
-    """Widen [start, end) to whole whitespace-delimited tokens."""
-    left = _NON_SPACE_RUN_LEFT.search(text, 0, start)
-    right = _NON_SPACE_RUN_RIGHT.match(text, end)
-    return (left.start() if left else start), (right.end() if right else end)
+    """Widen [start, end) to whole whitespace-delimited tokens, at most `_WIDEN_MAX`
+    characters each way.
+
+    Why not `re.search(r"\\S*$", text, 0, start)`: that retries the match at every
+    position of the token before `start` and each try runs to the token's end, so a
+    long token before an escape costs the square of its length (a 32,000-character
+    prompt shaped "aaa… %41%42" took seconds). Reading the bounded stretch before
+    `start` backwards is one linear scan of at most `_WIDEN_MAX` characters.
+    """
+    lo = max(0, start - _WIDEN_MAX)
+    left = _NON_SPACE_RUN.match(text[lo:start][::-1])
+    right = _NON_SPACE_RUN.match(text, end, min(len(text), end + _WIDEN_MAX))
+    return start - (left.end() if left else 0), (right.end() if right else end)
 
 
 def _decode_escapes(region: str) -> str:
