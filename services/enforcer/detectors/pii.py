@@ -499,17 +499,30 @@ _PEM_MAX = 64 * 1024
 
 
 def _private_keys(text: str) -> Iterator[_Hit]:
+    """PEM private-key blocks: BEGIN to END (within `_PEM_MAX`), or BEGIN and the PEM
+    lines that follow it when there is no END.
+
+    Linear however many BEGIN lines a text holds: the next END line is searched once
+    and reused by every BEGIN before it (searching `_PEM_MAX` ahead of each BEGIN
+    anew cost 64 KB per line on a wall of BEGIN lines), and a truncated block's end is
+    found by stripping only its own body, not the whole text before it.
+    """
     if "PRIVATE KEY" not in text:
         return
     pos = 0
+    next_end: re.Match[str] | None = None
+    end_searched_from = -1  # no END line starts in [end_searched_from, next_end's start)
     while (m := _PEM_BEGIN_RE.search(text, pos)) is not None:
-        end_m = _PEM_END_RE.search(text, m.end(), m.end() + _PEM_MAX)
-        if end_m is not None:
-            end = end_m.end()
+        if (next_end is None and end_searched_from < 0) or (next_end is not None and next_end.start() < m.end()):
+            next_end = _PEM_END_RE.search(text, m.end())
+            end_searched_from = m.end()
+        # An END line that starts after this BEGIN is the first one after it: nothing
+        # in between matched when it was searched, and END lines cannot overlap.
+        if next_end is not None and next_end.end() <= m.end() + _PEM_MAX:
+            end = next_end.end()
         else:
             body = _PEM_BODY_RE.match(text, m.end())
-            end = len(text[: body.end()].rstrip()) if body else m.end()
-            end = max(end, m.end())
+            end = m.end() + len(text[m.end() : body.end()].rstrip()) if body else m.end()
         label = m.group(1).strip().lower().replace(" ", "_") or "pkcs8"
         yield PiiKind.PRIVATE_KEY, m.start(), end, f"private_key_{label}"
         pos = end
