@@ -45,6 +45,10 @@ class SSEDecoder:
         self._skip_lf = False  # the last chunk ended in CR: a leading LF belongs to it
         self._first = True
         self._data: list[str] = []
+        # Characters in `_data`, kept as lines arrive: summing the list at every line made
+        # an event of k `data:` lines cost k² (a stream of one-byte lines with no
+        # blank line between them).
+        self._data_bytes = 0
         self._event = ""
         self._id: str | None = None
         self._dirty = False  # the current event has fields
@@ -105,11 +109,12 @@ class SSEDecoder:
                 return None
             ev = SSEEvent(self._event, "\n".join(self._data), self._id)
             self._data = []
+            self._data_bytes = 0
             self._event = ""
             return ev
         if line[0] == 0x3A:  # ":" comment
             return None
-        if sum(len(d) for d in self._data) > self._max:
+        if self._data_bytes > self._max:
             raise SSEError(f"server-sent event over {self._max} bytes")
         name, sep, value = line.partition(b":")
         if sep and value[:1] == b" ":
@@ -119,6 +124,7 @@ class SSEDecoder:
         text = value.decode("utf-8", "replace")
         if field == "data":
             self._data.append(text)
+            self._data_bytes += len(text)
         elif field == "event":
             self._event = text
         elif field == "id" and "\0" not in text:
