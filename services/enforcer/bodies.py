@@ -225,67 +225,108 @@ def _anthropic_system(value: Any, counter: _Counter) -> str:
     return "\n".join(parts)
 
 
-def _anthropic_content(value: Any, where: str, counter: _Counter) -> str:
+class _Path:
+    """Where a block sits in the body ("messages[0].content[2].content[1]"), spelled
+    out only when an error message needs it.
+
+    Why not an f-string per block: tool_result blocks nest up to JSON's depth limit,
+    and a path string built for every block costs its depth, so a body of many small
+    blocks deep down cost blocks x depth. A link to the parent costs the same at
+    every depth."""
+
+    __slots__ = ("_parent", "_step")
+
+    def __init__(self, parent: _Path | str, step: int | str) -> None:
+        self._parent = parent
+        self._step = step
+
+    def __str__(self) -> str:
+        steps: list[str] = []
+        node: _Path | str = self
+        while isinstance(node, _Path):
+            steps.append(f"[{node._step}]" if isinstance(node._step, int) else node._step)
+            node = node._parent
+        return node + "".join(reversed(steps))
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+_Where = _Path | str
+# Appends the text segments of one block to `out`.
+_BlockReader = Callable[[dict[str, Any], str, _Where, _Counter, list[str]], None]
+
+
+def _anthropic_content(value: Any, where: _Where, counter: _Counter) -> str:
     if isinstance(value, str):
         return value
     if value is None:
         raise InvalidArgument(f"{where} is required")
     if not isinstance(value, list):
         raise InvalidArgument(f"{where} must be a string or an array of content blocks, not {_kind(value)}")
-    return _blocks(value, where, counter, _anthropic_block)
+    return _joined_blocks(value, where, counter, _anthropic_block)
 
 
-def _anthropic_block(block: dict[str, Any], btype: str, where: str, counter: _Counter) -> str | None:
+def _anthropic_block(block: dict[str, Any], btype: str, where: _Where, counter: _Counter, out: list[str]) -> None:
     if btype == "text":
-        return _string_field(block, "text", where)
+        out.append(_string_field(block, "text", where))
+        return
     if btype == "tool_result":
         content = block.get("content")
         if content is None:
-            return None
+            return
         if isinstance(content, str):
-            return content
+            out.append(content)
+            return
         if not isinstance(content, list):
             raise InvalidArgument(f"{where}.content must be a string or an array of blocks, not {_kind(content)}")
-        return _blocks(content, f"{where}.content", counter, _anthropic_block)
+        _blocks(content, _Path(where, ".content"), counter, _anthropic_block, out)
+        return
     counter.n += 1  # image, document, tool_use, thinking, …: nothing we screen as text
-    return None
 
 
-def _openai_content(value: Any, where: str, counter: _Counter) -> str:
+def _openai_content(value: Any, where: _Where, counter: _Counter) -> str:
     if value is None:  # an assistant message that only calls tools
         return ""
     if isinstance(value, str):
         return value
     if not isinstance(value, list):
         raise InvalidArgument(f"{where} must be a string, null or an array of parts, not {_kind(value)}")
-    return _blocks(value, where, counter, _openai_part)
+    return _joined_blocks(value, where, counter, _openai_part)
 
 
-def _openai_part(part: dict[str, Any], ptype: str, where: str, counter: _Counter) -> str | None:
+def _openai_part(part: dict[str, Any], ptype: str, where: _Where, counter: _Counter, out: list[str]) -> None:
     if ptype == "text":
-        return _string_field(part, "text", where)
-    if ptype == "refusal":
-        return _string_field(part, "refusal", where)
-    counter.n += 1  # image_url, input_audio, file, …
-    return None
+        out.append(_string_field(part, "text", where))
+    elif ptype == "refusal":
+        out.append(_string_field(part, "refusal", where))
+    else:
+        counter.n += 1  # image_url, input_audio, file, …
 
 
-def _blocks(
-    blocks: list[Any],
-    where: str,
-    counter: _Counter,
-    one: Callable[[dict[str, Any], str, str, _Counter], str | None],
-) -> str:
-    texts = []
+def _joined_blocks(blocks: list[Any], where: _Where, counter: _Counter, one: _BlockReader) -> str:
+    """The blocks' texts joined by newlines, nested tool results included."""
+    out: list[str] = []
+    _blocks(blocks, where, counter, one, out)
+    return "\n".join(out)
+
+
+def _blocks(blocks: list[Any], where: _Where, counter: _Counter, one: _BlockReader, out: list[str]) -> None:
+    """Append the text segments of `blocks` to `out`, one flat list for the whole
+    content however deep tool results nest, joined once at the end: joining at every
+    level copied the text once per level (depth x size).
+
+    The result is what joining each level's texts by newlines gives: a nested list
+    that yields no text still stands for one empty segment, as its "" did."""
+    before = len(out)
     for i, block in enumerate(blocks):
-        w = f"{where}[{i}]"
-        text = one(block, _block_type(block, w), w, counter)
-        if text is not None:
-            texts.append(text)
-    return "\n".join(texts)
+        w = _Path(where, i)
+        one(block, _block_type(block, w), w, counter, out)
+    if len(out) == before:
+        out.append("")
 
 
-def _block_type(block: Any, where: str) -> str:
+def _block_type(block: Any, where: _Where) -> str:
     if not isinstance(block, dict):
         raise InvalidArgument(f"{where} must be an object, not {_kind(block)}")
     btype = block.get("type")
@@ -294,7 +335,7 @@ def _block_type(block: Any, where: str) -> str:
     return btype
 
 
-def _string_field(block: dict[str, Any], name: str, where: str) -> str:
+def _string_field(block: dict[str, Any], name: str, where: _Where) -> str:
     value = block.get(name)
     if not isinstance(value, str):
         raise InvalidArgument(f"{where}.{name} must be a string, not {_kind(value)}")
