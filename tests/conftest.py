@@ -7,3 +7,10 @@ import os
 # gRPC's post-fork handler close a descriptor the child has just reused for its stdout,
 # so the child's "listening on" line never arrives.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+# Property tests check what holds, not how fast: hypothesis's per-example deadline
+# (200 ms) fails at random on a loaded 2-core CI machine. Timing belongs in bench/.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("mesh", deadline=None)
+settings.load_profile("mesh")
