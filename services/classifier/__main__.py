@@ -84,6 +84,7 @@ async def build(settings: ClassifierSettings, registry: CollectorRegistry) -> Ap
         stats,
         queue_capacity=settings.queue_capacity,
         max_batch_s=settings.max_batch_ms / 1000.0 or None,
+        first_stage_intra_op_threads=settings.first_stage_intra_op_threads,
         poll_seconds=settings.reload_poll_seconds,
         wait_for_batch=wait_for_batch(settings.batch_wait, provider),
         health=model_health.set,

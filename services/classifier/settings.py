@@ -41,6 +41,12 @@ class ClassifierSettings(ServiceSettings):
     intra_op_threads: int = Field(
         0, ge=0, description="ONNX Runtime threads per inference (0: one per physical core, ORT's default)"
     )
+    first_stage_intra_op_threads: int = Field(
+        1,
+        ge=0,
+        description="ONNX Runtime threads per inference for models that are a cascade's first stage (the "
+        "cheap tier), so encoder batches cannot stall it on a small CPU (0: as --intra-op-threads)",
+    )
     execution_provider: str = Field(
         "auto",
         pattern="^(auto|cuda|cpu)$",

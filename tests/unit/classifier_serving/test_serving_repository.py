@@ -157,3 +157,33 @@ async def test_a_removed_model_is_unloaded_and_reported_not_serving(tmp_path: Pa
     assert repo.names() == []
     assert health.events[-1] == ("tiny", False)
     await repo.stop()
+
+
+async def test_a_cascades_first_stage_runs_on_its_own_intra_op_thread_count(tmp_path: Path) -> None:
+    """The cheap tier gets one ONNX Runtime thread (encoder batches cannot stall it on a
+    small CPU); every other model keeps the process-wide setting; the warm-up timed both
+    a short and a full-length window to seed the batcher's cost model."""
+    write_model(tmp_path, "cheap")
+    write_model(tmp_path, "encoder")
+    (tmp_path / "guard").mkdir()
+    (tmp_path / "guard" / "manifest.yaml").write_text(
+        yaml.safe_dump({"name": "guard", "platform": "cascade", "stages": ["cheap", "encoder"], "band": [0, 1]})
+    )
+    repo = ModelRepository(
+        tmp_path,
+        RuntimeOptions(intra_op_threads=2),
+        ClassifierStats(CollectorRegistry()),
+        poll_seconds=0,
+        first_stage_intra_op_threads=1,
+    )
+    await repo.start()
+    threads = {
+        name: repo.serving(name).model.session.get_session_options().intra_op_num_threads
+        for name in ("cheap", "encoder")
+    }
+    assert threads == {"cheap": 1, "encoder": 2}
+    timings = repo.serving("encoder").model.warmup_timings
+    assert len(timings) == 3  # batch sizes 1 and 4, then one full-length row
+    assert timings[-1][0] == MANIFEST["inputs"]["max_sequence_length"]
+    assert repo.serving("encoder").batcher.cost.known
+    await repo.stop()
