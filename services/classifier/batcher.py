@@ -24,7 +24,9 @@ background loop turns whatever is queued into batches.  Why each piece is here:
   repository's warm-up runs when there are any), so it follows the machine it runs on,
   including the CPU other work takes.  Predicted queue work is the queued rows' real
   tokens times the padding factor the batches actually had.  Until a first batch has
-  been measured nothing is refused on prediction.
+  been measured nothing is refused on prediction, and a model idle and unmeasured for
+  ``probe_interval_s`` admits one refused request anyway, so a model made too
+  pessimistic (refused work is never measured) gets measured again.
 
 * Per-tenant fairness: rows are queued per tenant and batches are formed by deficit
   round robin over tenants, weighted by tokens: each visit grants a tenant one quantum
@@ -48,8 +50,8 @@ background loop turns whatever is queued into batches.  Why each piece is here:
   rotation breaks ties), so a tight-deadline row is not shut out of a batch by a slower
   tenant ahead of it in the ring.
 
-* Within the fair order, rows are grouped by length: each tenant's visit starts with its
-  oldest row (so nothing starves), and further rows are picked from a bounded look-ahead
+* Within the fair order, rows are grouped by length: a tenant's first visit in a batch
+  starts with its oldest row (so nothing starves), and further rows are picked from a bounded look-ahead
   of its queue to waste the least padding.  A batch also stops growing where one more
   row would make any row in it miss its deadline; a row that cannot make its deadline
   even alone is dropped before inference, like a row whose deadline passed or whose
@@ -513,6 +515,8 @@ class Batcher:
             elif self._queued and not self._live.rows and not self._background.rows:
                 self._depth(-self._queued)  # defensive: accounting drifted
                 self._queued = 0
+            else:
+                await asyncio.sleep(0)  # rows were only dropped: let callers run before the next look
 
     def _oldest_enqueued(self) -> float:
         oldest = _INF
