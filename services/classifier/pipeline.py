@@ -295,19 +295,14 @@ class Classifier:
         not run): a cascade's later stage must leave time to answer with the earlier one.
         """
         featurizer = lv.featurizer
+        self._time_left(lv, job)  # no tokenising for a model there is no time left for
         size = sum(len(t) for t in texts)
         if size <= self.limits.tokenize_inline_chars:
             windows = featurizer.windows(texts)
         else:  # tokenising megabytes on the event loop would stall every other caller
             windows = await asyncio.to_thread(featurizer.windows, texts)
         lengths = featurizer.lengths(windows)
-        timeout = None
-        if job.deadline is not None:
-            timeout = job.deadline - self.reply_margin_s - time.monotonic()
-            if timeout <= 0:
-                raise DeadlineExceeded(
-                    f"deadline too short: no time left for model {lv.name} before the answer must be sent"
-                )
+        timeout = self._time_left(lv, job)
         future = lv.batcher.submit(windows.arrays, lengths, timeout, tenant=job.tenant, background=job.background)
         if wait and timeout is not None:
             try:
@@ -320,6 +315,17 @@ class Classifier:
         scores = max_over_windows(rows, windows.text_index, windows.n_texts, labels)
         counts = np.bincount(windows.text_index, minlength=windows.n_texts)
         return _Scored(scores, counts, lv.version, lv.manifest)
+
+    def _time_left(self, lv: LoadedVersion, job: _Job) -> float | None:
+        """Seconds the model may take: the deadline less the reply margin (None: no deadline)."""
+        if job.deadline is None:
+            return None
+        timeout = job.deadline - self.reply_margin_s - time.monotonic()
+        if timeout <= 0:
+            raise DeadlineExceeded(
+                f"deadline too short: no time left for model {lv.name} before the answer must be sent"
+            )
+        return timeout
 
     def _result(
         self,
