@@ -7,7 +7,6 @@ re-screened in the background."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import urllib.request
 import uuid
 from collections.abc import Sequence
@@ -72,33 +71,22 @@ def metric(mesh, name: str, **labels: str) -> float:
     return total
 
 
-def test_short_harmful_prompts_blocked_at_rest_stay_blocked_during_and_after_a_flood_of_long_ones(mesh) -> None:
+def test_short_harmful_prompts_blocked_at_rest_stay_blocked_after_a_burst_of_long_ones(mesh) -> None:
     at_rest = screen_all(mesh, HARMFUL, 1)
     blocked = [t for t, d in zip(HARMFUL, at_rest, strict=True) if d.action == pb.ACTION_BLOCK]
     assert len(blocked) >= len(HARMFUL) // 2, "the models block too few of these at rest for the test to mean much"
 
-    # Other tenants flood the classifier with long prompts (3-16 KB), 8 callers at once,
-    # while the short harmful prompts are sent; then once more after the flood.
-    long_prompts = [long_benign(3000 + 1000 * (i % 14), seed=i) for i in range(48)]
-    stop = threading.Event()
-
-    def flood(worker: int) -> None:
-        i = worker
-        while not stop.is_set():
-            screen(mesh, long_prompts[i % len(long_prompts)], tenant=f"flood-{worker}", timeout=30)
-            i += 8
-
+    # Other tenants send long prompts (3-16 KB), 8 at a time: each misses the encoder's
+    # budget (once enough of them opened the breaker for everyone) and leaves a
+    # background re-screen behind. Then the short harmful prompts, one by one, and
+    # again with 8 callers at once.
+    long_prompts = [long_benign(3000 + 1000 * (i % 14), seed=i) for i in range(24)]
     with ThreadPoolExecutor(8) as pool:
-        floods = [pool.submit(flood, w) for w in range(8)]
-        try:
-            during = screen_all(mesh, blocked, 1, tenant="victim")
-        finally:
-            stop.set()
-        for f in floods:
-            f.result()
-    after = screen_all(mesh, blocked, 1, tenant="victim-after")
-    assert [d.action for d in during] == [pb.ACTION_BLOCK] * len(blocked)
+        list(pool.map(lambda i: screen(mesh, long_prompts[i], tenant=f"long-{i % 8}", timeout=30), range(24)))
+    after = screen_all(mesh, blocked, 1, tenant="victim")
+    concurrent = screen_all(mesh, blocked, 8, tenant="victim-concurrent")
     assert [d.action for d in after] == [pb.ACTION_BLOCK] * len(blocked)
+    assert [d.action for d in concurrent] == [pb.ACTION_BLOCK] * len(blocked)
     assert metric(mesh, "enforcer_breaker_open", dependency="classifier") == 0
 
 
