@@ -18,7 +18,7 @@ BUF_VERSION := 1.75.0
 SYSTEM_PACKAGES := docker-compose nghttp2-client chromium
 SYSTEM_STAMP := .cache/system-deps-$(shell printf '%s' '$(SYSTEM_PACKAGES)' | sha256sum | cut -c1-12).stamp
 
-.PHONY: setup models run test lint protos compose-check clean bench-ratelimit bench-classifier bench-enforcer bench-monitor
+.PHONY: setup models run test lint protos compose-check clean bench-ratelimit bench-classifier bench-enforcer bench-monitor bench-linear
 
 setup: $(DEPS_STAMP) $(GEN_STAMP) $(BUF) $(SYSTEM_STAMP) models
 
@@ -80,6 +80,9 @@ bench-enforcer: setup
 
 bench-monitor: setup
 	$(PY) -m bench.monitor
+
+bench-linear: setup
+	$(PY) -m bench.linear
 
 clean:
 	rm -rf gen build .pytest_cache

@@ -34,7 +34,11 @@ background loop turns whatever is queued into batches.  Why each piece is here:
   while a tenant with one short text gets into the very next batch.  Background
   requests (retro-screening) are a lower class with its own round robin: a batch takes
   background rows only when no live row waits, and a background batch is cut short
-  (``background_batch_s``) so it delays a live caller that arrives meanwhile little.
+  (``background_batch_s``).  Given a ``background_infer`` (its own ONNX Runtime session
+  on one thread), background batches run on their own thread at the lowest OS priority
+  (nice 19), alongside live batches instead of ahead of them: a live row never waits for
+  a background batch (one MiniLM window costs longer than a 50 ms budget on a CPU), and
+  the kernel gives background work only the CPU that live work leaves.
 
 * A running batch cannot be interrupted, so its length is what a newly arrived row waits
   at least: a live batch stops growing once its predicted cost reaches ``max_batch_s``.
@@ -73,6 +77,8 @@ import asyncio
 import bisect
 import logging
 import math
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -316,9 +322,12 @@ class Batcher:
         policy: BatchPolicy,
         stats: ClassifierStats | None = None,
         seed: Iterable[tuple[int, float]] = (),
+        background_infer: Infer | None = None,
     ) -> None:
         """``seed``: (padded tokens, seconds) of batches measured before serving (the
-        repository's warm-up), so the first callers are admitted on a real estimate."""
+        repository's warm-up), so the first callers are admitted on a real estimate.
+        ``background_infer``: runs background batches on a low-priority thread of their
+        own, concurrently with live ones (without it they share the live thread)."""
         self.name = name
         self.policy = policy
         self._infer = infer
@@ -332,6 +341,13 @@ class Batcher:
         self._closing = False
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}"[:15])
+        self._bg_infer = background_infer
+        self._bg_executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"bg-{name}"[:15], initializer=_lowest_priority)
+            if background_infer is not None
+            else None
+        )
+        self._bg_task: asyncio.Task | None = None  # the background batch running on its own thread
         self.cost = CostModel()
         for tokens, seconds in seed:
             self.cost.observe(tokens, seconds)
@@ -482,8 +498,12 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        if self._bg_task is not None:
+            await asyncio.gather(self._bg_task, return_exceptions=True)
         self._fail_all(Unavailable(f"model {self.name} was unloaded"))
         self._executor.shutdown(wait=False)
+        if self._bg_executor is not None:
+            self._bg_executor.shutdown(wait=False)
 
     # -- loop ---------------------------------------------------------------------
 
@@ -506,8 +526,18 @@ class Batcher:
                     await asyncio.wait_for(self._wake.wait(), remaining)
                 except TimeoutError:
                     break
+            background = not self._live.rows and self._background.rows and self._bg_executor is not None
+            if background and self._bg_task is not None:
+                # Only background rows wait and a background batch runs on its own thread:
+                # wait for it to end or for a live row to arrive.
+                self._wake.clear()
+                await self._wake.wait()
+                continue
             batch = self._take()
-            if batch:
+            if batch and background:
+                self._bg_task = asyncio.get_running_loop().create_task(self._run(batch, background=True))
+                self._bg_task.add_done_callback(self._background_done)
+            elif batch:
                 await self._run(batch)
                 # One pass of the event loop before the next batch: answered callers reply
                 # and freshly arrived rows join, so the next batch is fuller at no latency cost.
@@ -672,7 +702,14 @@ class Batcher:
             f"{max(0.0, req.deadline - now) * 1000:.1f} ms left); dropped before inference"
         )
 
-    async def _run(self, batch: list[tuple[_Request, int]]) -> None:
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._bg_task = None
+        self._wake.set()
+
+    async def _run(self, batch: list[tuple[_Request, int]], background: bool = False) -> None:
+        """Run one batch.  A background batch on its own thread (``background``) neither
+        counts as the running batch for live admission nor teaches the cost model: it
+        runs at the lowest priority, so its timings say nothing about live batches."""
         width = int(max(r.lengths[i] for r, i in batch))
         feeds: dict[str, np.ndarray] = {}
         for name, pad in self._pad.items():
@@ -685,8 +722,9 @@ class Batcher:
         real = int(sum(int(r.lengths[i]) for r, i in batch))
         padded = len(batch) * width
         started = time.monotonic()
-        self._running = True
-        self._running_until = started + (self.cost.seconds(padded) if self.cost.known else 0.0)
+        if not background:
+            self._running = True
+            self._running_until = started + (self.cost.seconds(padded) if self.cost.known else 0.0)
         if self._stats:
             label = self._label
             seen: set[int] = set()
@@ -699,7 +737,10 @@ class Batcher:
             self._stats.batch_tokens.labels(label, "padding").inc(padded - real)
         loop = asyncio.get_running_loop()
         try:
-            output = await loop.run_in_executor(self._executor, self._infer, feeds)
+            if background:
+                output = await loop.run_in_executor(self._bg_executor, self._bg_infer, feeds)
+            else:
+                output = await loop.run_in_executor(self._executor, self._infer, feeds)
             output = np.asarray(output)
             if output.ndim != 2 or output.shape[0] != len(batch):
                 raise ValueError(f"model returned shape {output.shape} for a batch of {len(batch)}")
@@ -716,15 +757,17 @@ class Batcher:
                     self._kill(req, None, failure)
             return
         finally:
-            self._running = False
-            self._running_until = 0.0
+            if not background:
+                self._running = False
+                self._running_until = 0.0
             elapsed = time.monotonic() - started
             if self._stats:
                 self._stats.inference_duration.labels(self._label).observe(elapsed)
-        self.cost.observe(padded, elapsed)
-        self._last_measured = time.monotonic()
-        self._pad_ratio = 0.8 * self._pad_ratio + 0.2 * (padded / max(1, real))
-        self._publish_cost()
+        if not background:
+            self.cost.observe(padded, elapsed)
+            self._last_measured = time.monotonic()
+            self._pad_ratio = 0.8 * self._pad_ratio + 0.2 * (padded / max(1, real))
+            self._publish_cost()
         self.batches_run += 1
         self.rows_run += len(batch)
         done = time.monotonic()
@@ -799,3 +842,12 @@ class Batcher:
         if self._stats and self.cost.known:
             self._stats.cost_model.labels(self._label, "per_batch").set(self.cost.a)
             self._stats.cost_model.labels(self._label, "per_token").set(self.cost.b)
+
+
+def _lowest_priority() -> None:
+    """Executor initializer: this thread (a Linux task of its own) at nice 19, so the
+    kernel runs it only on CPU that everything else leaves."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (OSError, AttributeError):  # not Linux, or not permitted: still correct, only not yielding
+        log.warning("could not lower the background inference thread's priority")

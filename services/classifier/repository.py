@@ -466,6 +466,7 @@ class ModelRepository:
             ),
             self.stats,
             seed=model.warmup_timings,
+            background_infer=model.infer_background if model.background_session is not None else None,
         )
         batcher.start()
         new = LoadedVersion(man, r.version, model, batcher)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +137,15 @@ class OnnxModel:
             self.session = ort.InferenceSession(
                 str(path), sess_options=session_options(opts), providers=providers(opts)
             )
+            # Background work (retro-screening, shadows) on a CPU gets a session of its
+            # own with one thread: ONNX Runtime then computes on the calling thread only,
+            # which the batcher runs at the lowest OS priority beside the live session.
+            # (On a GPU the device serialises both anyway: one session.)
+            self.background_session = None
+            if opts.provider == CPU:
+                self.background_session = ort.InferenceSession(
+                    str(path), sess_options=session_options(replace(opts, intra_op_threads=1)), providers=[CPU]
+                )
         except Exception as exc:  # ORT raises its own types for corrupt or unsupported graphs
             raise ConfigError(f"cannot load {version_dir.name}/{MODEL_FILE}: {_one_line(exc)}") from None
         self.provider = self.session.get_providers()[0]
@@ -171,10 +180,17 @@ class OnnxModel:
 
     def infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run one padded batch (called on the batcher's thread)."""
+        return self._run(self.session, feeds)
+
+    def infer_background(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Run one background batch on the background session (see __init__)."""
+        return self._run(self.background_session or self.session, feeds)
+
+    def _run(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray:
         for name, dtype in self._dtypes.items():
             if feeds[name].dtype != dtype:
                 feeds[name] = feeds[name].astype(dtype)
-        return self.session.run(self._outputs, feeds)[0]
+        return session.run(self._outputs, feeds)[0]
 
     def warm_up(self) -> None:
         """Run the batch sizes the batcher will use before serving, and check the answers.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import threading
 from pathlib import Path
 
@@ -299,3 +300,38 @@ async def test_an_idle_model_probes_a_refused_request_so_a_pessimistic_cost_mode
     model.gate.set()
     await running
     await batcher.close()
+
+
+async def test_a_live_row_never_waits_behind_a_background_batch_on_its_own_low_priority_thread(model_path) -> None:
+    """Retro-screening's long batches run beside live ones, on a thread at nice 19: a live
+    row that arrives while one runs is answered without waiting for it (a 500 ms
+    background batch here; the live row's deadline is 200 ms)."""
+    live = CostlyModel(model_path, seconds_per_token=0.0)
+    slow = CostlyModel(model_path, seconds_per_token=0.0)
+    slow.gate.clear()  # the background batch holds its thread until released
+    niceness: list[int] = []
+
+    def background_infer(feeds):
+        niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return slow.infer(feeds)
+
+    b = Batcher(
+        "tiny",
+        live.infer,
+        {"x": 0},
+        BatchPolicy(max_batch_size=4, max_queue_delay_s=0.0, capacity=1000, probe_interval_s=math.inf),
+        seed=SEED,
+        background_infer=background_infer,
+    )
+    b.start()
+    try:
+        bg = b.submit(*rows(row(1, 50)), timeout=30, tenant="retro", background=True)
+        assert await asyncio.to_thread(slow.started.wait, 5)
+        out = await asyncio.wait_for(b.submit(*rows(row(2, 5)), timeout=0.2, tenant="acme"), 5)
+        assert len(out) == 1 and not bg.done()  # answered while the background batch still runs
+        slow.gate.set()
+        assert len(await asyncio.wait_for(bg, 5)) == 1
+    finally:
+        await b.close()
+    assert live.batch_values() == [{2}] and slow.batch_values() == [{1}]
+    assert niceness and niceness[0] == 19
