@@ -117,7 +117,7 @@ class BatchPolicy:
     background_batch_s: float = 0.025
     # An idle model that measured nothing for this long admits one request its cost model
     # refuses, to measure again (see Batcher._may_probe).
-    probe_interval_s: float = 1.0
+    probe_interval_s: float = 0.25
 
 
 class CostModel:

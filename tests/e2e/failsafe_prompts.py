@@ -93,8 +93,10 @@ def long_benign(chars: int, seed: int) -> str:
     return " ".join(words)[:chars]
 
 
-def adversarial(chars: int) -> str:
+def adversarial(max_bytes: int) -> str:
     """The shapes that once held the event loop: one long token, then thousands of
-    percent and unicode escapes, base64-looking runs and zero-width characters."""
+    percent and unicode escapes, base64-looking runs and zero-width characters; at most
+    `max_bytes` bytes of UTF-8."""
     unit = "a" * 64 + " %41%42%43\\u0041&#65; QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo= x\u200by "
-    return (unit * (chars // len(unit) + 1))[:chars]
+    size = len(unit.encode())
+    return unit * (max_bytes // size)
