@@ -343,7 +343,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}"[:15])
         self._bg_infer = background_infer
         self._bg_executor = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"bg-{name}"[:15], initializer=_lowest_priority)
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"bg-{name}"[:15], initializer=lowest_priority)
             if background_infer is not None
             else None
         )
@@ -844,7 +844,7 @@ class Batcher:
             self._stats.cost_model.labels(self._label, "per_token").set(self.cost.b)
 
 
-def _lowest_priority() -> None:
+def lowest_priority() -> None:
     """Executor initializer: this thread (a Linux task of its own) at nice 19, so the
     kernel runs it only on CPU that everything else leaves."""
     try:

@@ -33,12 +33,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from services.classifier import manifest as mf
-from services.classifier.batcher import InferenceFailed
+from services.classifier.batcher import InferenceFailed, lowest_priority
 from services.classifier.repository import READY, LoadedVersion, ModelRepository
 from services.classifier.stats import ClassifierStats
 from services.classifier.tokenize import max_over_windows
@@ -154,6 +155,11 @@ class Classifier:
         self.limits = limits
         self.max_shadow_inflight = max_shadow_inflight
         self._shadow_tasks: set[asyncio.Task] = set()
+        # Background work is tokenised at the lowest OS priority too (its inference already
+        # is, see batcher.py): re-screening megabytes must not take CPU from live callers.
+        self._background_pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="bg-featurize", initializer=lowest_priority
+        )
 
     # -- validation ---------------------------------------------------------------------
 
@@ -297,7 +303,11 @@ class Classifier:
         featurizer = lv.featurizer
         self._time_left(lv, job)  # no tokenising for a model there is no time left for
         size = sum(len(t) for t in texts)
-        if size <= self.limits.tokenize_inline_chars:
+        if job.background:
+            windows = await asyncio.get_running_loop().run_in_executor(
+                self._background_pool, featurizer.windows, texts
+            )
+        elif size <= self.limits.tokenize_inline_chars:
             windows = featurizer.windows(texts)
         else:  # tokenising megabytes on the event loop would stall every other caller
             windows = await asyncio.to_thread(featurizer.windows, texts)
@@ -407,6 +417,7 @@ class Classifier:
             task.cancel()
         if self._shadow_tasks:
             await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
+        self._background_pool.shutdown(wait=False)
 
 
 def _unsafe(scores: np.ndarray, labels: Sequence[str]) -> np.ndarray:

@@ -74,6 +74,9 @@ UNHEALTHY_CODES = frozenset(
     }
 )
 SLOW_CODES = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED})
+#: A DEADLINE_EXCEEDED that arrives before this share of the call's budget has passed was
+#: the server's own answer, not a call that ran out of time.
+EARLY_ANSWER = 0.8
 
 
 def grpc_health(exc: BaseException) -> Health:
@@ -108,7 +111,8 @@ class CircuitBreaker:
       answering in time for most callers, not one caller with a tiny deadline.
 
     HEALTHY outcomes (an answer, or a refusal of this one request such as
-    INVALID_ARGUMENT) reset the consecutive count; UNKNOWN ones (the caller went away, or
+    INVALID_ARGUMENT, or a DEADLINE_EXCEEDED returned early: admission control refusing
+    work it cannot finish in time) reset the consecutive count; UNKNOWN ones (the caller went away, or
     its deadline was under `min_judged_budget_s`) are not recorded at all. After
     `open_seconds` one probe goes through (half-open); its success closes the breaker.
     `on_change(name, state)` is called on every transition (metrics, logs)."""
@@ -194,12 +198,19 @@ class CircuitBreaker:
         under `min_judged_budget_s` a timeout says nothing about the dependency."""
         if not self.allow():
             raise BreakerOpen(f"{self.name}: circuit open ({self.opened_because})")
+        started = self.clock()
         try:
             result = await fn()
         except Exception as exc:
             health = self.classify(exc)
-            if health is Health.SLOW and budget_s is not None and budget_s < self.min_judged_budget_s:
-                health = Health.UNKNOWN
+            if health is Health.SLOW and budget_s is not None:
+                if budget_s < self.min_judged_budget_s:
+                    health = Health.UNKNOWN
+                elif self.clock() - started < EARLY_ANSWER * budget_s:
+                    # DEADLINE_EXCEEDED well before the deadline: the dependency answered
+                    # (it refused work it could not finish in time, as the classifier's
+                    # admission control does): an answer about this request's deadline.
+                    health = Health.HEALTHY
             self.record(health)
             raise
         except BaseException:

@@ -163,11 +163,11 @@ async def test_timeouts_alone_open_the_breaker_only_as_an_error_rate_over_many_c
     # Every other call times out: 50% once 10 calls are in the window.
     for i in range(9):
         if i % 2:
-            await fail_with(b, rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED))
+            await fail_with(b, rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED), budget_s=None)
         else:
             await b.call(ok, 0.05)
     assert b.state is BreakerState.CLOSED  # 9 calls: under min_calls
-    await fail_with(b, rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED))
+    await fail_with(b, rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED), budget_s=None)
     assert b.state is BreakerState.OPEN and changes == [BreakerState.OPEN]
     assert "5 of the last 10" in b.opened_because
 
@@ -180,7 +180,7 @@ async def test_a_few_timeouts_among_answers_keep_it_closed() -> None:
 
     for i in range(200):
         if i % 5 == 0:  # 20% slow
-            await fail_with(b, rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED))
+            await fail_with(b, rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED), budget_s=None)
         else:
             await b.call(ok, 0.05)
     assert b.state is BreakerState.CLOSED
@@ -212,3 +212,28 @@ async def test_an_answer_between_failures_resets_the_consecutive_count() -> None
         await fail_with(b, rpc_error(grpc.StatusCode.UNAVAILABLE))
         await b.call(ok)
     assert b.state is BreakerState.CLOSED
+
+
+async def test_an_early_deadline_answer_is_admission_control_not_a_slow_dependency() -> None:
+    """The classifier refuses at once work it cannot finish before the deadline
+    (DEADLINE_EXCEEDED long before the deadline): a healthy server's answer, which must
+    not open the breaker however many callers get it; calls that run out the clock do."""
+    now = [0.0]
+    b = CircuitBreaker("dep", window=20, min_calls=10, error_rate=0.5, clock=lambda: now[0])
+
+    async def refused_early():
+        now[0] += 0.002  # answered in 2 ms of a 50 ms budget
+        raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    async def ran_out():
+        now[0] += 0.05
+        raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    for _ in range(100):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await b.call(refused_early, 0.05)
+    assert b.state is BreakerState.CLOSED
+    for _ in range(10):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await b.call(ran_out, 0.05)
+    assert b.state is BreakerState.OPEN
