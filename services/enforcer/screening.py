@@ -344,26 +344,9 @@ class Screener:
             self.limits.snippet_chars,
         )
         self.publisher.publish(signal_record(signal))
-        if outcome.verdict is not Verdict.FULL and outcome.action is not Action.BLOCK and self.retro is not None:
-            # Decided on less than a full verdict: screen again in the background (a
-            # BLOCK cannot become stricter, so it is not worth the encoder's time).
-            self.retro.submit(
-                RetroJob(
-                    decision_id=decision_id,
-                    tenant=ident.tenant,
-                    account_hmac=account_hmac,
-                    project=ident.project,
-                    model=ident.model,
-                    request_id=ident.request_id,
-                    text=classify_text,
-                    raw_text=text,
-                    messages=len(req.messages),
-                    tier0=tier0,
-                    policy=policy,
-                    original=outcome,
-                    forced_categories=self.enforcement.forced_categories(ident.tenant),
-                )
-            )
+        self.rescreen_if_partial(
+            decision_id, ident, account_hmac, policy, outcome, classify_text, text, len(req.messages), tier0
+        )
         decision_log.info(
             "decision",
             extra={
@@ -378,6 +361,41 @@ class Screener:
             },
         )
         return ScreenResult(decision_id, outcome, policy.version, redacted, latency)
+
+    def rescreen_if_partial(
+        self,
+        decision_id: str,
+        ident: Identity,
+        account_hmac: str,
+        policy: Policy,
+        outcome: Outcome,
+        text: str,
+        raw_text: str,
+        messages: int,
+        tier0: Tier0Result,
+    ) -> None:
+        """A decision taken on less than a full verdict is screened again in the
+        background (retro.py); a BLOCK cannot become stricter, so it is not worth the
+        encoder's time. `text` is what the classifier screens, `raw_text` what was sent."""
+        if outcome.verdict is Verdict.FULL or outcome.action is Action.BLOCK or self.retro is None or not text:
+            return
+        self.retro.submit(
+            RetroJob(
+                decision_id=decision_id,
+                tenant=ident.tenant,
+                account_hmac=account_hmac,
+                project=ident.project,
+                model=ident.model,
+                request_id=ident.request_id,
+                text=text,
+                raw_text=raw_text,
+                messages=messages,
+                tier0=tier0,
+                policy=policy,
+                original=outcome,
+                forced_categories=self.enforcement.forced_categories(ident.tenant),
+            )
+        )
 
     async def _ratelimit(self, policy: Policy, context: dict[str, str], tokens: int, budget: Budget):
         rpm = self.enforcement.account_limit(context["tenant"], context["account"])

@@ -28,10 +28,9 @@ from typing import TYPE_CHECKING
 
 from services.common.clients import Budget
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.enforcer.decision import CategoryScore, Outcome, Reason, Verdict, decide
+from services.enforcer.decision import CategoryScore, Outcome, Reason, decide
 from services.enforcer.detectors import Tier0Result, run_tier0
 from services.enforcer.policy import Action, Policy
-from services.enforcer.retro import RetroJob
 from services.enforcer.signals import SignalInput, build_signal, signal_record
 
 if TYPE_CHECKING:
@@ -315,26 +314,11 @@ class CompletionSession:
         )
         s.publisher.publish(signal_record(signal))
         s.stats.verdicts.labels(surface, *outcome.verdict_labels).inc()
-        if outcome.verdict is not Verdict.FULL and outcome.action is not Action.BLOCK and s.retro is not None and text:
-            # Windows screened on less than a full verdict: the whole completion again,
-            # in the background (the classifier part only: tier 0 saw every window).
-            s.retro.submit(
-                RetroJob(
-                    decision_id=self.decision_id,
-                    tenant=ident.tenant,
-                    account_hmac=self.account_hmac,
-                    project=ident.project,
-                    model=ident.model,
-                    request_id=ident.request_id,
-                    text=text,
-                    raw_text=text,
-                    messages=1,
-                    tier0=run_tier0("", None, []),
-                    policy=policy,
-                    original=outcome,
-                    forced_categories=s.enforcement.forced_categories(ident.tenant),
-                )
-            )
+        # Windows screened on less than a full verdict: the whole completion again, in the
+        # background (the classifier part only: tier 0 saw every window).
+        s.rescreen_if_partial(
+            self.decision_id, ident, self.account_hmac, policy, outcome, text, text, 1, run_tier0("", None, [])
+        )
         log.info(
             "completion decision",
             extra={
