@@ -97,10 +97,13 @@ class Backends:
 
 
 @contextmanager
-def backends(tmp: Path, ratelimit_config: Path, *, topics_region: str = "") -> Iterator[Backends]:
+def backends(
+    tmp: Path, ratelimit_config: Path, *, topics_region: str = "", classifier_args: Sequence[str] = ()
+) -> Iterator[Backends]:
     """Start Tansu (with the region's topics created when `topics_region` is given: 3
-    partitions each, actions compacted), the rate limiter and the classifier; stop every
-    process and delete this mesh's Redis keys afterwards."""
+    partitions each, actions compacted), the rate limiter and the classifier (with
+    `classifier_args` added); stop every process and delete this mesh's Redis keys
+    afterwards."""
     prefix = f"e2e{uuid.uuid4().hex[:8]}:"
     b = Backends(tmp, EmbeddedKafka().start())
     try:
@@ -115,7 +118,7 @@ def backends(tmp: Path, ratelimit_config: Path, *, topics_region: str = "") -> I
         b.classifier = ServiceProcess(
             "services.classifier",
             ["--plaintext", "--listen", "127.0.0.1:0", "--metrics-listen", "", "--models",
-             str(ROOT / "build" / "models")],
+             str(ROOT / "build" / "models"), *classifier_args],
         ).start(timeout=60)  # fmt: skip
         b.procs.append(b.classifier)
         yield b

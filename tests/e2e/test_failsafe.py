@@ -159,3 +159,23 @@ def test_a_partial_decision_says_so_and_its_retro_screen_follows_up_on_kafka(mes
     assert follow_up.original_action == d.action
     if d.action != pb.ACTION_BLOCK:
         assert follow_up.retro_catch and follow_up.action == pb.ACTION_BLOCK
+
+
+def test_texts_over_the_classifiers_limits_are_screened_in_pieces_it_accepts_never_refused(tmp_path) -> None:
+    """The enforcer reads the classifier's limits from ListModels: a prompt over them (here
+    a classifier that takes 2 KB texts, 4 at a time) is screened by the stated rule and
+    marked PARTIAL (oversize), where it once came back INVALID_ARGUMENT and failed open."""
+    key = tmp_path / "hmac.key"
+    key.write_bytes(b"failsafe-key-" + b"y" * 40)
+    limits = ["--max-text-bytes", "2048", "--max-batch-texts", "4"]
+    with backends(tmp_path, ROOT / "config" / "ratelimit", classifier_args=limits) as b:
+        enforcer = b.enforcer(b.enforcer_args(region=REGION, policies=ROOT / "config" / "policies", key=key))
+        with grpc.insecure_channel(enforcer.address) as channel:
+            small = {"stub": safeguards_pb2_grpc.SafeguardsServiceStub(channel)}
+            d = screen(small, "漢字の文章です。" * 750)  # 6,000 characters, 18,000 bytes of UTF-8
+            assert d.verdict == classifier_pb2.VERDICT_COMPLETENESS_PARTIAL and "oversize" in d.verdict_reason
+            assert not d.degraded and "dependency.classifier" not in {r.code for r in d.reasons}
+            with pytest.raises(grpc.RpcError) as err:
+                screen(small, "hello", tenant="t" * 1500)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "tenant" in err.value.details()
+
