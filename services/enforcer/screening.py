@@ -272,6 +272,7 @@ class Screener:
             # Suspended account or kill switch: no classifier or rate-limit cost.
             t1 = time.perf_counter()
             tier0 = run_tier0("", None, [])
+            classify_text = ""
             outcome = decide(policy, tier0, ClassifierOutcome(), None, enforcement=verdict)
             models: dict[str, int] = {}
         else:

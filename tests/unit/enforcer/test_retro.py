@@ -13,7 +13,7 @@ from safeguards.v1 import classifier_pb2, safeguards_pb2, signals_pb2
 from services.common.privacy import RegionalKey
 from services.common.reloader import ReloadingConfig
 from services.enforcer import policy
-from services.enforcer.decision import ClassifierOutcome, Verdict
+from services.enforcer.decision import ClassifierOutcome, EnforcementVerdict, Verdict
 from services.enforcer.policy import Action
 from services.enforcer.retro import RetroScreener, RetroStats
 from services.enforcer.screening import Identity, Limits, PromptRequest, Screener, ScreenStats
@@ -187,3 +187,24 @@ async def test_zero_retention_follow_ups_carry_no_content_or_raw_identifier(tmp_
     assert follow_up.retro_catch
     assert not follow_up.content.redacted_snippet and not follow_up.content.text_hmac
     assert not follow_up.request_id and b"secret text" not in follow_up.SerializeToString()
+
+
+class Suspended:
+    """The enforcement state of a suspended account."""
+
+    def verdict(self, tenant, account_hmac, model):
+        return EnforcementVerdict(Action.BLOCK, "enforcement.suspended")
+
+    def forced_categories(self, tenant):
+        return frozenset()
+
+    def account_limit(self, tenant, account_hmac):
+        return None
+
+
+async def test_a_suspended_account_is_blocked_at_once_with_nothing_to_rescreen(tmp_path) -> None:
+    cl = StagedClassifier(PARTIAL_LOW, FULL_HARMFUL)
+    screener, retro, pub, _ = make(tmp_path, cl)
+    screener.enforcement = Suspended()
+    res = await screener.screen_prompt(request("anything"))
+    assert res.outcome.action is Action.BLOCK and not cl.hot_calls and retro.pending == 0
