@@ -18,7 +18,7 @@ BUF_VERSION := 1.75.0
 SYSTEM_PACKAGES := docker-compose nghttp2-client chromium
 SYSTEM_STAMP := .cache/system-deps-$(shell printf '%s' '$(SYSTEM_PACKAGES)' | sha256sum | cut -c1-12).stamp
 
-.PHONY: setup models run test lint protos compose-check clean bench-ratelimit bench-classifier bench-enforcer bench-monitor bench-linear
+.PHONY: setup models run test lint protos compose-check clean bench-ratelimit bench-classifier bench-enforcer bench-monitor bench-linear bench-failsafe
 
 setup: $(DEPS_STAMP) $(GEN_STAMP) $(BUF) $(SYSTEM_STAMP) models
 
@@ -83,6 +83,9 @@ bench-monitor: setup
 
 bench-linear: setup
 	$(PY) -m bench.linear
+
+bench-failsafe: setup
+	$(PY) -m bench.failsafe
 
 clean:
 	rm -rf gen build .pytest_cache
