@@ -115,7 +115,7 @@ class CircuitBreaker:
     work it cannot finish in time) reset the consecutive count; UNKNOWN ones (the caller went away, or
     its deadline was under `min_judged_budget_s`) are not recorded at all. After
     `open_seconds` one probe goes through (half-open); its success closes the breaker.
-    `on_change(name, state)` is called on every transition (metrics, logs)."""
+    `on_change(breaker)` is called on every transition (metrics, logs)."""
 
     name: str
     failure_threshold: int = 5
@@ -125,7 +125,7 @@ class CircuitBreaker:
     error_rate: float = 0.5
     min_judged_budget_s: float = 0.010
     classify: Callable[[BaseException], Health] = grpc_health
-    on_change: Callable[[str, BreakerState], None] | None = None
+    on_change: Callable[[CircuitBreaker], None] | None = None
     clock: Callable[[], float] = time.monotonic
     state: BreakerState = field(default=BreakerState.CLOSED, init=False)
     _failures: int = field(default=0, init=False)
@@ -159,7 +159,9 @@ class CircuitBreaker:
         if health is Health.HEALTHY:
             self._failures = 0
             self._probing = False
-            if self.state is not BreakerState.CLOSED:
+            # Only the half-open probe's success closes it: a call that started before the
+            # breaker opened and succeeds late says nothing about the dependency now.
+            if self.state is BreakerState.HALF_OPEN:
                 self._set(BreakerState.CLOSED)
             return
         self._probing = False
@@ -191,7 +193,7 @@ class CircuitBreaker:
         if state is not self.state:
             self.state = state
             if self.on_change is not None:
-                self.on_change(self.name, state)
+                self.on_change(self)
 
     async def call(self, fn: Callable[[], Awaitable[T]], budget_s: float | None = None) -> T:
         """Run `fn` through the breaker. `budget_s`: the time the caller gave this call;

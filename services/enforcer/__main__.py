@@ -70,9 +70,10 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
         registry=registry,
     )
 
-    def breaker_changed(name: str, state: BreakerState) -> None:
-        breaker_state.labels(name).set(0 if state is BreakerState.CLOSED else 1)
-        log.warning("circuit breaker %s", state.value, extra={"dependency": name})
+    def breaker_changed(b: CircuitBreaker) -> None:
+        breaker_state.labels(b.name).set(0 if b.state is BreakerState.CLOSED else 1)
+        why = b.opened_because if b.state is BreakerState.OPEN else ""
+        log.warning("circuit breaker %s", b.state.value, extra={"dependency": b.name, "why": why})
 
     publisher = KafkaPublisher(
         ProducerConfig(

@@ -29,9 +29,9 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
         return exc.code().name.lower()
     if isinstance(exc, BreakerOpen):
-        return "circuit open"
+        return "circuit_open"
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        return "deadline exceeded"
+        return "deadline_exceeded"  # as the gRPC status of the same failure is spelled
     return type(exc).__name__
 
 

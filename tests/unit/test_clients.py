@@ -154,7 +154,7 @@ async def test_a_callers_own_tiny_deadline_says_nothing_about_the_dependency() -
 async def test_timeouts_alone_open_the_breaker_only_as_an_error_rate_over_many_calls() -> None:
     changes: list[BreakerState] = []
     b = CircuitBreaker(
-        "dep", failure_threshold=3, window=20, min_calls=10, error_rate=0.5, on_change=lambda _n, s: changes.append(s)
+        "dep", failure_threshold=3, window=20, min_calls=10, error_rate=0.5, on_change=lambda b: changes.append(b.state)
     )
 
     async def ok():
@@ -237,3 +237,26 @@ async def test_an_early_deadline_answer_is_admission_control_not_a_slow_dependen
         with pytest.raises(grpc.aio.AioRpcError):
             await b.call(ran_out, 0.05)
     assert b.state is BreakerState.OPEN
+
+
+async def test_a_late_success_of_a_call_started_before_the_breaker_opened_does_not_close_it() -> None:
+    now = [0.0]
+    b = CircuitBreaker("dep", failure_threshold=2, open_seconds=5.0, clock=lambda: now[0])
+    release = asyncio.Event()
+
+    async def slow_ok():
+        await release.wait()
+        return 1
+
+    late = asyncio.ensure_future(b.call(slow_ok))
+    await asyncio.sleep(0)
+    for _ in range(2):
+        await fail_with(b, rpc_error(grpc.StatusCode.UNAVAILABLE))
+    assert b.state is BreakerState.OPEN
+    release.set()
+    assert await late == 1
+    assert b.state is BreakerState.OPEN and not b.allow()  # still open: only a probe closes it
+    now[0] = 5.0
+    assert await b.call(lambda: asyncio.sleep(0, "probe")) == "probe"
+    assert b.state is BreakerState.CLOSED
+

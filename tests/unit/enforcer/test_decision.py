@@ -86,10 +86,10 @@ def test_rate_limit_over_means_throttle_with_retry_after(policies) -> None:
 
 def test_an_unreachable_classifier_follows_the_policys_fail_mode_and_says_so(policies) -> None:
     open_p, closed_p = policies.default, policies.for_tenant("hospital")
-    down = ClassifierOutcome(failed="circuit open", unreachable=True)
+    down = ClassifierOutcome(failed="circuit_open", unreachable=True)
     out = decide(open_p, tier0("hi", open_p), down, RateLimitOutcome())
     assert out.action is Action.ALLOW and out.degraded and out.failed_dependencies == ("classifier",)
-    assert out.verdict is Verdict.NONE and out.verdict_reason == "circuit open"
+    assert out.verdict is Verdict.NONE and out.verdict_reason == "circuit_open"
     assert [r.code for r in out.reasons] == ["dependency.classifier"]  # never silent, even when open
     out = decide(closed_p, tier0("hi", closed_p), down, None)
     assert out.action is Action.BLOCK and out.reasons[0].code == "dependency.classifier"
@@ -99,7 +99,7 @@ def test_no_verdict_from_a_reachable_classifier_is_not_a_fail_open(policies) -> 
     """Fail-open is for a classifier that is down; a missing verdict for another reason
     (here the caller's deadline) takes the policy's no_verdict_action."""
     open_p, closed_p = policies.default, policies.for_tenant("hospital")
-    late = ClassifierOutcome(failed="deadline exceeded")
+    late = ClassifierOutcome(failed="deadline_exceeded")
     out = decide(open_p, tier0("hi", open_p), late, RateLimitOutcome())
     assert out.action is open_p.partial.no_verdict_action is Action.FLAG
     assert not out.degraded and out.verdict is Verdict.NONE
