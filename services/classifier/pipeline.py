@@ -50,9 +50,11 @@ from services.common.errors import (
     ResourceExhausted,
     ServiceError,
     Unavailable,
+    WouldMissDeadline,
 )
 
 log = logging.getLogger("safeguards.classifier.pipeline")
+CHARS_PER_TOKEN = 4  # a window of N tokens covers about 4N characters of English text
 
 FULL = "FULL"
 PARTIAL = "PARTIAL"
@@ -236,13 +238,27 @@ class Classifier:
     async def _cascade(self, man: mf.CascadeManifest, texts: Sequence[str], job: _Job) -> list[ModelResult]:
         first_name, second_name = man.stages
         self._check_cascade(man)
+        sampled = False
         with self.repository.acquire(first_name) as first:
-            s1 = await self._score(first, texts, job)
+            try:
+                s1 = await self._score(first, texts, job)
+            except WouldMissDeadline:
+                # The cheap stage cannot score every window in time (a burst of long texts
+                # queued ahead). The best verdict left is its scores on each text's head and
+                # tail, marked PARTIAL, with no time to escalate; a text already that short
+                # has nothing left to cut, so the refusal stands.
+                cut = [head_and_tail(t, first.manifest.inputs) for t in texts]
+                if cut == list(texts):
+                    raise
+                s1 = await self._score(first, cut, job)
+                sampled = True
         unsafe = _unsafe(s1.scores, s1.manifest.labels)
         lo, hi = man.band
         escalate = np.flatnonzero((unsafe >= lo) & (unsafe <= hi))
         s2, reason = None, ""
-        if escalate.size:
+        if sampled:
+            escalate, reason = np.arange(len(texts)), DEADLINE  # every text: PARTIAL, first stage
+        elif escalate.size:
             s2, reason = await self._escalate(second_name, [texts[i] for i in escalate], job)
         position = {int(t): k for k, t in enumerate(escalate)}
         out = []
@@ -418,6 +434,15 @@ class Classifier:
         if self._shadow_tasks:
             await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
         self._background_pool.shutdown(wait=False)
+
+
+def head_and_tail(text: str, spec: mf.InputSpec) -> str:
+    """The text's first and last window's worth of characters (the text itself when it is
+    no longer than two windows): what a stage scores when it has no time for every window."""
+    span = spec.max_sequence_length * (1 if spec.kind == mf.TEXT else CHARS_PER_TOKEN)
+    if len(text) <= 2 * span:
+        return text
+    return text[:span] + "\n" + text[-span:]
 
 
 def _unsafe(scores: np.ndarray, labels: Sequence[str]) -> np.ndarray:

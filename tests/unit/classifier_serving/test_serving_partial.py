@@ -172,3 +172,22 @@ async def test_a_deadline_shorter_than_the_reply_margin_is_deadline_exceeded(env
     classifier, _, _ = env
     with pytest.raises(DeadlineExceeded, match="deadline too short"):
         await classifier.classify([SHORT], ["guard"], timeout=0.005)  # the margin is 10 ms
+
+
+async def test_a_first_stage_with_no_time_for_every_window_scores_head_and_tail_partial(env) -> None:
+    """A burst of long texts ahead: the whole text would miss the deadline in the cheap
+    stage, its head and tail still fit, and answer PARTIAL (no time to escalate)."""
+    classifier, repo, registry = env
+    batcher = repo.serving("a").batcher
+    batcher.cost.observe(1000, 1.0)  # 1 ms a token: a text of 64 windows costs ~4 s, two windows ~0.1 s
+    batcher.policy = dataclasses.replace(batcher.policy, probe_interval_s=math.inf)
+    long_text = "benign words " * 400  # 5,200 characters: ~160 windows of 64
+    ((m,),) = await classifier.classify([long_text], ["guard"], timeout=1.0)
+    assert (m.completeness, m.partial_reason, m.answered_by) == (PARTIAL, DEADLINE, "a")
+    assert m.windows < 10
+    assert sample(registry, "classifier_partial_answers_total", model="guard", reason=DEADLINE) == 1
+    # A text already as short as two windows has nothing to cut: the refusal stands.
+    make_slow(repo, "a")
+    with pytest.raises(WouldMissDeadline):
+        await classifier.classify([SHORT], ["guard"], timeout=1.0)
+
