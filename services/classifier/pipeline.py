@@ -266,7 +266,7 @@ class Classifier:
             if t in position and s2 is not None:
                 out.append(self._result(man.name, s2, position[t], t, second_name))
             elif t in position:
-                out.append(self._result(man.name, s1, t, t, first_name, PARTIAL, reason))
+                out.append(self._result(man.name, s1, t, t, first_name, PARTIAL, reason, threshold_floor=hi))
             else:
                 out.append(self._result(man.name, s1, t, t, first_name))
         label = self.stats.model(man.name)
@@ -320,9 +320,7 @@ class Classifier:
         self._time_left(lv, job)  # no tokenising for a model there is no time left for
         size = sum(len(t) for t in texts)
         if job.background:
-            windows = await asyncio.get_running_loop().run_in_executor(
-                self._background_pool, featurizer.windows, texts
-            )
+            windows = await asyncio.get_running_loop().run_in_executor(self._background_pool, featurizer.windows, texts)
         elif size <= self.limits.tokenize_inline_chars:
             windows = featurizer.windows(texts)
         else:  # tokenising megabytes on the event loop would stall every other caller
@@ -362,12 +360,19 @@ class Classifier:
         answered_by: str,
         completeness: str = FULL,
         partial_reason: str = "",
+        threshold_floor: float = 0.0,
     ) -> ModelResult:
+        """``threshold_floor``: a PARTIAL answer's thresholds are raised to the cascade's
+        band edge: the first stage's scores inside its escalation band are the ones the
+        cascade itself calls inconclusive, so they must not decide more than a full
+        verdict would (a caller may still act on them as uncertain)."""
         man = s.manifest
         scores, flagged = [], []
         values = s.scores[row]
         for j, label in enumerate(man.labels):
             threshold = man.thresholds.get(label)
+            if threshold is not None:
+                threshold = max(threshold, threshold_floor)
             score = float(values[j])
             scores.append(LabelScore(label, score, threshold if threshold is not None else 0.0))
             if threshold is not None and label != mf.BENIGN and score >= threshold:

@@ -20,7 +20,7 @@ refused, UNAVAILABLE, its breaker open), and otherwise the policy's
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from services.enforcer.detectors import Tier0Result
@@ -225,12 +225,3 @@ def decide(
         verdict_reason=classifier.verdict_reason if verdict is not Verdict.FULL else "",
         answered_by=classifier.answered_by,
     )
-
-
-def combine_model_scores(per_model: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """Several models on one text: a label's score is the highest any model gave."""
-    out: dict[str, float] = {}
-    for scores in per_model:
-        for label, score in scores.items():
-            out[label] = max(score, out.get(label, 0.0))
-    return out

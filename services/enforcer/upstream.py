@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import grpc
@@ -18,7 +19,7 @@ from envoy.type.v3 import ratelimit_unit_pb2
 from safeguards.v1 import classifier_pb2, classifier_pb2_grpc
 
 from services.common.clients import BreakerOpen, Budget, CircuitBreaker, call_in_budget
-from services.enforcer.decision import ClassifierOutcome, RateLimitOutcome, combine_model_scores
+from services.enforcer.decision import ClassifierOutcome, RateLimitOutcome
 from services.enforcer.policy import RateLimitRule
 
 THROTTLE_KEY = "enforcement_throttle"  # descriptor entry of an account throttled by an action
@@ -171,27 +172,41 @@ class ClassifierCaller:
             if isinstance(exc, grpc.aio.AioRpcError) and exc.code() is grpc.StatusCode.INVALID_ARGUMENT:
                 asyncio.get_running_loop().create_task(self.refresh_limits())  # limits may have changed
             return ClassifierOutcome(failed=_why(exc), unreachable=_unreachable(exc))
-        per_model, thresholds, versions = [], {}, {}
+        pairs: list[tuple[str, float, float]] = []
+        versions: dict[str, int] = {}
         partial, answered_by = "", ""
         for per_text in response.results:
             for m in per_text.models:
-                per_model.append({s.label: s.score for s in m.scores})
-                for s in m.scores:
-                    if s.threshold > 0:
-                        thresholds[s.label] = min(s.threshold, thresholds.get(s.label, 1.0))
+                pairs.extend((s.label, s.score, s.threshold) for s in m.scores)
                 versions[m.answered_by or m.model] = m.version
                 if m.completeness == classifier_pb2.VERDICT_COMPLETENESS_PARTIAL:
                     partial = _join(partial, m.partial_reason or "partial")
                     answered_by = m.answered_by
                 elif not partial:
                     answered_by = m.answered_by or answered_by
+        scores, thresholds = strongest(pairs)
         return ClassifierOutcome(
-            scores=combine_model_scores(per_model),
+            scores=scores,
             model_thresholds=thresholds,
             model_versions=versions,
             partial=partial,
             answered_by=answered_by,
         )
+
+
+def strongest(pairs: Iterable[tuple[str, float, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per label, the (score, threshold) of the piece or model that came closest to (or went
+    furthest past) its own threshold: several pieces of one text, or several models, keep
+    each score with the threshold it was given (a partial piece's is raised to its cascade's
+    band edge), so a score is never judged against another piece's threshold. Labels
+    without a threshold (0: it never flags, e.g. benign) keep their highest score."""
+    best: dict[str, tuple[float, float]] = {}
+    for label, score, threshold in pairs:
+        margin = score - threshold if threshold > 0 else score - 1.0
+        held = best.get(label)
+        if held is None or margin > (held[0] - held[1] if held[1] > 0 else held[0] - 1.0):
+            best[label] = (score, threshold)
+    return {k: v[0] for k, v in best.items()}, {k: v[1] for k, v in best.items() if v[1] > 0}
 
 
 def _join(a: str, b: str) -> str:
@@ -201,7 +216,8 @@ def _join(a: str, b: str) -> str:
 
 
 def merge_classifier_outcomes(outcomes: list[ClassifierOutcome]) -> ClassifierOutcome:
-    """Outcomes of several requests over one text: the max score per label, partial if any was."""
+    """Outcomes of several requests over one text: per label the strongest score with its
+    own threshold (`strongest`), partial if any was."""
     if len(outcomes) == 1:
         return outcomes[0]
     partial = ""
@@ -209,12 +225,11 @@ def merge_classifier_outcomes(outcomes: list[ClassifierOutcome]) -> ClassifierOu
         for r in o.partial.split(","):
             if r:
                 partial = _join(partial, r)
-    thresholds: dict[str, float] = {}
-    for o in outcomes:
-        for label, t in o.model_thresholds.items():
-            thresholds[label] = min(t, thresholds.get(label, 1.0))
+    scores, thresholds = strongest(
+        (label, score, o.model_thresholds.get(label, 0.0)) for o in outcomes for label, score in o.scores.items()
+    )
     return ClassifierOutcome(
-        scores=combine_model_scores([o.scores for o in outcomes]),
+        scores=scores,
         model_thresholds=thresholds,
         model_versions={k: v for o in outcomes for k, v in o.model_versions.items()},
         partial=partial,

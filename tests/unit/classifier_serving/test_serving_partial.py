@@ -98,7 +98,11 @@ async def test_a_second_stage_refused_at_admission_answers_partial_with_the_firs
     ((m,),) = await asyncio.wait_for(classifier.classify([SHORT], ["guard"], timeout=2.0), 2.0)
     assert (m.completeness, m.partial_reason, m.answered_by) == (PARTIAL, DEADLINE, "a")
     assert m.model == "guard" and m.version == first.version
-    assert scores(m) == pytest.approx(scores(first)) and m.flagged == first.flagged == ["jailbreak"]
+    assert scores(m) == pytest.approx(scores(first)) and first.flagged == ["jailbreak"]
+    # In its escalation band the first stage is inconclusive by the cascade's own rule: a
+    # partial answer's thresholds are raised to the band's edge (1.0 here), so it flags less
+    # than a full verdict would; the caller sees the scores and decides (e.g. FLAG).
+    assert m.flagged == [] and {s.label: s.threshold for s in m.scores}["jailbreak"] == 1.0
     assert sample(registry, "classifier_partial_answers_total", model="guard", reason=DEADLINE) == 1
     assert sample(registry, "classifier_requests_rejected_total", model="b", reason="deadline") == 1
     assert sample(registry, "classifier_texts_total", model="guard", answered_by="a") == 1

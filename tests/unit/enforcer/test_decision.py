@@ -12,7 +12,6 @@ from services.enforcer.decision import (
     EnforcementVerdict,
     RateLimitOutcome,
     Verdict,
-    combine_model_scores,
     decide,
 )
 from services.enforcer.detectors import run_tier0
@@ -149,7 +148,3 @@ def test_enforcement_verdict_and_forced_categories(policies) -> None:
         p, tier0("hi", p), scores(), None, enforcement=EnforcementVerdict(Action.BLOCK, "enforcement.suspended")
     )
     assert out.action is Action.BLOCK and out.reasons[0].code == "enforcement.suspended"
-
-
-def test_several_models_combine_by_maximum() -> None:
-    assert combine_model_scores([{"a": 0.2, "b": 0.9}, {"a": 0.7}]) == {"a": 0.7, "b": 0.9}

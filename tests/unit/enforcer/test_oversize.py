@@ -9,7 +9,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.enforcer.upstream import ClassifierLimits, segment, split_utf8, whole
+from services.enforcer.upstream import ClassifierLimits, segment, split_utf8, strongest, whole
 
 
 @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=400), st.integers(4, 64))
@@ -56,3 +56,14 @@ def test_retro_screening_covers_every_piece_in_requests_the_classifier_accepts()
     batches = whole(text, ClassifierLimits(max_text_bytes=100, max_batch_texts=8))
     assert all(len(b) <= 8 for b in batches)
     assert "".join(p for b in batches for p in b) == text
+
+
+def test_each_score_is_judged_against_its_own_pieces_threshold() -> None:
+    """A partial piece's in-band score (threshold raised to the band edge, 0.64) must not be
+    judged against a full piece's threshold (0.5): the strongest pair per label wins."""
+    scores, thresholds = strongest(
+        [("harmful", 0.6, 0.64), ("harmful", 0.3, 0.5), ("benign", 0.9, 0.0), ("benign", 0.4, 0.0)]
+    )
+    assert scores == {"harmful": 0.6, "benign": 0.9} and thresholds == {"harmful": 0.64}
+    scores, thresholds = strongest([("harmful", 0.6, 0.64), ("harmful", 0.55, 0.5)])
+    assert (scores["harmful"], thresholds["harmful"]) == (0.55, 0.5)  # past its threshold: it fires
