@@ -61,6 +61,7 @@ import yaml
 
 from bench import h2load, system
 from bench.results import RESULTS, write_results
+from services.common.topics import signals_topic
 
 REPO = Path(__file__).resolve().parent.parent
 SECTION = "## Enforcer"
@@ -501,7 +502,7 @@ async def read_signals(bootstrap: str, idle_s: float = 3.0) -> dict[str, list[tu
     from safeguards.v1 import signals_pb2
 
     consumer = AIOKafkaConsumer(
-        f"safeguards.signals.{REGION}", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        signals_topic(REGION), bootstrap_servers=bootstrap, auto_offset_reset="earliest",
         enable_auto_commit=False, max_partition_fetch_bytes=8 * 1024 * 1024,
     )  # fmt: skip
     await consumer.start()

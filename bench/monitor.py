@@ -43,6 +43,7 @@ import asyncpg
 
 from bench import system
 from bench.results import RESULTS, write_results
+from services.common.topics import signals_topic
 
 REPO = Path(__file__).resolve().parent.parent
 SECTION = "## Monitor"
@@ -136,7 +137,7 @@ async def produce(bootstrap: str, recs: list[tuple[bytes, bytes]], rate: float =
     """Produce recs (open loop at `rate`/s, or as fast as possible when 0); returns seconds taken."""
     from aiokafka import AIOKafkaProducer
 
-    topic = f"safeguards.signals.{REGION}"
+    topic = signals_topic(REGION)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5, max_batch_size=256 * 1024)
     await producer.start()
     futs = []

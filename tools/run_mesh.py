@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.topics import region_topics
 from tools.embedded import EmbeddedKafka, EmbeddedRedis, die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,16 +135,6 @@ def monitor_database(explicit: str) -> tuple[str, str]:
             return f"postgresql://postgres@127.0.0.1:5432/{MONITOR_DB}", "127.0.0.1:5432"
     except OSError:
         return "", "no PostgreSQL at 127.0.0.1:5432 and DATABASE_URL is not set"
-
-
-def region_topics(region: str) -> dict[str, dict[str, str]]:
-    """Topics of DESIGN.md "Async signals", with their configs."""
-    return {
-        f"safeguards.signals.{region}": {},
-        f"safeguards.actions.{region}": {"cleanup.policy": "compact"},
-        f"safeguards.alerts.{region}": {},
-        "safeguards.rollup.global": {},
-    }
 
 
 async def create_topics(bootstrap: str, region: str) -> None:

@@ -62,9 +62,10 @@ from services.common.kafka import Publisher
 from services.common.privacy import RegionalKey, is_pseudonym
 from services.common.reloader import ReloadingConfig
 from services.common.server import ServiceBinding
+from services.common.topics import actions_topic
 from services.common.yamlfile import load_model
 from services.enforcer.signals import signal_record
-from services.enforcer.state import KIND_NAMES, EnforcementState, action_key, actions_topic
+from services.enforcer.state import KIND_NAMES, EnforcementState, action_key
 
 log = logging.getLogger("safeguards.enforcer.admin")
 

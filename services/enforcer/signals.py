@@ -17,6 +17,7 @@ from safeguards.v1 import classifier_pb2, safeguards_pb2, signals_pb2
 
 from services.common.privacy import RegionalKey
 from services.common.spool import Record
+from services.common.topics import signals_topic
 from services.enforcer.decision import Outcome, Verdict
 from services.enforcer.detectors import mask
 from services.enforcer.policy import DataPolicy, Policy
@@ -38,10 +39,6 @@ DATA_POLICY_TO_PB = {
     DataPolicy.METADATA_ONLY: signals_pb2.DATA_POLICY_METADATA_ONLY,
     DataPolicy.ZERO_RETENTION: signals_pb2.DATA_POLICY_ZERO_RETENTION,
 }
-
-
-def signals_topic(region: str) -> str:
-    return f"safeguards.signals.{region}"
 
 
 def duration(seconds: float) -> duration_pb2.Duration:

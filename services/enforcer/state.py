@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from safeguards.v1 import enforcement_pb2
 from tenacity import wait_exponential_jitter
 
+from services.common.topics import actions_topic
 from services.enforcer.decision import EnforcementVerdict
 from services.enforcer.policy import Action
 
@@ -50,10 +51,6 @@ KIND_NAMES = {
     K.ENFORCEMENT_KIND_FORCE_BLOCK_CATEGORY: "force",
     K.ENFORCEMENT_KIND_KILL_SWITCH: "killswitch",
 }
-
-
-def actions_topic(region: str) -> str:
-    return f"safeguards.actions.{region}"
 
 
 def _q(part: str) -> str:

@@ -50,7 +50,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from safeguards.v1 import alerts_pb2
 
 from services.common.errors import InvalidArgument
-from services.monitor.consumer import alerts_topic
+from services.common.topics import alerts_topic
 from services.monitor.detectors import (
     CATEGORY_VOLUME,
     CONSUMER_LAG,

@@ -26,20 +26,12 @@ from safeguards.v1 import signals_pb2
 
 from services.common.errors import InvalidArgument
 from services.common.metrics import BoundedLabels
+from services.common.topics import signals_topic
 from services.monitor.decisions import VERDICTS, Decision, decision_from_signal, is_audit
 from services.monitor.rules import RuleEngine
 from services.monitor.store import Store
 
 log = logging.getLogger("safeguards.monitor.consumer")
-
-
-def signals_topic(region: str) -> str:
-    return f"safeguards.signals.{region}"
-
-
-def alerts_topic(region: str) -> str:
-    """Where services.monitor.alerts notifies, keyed by alert fingerprint."""
-    return f"safeguards.alerts.{region}"
 
 
 class ConsumerMetrics:

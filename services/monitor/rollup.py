@@ -24,10 +24,10 @@ from safeguards.v1 import monitor_pb2
 
 from services.common.kafka import Publisher
 from services.common.spool import Record
+from services.common.topics import ROLLUP_TOPIC
 from services.monitor.aggregates import WINDOWS
 from services.monitor.store import Store, utc
 
-ROLLUP_TOPIC = "safeguards.rollup.global"
 log = logging.getLogger("safeguards.monitor.rollup")
 
 

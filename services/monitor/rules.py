@@ -53,7 +53,8 @@ from safeguards.v1 import enforcement_pb2
 
 from services.common.errors import ConfigError
 from services.common.reloader import ReloadingConfig, yaml_files
-from services.enforcer.state import action_key, actions_topic
+from services.common.topics import actions_topic
+from services.enforcer.state import action_key
 from services.monitor.decisions import ACTIONS, Decision
 from services.monitor.store import utc
 

@@ -35,9 +35,10 @@ from prometheus_client import CollectorRegistry
 from safeguards.v1 import alerts_pb2
 
 from services.common.errors import InvalidArgument
+from services.common.topics import alerts_topic, signals_topic
 from services.enforcer.admin import KafkaActionSink
 from services.monitor.alerts import AlertEvaluator, AlertMetrics, list_alerts
-from services.monitor.consumer import ConsumerMetrics, SignalConsumer, alerts_topic, signals_topic
+from services.monitor.consumer import ConsumerMetrics, SignalConsumer
 from services.monitor.decisions import decision_from_signal
 from services.monitor.detectors import AlertConfig, LagWatch, fingerprint
 from services.monitor.store import Retention, Store, minute_of, utc
