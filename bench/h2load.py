@@ -74,10 +74,6 @@ class H2Result:
     def max_ms(self) -> float:
         return self.latencies_us[-1] / 1000 if self.latencies_us else float("nan")
 
-    @property
-    def mean_ms(self) -> float:
-        return sum(self.latencies_us) / len(self.latencies_us) / 1000 if self.latencies_us else float("nan")
-
 
 _FINISHED = re.compile(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s")
 _REQUESTS = re.compile(

@@ -187,8 +187,3 @@ def run(
         return 2
     finally:
         log_pipeline.stop()  # write the queued lines (bounded wait) before exit
-
-
-def main_exit(code: int) -> None:
-    sys.stdout.flush()
-    sys.exit(code)

@@ -56,7 +56,6 @@ from services.enforcer.detectors import Blocklist
 from services.enforcer.detectors.pii import PiiKind
 
 DEFAULT_TENANT = "default"
-CONTEXT_FIELDS = ("tenant", "account", "model", "project")
 
 
 class Action(enum.IntEnum):

@@ -42,7 +42,6 @@ log = logging.getLogger("safeguards.enforcer.state")
 K = enforcement_pb2
 SUSPENDED = "enforcement.suspended"
 KILL_SWITCH = "enforcement.kill_switch"
-THROTTLED = "enforcement.throttled"
 _NO_CATEGORIES: frozenset[str] = frozenset()
 
 KIND_NAMES = {
