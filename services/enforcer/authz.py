@@ -41,7 +41,6 @@ disable ext_authz per route (`ExtAuthzPerRoute.disabled`) or they get 400.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import grpc
@@ -55,6 +54,7 @@ from safeguards.v1 import signals_pb2
 
 from services.common.errors import ServiceError
 from services.enforcer.bodies import (
+    HTTP_STATUS_OF,
     ChatBody,
     IdentityHeaders,
     error_body,
@@ -62,6 +62,7 @@ from services.enforcer.bodies import (
     flavor_from_path,
     loggable,
     parse_chat_body,
+    refusal,
 )
 from services.enforcer.policy import Action
 from services.enforcer.screening import Identity, PromptRequest, Screener, ScreenResult
@@ -74,9 +75,6 @@ REDACT_HEADER = "x-safeguards-redact"
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 UNSCREENED = "UNSCREENED"
 OUR_HEADERS = (DECISION_HEADER, ACTION_HEADER, REDACT_HEADER)
-HTTP_STATUS_OF = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400}
-BLOCK_MESSAGE = "request blocked by content policy"
-THROTTLE_MESSAGE = "rate limited; retry after the time in the Retry-After header"
 
 
 @dataclass(frozen=True)
@@ -166,26 +164,17 @@ def denied_response(
 
 
 def decision_response(flavor: str, result: ScreenResult) -> ea.CheckResponse:
-    outcome = result.outcome
-    action = outcome.action
-    if action is Action.BLOCK:
+    action = result.outcome.action
+    refused = refusal(action, result.decision_id, result.outcome.retry_after_s)
+    if refused is not None:
         return denied_response(
-            403,
+            refused.status,
             flavor,
-            f"{BLOCK_MESSAGE} (decision {result.decision_id})",
+            refused.message,
             decision_id=result.decision_id,
             action=action.name,
-            code="content_policy_violation",
-        )
-    if action is Action.THROTTLE:
-        return denied_response(
-            429,
-            flavor,
-            THROTTLE_MESSAGE,
-            decision_id=result.decision_id,
-            action=action.name,
-            retry_after_s=max(1, math.ceil(outcome.retry_after_s or 1)),
-            code="rate_limit_exceeded",
+            retry_after_s=refused.retry_after_s,
+            code=refused.code,
         )
     return ok_response(result.decision_id, action.name, redact=action is Action.REDACT)
 

@@ -36,12 +36,14 @@ string when present; `stream` a boolean; the token limit a non-negative integer.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from services.common.errors import InvalidArgument
+from services.enforcer.policy import Action
 
 ANTHROPIC = "anthropic"
 OPENAI = "openai"
@@ -403,6 +405,36 @@ def error_body(flavor: str | None, status: int, message: str, code: str = "") ->
             }
         }
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+#: gRPC codes of the screener's refusals -> the HTTP status Envoy answers the client with.
+HTTP_STATUS_OF = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "PERMISSION_DENIED": 403, "NOT_FOUND": 404}
+BLOCK_MESSAGE = "request blocked by content policy"
+THROTTLE_MESSAGE = "rate limited; retry after the time in the Retry-After header"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """How a BLOCK or THROTTLE decision is answered over HTTP, the same on every Envoy API
+    (ext_authz and ext_proc): status, the provider-shaped error's message and code, and
+    the Retry-After seconds (THROTTLE)."""
+
+    status: int
+    message: str
+    code: str
+    retry_after_s: int = 0
+
+    def body(self, flavor: str | None) -> bytes:
+        return error_body(flavor, self.status, self.message, self.code)
+
+
+def refusal(action: Action, decision_id: str, retry_after_s: float) -> Refusal | None:
+    """The HTTP answer to a decision that refuses the request; None when it is served."""
+    if action is Action.BLOCK:
+        return Refusal(403, f"{BLOCK_MESSAGE} (decision {decision_id})", "content_policy_violation")
+    if action is Action.THROTTLE:
+        return Refusal(429, THROTTLE_MESSAGE, "rate_limit_exceeded", max(1, math.ceil(retry_after_s or 1)))
+    return None
 
 
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")  # Python reprs of client strings

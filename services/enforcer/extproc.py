@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +39,7 @@ from services.common.errors import InvalidArgument, ServiceError
 from services.enforcer.authz import ACTION_HEADER, DECISION_HEADER
 from services.enforcer.bodies import (
     ANTHROPIC,
+    HTTP_STATUS_OF,
     ChatBody,
     IdentityHeaders,
     error_body,
@@ -47,6 +47,7 @@ from services.enforcer.bodies import (
     flavor_from_path,
     loggable,
     parse_chat_body,
+    refusal,
 )
 from services.enforcer.detectors import run_tier0
 from services.enforcer.policy import Action
@@ -55,8 +56,6 @@ from services.enforcer.sse import SSEDecoder, SSEError, StreamFormat, stream_for
 from services.enforcer.streaming import CompletionSession
 
 log = logging.getLogger("safeguards.enforcer.extproc")
-
-HTTP_STATUS_OF = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "PERMISSION_DENIED": 403, "NOT_FOUND": 404}
 
 
 @dataclass(frozen=True)
@@ -316,19 +315,11 @@ class HttpExchange:
         self._identity = identity
         action = result.outcome.action
         headers = _decision_headers(result)
-        if action is Action.BLOCK:
-            return immediate(
-                403,
-                error_body(chat.flavor, 403, "request blocked by content policy", "content_policy_violation"),
-                headers,
-            )
-        if action is Action.THROTTLE:
-            retry = max(1, math.ceil(result.outcome.retry_after_s or 1))
-            return immediate(
-                429,
-                error_body(chat.flavor, 429, "rate limited; retry later", "rate_limited"),
-                {**headers, "retry-after": str(retry)},
-            )
+        refused = refusal(action, result.decision_id, result.outcome.retry_after_s)
+        if refused is not None:
+            if refused.retry_after_s:
+                headers["retry-after"] = str(refused.retry_after_s)
+            return immediate(refused.status, refused.body(chat.flavor), headers)
         if action is Action.REDACT:
             doc = json.loads(raw)
             kinds = sorted(self._screener.policies.current.for_tenant(identity.tenant).screened_pii_kinds)

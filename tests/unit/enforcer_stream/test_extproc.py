@@ -10,7 +10,10 @@ import json
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
+from services.enforcer.authz import decision_response
+from services.enforcer.bodies import refusal
 from services.enforcer.extproc import ExtProcConfig, HttpExchange
+from services.enforcer.policy import Action
 from tests.unit.enforcer_stream.helpers import make_screener
 
 BODY = json.dumps(
@@ -126,3 +129,26 @@ async def test_after_ext_authz_only_the_completion_is_screened(tmp_path) -> None
     (sig,) = pub.signals()
     assert sig.action == 5 and sig.surface == 5  # BLOCK, SURFACE_EXT_PROC_RESPONSE
     assert sig.prompt_decision_id == "authz-decision-1"  # the completion links to ext_authz's decision
+
+
+async def test_ext_proc_and_ext_authz_answer_a_block_with_the_one_http_mapping(tmp_path) -> None:
+    """One mapping from decision to HTTP answer (bodies.refusal) for both Envoy APIs: the
+    same status, error code and message, in the caller's provider shape."""
+    screener, _cl, _pub = make_screener(tmp_path)
+    x = HttpExchange(screener, ExtProcConfig())
+    await x.handle(REQ_HEADERS)
+    blocked = json.dumps({"model": "gpt", "messages": [{"role": "user", "content": "the plutonium recipe"}]})
+    out = (await x.handle(body(blocked.encode(), True))).immediate_response
+    assert out.status.code == 403
+    proc_error = json.loads(out.body)["error"]
+    authz = decision_response("openai", x.prompt).denied_response
+    assert authz.status.code == out.status.code
+    assert json.loads(authz.body)["error"] == proc_error
+    assert proc_error["code"] == "content_policy_violation" and x.prompt.decision_id in proc_error["message"]
+
+
+def test_throttle_maps_to_429_rate_limit_exceeded_with_retry_after_of_at_least_a_second() -> None:
+    r = refusal(Action.THROTTLE, "d1", 0.2)
+    assert (r.status, r.code, r.retry_after_s) == (429, "rate_limit_exceeded", 1)
+    assert refusal(Action.THROTTLE, "d1", 7.1).retry_after_s == 8
+    assert refusal(Action.ALLOW, "d1", 0) is None and refusal(Action.REDACT, "d1", 0) is None
