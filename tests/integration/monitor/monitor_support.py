@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
-from safeguards.v1 import safeguards_pb2, signals_pb2
+from safeguards.v1 import classifier_pb2, safeguards_pb2, signals_pb2
 
 from services.common.privacy import RegionalKey
 from services.enforcer.decision import CategoryScore, Outcome, Reason
@@ -108,6 +108,30 @@ def make_signal(
         key,
         snippet_chars=280,
     )
+
+
+def retro_signal(
+    of: signals_pb2.SafeguardSignal,
+    *,
+    region: str,
+    catch: bool = True,
+    action: str = "BLOCK",
+    time_s: float | None = None,
+    key: RegionalKey = KEY,
+    answered_by: str = "encoder",
+) -> signals_pb2.SafeguardSignal:
+    """The follow-up the enforcer emits after re-screening `of` with the full cascade
+    (SURFACE_RETRO_SCREEN, same tenant, account and data policy)."""
+    data_policy = signals_pb2.DataPolicy.Name(of.data_policy).removeprefix("DATA_POLICY_")
+    sig = make_signal(region=region, tenant=of.tenant, action=action, data_policy=data_policy, time_s=time_s, key=key)
+    sig.account_hmac = of.account_hmac
+    sig.surface = signals_pb2.SURFACE_RETRO_SCREEN
+    sig.retro_of_decision_id = of.decision_id
+    sig.retro_catch = catch
+    sig.original_action = of.action
+    sig.verdict = classifier_pb2.VERDICT_COMPLETENESS_FULL
+    sig.answered_by = answered_by
+    return sig
 
 
 def admin_signal(region: str, tenant: str) -> signals_pb2.SafeguardSignal:

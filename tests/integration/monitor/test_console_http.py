@@ -23,12 +23,12 @@ import aiohttp
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
-from safeguards.v1 import classifier_pb2, signals_pb2
+from safeguards.v1 import classifier_pb2
 from yarl import URL
 
 from services.common.privacy import RegionalKey
 from services.monitor.console.users import hash_password
-from tests.integration.monitor.monitor_support import make_signal, pg_database
+from tests.integration.monitor.monitor_support import make_signal, pg_database, retro_signal
 from tests.support import EmbeddedKafka, ServiceProcess
 from tools.run_mesh import create_topics
 
@@ -403,24 +403,14 @@ def partial_decision(action: str, account: str, *, policy: str = "STANDARD", req
 
 
 def retro_follow_up(of, action: str = "BLOCK", catch: bool = True):
-    sig = make_signal(region=REGION, tenant=of.tenant, action=action, key=KEY)
-    sig.account_hmac = of.account_hmac
-    sig.surface = signals_pb2.SURFACE_RETRO_SCREEN
-    sig.retro_of_decision_id = of.decision_id
-    sig.retro_catch = catch
-    sig.original_action = of.action
-    sig.verdict = classifier_pb2.VERDICT_COMPLETENESS_FULL
-    sig.answered_by = "encoder-minilm"
-    return sig
+    return retro_signal(of, region=REGION, catch=catch, action=action, key=KEY, answered_by="encoder-minilm")
 
 
 async def test_the_overview_lands_after_sign_in_and_shows_the_hour(console) -> None:
     attacker = "acct-" + uuid.uuid4().hex[:8]
     allowed = partial_decision("ALLOW", attacker)
     blocked = partial_decision("BLOCK", attacker)
-    await produce_and_wait(
-        console["kafka"].bootstrap, console["db"], [allowed, blocked, retro_follow_up(allowed)]
-    )
+    await produce_and_wait(console["kafka"].bootstrap, console["db"], [allowed, blocked, retro_follow_up(allowed)])
     attacker_hmac = KEY.account("acme", attacker)
     async with Browser(console["url"]) as b:
         status, _, r = await b.signin("vera")  # a viewer may read it

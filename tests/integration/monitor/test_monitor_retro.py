@@ -28,7 +28,7 @@ from services.enforcer.admin import KafkaActionSink
 from services.monitor.decisions import NO_VERDICT, PARTIAL, decision_from_signal
 from services.monitor.rules import RuleEngine, RuleMetrics, RuleSet, parse_rules
 from services.monitor.store import Retention, Store, minute_of, utc
-from tests.integration.monitor.monitor_support import make_signal, pg_database, read_topic
+from tests.integration.monitor.monitor_support import make_signal, pg_database, read_topic, retro_signal
 from tests.integration.monitor.test_monitor_service import Monitor, db_rows, encoded, produce, wait_for
 from tests.support import EmbeddedKafka
 from tools.run_mesh import create_topics
@@ -81,19 +81,7 @@ def signal(action="ALLOW", *, verdict=V.VERDICT_COMPLETENESS_PARTIAL, latency_s=
 
 
 def retro(of: signals_pb2.SafeguardSignal, *, catch: bool = True, action: str = "BLOCK", t=None):
-    """The follow-up the enforcer emits after re-screening `of` with the full cascade."""
-    policy = signals_pb2.DataPolicy.Name(of.data_policy).removeprefix("DATA_POLICY_")
-    sig = make_signal(
-        region=REGION, tenant=of.tenant, action=action, data_policy=policy, time_s=time.time() if t is None else t
-    )
-    sig.account_hmac = of.account_hmac
-    sig.surface = signals_pb2.SURFACE_RETRO_SCREEN
-    sig.retro_of_decision_id = of.decision_id
-    sig.retro_catch = catch
-    sig.original_action = of.action
-    sig.verdict = V.VERDICT_COMPLETENESS_FULL
-    sig.answered_by = "encoder"
-    return sig
+    return retro_signal(of, region=REGION, catch=catch, action=action, time_s=t)
 
 
 def decided(signals):
@@ -296,9 +284,10 @@ async def test_a_dry_run_retro_rule_records_and_produces_nothing(db_url, kafka) 
         assert await engine.flush(store.pool) == 0
         assert await read_topic(kafka.bootstrap, f"safeguards.actions.{region}") == []
         assert await store.pool.fetchval("SELECT count(*) FROM monitor_cases WHERE region = $1", region) == 0
-        assert registry.get_sample_value(
-            "safeguards_monitor_rule_matches_total", {"rule": "retro-dry", "mode": "dry_run"}
-        ) == 1
+        assert (
+            registry.get_sample_value("safeguards_monitor_rule_matches_total", {"rule": "retro-dry", "mode": "dry_run"})
+            == 1
+        )
     finally:
         await engine.stop()
         await store.close()
@@ -312,9 +301,12 @@ async def test_the_per_tenant_cap_holds_for_retro_rules(db_url, kafka) -> None:
         for i in range(4):  # four accounts, each with three retro catches
             partial = [signal("ALLOW", tenant=live, account=f"acct-{i}") for _ in range(3)]
             await _apply(store, engine, _in_region(region, partial + [retro(p) for p in partial]))
-        assert await store.pool.fetchval(
-            "SELECT count(*) FROM monitor_rule_actions WHERE region = $1 AND mode = 'live'", region
-        ) == 2
+        assert (
+            await store.pool.fetchval(
+                "SELECT count(*) FROM monitor_rule_actions WHERE region = $1 AND mode = 'live'", region
+            )
+            == 2
+        )
         assert registry.get_sample_value("safeguards_monitor_rule_suppressed_total", {"rule": "retro-live"}) == 2
     finally:
         await engine.stop()

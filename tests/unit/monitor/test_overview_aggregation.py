@@ -22,7 +22,7 @@ from services.monitor.overview import (
     tally,
 )
 from services.monitor.store import minute_of, utc
-from tests.integration.monitor.monitor_support import make_signal
+from tests.integration.monitor.monitor_support import make_signal, retro_signal
 
 REGION = "mon-1"
 NOW = time.time()
@@ -40,17 +40,7 @@ def signal(action="ALLOW", *, verdict=V.VERDICT_COMPLETENESS_FULL, latency_s=0.0
 
 
 def retro(of: signals_pb2.SafeguardSignal, *, catch: bool, action: str = "BLOCK"):
-    """The follow-up the enforcer emits after re-screening `of` with the full cascade."""
-    policy = signals_pb2.DataPolicy.Name(of.data_policy).removeprefix("DATA_POLICY_")
-    sig = make_signal(region=REGION, tenant=of.tenant, action=action, time_s=NOW + 1, data_policy=policy)
-    sig.account_hmac = of.account_hmac
-    sig.surface = signals_pb2.SURFACE_RETRO_SCREEN
-    sig.retro_of_decision_id = of.decision_id
-    sig.retro_catch = catch
-    sig.original_action = of.action
-    sig.verdict = V.VERDICT_COMPLETENESS_FULL
-    sig.answered_by = "encoder"
-    return sig
+    return retro_signal(of, region=REGION, catch=catch, action=action, time_s=NOW + 1)
 
 
 def minute(d):
