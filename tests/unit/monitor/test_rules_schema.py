@@ -45,8 +45,10 @@ def test_shipped_defaults_are_dry_run_a_block_burst_and_a_retro_catch_rule():
 
 
 def test_a_retro_catch_rule_may_match_any_category_a_decision_rule_may_not():
-    retro = "rules:\n  - {name: r, match: {retro_catch: true}, threshold: {count: 2, window_minutes: 30},\n" \
+    retro = (
+        "rules:\n  - {name: r, match: {retro_catch: true}, threshold: {count: 2, window_minutes: 30},\n"
         "     enforce: {kind: SUSPEND_ACCOUNT, ttl_minutes: 60}, dry_run: false}\n"
+    )
     (rule,) = parse_rules(retro, "retro.yaml")
     assert (rule.match.retro_catch, rule.match.category, rule.match.action) == (True, "", "BLOCK")
     with pytest.raises(ConfigError) as err:
