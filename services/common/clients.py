@@ -92,9 +92,7 @@ def grpc_health(exc: BaseException) -> Health:
         return Health.HEALTHY
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return Health.SLOW
-    if isinstance(exc, ConnectionError | OSError):
-        return Health.UNHEALTHY
-    return Health.UNHEALTHY  # an unexpected error in the call path: treat as a dependency fault
+    return Health.UNHEALTHY  # connection errors, and anything unexpected in the call path
 
 
 @dataclass
@@ -174,12 +172,6 @@ class CircuitBreaker:
                 self._open(f"{self._failures} consecutive failures")
             elif len(self._recent) >= self.min_calls and self._bad >= self.error_rate * len(self._recent):
                 self._open(f"{self._bad} of the last {len(self._recent)} calls failed or timed out")
-
-    def record_success(self) -> None:
-        self.record(Health.HEALTHY)
-
-    def record_failure(self) -> None:
-        self.record(Health.UNHEALTHY)
 
     def _open(self, why: str) -> None:
         self._opened_at = self.clock()

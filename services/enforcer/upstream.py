@@ -111,6 +111,14 @@ class ClassifierCaller:
         self.breaker = breaker
         self.max_chars = max_chars
         self.limits = ClassifierLimits()
+        self._refreshing: asyncio.Task | None = None
+
+    def _refresh_limits_soon(self) -> None:
+        """One ListModels at a time, however many requests were refused meanwhile (a
+        flood of oversize input must not become a flood of ListModels calls); the task
+        is held so it is not garbage-collected mid-call."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(self.refresh_limits())
 
     async def refresh_limits(self, timeout_s: float = 2.0) -> ClassifierLimits:
         """Read the classifier's request limits (ListModels), so the enforcer never sends
@@ -143,7 +151,7 @@ class ClassifierCaller:
         outcomes = []
         for texts in whole(text, self.limits):
             budget = Budget.start(timeout_s)
-            outcomes.append(await self._call(texts, models, budget, tenant=tenant, background=True, guarded=False))
+            outcomes.append(await self._call(texts, models, budget, tenant=tenant, background=True))
             if outcomes[-1].failed:
                 return outcomes[-1]
         return merge_classifier_outcomes(outcomes)
@@ -156,21 +164,22 @@ class ClassifierCaller:
         *,
         tenant: str,
         background: bool,
-        guarded: bool = True,
     ) -> ClassifierOutcome:
+        """One Classify call. Hot-path calls go through the breaker; background ones
+        (retro-screening) do not: their long waits say nothing about serving health."""
         request = classifier_pb2.ClassifyRequest(texts=texts, models=list(models), tenant=tenant, background=background)
 
         async def call(timeout: float):
             return await self._stub.Classify(request, timeout=timeout)
 
         try:
-            if guarded:
+            if not background:
                 response = await self.breaker.call(lambda: call_in_budget(call, budget), budget.remaining())
             else:
                 response = await call_in_budget(call, budget)
         except Exception as exc:  # every failure is an outcome; the policy decides
             if isinstance(exc, grpc.aio.AioRpcError) and exc.code() is grpc.StatusCode.INVALID_ARGUMENT:
-                asyncio.get_running_loop().create_task(self.refresh_limits())  # limits may have changed
+                self._refresh_limits_soon()  # the classifier's limits may have changed
             return ClassifierOutcome(failed=_why(exc), unreachable=_unreachable(exc))
         pairs: list[tuple[str, float, float]] = []
         versions: dict[str, int] = {}

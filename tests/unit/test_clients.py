@@ -8,7 +8,7 @@ import time
 import grpc
 import pytest
 
-from services.common.clients import BreakerOpen, BreakerState, Budget, CircuitBreaker, call_in_budget
+from services.common.clients import BreakerOpen, BreakerState, Budget, CircuitBreaker, Health, call_in_budget
 from tests.support import free_port
 
 
@@ -23,18 +23,18 @@ def test_breaker_opens_after_consecutive_failures_then_probes_once() -> None:
     b = CircuitBreaker("dep", failure_threshold=3, open_seconds=1.0, clock=lambda: now[0])
     for _ in range(2):
         assert b.allow()
-        b.record_failure()
+        b.record(Health.UNHEALTHY)
     assert b.state is BreakerState.CLOSED
-    b.record_failure()
+    b.record(Health.UNHEALTHY)
     assert b.state is BreakerState.OPEN and not b.allow()
     now[0] = 1.5
     assert b.allow()  # the probe
     assert not b.allow()  # only one at a time
-    b.record_failure()
+    b.record(Health.UNHEALTHY)
     assert b.state is BreakerState.OPEN
     now[0] = 3.0
     assert b.allow()
-    b.record_success()
+    b.record(Health.HEALTHY)
     assert b.state is BreakerState.CLOSED and b.allow()
 
 
@@ -53,7 +53,7 @@ async def test_breaker_fails_fast_when_open() -> None:
 async def test_a_cancelled_probe_does_not_leave_the_breaker_stuck_half_open() -> None:
     now = [0.0]
     b = CircuitBreaker("dep", failure_threshold=1, open_seconds=1.0, clock=lambda: now[0])
-    b.record_failure()
+    b.record(Health.UNHEALTHY)
     now[0] = 2.0
     started = asyncio.Event()
 
@@ -259,4 +259,3 @@ async def test_a_late_success_of_a_call_started_before_the_breaker_opened_does_n
     now[0] = 5.0
     assert await b.call(lambda: asyncio.sleep(0, "probe")) == "probe"
     assert b.state is BreakerState.CLOSED
-

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import random
 
+import grpc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.enforcer.upstream import ClassifierLimits, segment, split_utf8, strongest, whole
+from services.common.clients import CircuitBreaker
+from services.enforcer.upstream import ClassifierCaller, ClassifierLimits, segment, split_utf8, strongest, whole
+from tests.support import free_port
 
 
 @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=400), st.integers(4, 64))
@@ -67,3 +70,16 @@ def test_each_score_is_judged_against_its_own_pieces_threshold() -> None:
     assert scores == {"harmful": 0.6, "benign": 0.9} and thresholds == {"harmful": 0.64}
     scores, thresholds = strongest([("harmful", 0.6, 0.64), ("harmful", 0.55, 0.5)])
     assert (scores["harmful"], thresholds["harmful"]) == (0.55, 0.5)  # past its threshold: it fires
+
+
+async def test_a_flood_of_refused_requests_asks_the_classifier_for_its_limits_once_at_a_time() -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as channel:  # nobody listens
+        caller = ClassifierCaller(channel, CircuitBreaker("classifier"))
+        for _ in range(100):
+            caller._refresh_limits_soon()
+        first = caller._refreshing
+        assert first is not None and not first.done()
+        for _ in range(100):
+            caller._refresh_limits_soon()
+        assert caller._refreshing is first
+        assert await first == ClassifierLimits()  # unreachable: the known limits stay
