@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from services.classifier.batcher import Batcher, BatchPolicy, CostModel
 from services.classifier.stats import ClassifierStats
 from services.common.errors import DeadlineExceeded, ResourceExhausted, WouldMissDeadline
-from tests.unit.classifier_serving.tinymodel import build_sum_model
+from tests.unit.classifier_serving.tinymodel import build_sum_model, rows
 
 SECONDS_PER_TOKEN = 0.0005  # a 100-token row costs 50 ms, as a long encoder window does
 
@@ -64,14 +64,6 @@ def model_path(tmp_path_factory) -> Path:
 @pytest.fixture
 def model(model_path: Path) -> CostlyModel:
     return CostlyModel(model_path)
-
-
-def rows(*lists: list[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    width = max(len(r) for r in lists)
-    x = np.zeros((len(lists), width), dtype=np.int64)
-    for i, r in enumerate(lists):
-        x[i, : len(r)] = r
-    return {"x": x}, np.array([len(r) for r in lists], dtype=np.int64)
 
 
 def row(tag: int, tokens: int) -> list[int]:

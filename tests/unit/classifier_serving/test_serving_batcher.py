@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from services.classifier.batcher import Batcher, BatchPolicy, InferenceFailed
 from services.classifier.stats import ClassifierStats
 from services.common.errors import DeadlineExceeded, ResourceExhausted, Unavailable
-from tests.unit.classifier_serving.tinymodel import build_sum_model
+from tests.unit.classifier_serving.tinymodel import build_sum_model, rows
 
 
 class RecordingModel:
@@ -54,15 +54,6 @@ def model_path(tmp_path_factory) -> Path:
 @pytest.fixture
 def model(model_path: Path) -> RecordingModel:
     return RecordingModel(model_path)
-
-
-def rows(*lists: list[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Pad lists of ints into the request layout the batcher takes."""
-    width = max(len(r) for r in lists)
-    x = np.zeros((len(lists), width), dtype=np.int64)
-    for i, r in enumerate(lists):
-        x[i, : len(r)] = r
-    return {"x": x}, np.array([len(r) for r in lists], dtype=np.int64)
 
 
 def expected(*lists: list[int]) -> np.ndarray:

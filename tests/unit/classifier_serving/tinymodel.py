@@ -7,9 +7,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import yaml
 from onnx import TensorProto, helper
+
+
+def rows(*lists: list[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Pad lists of ints into the request layout the batcher takes."""
+    width = max(len(r) for r in lists)
+    x = np.zeros((len(lists), width), dtype=np.int64)
+    for i, r in enumerate(lists):
+        x[i, : len(r)] = r
+    return {"x": x}, np.array([len(r) for r in lists], dtype=np.int64)
 
 
 def build_sum_model(path: Path, input_name: str = "x", output_name: str = "y") -> Path:
