@@ -7,7 +7,7 @@ repository is, how requests are bounded, and how ONNX Runtime uses the machine.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -47,9 +47,8 @@ class ClassifierSettings(ServiceSettings):
         description="ONNX Runtime threads per inference for models that are a cascade's first stage (the "
         "cheap tier), so encoder batches cannot stall it on a small CPU (0: as --intra-op-threads)",
     )
-    execution_provider: str = Field(
+    execution_provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto",
-        pattern="^(auto|cuda|cpu)$",
         description="auto (CUDA when onnxruntime offers it, else CPU), cuda (fail at start without it) or cpu",
     )
     cuda_device_id: int = Field(0, ge=0, description="GPU ordinal the CUDA execution provider uses")
@@ -76,9 +75,8 @@ class ClassifierSettings(ServiceSettings):
         "one row): a running batch cannot be interrupted, so this bounds how long a newly arrived text waits "
         "for the batch ahead of it (0: no bound)",
     )
-    batch_wait: str = Field(
+    batch_wait: Literal["auto", "manifest", "eager"] = Field(
         "auto",
-        pattern="^(auto|manifest|eager)$",
         description="manifest: a lone row waits up to the model's max_queue_delay_ms for companions (Triton); "
         "eager: an idle model runs what is queued at once and batches form while it is busy (TEI); "
         "auto: manifest on CUDA, where a batch costs about what one row does, eager on CPU",

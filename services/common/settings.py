@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, NoReturn, TypeVar
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, CliApp, NoDecode, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, CliApp, NoDecode, SettingsConfigDict, SettingsError
 
 from services.common.errors import ConfigError
 
@@ -52,7 +52,7 @@ class ServiceSettings(BaseSettings):
         description="Prometheus /metrics HTTP listen address HOST:PORT; empty disables metrics over HTTP",
     )
     region: str = Field("local", description="data-residency region this process serves (labels logs and metrics)")
-    log_level: str = Field("INFO", description="log level: DEBUG, INFO, WARNING, ERROR")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
     log_decisions_per_s: float = Field(
         100.0,
         ge=0,
@@ -86,7 +86,7 @@ class ServiceSettings(BaseSettings):
     drain_grace_seconds: float = Field(
         10.0, ge=0, description="on SIGTERM, how long in-flight RPCs may run before they are cancelled"
     )
-    event_loop: str = Field("uvloop", pattern="^(uvloop|asyncio)$", description="asyncio event loop: uvloop or asyncio")
+    event_loop: Literal["uvloop", "asyncio"] = Field("uvloop", description="asyncio event loop")
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -103,10 +103,19 @@ class ServiceSettings(BaseSettings):
                 if isinstance(value, str) and _is_list(info.annotation):
                     text = value.strip()
                     if text.startswith("["):
-                        data[name] = json.loads(text)
+                        try:
+                            data[name] = json.loads(text)
+                        except json.JSONDecodeError as exc:
+                            flag = "--" + name.replace("_", "-")
+                            raise ValueError(f"argument {flag}: not a JSON list ({exc.msg}); or give a,b,c") from None
                     else:
                         data[name] = [v.strip() for v in text.split(",") if v.strip()]
         return data
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check_transport(self) -> ServiceSettings:
@@ -130,12 +139,38 @@ class ServiceSettings(BaseSettings):
 
     @classmethod
     def parse(cls: type[T], argv: Sequence[str] | None = None) -> T:
-        """Parse flags (and env vars); prints help/errors and exits like argparse."""
+        """Parse flags (and env vars). `--help` prints and exits 0; a bad flag or value
+        exits 2 with one argparse-style line (`<prog>: error: ...`), never a traceback."""
         args = list(sys.argv[1:] if argv is None else argv)
-        return CliApp.run(cls, cli_args=args, cli_settings_source=None)
+        try:
+            return CliApp.run(cls, cli_args=args, cli_exit_on_error=False)
+        except SettingsError as exc:
+            cls.exit_with_error(str(exc).removeprefix("error parsing CLI: "))
+        except ValidationError as exc:
+            cls.exit_with_error(describe_errors(exc))
+
+    @classmethod
+    def exit_with_error(cls, message: str) -> NoReturn:
+        """Exit like argparse's `error()`, minus the usage block: one line, status 2."""
+        prog = cls.model_config.get("cli_prog_name") or f"python -m services.{cls.service_name}"
+        print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+        raise SystemExit(2)
 
     def cli_cmd(self) -> None:  # CliApp.run calls this; services run their own main.
         return None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """A settings ValidationError as one line naming each bad flag, its value and why."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["loc"]:
+            flag = "--" + str(err["loc"][0]).replace("_", "-")
+            parts.append(f"argument {flag}: {msg} (got {err['input']!r})")
+        else:
+            parts.append(msg)
+    return "; ".join(parts)
 
 
 def _is_list(annotation: Any) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
@@ -175,9 +175,8 @@ class MonitorSettings(ServiceSettings):
     alert_webhook_secret_file: str = Field(
         "", description="file holding the webhook secret (empty: none); see --alert-webhook-auth"
     )
-    alert_webhook_auth: str = Field(
+    alert_webhook_auth: Literal["hmac", "bearer"] = Field(
         "hmac",
-        pattern="^(hmac|bearer)$",
         description="how the secret is sent: hmac (X-Safeguards-Signature: sha256=HMAC of the body) or bearer "
         "(Authorization: Bearer)",
     )
