@@ -10,8 +10,9 @@ Three layers, every problem reported (one line each), exit status 1 when any:
 2. the project's rules (`check_rules`): one image built from deploy/Dockerfile, and for
    every Safeguards service a healthcheck, a stop_grace_period covering its drain,
    metrics scraped by Prometheus (cross-checked with deploy/prometheus.yml), the
-   documented ports, no fixed container_name or host port on anything scalable, and
-   depends_on that can be satisfied;
+   documented ports, no fixed container_name or host port on anything scalable,
+   depends_on that can be satisfied, a spool on a volume of its own per replica, and a
+   consistent KRaft cluster that every service bootstraps from in full;
 3. external validators when their binaries exist (`--no-external` skips them): Debian's
    `docker-compose` (v1, `config -q` needs no engine) and `promtool check config`.
 
@@ -494,6 +495,8 @@ def check_rules(doc: Mapping[str, Any], compose_file: Path | str = COMPOSE_FILE)
             continue
         problems += _check_safeguards_service(spec, svc, jobs, prom_file)
 
+    problems += _check_kafka(services)
+
     for job_name, job in jobs.items():
         for sd in job.get("dns_sd_configs") or []:
             for dns_name in sd.get("names") or []:
@@ -570,6 +573,11 @@ def _check_safeguards_service(
         elif _port_of(target)[1] != grpc_port:
             problems.append(f"{where}: healthcheck probes '{target}' but {p}LISTEN is port {grpc_port}")
 
+    # ---- the spool: one per replica, kept when the container is recreated
+    spool_dir = env.get(f"{p}SPOOL_DIR")
+    if spool_dir:
+        problems += _check_spool(where, f"{p}SPOOL_DIR", spool_dir, svc.get("volumes") or [])
+
     # ---- graceful stop: compose must wait for the whole drain before SIGKILL
     try:
         delay = float(env.get(f"{p}SHUTDOWN_DELAY_SECONDS", DEFAULT_SHUTDOWN_DELAY_S))
@@ -613,6 +621,105 @@ def _check_safeguards_service(
                     f"{where}: Prometheus job '{spec.name}' resolves type {sd.get('type', 'SRV')} port "
                     f"{sd.get('port')}, expected type A port {metrics_port} ({p}METRICS_LISTEN)"
                 )
+    return problems
+
+
+def _mount(entry: Any) -> tuple[str, str, str]:
+    """(type, source, target) of a `volumes` entry: type is volume, bind or anonymous."""
+    if isinstance(entry, dict):
+        source, target = str(entry.get("source") or ""), str(entry.get("target") or "")
+        kind = str(entry.get("type") or "volume")
+    else:
+        bits = str(entry).split(":")
+        source, target = (bits[0], bits[1]) if len(bits) > 1 else ("", bits[0])
+        kind = "bind" if source.startswith((".", "/", "~")) else "volume"
+    if kind == "volume" and not source:
+        kind = "anonymous"
+    return kind, source, target
+
+
+def _check_spool(where: str, var: str, spool_dir: str, volumes: list[Any]) -> list[str]:
+    """A spool holds records not yet delivered: it must survive the container being
+    recreated (a volume) and belong to one replica only (two processes replaying and
+    deleting the same files lose or duplicate records), so only an anonymous volume
+    fits a scalable service: compose creates one per container and keeps it across
+    recreation."""
+    for entry in volumes:
+        kind, source, target = _mount(entry)
+        if os.path.normpath(target) != os.path.normpath(spool_dir):
+            continue
+        if kind == "anonymous":
+            return []
+        what = f"named volume '{source}'" if kind == "volume" else f"{kind} mount '{source}'"
+        return [
+            f"{where}: {var} {spool_dir} is on {what}, which every replica shares when scaled "
+            f"(use an anonymous volume: one per replica)"
+        ]
+    return [
+        f"{where}: {var} {spool_dir} is not on a volume: spooled records are lost when the container "
+        f"is recreated (mount an anonymous volume there)"
+    ]
+
+
+def _kafka_brokers(services: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """Apache Kafka services that run the broker role, with their env."""
+    brokers = {}
+    for name, svc in services.items():
+        if not str(svc.get("image", "")).startswith("apache/kafka"):
+            continue
+        env = _as_env_dict(svc.get("environment"))
+        if "broker" in env.get("KAFKA_PROCESS_ROLES", "").split(","):
+            brokers[name] = env
+    return brokers
+
+
+def _check_kafka(services: Mapping[str, Any]) -> list[str]:
+    """The KRaft cluster is consistent and every Safeguards service bootstraps from all
+    of its brokers (any one may be down when a service starts)."""
+    brokers = _kafka_brokers(services)
+    if not brokers:
+        return []
+    problems: list[str] = []
+    ids: dict[str, str] = {}
+    for name, env in brokers.items():
+        node = env.get("KAFKA_NODE_ID", "")
+        if node in ids:
+            problems.append(f"service '{name}': KAFKA_NODE_ID {node} is also the id of '{ids[node]}'")
+        ids[node] = name
+        voters = dict(v.partition("@")[::2] for v in env.get("KAFKA_CONTROLLER_QUORUM_VOTERS", "").split(",") if v)
+        if "controller" in env.get("KAFKA_PROCESS_ROLES", "").split(",") and voters.get(node, "").split(":")[0] != name:
+            problems.append(
+                f"service '{name}': node {node} is a controller but not the voter '{node}@{name}:PORT' "
+                f"of KAFKA_CONTROLLER_QUORUM_VOTERS"
+            )
+        for var in (
+            "KAFKA_DEFAULT_REPLICATION_FACTOR",
+            "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+            "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        ):
+            if var in env and int(env[var]) > len(brokers):
+                problems.append(f"service '{name}': {var}={env[var]} but the file runs {len(brokers)} broker(s)")
+        rf, isr = env.get("KAFKA_DEFAULT_REPLICATION_FACTOR"), env.get("KAFKA_MIN_INSYNC_REPLICAS")
+        if rf and isr and int(isr) > int(rf):
+            problems.append(
+                f"service '{name}': KAFKA_MIN_INSYNC_REPLICAS={isr} above the replication factor {rf} "
+                f"(no acks=all write could succeed)"
+            )
+    for name, spec in SAFEGUARDS_SERVICES.items():
+        env = _as_env_dict((services.get(name) or {}).get("environment"))
+        var = f"{spec.env_prefix}KAFKA_BOOTSTRAP"
+        if var not in env:
+            continue
+        hosts = [h.strip().rpartition(":")[0] for h in env[var].split(",") if h.strip()]
+        unknown = [h for h in hosts if h not in brokers]
+        if unknown:
+            problems.append(f"service '{name}': {var} names {', '.join(unknown)}, not a Kafka broker of this file")
+        missing = sorted(set(brokers) - set(hosts))
+        if missing and not unknown:
+            problems.append(
+                f"service '{name}': {var} leaves out broker(s) {', '.join(missing)} "
+                f"(a service must start while any one broker is down)"
+            )
     return problems
 
 

@@ -118,18 +118,52 @@ def test_vendored_schema_matches_its_recorded_source():
 
 def test_topics_and_broker_settings():
     doc = compose_check.load_compose(COMPOSE_FILE, {"REGION": "ap-south-1"})
-    kafka = doc["services"]["kafka"]
-    assert kafka["image"].startswith("apache/kafka:")
-    assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert kafka["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    brokers = {n: s for n, s in doc["services"].items() if s.get("image", "").startswith("apache/kafka:")}
+    brokers.pop("kafka-init")
+    assert sorted(brokers) == ["kafka-1", "kafka-2", "kafka-3"]
+    for name, broker in brokers.items():
+        env = broker["environment"]
+        assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+        assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{name}:9092"
+        assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"
+        assert (env["KAFKA_DEFAULT_REPLICATION_FACTOR"], env["KAFKA_MIN_INSYNC_REPLICAS"]) == ("3", "2")
+        assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "3"
+        # Each broker keeps its log on its own volume.
+        assert broker["volumes"] == [f"{name}-data:/var/lib/kafka/data"]
+    assert sorted(b["environment"]["KAFKA_NODE_ID"] for b in brokers.values()) == ["1", "2", "3"]
     init = doc["services"]["kafka-init"]
+    assert {d for d, c in init["depends_on"].items() if c["condition"] == "service_healthy"} == set(brokers)
     script = init["command"][0]
     assert init["environment"]["REGION"] == "ap-south-1"
-    assert '--topic "safeguards.signals.${REGION}"' in script
-    actions = r'--topic "safeguards.actions.\$\{REGION\}"[^\n]*\\\n[^\n]*--config cleanup.policy=compact'
-    assert re.search(actions, script)
-    assert '--topic "safeguards.alerts.${REGION}"' in script
-    assert "--topic safeguards.rollup.global" in script
+    assert "bs=kafka-1:9092,kafka-2:9092,kafka-3:9092" in script
+    # One `kafka-topics.sh --create` per topic: (topic, its continuation lines).
+    creates = {
+        m.group(1): m.group(0)
+        for m in re.finditer(r'--create --if-not-exists \\\n\s*--topic "?([^" ]+)"?(?:[^\n]*\\\n)*[^\n]*', script)
+    }
+    assert sorted(creates) == [
+        "safeguards.actions.${REGION}",
+        "safeguards.alerts.${REGION}",
+        "safeguards.rollup.global",
+        "safeguards.signals.${REGION}",
+    ]
+    for topic, create in creates.items():
+        assert "--replication-factor 3" in create, topic
+    for topic in ("safeguards.signals.${REGION}", "safeguards.actions.${REGION}"):
+        assert "--config min.insync.replicas=2" in creates[topic], topic
+    assert "--config cleanup.policy=compact" in creates["safeguards.actions.${REGION}"]
+
+
+@pytest.mark.parametrize("name", ["enforcer", "monitor"])
+def test_each_replica_spools_to_its_own_volume(name):
+    """An anonymous volume at <PREFIX>SPOOL_DIR: compose makes one per container, so
+    `--scale enforcer=3` gives three spools, and keeps it when a container is recreated."""
+    svc = compose_check.load_compose(COMPOSE_FILE)["services"][name]
+    spool = service_env(name)[f"{SAFEGUARDS_SERVICES[name].env_prefix}SPOOL_DIR"]
+    mounts = [compose_check._mount(v) for v in svc["volumes"]]
+    assert ("anonymous", "", spool) in mounts
+    assert not any(k == "volume" and "spool" in src for k, src, _ in mounts)
 
 
 # ---------------------------------------------------------------------------------------
@@ -162,7 +196,7 @@ def test_service_env_of_the_other_services():
     assert enforcer["ENFORCER_METRICS_LISTEN"] == "0.0.0.0:51051"
     assert enforcer["ENFORCER_CLASSIFIER_ADDR"] == "classifier:50052"
     assert enforcer["ENFORCER_RATELIMIT_ADDR"] == "ratelimit:50053"
-    assert enforcer["ENFORCER_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert enforcer["ENFORCER_KAFKA_BOOTSTRAP"] == "kafka-1:9092,kafka-2:9092,kafka-3:9092"
     assert enforcer["ENFORCER_KAFKA_IDEMPOTENCE"] == "true"
     assert enforcer["ENFORCER_POLICY"] == "/app/config/policies"
 
@@ -444,6 +478,92 @@ def test_docker_compose_v1_rejects_a_broken_file(tmp_path):
     doc["services"]["ratelimit"]["stop_grace_perod"] = "20s"
     problems = compose_check.check_docker_compose_v1(_project_copy(tmp_path, doc))
     assert any("stop_grace_perod" in p for p in problems), problems
+
+
+def test_spool_on_a_named_volume_is_rejected_because_replicas_share_it(tmp_path):
+    def mutate(doc):
+        doc["services"]["enforcer"]["volumes"][1] = "enforcer-spool:/var/lib/safeguards/spool"
+        doc["volumes"]["enforcer-spool"] = None
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'enforcer': ENFORCER_SPOOL_DIR /var/lib/safeguards/spool is on named volume 'enforcer-spool', "
+        "which every replica shares when scaled (use an anonymous volume: one per replica)"
+    ]
+
+
+def test_spool_on_a_bind_mount_is_rejected(tmp_path):
+    def mutate(doc):
+        doc["services"]["monitor"]["volumes"][0] = {
+            "type": "bind",
+            "source": "./spool",
+            "target": "/var/lib/safeguards/spool",
+        }
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'monitor': MONITOR_SPOOL_DIR /var/lib/safeguards/spool is on bind mount './spool', "
+        "which every replica shares when scaled (use an anonymous volume: one per replica)"
+    ]
+
+
+def test_spool_without_a_volume_is_rejected(tmp_path):
+    def mutate(doc):
+        del doc["services"]["enforcer"]["volumes"][1]
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'enforcer': ENFORCER_SPOOL_DIR /var/lib/safeguards/spool is not on a volume: spooled records "
+        "are lost when the container is recreated (mount an anonymous volume there)"
+    ]
+
+
+def test_bootstrap_that_leaves_out_a_broker_is_rejected(tmp_path):
+    def mutate(doc):
+        doc["services"]["enforcer"]["environment"]["ENFORCER_KAFKA_BOOTSTRAP"] = "kafka-1:9092,kafka-2:9092"
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'enforcer': ENFORCER_KAFKA_BOOTSTRAP leaves out broker(s) kafka-3 "
+        "(a service must start while any one broker is down)"
+    ]
+
+
+def test_bootstrap_naming_an_unknown_host_is_rejected(tmp_path):
+    def mutate(doc):
+        doc["services"]["monitor"]["environment"]["MONITOR_KAFKA_BOOTSTRAP"] = "kafka:9092"
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'monitor': MONITOR_KAFKA_BOOTSTRAP names kafka, not a Kafka broker of this file"
+    ]
+
+
+def test_duplicate_node_id_and_missing_voter_are_rejected(tmp_path):
+    def mutate(doc):
+        doc["services"]["kafka-3"]["environment"]["KAFKA_NODE_ID"] = "2"
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'kafka-3': KAFKA_NODE_ID 2 is also the id of 'kafka-2'",
+        "service 'kafka-3': node 2 is a controller but not the voter '2@kafka-3:PORT' of "
+        "KAFKA_CONTROLLER_QUORUM_VOTERS",
+    ]
+
+
+def test_replication_beyond_the_broker_count_is_rejected(tmp_path):
+    def mutate(doc):
+        for name in ("kafka-2", "kafka-3"):
+            del doc["services"][name]
+            del doc["services"]["kafka-init"]["depends_on"][name]
+        env = doc["services"]["kafka-1"]["environment"]
+        env["KAFKA_CONTROLLER_QUORUM_VOTERS"] = "1@kafka-1:9093"
+        env["KAFKA_MIN_INSYNC_REPLICAS"] = "4"
+        for svc in ("enforcer", "monitor"):
+            prefix = SAFEGUARDS_SERVICES[svc].env_prefix
+            doc["services"][svc]["environment"][f"{prefix}KAFKA_BOOTSTRAP"] = "kafka-1:9092"
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'kafka-1': KAFKA_DEFAULT_REPLICATION_FACTOR=3 but the file runs 1 broker(s)",
+        "service 'kafka-1': KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR=3 but the file runs 1 broker(s)",
+        "service 'kafka-1': KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR=3 but the file runs 1 broker(s)",
+        "service 'kafka-1': KAFKA_MIN_INSYNC_REPLICAS=4 above the replication factor 3 "
+        "(no acks=all write could succeed)",
+    ]
 
 
 # ---------------------------------------------------------------------------------------
