@@ -138,7 +138,7 @@ async def test_full_spool_refuses_and_counts_but_never_blocks(tmp_path) -> None:
     await pub.start()
     for r in records("t.full", 100, "x"):
         pub.publish(r)
-    dropped = pub.metrics.dropped._value.get()
+    dropped = pub.metrics.dropped.labels("spool_full")._value.get()
     assert pub.spool.depth > 0 and dropped > 0
     assert pub.spool.depth + dropped == 100
     assert pub.spool.bytes <= 2000
