@@ -52,7 +52,9 @@ class ServiceSettings(BaseSettings):
         description="Prometheus /metrics HTTP listen address HOST:PORT; empty disables metrics over HTTP",
     )
     region: str = Field("local", description="data-residency region this process serves (labels logs and metrics)")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="log level: DEBUG, INFO, WARNING, ERROR"
+    )
     log_decisions_per_s: float = Field(
         100.0,
         ge=0,
@@ -86,7 +88,7 @@ class ServiceSettings(BaseSettings):
     drain_grace_seconds: float = Field(
         10.0, ge=0, description="on SIGTERM, how long in-flight RPCs may run before they are cancelled"
     )
-    event_loop: Literal["uvloop", "asyncio"] = Field("uvloop", description="asyncio event loop")
+    event_loop: Literal["uvloop", "asyncio"] = Field("uvloop", description="asyncio event loop: uvloop or asyncio")
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
