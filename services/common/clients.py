@@ -1,24 +1,65 @@
 """Helpers for one service calling another: one deadline budget per request,
-retries only inside what is left of it (tenacity), and a circuit breaker per
-dependency so a dead dependency costs nothing instead of a timeout per call.
+retries only inside what is left of it (tenacity), a circuit breaker per
+dependency so a dead dependency costs nothing instead of a timeout per call, and
+the channel options that spread calls over every replica of a dependency.
 
-All three are protocol-free apart from `retryable_grpc`, so the enforcer's
-decision code can use them around any awaitable."""
+The budget, retry and breaker are protocol-free apart from `retryable_grpc`, so
+the enforcer's decision code can use them around any awaitable."""
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import grpc
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 T = TypeVar("T")
+
+LbPolicy = Literal["round_robin", "pick_first"]
+
+
+def balanced_channel_options(
+    health_service: str, lb_policy: LbPolicy = "round_robin", keepalive_s: float = 10.0
+) -> list[tuple[str, object]]:
+    """gRPC channel options for a dependency served by several replicas.
+
+    * `round_robin` over every address the target resolves to: `dns:///NAME:PORT`
+      (a Kubernetes headless service: one A record per pod) or a static list
+      `ipv4:HOST:PORT,HOST:PORT`. gRPC's default, `pick_first`, sends everything to
+      one replica and leaves the others idle.
+    * Per-replica health: each replica's grpc.health.v1 `Watch` on `health_service`
+      (gRPC's client-side health checking, turned on by `healthCheckConfig` under
+      round_robin). A replica that starts draining (SIGTERM turns its health
+      NOT_SERVING before it stops) leaves the rotation before it refuses anything.
+    * Keepalive pings every `keepalive_s` (the servers allow one per 5 s, with or
+      without calls), so a replica whose host vanished without closing its
+      connections is noticed within `keepalive_s` + its timeout, not a TCP timeout.
+    * Retries: one layer only, the caller's `call_in_budget` (idempotent calls, inside
+      the budget); each attempt is picked anew, so a retry lands on the next replica.
+      gRPC's transparent retries (on by default) also resend calls that never reached
+      a server, such as those a draining replica's GOAWAY refused.
+    """
+    config: dict[str, object] = {"loadBalancingConfig": [{lb_policy: {}}]}
+    if lb_policy == "round_robin":
+        config["healthCheckConfig"] = {"serviceName": health_service}
+    keepalive_ms = int(keepalive_s * 1000)
+    return [
+        ("grpc.service_config", json.dumps(config)),
+        # The config above is the one that applies: never one from DNS TXT records.
+        ("grpc.service_config_disable_resolution", 1),
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", max(1000, keepalive_ms // 2)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.enable_retries", 1),
+    ]
 
 
 @dataclass
