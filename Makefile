@@ -12,10 +12,11 @@ BUF := .cache/npm/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
 # Debian tools the checks use when present: docker-compose validates compose.yaml
 # (`config` needs no engine); h2load (nghttp2-client) drives the gRPC benchmarks;
-# chromium is the headless browser of the console's e2e test (driven by Playwright).
+# chromium is the headless browser of the console's e2e test (driven by Playwright);
+# prometheus brings promtool, which checks and unit-tests the alert rules.
 # The stamp's name carries a digest of the list, so a machine set up with an older
 # list installs the new packages on its next `make`.
-SYSTEM_PACKAGES := docker-compose nghttp2-client chromium
+SYSTEM_PACKAGES := docker-compose nghttp2-client chromium prometheus
 SYSTEM_STAMP := .cache/system-deps-$(shell printf '%s' '$(SYSTEM_PACKAGES)' | sha256sum | cut -c1-12).stamp
 
 .PHONY: setup models run test lint protos compose-check clean bench-ratelimit bench-classifier bench-enforcer bench-monitor bench-linear bench-failsafe
@@ -46,7 +47,7 @@ $(SYSTEM_STAMP):
 	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null) || \
-	  echo "warning: could not install $(SYSTEM_PACKAGES): the docker-compose check, h2load benchmarks and the console browser test skip"; \
+	  echo "warning: could not install $(SYSTEM_PACKAGES): the docker-compose check, promtool checks, h2load benchmarks and the console browser test skip"; \
 	fi
 	touch $@
 

@@ -11,10 +11,12 @@ Three layers, every problem reported (one line each), exit status 1 when any:
    every Safeguards service a healthcheck, a stop_grace_period covering its drain,
    metrics scraped by Prometheus (cross-checked with deploy/prometheus.yml), the
    documented ports, no fixed container_name or host port on anything scalable,
-   depends_on that can be satisfied, a spool on a volume of its own per replica, and a
-   consistent KRaft cluster that every service bootstraps from in full;
+   depends_on that can be satisfied, a spool on a volume of its own per replica, a
+   consistent KRaft cluster that every service bootstraps from in full, and alert rule
+   files that are mounted into Prometheus and exist;
 3. external validators when their binaries exist (`--no-external` skips them): Debian's
-   `docker-compose` (v1, `config -q` needs no engine) and `promtool check config`.
+   `docker-compose` (v1, `config -q` needs no engine), `promtool check config` and
+   `promtool check rules` on the alert rules that prometheus.yml loads.
 
 Tests import `service_env` and `service_command` to start the real processes with the very
 same command and env vars that compose.yaml gives the containers.
@@ -408,6 +410,35 @@ def _prometheus_config(doc: Mapping[str, Any], base: Path) -> tuple[Path | None,
     return None, ["no Prometheus service (image prom/prometheus) to scrape the Safeguards services"]
 
 
+def _rule_files(doc: Mapping[str, Any], base: Path, prom_file: Path) -> tuple[list[Path], list[str]]:
+    """The host files behind prometheus.yml's rule_files, through the Prometheus
+    service's bind mounts (a pattern no mount covers, or that matches nothing, is a
+    problem: Prometheus would start without those alerts and say nothing)."""
+    try:
+        prom = yaml.safe_load(prom_file.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return [], []  # reported by _scrape_jobs
+    mounts = []
+    for svc in (doc.get("services") or {}).values():
+        if "prometheus" in str((svc or {}).get("image", "")):
+            mounts = [_mount(v) for v in svc.get("volumes") or []]
+    found: list[Path] = []
+    problems: list[str] = []
+    for pattern in prom.get("rule_files") or []:
+        pattern = str(pattern)
+        covering = [(s, t) for k, s, t in mounts if k == "bind" and pattern.startswith(t.rstrip("/") + "/")]
+        if not covering:
+            problems.append(f"{prom_file.name}: rule_files '{pattern}' is not mounted into the Prometheus service")
+            continue
+        source, target = max(covering, key=lambda st: len(st[1]))
+        host_pattern = (base / source).resolve() / pattern[len(target.rstrip("/")) + 1 :]
+        matched = sorted(host_pattern.parent.glob(host_pattern.name))
+        if not matched:
+            problems.append(f"{prom_file.name}: rule_files '{pattern}' matches no file ({host_pattern})")
+        found += matched
+    return found, problems
+
+
 def _scrape_jobs(prom_file: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
     try:
         prom = yaml.safe_load(prom_file.read_text()) or {}
@@ -432,6 +463,7 @@ def check_rules(doc: Mapping[str, Any], compose_file: Path | str = COMPOSE_FILE)
     if prom_file is not None:
         jobs, job_problems = _scrape_jobs(prom_file)
         problems += job_problems
+        problems += _rule_files(doc, base, prom_file)[1]
 
     for name, svc in services.items():
         where = f"service '{name}'"
@@ -760,6 +792,17 @@ def check_promtool(prom_file: Path, binary: str | None = None) -> list[str]:
     return [f"promtool: {line}" for line in (proc.stderr or proc.stdout).strip().splitlines()]
 
 
+def check_promtool_rules(rule_files: list[Path], binary: str | None = None) -> list[str]:
+    """`promtool check rules FILE...`: syntax, PromQL and templates of the alert rules."""
+    binary = binary or shutil.which("promtool")
+    if not binary or not rule_files:
+        return []
+    proc = subprocess.run([binary, "check", "rules", *map(str, rule_files)], capture_output=True, text=True, timeout=60)
+    if proc.returncode == 0:
+        return []
+    return [f"promtool: {line}" for line in (proc.stderr or proc.stdout).strip().splitlines()]
+
+
 # --------------------------------------------------------------------------------------
 
 
@@ -781,6 +824,7 @@ def check(
         prom_file, _ = _prometheus_config(doc, compose_file.parent)
         if prom_file is not None:
             problems += check_promtool(prom_file)
+            problems += check_promtool_rules(_rule_files(doc, compose_file.parent, prom_file)[0])
     return problems
 
 

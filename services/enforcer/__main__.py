@@ -21,11 +21,13 @@ from services.common.spool import Spool
 from services.common.tls import ClientTLS, secure_channel
 from services.enforcer import admin, policy
 from services.enforcer.detectors import warm_up
+from services.enforcer.requests import Limits
 from services.enforcer.retro import RetroScreener, RetroStats
-from services.enforcer.screening import Limits, Screener, ScreenStats
+from services.enforcer.screening import Screener
 from services.enforcer.server import bindings
 from services.enforcer.settings import EnforcerSettings
 from services.enforcer.state import EnforcementState, StateMetrics
+from services.enforcer.stats import ScreenStats
 from services.enforcer.upstream import ClassifierCaller, RateLimitCaller
 
 log = logging.getLogger("safeguards.enforcer")
@@ -162,6 +164,7 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
     async def close_channels() -> None:
         await classifier_channel.close()
         await ratelimit_channel.close()
+        screener.close()
 
     return App(
         bindings=[*bindings(screener, settings), admin.admin_binding(enforcement_admin)],

@@ -65,7 +65,8 @@ from services.enforcer.bodies import (
     refusal,
 )
 from services.enforcer.policy import Action
-from services.enforcer.screening import Identity, PromptRequest, Screener, ScreenResult
+from services.enforcer.requests import Identity, PromptRequest, ScreenResult
+from services.enforcer.screening import Screener
 
 log = logging.getLogger("safeguards.enforcer.authz")
 

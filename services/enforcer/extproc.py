@@ -49,9 +49,9 @@ from services.enforcer.bodies import (
     parse_chat_body,
     refusal,
 )
-from services.enforcer.detectors import run_tier0
 from services.enforcer.policy import Action
-from services.enforcer.screening import Identity, PromptRequest, Screener, ScreenResult
+from services.enforcer.requests import Identity, PromptRequest, ScreenResult
+from services.enforcer.screening import Screener
 from services.enforcer.sse import SSEDecoder, SSEError, StreamFormat, stream_format
 from services.enforcer.streaming import CompletionSession
 
@@ -322,8 +322,8 @@ class HttpExchange:
             return immediate(refused.status, refused.body(chat.flavor), headers)
         if action is Action.REDACT:
             doc = json.loads(raw)
-            kinds = sorted(self._screener.policies.current.for_tenant(identity.tenant).screened_pii_kinds)
-            map_texts(doc, chat.flavor, lambda t: run_tier0(t, None, kinds).redact(t) if t else t)
+            if result.redactor is not None:
+                map_texts(doc, chat.flavor, result.redactor)
             new = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
             headers["content-length"] = str(len(new))
             return ep.ProcessingResponse(request_body=ep.BodyResponse(response=_common(headers, new)))

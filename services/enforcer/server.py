@@ -14,7 +14,8 @@ from services.common.server import ServiceBinding
 from services.enforcer.authz import AuthzConfig, AuthzServicer, authz_binding_parts
 from services.enforcer.bodies import IdentityHeaders
 from services.enforcer.extproc import ExtProcConfig, ExtProcServicer
-from services.enforcer.screening import Identity, PromptRequest, Screener, ScreenResult
+from services.enforcer.requests import Identity, PromptRequest, ScreenResult
+from services.enforcer.screening import Screener
 from services.enforcer.settings import EnforcerSettings
 from services.enforcer.signals import ACTION_TO_PB, VERDICT_TO_PB, duration
 from services.enforcer.streaming import ChunkVerdict

@@ -19,24 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from services.common.clients import Budget
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.enforcer.decision import CategoryScore, Outcome, Reason, decide
+from services.enforcer.decision import CategoryScore, ClassifierOutcome, EnforcementVerdict, Outcome, Reason, decide
 from services.enforcer.detectors import Tier0Result, run_tier0
 from services.enforcer.policy import Action, Policy
-from services.enforcer.signals import SignalInput, build_signal, signal_record
-
-if TYPE_CHECKING:
-    from services.enforcer.screening import Identity, Screener, ScreenResult
-
-log = logging.getLogger("safeguards.enforcer.completion")
+from services.enforcer.recorder import Decided, DecisionRecorder
+from services.enforcer.requests import Identity, ScreenResult
+from services.enforcer.scorer import Scorer
 
 ABANDONED = Reason("completion.abandoned", "the client went away before the completion ended")
 
@@ -91,6 +87,21 @@ def merge_outcomes(outcomes: list[Outcome]) -> Outcome:
 
 
 NO_OUTCOME = Outcome(Action.ALLOW, (), (), False, False, ())
+NO_CLASSIFIER = ClassifierOutcome()
+
+#: Every chunk is scanned by the blocking tier-0 detectors (secrets, never-allowed
+#: identifiers, a blocking blocklist) together with this many characters before it, so
+#: a finding that straddles chunks is seen in the chunk that completes it, and that chunk
+#: is replaced rather than sent. It must exceed the longest blocking finding that needs
+#: its end to match (API keys, tokens, blocklist terms; a PEM private key matches on its
+#: BEGIN line); the cost per chunk is bounded by it plus the chunk.
+CHUNK_OVERLAP_CHARS = 256
+
+
+class EnforcementLookup(Protocol):
+    def verdict(self, tenant: str, account_hmac: str, model: str) -> EnforcementVerdict | None: ...
+
+    def forced_categories(self, tenant: str) -> frozenset[str]: ...
 
 
 @dataclass(frozen=True)
@@ -115,7 +126,9 @@ class CompletionSession:
 
     def __init__(
         self,
-        screener: Screener,
+        scorer: Scorer,
+        recorder: DecisionRecorder,
+        enforcement: EnforcementLookup,
         identity: Identity,
         policy: Policy,
         *,
@@ -125,7 +138,9 @@ class CompletionSession:
         max_bytes: int = 0,
         caller_remaining: Callable[[], float | None] | None = None,
     ) -> None:
-        self._s = screener
+        self._scorer = scorer
+        self._recorder = recorder
+        self._enforcement = enforcement
         self.identity = identity
         self.policy = policy
         self.account_hmac = account_hmac
@@ -138,6 +153,7 @@ class CompletionSession:
         self._length = 0  # characters
         self._bytes = 0
         self._screened_end = 0
+        self._chunk_scanned_end = 0  # end of the text the per-chunk tier-0 scan has seen
         self._chunks = 0
         self._outcomes: list[Outcome] = []
         self._models: dict[str, int] = {}
@@ -179,6 +195,9 @@ class CompletionSession:
         if text:
             self._parts.append(text)
             self._length += len(text)
+            cut = await self._scan_chunk(index)
+            if cut is not None:
+                return cut
         c = self.policy.completion
         ends = window_ends(self._screened_end, self._length, c.every_chars, c.window_chars)
         if not ends:
@@ -212,8 +231,11 @@ class CompletionSession:
         return max((o.action for o in self._outcomes), default=Action.ALLOW)
 
     def _window_text(self, end: int) -> str:
-        """text[max(0, end - window):end], joining only the parts it spans."""
-        start = max(0, end - self.policy.completion.window_chars)
+        """text[max(0, end - window):end]."""
+        return self._slice(max(0, end - self.policy.completion.window_chars), end)
+
+    def _slice(self, start: int, end: int) -> str:
+        """text[start:end], joining only the parts it spans."""
         pieces: list[str] = []
         pos = self._length
         for part in reversed(self._parts):
@@ -228,33 +250,60 @@ class CompletionSession:
         pieces.reverse()
         return "".join(pieces)
 
-    async def _screen(self, index: int, ends: list[int]) -> ChunkVerdict:
-        s, policy, ident = self._s, self.policy, self.identity
+    async def _scan_chunk(self, index: int) -> ChunkVerdict | None:
+        """The blocking tier-0 detectors on the text that just arrived (with
+        CHUNK_OVERLAP_CHARS before it): a secret or a blocked term cuts the stream in the
+        chunk that completes it, before that chunk is sent, not a window later."""
+        policy = self.policy
+        kinds = sorted(policy.pii_block_kinds & policy.screened_pii_kinds)
+        blocklist = policy.blocklist if policy.blocklist_action is Action.BLOCK else None
+        start = max(0, self._chunk_scanned_end - CHUNK_OVERLAP_CHARS)
+        self._chunk_scanned_end = self._length
+        if not kinds and not blocklist:
+            return None
         t0 = time.perf_counter()
-        verdict = s.enforcement.verdict(ident.tenant, self.account_hmac, ident.model)
+        text = self._slice(start, self._length)
+        found = await self._scorer.detect(text, blocklist, kinds)
+        self._latencies["tier0"] += time.perf_counter() - t0
+        self._latencies["total"] += time.perf_counter() - t0
+        if not found.findings and not found.blocklist_hits:
+            return None
+        ident = self.identity
+        outcome = decide(
+            policy,
+            found,
+            NO_CLASSIFIER,
+            None,
+            forced_categories=self._enforcement.forced_categories(ident.tenant),
+            enforcement=self._enforcement.verdict(ident.tenant, self.account_hmac, ident.model),
+        )
+        if outcome.action is not Action.BLOCK:
+            return None
+        self._outcomes.append(outcome)
+        return self._cut_at(index, windows=0)
+
+    async def _screen(self, index: int, ends: list[int]) -> ChunkVerdict:
+        policy, ident = self.policy, self.identity
+        t0 = time.perf_counter()
+        verdict = self._enforcement.verdict(ident.tenant, self.account_hmac, ident.model)
         texts = [self._window_text(e) for e in ends]
         tier0s: list[Tier0Result] = [run_tier0(t, policy.blocklist, sorted(policy.screened_pii_kinds)) for t in texts]
         t1 = time.perf_counter()
         self._latencies["tier0"] += t1 - t0
         remaining = self._caller_remaining() if self._caller_remaining else None
         budget = Budget.start(policy.deadline_s, remaining)
-        limit = s.limits.classifier_max_chars
+        limit = self._scorer.limits.classifier_max_chars
         classified = await asyncio.gather(
             *(
-                s.classifier.classify(
-                    (t0r.normalized.text if t0r.normalized else t)[-limit:],
-                    policy.classifier_models,
-                    budget,
-                    tenant=ident.tenant,
+                self._scorer.classify(
+                    (t0r.normalized.text if t0r.normalized else t)[-limit:], policy, budget, tenant=ident.tenant
                 )
                 for t, t0r in zip(texts, tier0s, strict=True)
             )
         )
         self._latencies["classifier"] += time.perf_counter() - t1
-        forced = s.enforcement.forced_categories(ident.tenant)
+        forced = self._enforcement.forced_categories(ident.tenant)
         for t0r, cl in zip(tier0s, classified, strict=True):
-            if cl.failed:
-                s.stats.dependency_failures.labels("classifier", cl.failed).inc()
             self._models.update(cl.model_versions)
             self._outcomes.append(decide(policy, t0r, cl, None, forced_categories=forced, enforcement=verdict))
         self._screened_end = ends[-1]
@@ -262,79 +311,58 @@ class CompletionSession:
         self._latencies["total"] += time.perf_counter() - t0
         action = self._action()
         if action is Action.BLOCK:
-            result = self._close()
-            self._cut = ChunkVerdict(
-                index, action, cut=True, replacement=policy.completion.replacement, result=result, windows=len(ends)
-            )
-            return self._cut
+            return self._cut_at(index, windows=len(ends))
         return ChunkVerdict(index, action, windows=len(ends))
+
+    def _cut_at(self, index: int, *, windows: int) -> ChunkVerdict:
+        result = self._close()
+        self._cut = ChunkVerdict(
+            index,
+            Action.BLOCK,
+            cut=True,
+            replacement=self.policy.completion.replacement,
+            result=result,
+            windows=windows,
+        )
+        return self._cut
 
     # ---- the one signal ----------------------------------------------------------
     def _close(self, *, abandoned: bool = False) -> ScreenResult:
-        from services.enforcer.screening import ScreenResult
-
-        s, policy, ident = self._s, self.policy, self.identity
+        policy, ident = self.policy, self.identity
         outcome = merge_outcomes(self._outcomes) if self._outcomes else NO_OUTCOME
         if abandoned:
             outcome = dataclasses.replace(outcome, reasons=(*outcome.reasons, ABANDONED), redact=False)
-        for dep in outcome.failed_dependencies:
-            if outcome.degraded:
-                s.stats.degraded.labels(dep).inc()
         text = "".join(self._parts)
         self._parts = [text] if text else []
         # The snippet is the start of the completion, masked; PII is looked for in a
         # prefix long enough to hold any finding that starts inside the snippet.
-        prefix = text[: s.limits.snippet_chars + policy.completion.window_chars]
+        prefix = text[: self._recorder.snippet_chars + policy.completion.window_chars]
         findings = run_tier0(prefix, None, sorted(policy.screened_pii_kinds)).findings if prefix else ()
-        surface = str(self.surface)
-        s.stats.decisions.labels(s.stats.tenant_label(ident.tenant), outcome.action.name, surface).inc()
-        s.stats.latency.labels(surface).observe(self._latencies["total"])
-        signal = build_signal(
-            SignalInput(
+        self._recorder.record(
+            Decided(
                 decision_id=self.decision_id,
-                time_s=time.time(),
-                region=s.region,
-                tenant=ident.tenant,
+                identity=ident,
                 account_hmac=self.account_hmac,
-                project=ident.project,
-                model=ident.model,
-                request_id=ident.request_id,
                 surface=self.surface,
+                policy=policy,
+                outcome=outcome,
                 text=text,
                 messages=1,
                 findings=findings,
-                outcome=outcome,
-                policy=policy,
                 latencies=dict(self._latencies),
-                model_versions=dict(self._models),
+                models=dict(self._models),
+                # Windows screened on less than a full verdict: the whole completion again,
+                # in the background (the classifier part only: tier 0 saw every window).
+                classify_text=text,
                 prompt_decision_id=self.prompt_decision_id,
+                log_fields={
+                    "cut": outcome.action is Action.BLOCK,
+                    "abandoned": abandoned,
+                    "characters": self._length,
+                    "windows": self.windows_screened,
+                },
             ),
-            s.key,
-            s.limits.snippet_chars,
-        )
-        s.publisher.publish(signal_record(signal))
-        s.stats.verdicts.labels(surface, *outcome.verdict_labels).inc()
-        # Windows screened on less than a full verdict: the whole completion again, in the
-        # background (the classifier part only: tier 0 saw every window).
-        s.rescreen_if_partial(
-            self.decision_id, ident, self.account_hmac, policy, outcome, text, text, 1, run_tier0("", None, [])
-        )
-        log.info(
-            "completion decision",
-            extra={
-                "decision_id": self.decision_id,
-                "prompt_decision_id": self.prompt_decision_id,
-                "tenant": ident.tenant,
-                "action": outcome.action.name,
-                "reasons": [r.code for r in outcome.reasons],
-                "cut": outcome.action is Action.BLOCK,
-                "abandoned": abandoned,
-                "characters": self._length,
-                "windows": self.windows_screened,
-                "degraded": outcome.degraded,
-                "screening_ms": round(self._latencies["total"] * 1000, 3),
-                "policy_version": policy.version,
-            },
+            forced_categories=self._enforcement.forced_categories(ident.tenant),
         )
         self._result = ScreenResult(self.decision_id, outcome, policy.version, (), self._latencies["total"])
         return self._result

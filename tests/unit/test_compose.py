@@ -53,6 +53,7 @@ def _project_copy(tmp_path: Path, doc: dict | None = None, prometheus: dict | No
     (tmp_path / "deploy").mkdir()
     for name in ("Dockerfile", "prometheus.yml"):
         shutil.copy(ROOT / "deploy" / name, tmp_path / "deploy" / name)
+    shutil.copytree(ROOT / "deploy" / "prometheus", tmp_path / "deploy" / "prometheus")
     if prometheus is not None:
         (tmp_path / "deploy" / "prometheus.yml").write_text(yaml.safe_dump(prometheus))
     target = tmp_path / "compose.yaml"
@@ -95,6 +96,44 @@ def test_docker_compose_v1_config_accepts_the_file():
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_promtool_accepts_the_prometheus_config():
     assert compose_check.check_promtool(ROOT / "deploy" / "prometheus.yml") == []
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_promtool_accepts_the_alert_rules_prometheus_loads():
+    doc = compose_check.load_compose(COMPOSE_FILE)
+    rule_files, problems = compose_check._rule_files(doc, ROOT, ROOT / "deploy" / "prometheus.yml")
+    assert problems == []
+    assert ROOT / "deploy" / "prometheus" / "rules" / "safeguards.yml" in rule_files
+    assert compose_check.check_promtool_rules(rule_files) == []
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_promtool_rejects_a_broken_alert_rule(tmp_path):
+    rules = tmp_path / "safeguards.yml"
+    rules.write_text((ROOT / "deploy/prometheus/rules/safeguards.yml").read_text().replace("> 0.01", "> > 0.01", 1))
+    problems = compose_check.check_promtool_rules([rules])
+    assert problems and all(p.startswith("promtool: ") for p in problems), problems
+    assert any("SafeguardsFailOpenShareHigh" in p or "parse error" in p for p in problems), problems
+
+
+def test_rule_files_not_mounted_into_prometheus_are_rejected(tmp_path):
+    def mutate(doc):
+        doc["services"]["prometheus"]["volumes"] = [
+            v for v in doc["services"]["prometheus"]["volumes"] if "rules" not in v
+        ]
+
+    assert _broken(tmp_path, mutate) == [
+        "prometheus.yml: rule_files '/etc/prometheus/rules/*.yml' is not mounted into the Prometheus service"
+    ]
+
+
+def test_rule_files_matching_no_file_are_rejected(tmp_path):
+    path = _project_copy(tmp_path)
+    (tmp_path / "deploy" / "prometheus" / "rules" / "safeguards.yml").unlink()
+    assert check(path, external=False) == [
+        f"prometheus.yml: rule_files '/etc/prometheus/rules/*.yml' matches no file "
+        f"({tmp_path / 'deploy' / 'prometheus' / 'rules' / '*.yml'})"
+    ]
 
 
 def test_cli_exit_status_and_messages(tmp_path, capsys):

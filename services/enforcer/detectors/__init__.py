@@ -18,8 +18,9 @@ from services.common.textnorm import DEFAULT_MAX_DECODED_BYTES, Normalized, norm
 from services.enforcer.detectors import pii
 from services.enforcer.detectors.blocklist import Blocklist
 from services.enforcer.detectors.pii import DEFAULT_PHONE_REGIONS, Finding, PiiKind, detect, mask
+from services.enforcer.detectors.redact import Redactor
 
-__all__ = ["Blocklist", "Finding", "PiiKind", "Tier0Result", "mask", "run_tier0", "warm_up"]
+__all__ = ["Blocklist", "Finding", "PiiKind", "Redactor", "Tier0Result", "mask", "run_tier0", "warm_up"]
 
 
 def warm_up(phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS) -> None:
@@ -53,6 +54,11 @@ class Tier0Result:
     def redact(self, text: str) -> str:
         """`text` (the one given to `run_tier0`) with every finding masked."""
         return mask(text, self.findings)
+
+    def redactor(self, text: str) -> Redactor:
+        """Masks these findings' values (found in `text`, the one given to `run_tier0`)
+        wherever they occur in other texts: the fields of the body `text` was joined from."""
+        return Redactor(text, self.findings)
 
 
 def run_tier0(

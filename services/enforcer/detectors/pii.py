@@ -707,13 +707,10 @@ def detect(
     return _drop_contained(findings)
 
 
-def mask(text: str, findings: Iterable[Finding]) -> str:
-    """Replace each finding's span with "[KIND]", merging overlapping spans (the merged
-    span is labelled with its longest finding's kind). Text outside spans is kept
-    exactly."""
+def merged_spans(findings: Iterable[Finding]) -> Iterator[tuple[int, int, str]]:
+    """(start, end, kind) of each masked span, ascending: overlapping findings merge into
+    one span labelled with its longest finding's kind."""
     spans = sorted(findings, key=lambda f: (f.start, -(f.end - f.start)))
-    out: list[str] = []
-    pos = 0
     i = 0
     while i < len(spans):
         f = spans[i]
@@ -725,6 +722,16 @@ def mask(text: str, findings: Iterable[Finding]) -> str:
                 label, label_len = g.kind, g.end - g.start
             end = max(end, g.end)
             i += 1
+        yield start, end, label
+
+
+def mask(text: str, findings: Iterable[Finding]) -> str:
+    """Replace each finding's span with "[KIND]", merging overlapping spans (the merged
+    span is labelled with its longest finding's kind). Text outside spans is kept
+    exactly."""
+    out: list[str] = []
+    pos = 0
+    for start, end, label in merged_spans(findings):
         if end > len(text):
             raise ValueError("finding span outside the text")
         out.append(text[pos:start])

@@ -45,3 +45,17 @@ def test_result_repr_has_no_content() -> None:
 def test_empty_text() -> None:
     result = run_tier0("", Blocklist(["x"]))
     assert result.findings == () and result.blocklist_hits == () and result.normalization_signals == frozenset()
+
+
+def test_redactor_masks_the_found_values_in_every_field_without_running_detectors_again() -> None:
+    """A provider body's fields are screened joined; the one tier-0 run's findings are
+    masked in each field, longest value first, and nothing else changes."""
+    fields = ["system: write to ops@example.com", "card 4111 1111 1111 1111 please", "nothing here", ""]
+    joined = "\n".join(fields)
+    result = run_tier0(joined)
+    redact = result.redactor(joined)
+    assert bool(redact)
+    assert [redact(f) for f in fields] == ["system: write to [EMAIL]", "card [CARD] please", "nothing here", ""]
+    # The same value in another field (e.g. repeated in a tool result) is masked too.
+    assert redact("again: ops@example.com, ops@example.com") == "again: [EMAIL], [EMAIL]"
+    assert not run_tier0("no findings at all").redactor("no findings at all")

@@ -15,8 +15,10 @@ from services.common.reloader import ReloadingConfig
 from services.enforcer import policy
 from services.enforcer.decision import ClassifierOutcome, EnforcementVerdict, Verdict
 from services.enforcer.policy import Action
+from services.enforcer.requests import Identity, Limits, PromptRequest
 from services.enforcer.retro import RetroScreener, RetroStats
-from services.enforcer.screening import Identity, Limits, PromptRequest, Screener, ScreenStats
+from services.enforcer.screening import Screener
+from services.enforcer.stats import ScreenStats
 from tests.unit.enforcer_stream.helpers import ListPublisher
 
 POLICY = """

@@ -15,7 +15,7 @@ from services.enforcer.authz import decision_response, denied_response, http_vie
 from services.enforcer.bodies import ANTHROPIC, OPENAI, loggable
 from services.enforcer.decision import Outcome
 from services.enforcer.policy import Action
-from services.enforcer.screening import ScreenResult
+from services.enforcer.requests import ScreenResult
 
 
 def result(action: Action, retry_after_s: float = 0.0) -> ScreenResult:

@@ -13,7 +13,9 @@ from services.common.privacy import RegionalKey
 from services.common.reloader import ReloadingConfig
 from services.enforcer import policy
 from services.enforcer.decision import ClassifierOutcome
-from services.enforcer.screening import Identity, Limits, Screener, ScreenStats
+from services.enforcer.requests import Identity, Limits
+from services.enforcer.screening import Screener
+from services.enforcer.stats import ScreenStats
 
 POLICY = """
 tenant: default

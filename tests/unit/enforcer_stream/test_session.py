@@ -114,6 +114,62 @@ async def test_a_private_key_in_the_completion_cuts_and_is_masked_in_the_signal(
     assert "MIIEow" not in sig.content.redacted_snippet and sig.surface == signals_pb2.SURFACE_EXT_PROC_RESPONSE
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
+async def test_a_private_key_is_cut_in_the_chunk_that_completes_its_begin_line(tmp_path, chunk: int) -> None:
+    """Tier-0 runs on every chunk, not on the classifier's schedule: with windows due only
+    every 2,000 characters, the key's BEGIN line still cuts the chunk that completes it,
+    so no key material reaches the client (the cut chunk is replaced, not sent)."""
+    screener, cl, _pub = make_screener(tmp_path, every=2000, window=2000)
+    s = screener.open_completion(IDENT, surface=signals_pb2.SURFACE_EXT_PROC_RESPONSE)
+    text = "Here is the key you asked for:\n" + PEM
+    sent = ""
+    for i in range(0, len(text), chunk):
+        piece = text[i : i + chunk]
+        v = await s.feed(piece)
+        if v.cut:
+            assert v.windows == 0 and "pii.private_key" in [r.code for r in v.result.outcome.reasons]
+            break
+        sent += piece
+    else:
+        raise AssertionError("the key was never cut")
+    header_end = text.index("KEY-----") + len("KEY-----")
+    assert len(sent) < header_end <= len(sent) + chunk  # cut in the chunk completing the header
+    assert "MIIEow" not in sent
+    assert cl.texts == []  # the classifier's schedule was never due
+
+
+async def test_a_blocked_term_split_over_one_character_chunks_never_completes(tmp_path) -> None:
+    screener, _cl, _pub = make_screener(tmp_path, every=1000, window=1000)
+    s = screener.open_completion(IDENT, surface=signals_pb2.SURFACE_SCREEN_COMPLETION)
+    text = "filler " * 100 + "the plutonium recipe is"
+    sent = ""
+    for ch in text:
+        if (await s.feed(ch)).cut:
+            break
+        sent += ch
+    assert "plutonium recipe" not in sent and sent.endswith("plutonium recip")
+
+
+async def test_per_chunk_scans_are_bounded_by_the_overlap_not_the_stream(tmp_path) -> None:
+    """Linear in the stream: each chunk's scan covers at most CHUNK_OVERLAP_CHARS of
+    old text, however long the completion has grown."""
+    from services.enforcer import streaming
+
+    screener, _cl, _pub = make_screener(tmp_path, every=10**6, window=10**6)
+    s = screener.open_completion(IDENT, surface=signals_pb2.SURFACE_SCREEN_COMPLETION)
+    seen: list[int] = []
+    real = s._scorer.detect
+
+    async def spy(text, blocklist, kinds):
+        seen.append(len(text))
+        return await real(text, blocklist, kinds)
+
+    s._scorer.detect = spy
+    for _ in range(2000):
+        await s.feed("0123456789")
+    assert max(seen) <= streaming.CHUNK_OVERLAP_CHARS + 10
+
+
 async def test_classifier_verdict_cuts_at_the_window_that_sees_it(tmp_path) -> None:
     screener, cl, _pub = make_screener(tmp_path, every=10, window=30)
     s = screener.open_completion(IDENT, surface=signals_pb2.SURFACE_SCREEN_COMPLETION)

@@ -1,0 +1,145 @@
+"""Recording a decision, whatever path took it: the metrics, the one SafeguardSignal
+(published without waiting), the background re-screen of a decision taken on less than a
+full verdict (retro.py), and one log line (no content: ids, action, reason codes)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.common.kafka import Publisher
+from services.common.privacy import RegionalKey
+from services.enforcer.decision import Outcome, Verdict
+from services.enforcer.detectors import Finding, Tier0Result
+from services.enforcer.policy import Action, Policy
+from services.enforcer.requests import Identity
+from services.enforcer.retro import RetroJob, RetroScreener
+from services.enforcer.signals import SignalInput, build_signal, signal_record
+from services.enforcer.stats import ScreenStats
+
+#: One line per decision: a high-rate logger, capped by --log-decisions-per-s.
+decision_log = logging.getLogger("safeguards.enforcer.decisions")
+
+
+@dataclass(frozen=True)
+class Decided:
+    """One decision as it is recorded."""
+
+    decision_id: str
+    identity: Identity
+    account_hmac: str
+    surface: int
+    policy: Policy
+    outcome: Outcome
+    text: str  # as sent: the snippet and the hash, as the data policy allows
+    messages: int
+    findings: tuple[Finding, ...]
+    latencies: dict[str, float]
+    models: dict[str, int]
+    #: What the classifier screened (the normalised text), for a re-screen; "" for none.
+    classify_text: str = ""
+    tier0: Tier0Result | None = None
+    prompt_decision_id: str = ""
+    #: Path-specific log fields (counts and flags only).
+    log_fields: dict[str, Any] = field(default_factory=dict)
+
+
+class DecisionRecorder:
+    def __init__(
+        self,
+        *,
+        region: str,
+        key: RegionalKey,
+        publisher: Publisher,
+        stats: ScreenStats,
+        snippet_chars: int,
+        retro: RetroScreener | None = None,
+    ) -> None:
+        self.region = region
+        self.key = key
+        self.publisher = publisher
+        self.stats = stats
+        self.snippet_chars = snippet_chars
+        self.retro = retro
+
+    def record(self, d: Decided, *, forced_categories: frozenset[str] = frozenset()) -> None:
+        ident, outcome, surface = d.identity, d.outcome, str(d.surface)
+        if outcome.degraded:
+            for dep in outcome.failed_dependencies:
+                self.stats.degraded.labels(dep).inc()
+        self.stats.decisions.labels(self.stats.tenant_label(ident.tenant), outcome.action.name, surface).inc()
+        self.stats.verdicts.labels(surface, *outcome.verdict_labels).inc()
+        self.stats.latency.labels(surface).observe(d.latencies.get("total", 0.0))
+        signal = build_signal(
+            SignalInput(
+                decision_id=d.decision_id,
+                time_s=time.time(),
+                region=self.region,
+                tenant=ident.tenant,
+                account_hmac=d.account_hmac,
+                project=ident.project,
+                model=ident.model,
+                request_id=ident.request_id,
+                surface=d.surface,
+                text=d.text,
+                messages=d.messages,
+                findings=d.findings,
+                outcome=outcome,
+                policy=d.policy,
+                latencies=d.latencies,
+                model_versions=d.models,
+                prompt_decision_id=d.prompt_decision_id,
+            ),
+            self.key,
+            self.snippet_chars,
+        )
+        self.publisher.publish(signal_record(signal))
+        self._rescreen_if_partial(d, forced_categories)
+        decision_log.info(
+            "decision",
+            extra={
+                "decision_id": d.decision_id,
+                "tenant": ident.tenant,
+                "surface": d.surface,
+                "action": outcome.action.name,
+                "reasons": [r.code for r in outcome.reasons],
+                "degraded": outcome.degraded,
+                "verdict": outcome.verdict.name,
+                "latency_ms": round(d.latencies.get("total", 0.0) * 1000, 3),
+                "policy_version": d.policy.version,
+                **({"prompt_decision_id": d.prompt_decision_id} if d.prompt_decision_id else {}),
+                **d.log_fields,
+            },
+        )
+
+    def _rescreen_if_partial(self, d: Decided, forced_categories: frozenset[str]) -> None:
+        """A decision taken on less than a full verdict is screened again in the
+        background; a BLOCK cannot become stricter, so it is not worth the encoder's time."""
+        outcome = d.outcome
+        if outcome.verdict is Verdict.FULL or outcome.action is Action.BLOCK or self.retro is None:
+            return
+        if not d.classify_text:
+            return
+        ident = d.identity
+        self.retro.submit(
+            RetroJob(
+                decision_id=d.decision_id,
+                tenant=ident.tenant,
+                account_hmac=d.account_hmac,
+                project=ident.project,
+                model=ident.model,
+                request_id=ident.request_id,
+                text=d.classify_text,
+                raw_text=d.text,
+                messages=d.messages,
+                tier0=d.tier0 if d.tier0 is not None else _NO_TIER0,
+                policy=d.policy,
+                original=outcome,
+                forced_categories=forced_categories,
+            )
+        )
+
+
+_NO_TIER0 = Tier0Result((), (), frozenset())
