@@ -27,7 +27,6 @@ from services.monitor.console.users import load_users
 from services.monitor.consumer import ConsumerMetrics, SignalConsumer
 from services.monitor.detectors import AlertConfig, LagWatch
 from services.monitor.operations import ActionHistory, Operations
-from services.monitor.operations import ensure_schema as ensure_operations_schema
 from services.monitor.queries import Queries
 from services.monitor.retention import Purger
 from services.monitor.rollup import Rollup, RollupMetrics
@@ -72,8 +71,8 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
         case_retention_s=store.retention.for_policy,
         flush_interval_s=settings.actions_flush_seconds,
         keep_s=settings.bucket_retention_hours * HOUR,
+        pool=store.pool,
     )
-    await engine.ensure_schema(store.pool)
     consumer = SignalConsumer(
         bootstrap=settings.kafka_bootstrap,
         region=settings.region,
@@ -131,11 +130,9 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
         interval_s=settings.alerts_interval_seconds,
         keep_s=settings.bucket_retention_hours * HOUR,
     )
-    await alerts.ensure_schema()
     # The operators' domain: this region's enforcement state (read from the actions
     # topic like an enforcer replica, its records kept as history) and the enforcer's
     # own admin logic to issue and revoke actions, audited to the signals topic.
-    await ensure_operations_schema(store.pool)
     key = RegionalKey.from_file(settings.region, settings.hmac_key_file) if settings.hmac_key_file else None
     history = ActionHistory(store.pool, settings.region)
     state = EnforcementState(

@@ -64,6 +64,7 @@ from services.monitor.detectors import (
     evaluated_minute,
     tenant_block_rate,
 )
+from services.monitor.outbox import Outbox
 from services.monitor.rules import ActionSink
 from services.monitor.store import utc
 from services.monitor.webhook import Webhook, WebhookRejected, webhook_payload
@@ -82,46 +83,20 @@ SEVERITIES = {"warning": A.ALERT_SEVERITY_WARNING, "critical": A.ALERT_SEVERITY_
 FIRING, RESOLVED = "firing", "resolved"
 STATES = (FIRING, RESOLVED)
 MAX_LIST = 1000
-OUTBOX_BATCH = 100
 PURGE_EVERY_S = 300.0
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS monitor_alerts (
-    alert_id text PRIMARY KEY,
-    region text NOT NULL,
-    fingerprint text NOT NULL,
-    kind text NOT NULL,
-    subject text NOT NULL,
-    severity text NOT NULL,
-    state text NOT NULL,
-    summary text NOT NULL,
-    value double precision NOT NULL,
-    baseline double precision NOT NULL,
-    fired_at timestamptz NOT NULL,
-    last_seen_at timestamptz NOT NULL,
-    notified_at timestamptz NOT NULL,
-    resolved_at timestamptz
-);
--- One firing incident per region and fingerprint: what makes replicas page once.
-CREATE UNIQUE INDEX IF NOT EXISTS monitor_alerts_firing ON monitor_alerts (region, fingerprint)
-    WHERE state = 'firing';
-CREATE INDEX IF NOT EXISTS monitor_alerts_list ON monitor_alerts (region, fired_at DESC, alert_id DESC);
-
-CREATE TABLE IF NOT EXISTS monitor_alert_outbox (
-    notification_id text PRIMARY KEY,
-    region text NOT NULL,
-    alert_id text NOT NULL,
-    fingerprint text NOT NULL,
-    record bytea NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    kafka_done_at timestamptz,
-    webhook_done_at timestamptz
-);
-CREATE INDEX IF NOT EXISTS monitor_alert_outbox_kafka ON monitor_alert_outbox (region, created_at)
-    WHERE kafka_done_at IS NULL;
-CREATE INDEX IF NOT EXISTS monitor_alert_outbox_webhook ON monitor_alert_outbox (region, created_at)
-    WHERE webhook_done_at IS NULL;
-"""
+#: Each channel of the notification outbox.
+OUTBOXES = {
+    channel: Outbox(
+        what="alert notification",
+        table="monitor_alert_outbox",
+        id_column="notification_id",
+        done_column=f"{channel}_done_at",
+        columns=("record",),
+        order_by="created_at, notification_id",
+    )
+    for channel in ("kafka", "webhook")
+}
 
 
 # ---- alert rows (the console reads these) -----------------------------------------------------
@@ -252,11 +227,6 @@ class AlertEvaluator:
         self._task: asyncio.Task | None = None
         self._deliver_lock = asyncio.Lock()
 
-    async def ensure_schema(self) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(5405)")
-            await conn.execute(SCHEMA)
-
     async def detect(self, now: float) -> list[Finding]:
         minute = evaluated_minute(now, self.config.grace_s)
         cfg = self.config
@@ -351,9 +321,9 @@ class AlertEvaluator:
         async with self._deliver_lock:
             sent = 0
             if self.sink is not None:
-                sent += await self._flush("kafka", "kafka_done_at", self._to_kafka)
+                sent += await self._flush("kafka", self._to_kafka)
             if self.webhook is not None:
-                sent += await self._flush("webhook", "webhook_done_at", self._to_webhook)
+                sent += await self._flush("webhook", self._to_webhook)
             return sent
 
     async def _to_kafka(self, rec: A.Alert, raw: bytes) -> None:
@@ -366,40 +336,16 @@ class AlertEvaluator:
         assert self.webhook is not None
         await self.webhook.post(webhook_payload(rec), rec.notification_id)
 
-    async def _flush(self, channel: str, column: str, send) -> int:
-        sent = 0
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                f"SELECT notification_id, record FROM monitor_alert_outbox WHERE region = $1 AND {column} IS NULL "
-                f"ORDER BY created_at, notification_id LIMIT {OUTBOX_BATCH} FOR UPDATE SKIP LOCKED",
-                self.region,
-            )
-            for r in rows:
-                raw = bytes(r["record"])
-                rec = A.Alert.FromString(raw)
-                try:
-                    await send(rec, raw)
-                except WebhookRejected as exc:  # permanent: retrying would block every later notification
-                    self.metrics.notifications.labels(channel, "rejected").inc()
-                    log.error(
-                        "alert notification rejected by the webhook; not retried",
-                        extra={"notification_id": rec.notification_id, "error": str(exc)},
-                    )
-                except Exception as exc:  # noqa: BLE001 - unreachable, 5xx, Kafka down: stays pending
-                    self.metrics.notifications.labels(channel, "failed").inc()
-                    log.warning(
-                        "alert notification not delivered yet; will retry",
-                        extra={"channel": channel, "notification_id": rec.notification_id, "error": type(exc).__name__},
-                    )
-                    break
-                else:
-                    self.metrics.notifications.labels(channel, "sent").inc()
-                    sent += 1
-                await conn.execute(
-                    f"UPDATE monitor_alert_outbox SET {column} = now() WHERE notification_id = $1",
-                    r["notification_id"],
-                )
-        return sent
+    async def _flush(self, channel: str, send) -> int:
+        async def one(r: asyncpg.Record) -> None:
+            raw = bytes(r["record"])
+            await send(A.Alert.FromString(raw), raw)
+
+        done = await OUTBOXES[channel].flush(self.pool, self.region, one, permanent=(WebhookRejected,), channel=channel)
+        for result, n in (("sent", done.sent), ("rejected", done.rejected), ("failed", done.failed)):
+            if n:
+                self.metrics.notifications.labels(channel, result).inc(n)
+        return done.sent
 
     async def refresh_metrics(self) -> None:
         counts = dict(

@@ -60,41 +60,6 @@ from services.monitor.store import (
 log = logging.getLogger("safeguards.monitor.operations")
 
 K = enforcement_pb2
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS monitor_audit (
-    id bigserial PRIMARY KEY,
-    region text NOT NULL,
-    at timestamptz NOT NULL DEFAULT now(),
-    operator text NOT NULL,
-    role text NOT NULL,
-    what text NOT NULL,
-    target text NOT NULL,
-    reason text NOT NULL,
-    ok boolean NOT NULL
-);
-CREATE INDEX IF NOT EXISTS monitor_audit_at ON monitor_audit (region, at DESC);
-CREATE INDEX IF NOT EXISTS monitor_audit_target ON monitor_audit (region, target);
-
-CREATE TABLE IF NOT EXISTS monitor_action_history (
-    region text NOT NULL,
-    partition integer NOT NULL,
-    record_offset bigint NOT NULL,
-    digest text NOT NULL,
-    at timestamptz NOT NULL,
-    event text NOT NULL,
-    action_id text NOT NULL,
-    kind smallint NOT NULL,
-    tenant text NOT NULL,
-    account_hmac text NOT NULL,
-    model text NOT NULL,
-    category text NOT NULL,
-    record bytea,
-    PRIMARY KEY (region, partition, record_offset, digest)
-);
-CREATE INDEX IF NOT EXISTS monitor_action_history_account
-    ON monitor_action_history (region, tenant, account_hmac, at DESC);
-"""
-
 KINDS = {
     "SUSPEND_ACCOUNT": K.ENFORCEMENT_KIND_SUSPEND_ACCOUNT,
     "THROTTLE_ACCOUNT": K.ENFORCEMENT_KIND_THROTTLE_ACCOUNT,
@@ -240,11 +205,6 @@ class SeriesPoint:
     key: str
     blocked: int
     total: int
-
-
-async def ensure_schema(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn:
-        await conn.execute(SCHEMA)
 
 
 class ActionHistory:

@@ -56,6 +56,7 @@ from services.common.reloader import ReloadingConfig, yaml_files
 from services.common.topics import actions_topic
 from services.enforcer.state import action_key
 from services.monitor.decisions import ACTIONS, Decision
+from services.monitor.outbox import Outbox
 from services.monitor.store import utc
 
 log = logging.getLogger("safeguards.monitor.rules")
@@ -69,46 +70,16 @@ KINDS = {
 }
 MAX_EVIDENCE = 100
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
-
-RULES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS monitor_account_decisions (
-    decision_id text PRIMARY KEY,
-    region text NOT NULL,
-    tenant text NOT NULL,
-    account_hmac text NOT NULL,
-    action smallint NOT NULL,
-    categories text[] NOT NULL,
-    decided_at timestamptz NOT NULL,
-    retro_catch boolean NOT NULL DEFAULT false
-);
--- Databases created before retro-screening: the column arrives here.
-ALTER TABLE monitor_account_decisions ADD COLUMN IF NOT EXISTS retro_catch boolean NOT NULL DEFAULT false;
-CREATE INDEX IF NOT EXISTS monitor_account_decisions_acct
-    ON monitor_account_decisions (region, tenant, account_hmac, decided_at);
-CREATE INDEX IF NOT EXISTS monitor_account_decisions_at ON monitor_account_decisions (decided_at);
-
-CREATE TABLE IF NOT EXISTS monitor_rule_actions (
-    action_id text PRIMARY KEY,
-    region text NOT NULL,
-    rule text NOT NULL,
-    mode text NOT NULL,
-    tenant text NOT NULL,
-    account_hmac text NOT NULL,
-    kind smallint NOT NULL,
-    evidence text[] NOT NULL,
-    record bytea NOT NULL,
-    record_key text NOT NULL,
-    fired_at timestamptz NOT NULL DEFAULT now(),
-    expires_at timestamptz NOT NULL,
-    produced_at timestamptz
-);
-CREATE INDEX IF NOT EXISTS monitor_rule_actions_live
-    ON monitor_rule_actions (region, rule, tenant, account_hmac, expires_at);
-CREATE INDEX IF NOT EXISTS monitor_rule_actions_tenant ON monitor_rule_actions (region, tenant, mode, fired_at);
-CREATE INDEX IF NOT EXISTS monitor_rule_actions_pending ON monitor_rule_actions (region, fired_at)
-    WHERE produced_at IS NULL AND mode = 'live';
-"""
-
+#: The live actions not yet acknowledged by the actions topic.
+OUTBOX = Outbox(
+    what="automated action",
+    table="monitor_rule_actions",
+    id_column="action_id",
+    done_column="produced_at",
+    columns=("record_key", "record"),
+    order_by="fired_at",
+    where="mode = 'live'",
+)
 
 # ---- schema ---------------------------------------------------------------------------------
 class _Strict(BaseModel):
@@ -286,6 +257,7 @@ class RuleEngine:
         flush_interval_s: float = 1.0,
         keep_s: float = 48 * 3600.0,
         clock=time.time,
+        pool: asyncpg.Pool | None = None,
     ) -> None:
         self.region = region
         self._rules = rules
@@ -296,7 +268,8 @@ class RuleEngine:
         self.flush_interval_s = flush_interval_s
         self.keep_s = keep_s
         self._clock = clock
-        self._pool: asyncpg.Pool | None = None
+        #: The periodic flush and purge (`start`) use it; `flush(pool)` may be called without.
+        self._pool = pool
         self._task: asyncio.Task | None = None
         self._flush_lock = asyncio.Lock()
         self._uncommitted: list[tuple[Rule, str, str, int]] = []
@@ -502,48 +475,23 @@ class RuleEngine:
         how many were produced. Kafka failures leave them pending for the next try."""
         if self.sink is None:
             return 0
-        async with self._flush_lock:
-            produced = 0
-            async with pool.acquire() as conn, conn.transaction():
-                rows = await conn.fetch(
-                    "SELECT action_id, record_key, record, expires_at FROM monitor_rule_actions WHERE region = $1 "
-                    "AND mode = 'live' AND produced_at IS NULL ORDER BY fired_at LIMIT 100 FOR UPDATE SKIP LOCKED",
-                    self.region,
-                )
-                for r in rows:
-                    try:
-                        await self.sink.send(self.topic, r["record_key"].encode(), bytes(r["record"]))
-                    except Exception as exc:  # Unavailable, Kafka errors: stays pending
-                        self.metrics.produce_errors.inc()
-                        log.warning(
-                            "automated action not produced yet; will retry",
-                            extra={"action_id": r["action_id"], "error": type(exc).__name__},
-                        )
-                        break
-                    await conn.execute(
-                        "UPDATE monitor_rule_actions SET produced_at = now() WHERE action_id = $1", r["action_id"]
-                    )
-                    produced += 1
-                    log.info("automated action produced", extra={"action_id": r["action_id"]})
-            self.metrics.produced.inc(produced)
-            pending = await pool.fetchval(
-                "SELECT count(*) FROM monitor_rule_actions WHERE region = $1 AND mode = 'live' AND produced_at IS NULL",
-                self.region,
-            )
-            self.metrics.pending.set(pending)
-            return produced
 
-    async def ensure_schema(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(5405)")
-            await conn.execute(RULES_SCHEMA)
+        async def send(r: asyncpg.Record) -> None:
+            await self.sink.send(self.topic, r["record_key"].encode(), bytes(r["record"]))
+            log.info("automated action produced", extra={"action_id": r["action_id"]})
+
+        async with self._flush_lock:
+            done = await OUTBOX.flush(pool, self.region, send, channel="kafka")
+            self.metrics.produced.inc(done.sent)
+            self.metrics.produce_errors.inc(done.failed)
+            self.metrics.pending.set(await OUTBOX.pending(pool, self.region))
+            return done.sent
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._flush_loop(), name="rule-outbox")
 
     async def _flush_loop(self) -> None:
-        assert self._pool is not None, "ensure_schema() first"
+        assert self._pool is not None, "RuleEngine(pool=...) first"
         last_purge = 0.0
         while True:
             await asyncio.sleep(self.flush_interval_s)

@@ -32,152 +32,9 @@ import asyncpg
 from services.common.errors import ConfigError, InvalidArgument, NotFound
 from services.monitor.decisions import BLOCK, FULL, METADATA_ONLY, STANDARD, ZERO_RETENTION, Decision
 from services.monitor.overview import BUCKETS, MinuteTotals, account_tally, tally
+from services.monitor.schema import migrate
 
 log = logging.getLogger("safeguards.monitor.store")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS monitor_processed (
-    decision_id text PRIMARY KEY,
-    processed_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX IF NOT EXISTS monitor_processed_at ON monitor_processed (processed_at);
-
-CREATE TABLE IF NOT EXISTS monitor_buckets (
-    region text NOT NULL,
-    minute timestamptz NOT NULL,
-    tenant text NOT NULL,
-    category text NOT NULL,
-    action smallint NOT NULL,
-    model text NOT NULL,
-    count bigint NOT NULL,
-    PRIMARY KEY (region, minute, tenant, category, action, model)
-);
-CREATE INDEX IF NOT EXISTS monitor_buckets_minute ON monitor_buckets (minute);
-
--- Per tenant and minute, each decision counted once (monitor_buckets counts a decision
--- once per category): the tenant block-rate baseline of services.monitor.alerts.
-CREATE TABLE IF NOT EXISTS monitor_tenant_minutes (
-    region text NOT NULL,
-    minute timestamptz NOT NULL,
-    tenant text NOT NULL,
-    decisions bigint NOT NULL,
-    blocked bigint NOT NULL,
-    PRIMARY KEY (region, minute, tenant)
-);
-CREATE INDEX IF NOT EXISTS monitor_tenant_minutes_minute ON monitor_tenant_minutes (minute);
-
--- Per dependency and minute: decisions taken without it (degraded, fail mode applied).
-CREATE TABLE IF NOT EXISTS monitor_dependency_minutes (
-    region text NOT NULL,
-    minute timestamptz NOT NULL,
-    dependency text NOT NULL,
-    degraded bigint NOT NULL,
-    PRIMARY KEY (region, minute, dependency)
-);
-CREATE INDEX IF NOT EXISTS monitor_dependency_minutes_minute ON monitor_dependency_minutes (minute);
-
-CREATE TABLE IF NOT EXISTS monitor_cases (
-    case_id text PRIMARY KEY,
-    region text NOT NULL,
-    tenant text NOT NULL,
-    account_hmac text NOT NULL,
-    model text NOT NULL,
-    action smallint NOT NULL,
-    categories text[] NOT NULL,
-    reasons jsonb NOT NULL,
-    scores jsonb NOT NULL,
-    data_policy smallint NOT NULL,
-    snippet text NOT NULL,
-    characters integer NOT NULL,
-    messages integer NOT NULL,
-    text_hmac text NOT NULL,
-    request_id text NOT NULL,
-    policy_version text NOT NULL,
-    surface smallint NOT NULL,
-    status smallint NOT NULL,
-    decided_at timestamptz NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    expires_at timestamptz NOT NULL
-);
-CREATE INDEX IF NOT EXISTS monitor_cases_list ON monitor_cases (region, decided_at DESC, case_id DESC);
-CREATE INDEX IF NOT EXISTS monitor_cases_expiry ON monitor_cases (expires_at);
-
--- Per tenant and minute, for the operators' overview (services.monitor.overview):
--- decisions by verdict completeness, retro screens and catches, and the latency as
--- counts in fixed buckets (overview.LATENCY_BOUNDS_MS) so minutes and tenants add up.
-CREATE TABLE IF NOT EXISTS monitor_overview_minutes (
-    region text NOT NULL,
-    minute timestamptz NOT NULL,
-    tenant text NOT NULL,
-    decisions bigint NOT NULL,
-    blocked bigint NOT NULL,
-    full_verdict bigint NOT NULL,
-    partial_verdict bigint NOT NULL,
-    no_verdict bigint NOT NULL,
-    retro_screens bigint NOT NULL,
-    retro_catches bigint NOT NULL,
-    latency bigint[] NOT NULL,
-    PRIMARY KEY (region, minute, tenant)
-);
-CREATE INDEX IF NOT EXISTS monitor_overview_minutes_minute ON monitor_overview_minutes (minute);
-
--- Per account (regional pseudonym only) and minute, only for accounts with a block or
--- a retro catch that minute: the overview's top accounts.
-CREATE TABLE IF NOT EXISTS monitor_account_minutes (
-    region text NOT NULL,
-    minute timestamptz NOT NULL,
-    tenant text NOT NULL,
-    account_hmac text NOT NULL,
-    blocked bigint NOT NULL,
-    retro_catches bigint NOT NULL,
-    PRIMARY KEY (region, minute, tenant, account_hmac)
-);
-CREATE INDEX IF NOT EXISTS monitor_account_minutes_minute ON monitor_account_minutes (minute);
-
--- The decisions an operator may open (those with a case, those taken on a partial or
--- no verdict) with how they were decided, and the retro-screen result once it came.
--- Kept as long as the data policy keeps cases; request_id only as it allows.
-CREATE TABLE IF NOT EXISTS monitor_decisions (
-    decision_id text PRIMARY KEY,
-    region text NOT NULL,
-    tenant text NOT NULL,
-    account_hmac text NOT NULL,
-    model text NOT NULL,
-    surface smallint NOT NULL,
-    action smallint NOT NULL,
-    categories text[] NOT NULL,
-    reasons jsonb NOT NULL,
-    verdict smallint NOT NULL,
-    verdict_reason text NOT NULL,
-    answered_by text NOT NULL,
-    failed_dependencies text[] NOT NULL,
-    request_id text NOT NULL,
-    latency_ms double precision,
-    data_policy smallint NOT NULL,
-    policy_version text NOT NULL,
-    decided_at timestamptz NOT NULL,
-    expires_at timestamptz NOT NULL,
-    retro_decision_id text,
-    retro_action smallint,
-    retro_catch boolean,
-    retro_verdict smallint,
-    retro_answered_by text,
-    retro_reasons jsonb,
-    retro_at timestamptz
-);
-CREATE INDEX IF NOT EXISTS monitor_decisions_account
-    ON monitor_decisions (region, tenant, account_hmac, decided_at DESC);
-CREATE INDEX IF NOT EXISTS monitor_decisions_retro ON monitor_decisions (region, retro_at DESC) WHERE retro_catch;
-CREATE INDEX IF NOT EXISTS monitor_decisions_expiry ON monitor_decisions (expires_at);
-
-CREATE TABLE IF NOT EXISTS monitor_rollup_sent (
-    region text NOT NULL,
-    window_seconds integer NOT NULL,
-    window_start timestamptz NOT NULL,
-    sent_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (region, window_seconds, window_start)
-);
-"""
 
 #: Review case statuses (safeguards.v1.CaseStatus).
 CASE_OPEN = 1
@@ -357,11 +214,10 @@ class Store:
             self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size, timeout=10)
         except (OSError, asyncpg.PostgresError) as exc:
             raise ConfigError(f"cannot use PostgreSQL at --database-url: {type(exc).__name__}: {exc}") from exc
-        async with self._pool.acquire() as conn:
-            # One schema creator at a time when several replicas start together.
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(5405)")
-                await conn.execute(SCHEMA)
+        try:
+            await migrate(self._pool)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise ConfigError(f"cannot migrate the schema at --database-url: {type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -752,9 +608,7 @@ class Store:
         out = {}
         async with self.pool.acquire() as conn:
             out["cases"] = _count(await conn.execute("DELETE FROM monitor_cases WHERE expires_at <= $1", now))
-            out["decisions"] = _count(
-                await conn.execute("DELETE FROM monitor_decisions WHERE expires_at <= $1", now)
-            )
+            out["decisions"] = _count(await conn.execute("DELETE FROM monitor_decisions WHERE expires_at <= $1", now))
             bucket_cut = now - timedelta(seconds=bucket_retention_s)
             out["buckets"] = _count(await conn.execute("DELETE FROM monitor_buckets WHERE minute < $1", bucket_cut))
             for table in (

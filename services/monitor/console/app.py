@@ -130,7 +130,6 @@ class Console:
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        await self.sessions.ensure_schema()
         await self.users.start()
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -207,8 +206,11 @@ class Console:
         return self._render(
             request,
             "error.html",
-            {"status": status, "title": TITLES.get(status, "Service unavailable" if status == 503 else "Error"),
-             "message": message},
+            {
+                "status": status,
+                "title": TITLES.get(status, "Service unavailable" if status == 503 else "Error"),
+                "message": message,
+            },
             status=status,
         )
 

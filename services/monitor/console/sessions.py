@@ -21,23 +21,6 @@ from dataclasses import dataclass
 
 import asyncpg
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS console_sessions (
-    id_hash text PRIMARY KEY,
-    operator text NOT NULL,
-    csrf text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    last_seen timestamptz NOT NULL DEFAULT now(),
-    expires_at timestamptz NOT NULL
-);
-CREATE INDEX IF NOT EXISTS console_sessions_expiry ON console_sessions (expires_at);
-CREATE TABLE IF NOT EXISTS console_signin_failures (
-    key_hash text NOT NULL,
-    at timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX IF NOT EXISTS console_signin_failures_key ON console_signin_failures (key_hash, at);
-"""
-
 #: The window over which failed sign-ins are counted.
 ATTEMPT_WINDOW_S = 15 * 60
 
@@ -58,11 +41,6 @@ class Sessions:
         self.lifetime_s = lifetime_s
         self.idle_s = idle_s
         self.max_failures = max_failures
-
-    async def ensure_schema(self) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(5406)")
-            await conn.execute(SCHEMA)
 
     async def create(self, operator: str) -> tuple[str, Session]:
         """A new session: (the cookie value, the session). Expired rows are swept here."""

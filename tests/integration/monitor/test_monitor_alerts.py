@@ -140,7 +140,6 @@ async def replica(kafka: EmbeddedKafka, db_url: str, region: str, *, webhook=Non
         webhook=webhook,
         lag=lag,
     )
-    await evaluator.ensure_schema()
     try:
         yield store, evaluator, registry
     finally:

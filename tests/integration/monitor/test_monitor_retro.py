@@ -209,7 +209,6 @@ async def _engine(db_url: str, kafka: EmbeddedKafka, region: str, rules: str, ca
         max_per_tenant_hour=cap,
         case_retention_s=store.retention.for_policy,
     )
-    await engine.ensure_schema(store.pool)
     await create_topics(kafka.bootstrap, region)
     return store, engine, registry
 

@@ -227,7 +227,6 @@ async def _outbox(db_url: str) -> None:
         case_retention_s=store.retention.for_policy,
     )
     try:
-        await engine.ensure_schema(store.pool)
         decisions = [decision_from_signal(s, time.time()) for s in blocks(tenant, "acct-out", 3)]
         assert (await store.apply(decisions, engine.after_apply)).new == 3
         engine.committed()

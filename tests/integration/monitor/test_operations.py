@@ -29,7 +29,7 @@ from services.common.spool import Spool
 from services.enforcer.admin import EnforcementAdmin, KafkaActionSink
 from services.enforcer.state import EnforcementState, StateMetrics, action_key
 from services.monitor.decisions import decision_from_signal
-from services.monitor.operations import ActionHistory, ConsoleRole, Operations, Operator, ensure_schema
+from services.monitor.operations import ActionHistory, ConsoleRole, Operations, Operator
 from services.monitor.store import CASE_ACTIONED, CASE_DISMISSED, CaseFilter, Retention, Store
 from tests.integration.monitor.monitor_support import KEY, make_signal, pg_database, read_topic
 from tests.support import EmbeddedKafka
@@ -61,7 +61,6 @@ async def operations(env, key=KEY):
     kafka, db_url, tmp = env
     store = Store(db_url, REGION, Retention(3600, 3600, 3600))
     await store.start()
-    await ensure_schema(store.pool)
     registry = CollectorRegistry()
     history = ActionHistory(store.pool, REGION, flush_interval_s=0.1)
     state = EnforcementState(
