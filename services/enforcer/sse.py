@@ -1,10 +1,16 @@
 """Server-sent events, decoded incrementally, and the two streaming formats the
 enforcer screens in Envoy's ext_proc response path:
 
-- Anthropic Messages: `content_block_delta` events whose delta is a `text_delta`
-  (or a `thinking_delta`) carry the text;
-- OpenAI Chat Completions: `data:` chunks whose `choices[].delta.content` carry the
-  text, ended by `data: [DONE]`.
+- Anthropic Messages: `content_block_delta` events whose delta is a `text_delta`, a
+  `thinking_delta` or a tool call's `input_json_delta` carry the text (a block's start
+  may carry some too);
+- OpenAI Chat Completions: `data:` chunks whose `choices[].delta` carry the text in
+  `content`, in reasoning fields (`reasoning_content`, `reasoning`) and in tool calls'
+  `function.arguments`, ended by `data: [DONE]`.
+
+Everything the model writes is screened, not only its visible text: a tool call's
+arguments (a shell command, a message to send) and its reasoning are completion text
+too.
 
 The decoder takes bytes split anywhere (inside a line, a UTF-8 sequence or a CRLF)
 and says how many trailing bytes belong to an event that is not complete yet, so
@@ -158,6 +164,13 @@ class StreamFormat(Protocol):
         ...
 
 
+#: Anthropic delta type -> the field holding its text (signatures, citations: none).
+_ANTHROPIC_DELTA_TEXT = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+#: OpenAI-compatible delta fields holding text (reasoning: the field names that
+#: OpenAI-compatible servers stream a model's reasoning in).
+_OPENAI_DELTA_TEXT = ("content", "reasoning_content", "reasoning", "refusal")
+
+
 class AnthropicStream:
     flavor = "anthropic"
 
@@ -179,11 +192,11 @@ class AnthropicStream:
                 self._next = max(self._next, idx + 1)
             delta = obj.get("delta")
             if isinstance(delta, dict):
-                if delta.get("type") == "text_delta":
+                field = _ANTHROPIC_DELTA_TEXT.get(delta.get("type"))
+                if field == "text":
                     self._open_type = "text"
-                    return _str(delta.get("text"))
-                if delta.get("type") == "thinking_delta":
-                    return _str(delta.get("thinking"))
+                if field:
+                    return _str(delta.get(field))
             return ""
         if kind == "content_block_start":
             idx = obj.get("index")
@@ -192,8 +205,12 @@ class AnthropicStream:
                 self._open = idx
                 self._next = max(self._next, idx + 1)
             self._open_type = block.get("type", "") if isinstance(block, dict) else ""
-            if isinstance(block, dict) and block.get("type") == "text":
-                return _str(block.get("text"))
+            if not isinstance(block, dict):
+                return ""
+            if block.get("type") in ("text", "thinking"):
+                return _str(block.get(block["type"]))
+            if block.get("type") == "tool_use" and block.get("input"):
+                return _dumps(block["input"])  # usually {} (arguments stream as deltas)
             return ""
         if kind == "content_block_stop":
             self._open = None
@@ -262,8 +279,14 @@ class OpenAIStream:
         parts = []
         for c in choices:
             delta = c.get("delta") if isinstance(c, dict) else None
-            if isinstance(delta, dict):
-                parts.append(_str(delta.get("content")))
+            if not isinstance(delta, dict):
+                continue
+            parts.extend(_str(delta.get(field)) for field in _OPENAI_DELTA_TEXT)
+            calls = delta.get("tool_calls")
+            for call in calls if isinstance(calls, list) else ():
+                fn = call.get("function") if isinstance(call, dict) else None
+                if isinstance(fn, dict):
+                    parts.append(_str(fn.get("arguments")))
         return "".join(parts)
 
     def terminal(self, replacement: str) -> bytes:

@@ -187,3 +187,53 @@ def test_openai_terminal_is_a_content_filter_chunk_then_done() -> None:
     assert chunk["choices"] == [
         {"index": 0, "delta": {"content": "I can't continue."}, "finish_reason": "content_filter"}
     ]
+
+
+def _texts(fmt, raw: bytes) -> str:
+    return "".join(fmt.text_of(e) for e in SSEDecoder().feed(raw))
+
+
+def _sse(events: list[tuple[str, dict]]) -> bytes:
+    return "".join(f"event: {n}\ndata: {json.dumps(o)}\n\n" for n, o in events).encode()
+
+
+def test_anthropic_tool_call_arguments_and_thinking_are_completion_text() -> None:
+    """A model can carry what its text would not say in a tool call's arguments or in its
+    thinking: both are screened like text deltas (signatures are not text)."""
+    raw = _sse(
+        [
+            ("content_block_start", {"type": "content_block_start", "index": 0,
+                                     "content_block": {"type": "thinking", "thinking": ""}}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                     "delta": {"type": "thinking_delta", "thinking": "plan: "}}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                     "delta": {"type": "signature_delta", "signature": "c2lnbmF0dXJl"}}),
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("content_block_start", {"type": "content_block_start", "index": 1,
+                                     "content_block": {"type": "tool_use", "id": "t", "name": "sh", "input": {}}}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                     "delta": {"type": "input_json_delta", "partial_json": '{"cmd": "rm -'}}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                     "delta": {"type": "input_json_delta", "partial_json": 'rf /"}'}}),
+        ]
+    )  # fmt: skip
+    assert _texts(AnthropicStream(), raw) == 'plan: {"cmd": "rm -rf /"}'
+
+
+def test_openai_tool_call_arguments_and_reasoning_are_completion_text() -> None:
+    def chunk(delta: dict) -> str:
+        return "data: " + json.dumps({"id": "c", "choices": [{"index": 0, "delta": delta}]}) + "\n\n"
+
+    raw = (
+        chunk({"role": "assistant", "reasoning_content": "thinking it over. "})
+        + chunk({"content": "Calling the tool."})
+        + chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                 "function": {"name": "send", "arguments": ""}}]})
+        + chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"to": "a@b.co",'}}]})
+        + chunk({"tool_calls": [{"index": 0, "function": {"arguments": ' "body": "x"}'}}]})
+        + chunk({"tool_calls": [{"index": 0, "function": None}, "junk"]})
+        + "data: [DONE]\n\n"
+    ).encode()  # fmt: skip
+    fmt = OpenAIStream()
+    assert _texts(fmt, raw) == 'thinking it over. Calling the tool.{"to": "a@b.co", "body": "x"}'
+    assert fmt.done
