@@ -257,7 +257,12 @@ class CircuitBreaker:
         return result
 
 
-RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+#: CANCELLED is in: a call our caller cancels raises asyncio.CancelledError, not this, so
+#: an AioRpcError CANCELLED came from the other side: a replica that stopped (its server
+#: cancels streams that reached it as it shuts down), where the next pick is another one.
+RETRYABLE_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
+)
 
 
 def retryable_grpc(exc: BaseException) -> bool:

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.common.clients import balanced_channel_options
+from services.common.clients import Budget, balanced_channel_options, call_in_budget
 
 SERVICE = "test.Who"
 
@@ -110,6 +110,7 @@ async def test_stopping_a_replica_under_load_loses_no_call(graceful: bool) -> No
                 await rs[0].server.stop(2)
             else:  # no grace: in-flight calls are cancelled (UNAVAILABLE / CANCELLED to the client)
                 await rs[0].server.stop(None)
+            await asyncio.sleep(0.1)  # answers already on the wire when it stopped are counted
             a_after_stop = answers["A"]
             await asyncio.sleep(0.5)
             stop.set()
@@ -133,5 +134,42 @@ async def test_pick_first_stays_on_one_replica() -> None:
         async with grpc.aio.insecure_channel(target(rs), options=balanced_channel_options(SERVICE, "pick_first")) as ch:
             assert len(await ask(ch, 50)) == 1
     finally:
+        for r in rs:
+            await r.server.stop(None)
+
+
+async def test_a_call_a_stopping_replica_cancelled_is_retried_on_the_other() -> None:
+    rs = await replicas(2)
+    cancelling = grpc.aio.server()
+
+    async def cancel(request: bytes, context) -> bytes:
+        await context.abort(grpc.StatusCode.CANCELLED, "server shutting down")
+
+    cancelling.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler(SERVICE, {"Who": grpc.unary_unary_rpc_method_handler(cancel)})]
+    )
+    port = cancelling.add_insecure_port("127.0.0.1:0")
+    await cancelling.start()
+    try:
+        # No health service on the cancelling one: it stays in the rotation (gRPC treats
+        # UNIMPLEMENTED health as healthy), so every other pick lands on it.
+        addresses = f"ipv4:127.0.0.1:{port},127.0.0.1:{rs[1].port}"
+        async with grpc.aio.insecure_channel(addresses, options=balanced_channel_options(SERVICE)) as ch:
+            await ch.channel_ready()
+            await asyncio.sleep(0.3)
+            who = ch.unary_unary(f"/{SERVICE}/Who")
+            raw = Counter()
+            for _ in range(20):
+                try:
+                    raw[(await who(b"", timeout=5)).decode()] += 1
+                except grpc.aio.AioRpcError as exc:
+                    raw[exc.code().name] += 1
+            assert raw["CANCELLED"] >= 5, raw  # the failure is real without a retry
+            answers = [
+                await call_in_budget(lambda t: who(b"", timeout=t), Budget.start(5.0), attempts=2) for _ in range(20)
+            ]
+            assert set(answers) == {b"B"}
+    finally:
+        await cancelling.stop(None)
         for r in rs:
             await r.server.stop(None)
