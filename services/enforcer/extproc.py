@@ -19,12 +19,24 @@ response headers SEND, response body STREAMED (BUFFERED works too).
   seen); on a cut the rest of the stream is replaced by a well-formed ending in the
   stream's own format and every later chunk is dropped. A non-streamed JSON
   completion is screened once and, on a cut, replaced by a provider-shaped one.
+- a compressed response (`content-encoding`; screened routes strip the request's
+  accept-encoding, but an upstream may compress anyway): gzip and deflate are
+  decoded as they stream (bounded: `INFLATE_FACTOR` x --max-completion-bytes of
+  output at most), screened, and passed on decoded with content-encoding removed;
+  any other encoding is refused: the body is replaced by the safe ending, never
+  passed unscreened.
+- with --extproc-after-authz, a request ext_authz decided REDACT
+  (`x-safeguards-redact: 1`, which only ext_authz can set) is masked here: ext_authz
+  cannot rewrite a body.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import json
 import logging
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +48,7 @@ from envoy.type.v3 import http_status_pb2
 from safeguards.v1 import signals_pb2
 
 from services.common.errors import InvalidArgument, ServiceError
-from services.enforcer.authz import ACTION_HEADER, DECISION_HEADER
+from services.enforcer.authz import ACTION_HEADER, DECISION_HEADER, REDACT_HEADER
 from services.enforcer.bodies import (
     ANTHROPIC,
     HTTP_STATUS_OF,
@@ -49,13 +61,22 @@ from services.enforcer.bodies import (
     parse_chat_body,
     refusal,
 )
+from services.enforcer.detectors import run_tier0
 from services.enforcer.policy import Action
 from services.enforcer.requests import Identity, PromptRequest, ScreenResult
 from services.enforcer.screening import Screener
-from services.enforcer.sse import SSEDecoder, SSEError, StreamFormat, stream_format
+from services.enforcer.sse import SSEDecoder, SSEError, SSEEvent, StreamFormat, stream_format
 from services.enforcer.streaming import CompletionSession
 
 log = logging.getLogger("safeguards.enforcer.extproc")
+
+#: A compressed completion is decoded to at most this many times --max-completion-bytes
+#: (room for the SSE framing around the text; beyond it the stream is cut: a bomb).
+INFLATE_FACTOR = 32
+#: Content-encodings decoded here (zlib's automatic header detection: gzip or zlib).
+INFLATABLE = frozenset({"gzip", "x-gzip", "deflate"})
+#: Prompts longer than this are masked on a worker thread (as the screener's tier 0).
+MASK_INLINE_CHARS = 8192
 
 
 @dataclass(frozen=True)
@@ -114,6 +135,18 @@ def headers_of(msg: ep.HttpHeaders) -> dict[str, str]:
         value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
         out[h.key.lower()] = value
     return out
+
+
+def sse_bytes(events: list[SSEEvent]) -> bytes:
+    """`events` written back as server-sent events."""
+    out = []
+    for ev in events:
+        lines = [f"event: {ev.event}"] if ev.event else []
+        if ev.id is not None:
+            lines.append(f"id: {ev.id}")
+        lines += [f"data: {line}" for line in ev.data.split("\n")]
+        out.append("\n".join(lines) + "\n\n")
+    return "".join(out).encode()
 
 
 # ---- provider-shaped bodies ------------------------------------------------------
@@ -224,6 +257,9 @@ class HttpExchange:
         self._resp_body = bytearray()
         self._resp_streamed = False
         self._dropping = False  # cut: every later response chunk is dropped
+        self._inflater: Any = None  # zlib decompressobj of a gzip/deflate response
+        self._inflate_left = 0
+        self._undecodable = ""  # the content-encoding of a response that cannot be decoded
         self._identity = Identity(tenant="")
 
     @property
@@ -294,6 +330,11 @@ class HttpExchange:
             self.chat = chat
             self._identity = identity
             self._prompt_id = h.get(DECISION_HEADER, "")[:64]
+            if h.get(REDACT_HEADER) == "1":
+                new = await self._masked_after_authz(raw, chat, identity.tenant)
+                return ep.ProcessingResponse(
+                    request_body=ep.BodyResponse(response=_common({"content-length": str(len(new))}, new))
+                )
             body_out = raw if self._req_streamed else None
             return ep.ProcessingResponse(request_body=ep.BodyResponse(response=_common(body=body_out)))
         self.chat = chat
@@ -330,6 +371,19 @@ class HttpExchange:
         body_out = raw if self._req_streamed else None
         return ep.ProcessingResponse(request_body=ep.BodyResponse(response=_common(headers, body_out)))
 
+    async def _masked_after_authz(self, raw: bytes, chat: ChatBody, tenant: str) -> bytes:
+        """The request body ext_authz decided REDACT, with the PII the tenant's policy
+        screens masked in every text (what the screener masks on its own REDACT)."""
+        text = "\n".join(content for _role, content in chat.messages)
+        kinds = sorted(self._screener.policies.current.for_tenant(tenant).screened_pii_kinds)
+
+        def mask() -> bytes:
+            doc = json.loads(raw)
+            map_texts(doc, chat.flavor, run_tier0(text, None, kinds).redactor(text))
+            return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+        return await asyncio.to_thread(mask) if len(text) > MASK_INLINE_CHARS else mask()
+
     # ---- response --------------------------------------------------------------------
     def _response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
         h = headers_of(msg)
@@ -349,6 +403,15 @@ class HttpExchange:
                 self._decoder = SSEDecoder()
             # The body may change length; Envoy must not forward a stale content-length.
             remove = ("content-length",)
+            encoding = h.get("content-encoding", "").strip().lower()
+            if encoding and encoding != "identity":
+                # Passed on decoded (or refused): the client must not decode it again.
+                remove = ("content-length", "content-encoding")
+                if encoding in INFLATABLE:
+                    self._inflater = zlib.decompressobj(wbits=32 + zlib.MAX_WBITS)
+                    self._inflate_left = INFLATE_FACTOR * self._config.max_completion_bytes
+                else:
+                    self._undecodable = encoding[:40]
         return ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=_common(remove=remove)))
 
     def _body(self, data: bytes | None) -> ep.ProcessingResponse:
@@ -360,15 +423,53 @@ class HttpExchange:
             return self._body(None)
         if self._dropping:
             return self._body(b"")
+        if self._undecodable or self._inflater is not None:
+            return await self._encoded_chunk(session, body)
         if self._sse:
             return await self._sse_chunk(session, body)
         return await self._json_chunk(session, body)
 
-    def _cut(self, replacement: str) -> ep.ProcessingResponse:
+    async def _encoded_chunk(self, session: CompletionSession, body: ep.HttpBody) -> ep.ProcessingResponse:
+        """A chunk of a compressed response: decoded (bounded), screened like a plain one,
+        and passed on decoded; an encoding we cannot decode, or a bomb, is cut."""
+        try:
+            if self._inflater is None:
+                raise InvalidArgument(f"completion has content-encoding {self._undecodable!r}, which is not decoded")
+            plain = self._inflater.decompress(body.body, self._inflate_left + 1)
+            if body.end_of_stream:
+                plain += self._inflater.flush()
+            self._inflate_left -= len(plain)
+            if self._inflate_left < 0 or self._inflater.unconsumed_tail:
+                raise InvalidArgument("decoded completion is over the size limit")
+        except (zlib.error, InvalidArgument) as exc:
+            log.warning("compressed completion cut unscreened", extra={"error": str(exc)[:200]})
+            session.abandon()
+            if self._sse:
+                return self._cut(session.policy.completion.replacement)
+            self._dropping = True
+            flavor = self.chat.flavor if self.chat else "openai"
+            return self._body(replaced_completion(flavor, None, session.policy.completion.replacement))
+        chunk = ep.HttpBody(body=plain, end_of_stream=body.end_of_stream)
+        resp = await (self._sse_chunk(session, chunk) if self._sse else self._json_chunk(session, chunk))
+        common = resp.response_body.response
+        if not common.HasField("body_mutation"):  # "pass unchanged" means the decoded bytes here
+            common.body_mutation.body = plain
+        return resp
+
+    def _cut(
+        self, replacement: str, prelude: list[SSEEvent] | None = None, before: StreamFormat | None = None
+    ) -> ep.ProcessingResponse:
+        """End the stream with `replacement`. `prelude`: events of the cut chunk that go
+        out first (no text in them), with `before` the format's state ahead of that chunk,
+        so the ending continues from exactly what the client was sent."""
         assert self._format is not None
         self._dropping = True
         self._held = b""
-        return self._body(self._format.terminal(replacement))
+        if prelude and before is not None:
+            for ev in prelude:
+                before.text_of(ev)
+            self._format = before
+        return self._body(sse_bytes(prelude or []) + self._format.terminal(replacement))
 
     async def _sse_chunk(self, session: CompletionSession, body: ep.HttpBody) -> ep.ProcessingResponse:
         assert self._decoder is not None and self._format is not None
@@ -380,15 +481,21 @@ class HttpExchange:
         replacement = session.policy.completion.replacement
         try:
             events = self._decoder.feed(data)
-            text = "".join(self._format.text_of(ev) for ev in events)
+            before = copy.copy(self._format)
+            texts = [self._format.text_of(ev) for ev in events]
+            text = "".join(texts)
+            # On a cut, the events of this chunk before its first text (Anthropic's
+            # message_start, content_block_start) still go out: an SDK cannot parse a
+            # stream that ends without having started.
+            prelude = events[: next((i for i, t in enumerate(texts) if t), len(events))]
             verdict = await session.feed(text) if text else None
             if verdict is not None and verdict.cut:
-                return self._cut(replacement)
+                return self._cut(replacement, prelude, before)
             if body.end_of_stream or self._format.done:
                 if not session.closed:
                     verdict = await session.finish()
                     if verdict.cut:
-                        return self._cut(replacement)
+                        return self._cut(replacement, prelude, before)
         except (SSEError, InvalidArgument) as exc:
             # Undecodable or over the size limit: what follows cannot be screened.
             log.warning("completion stream cut unscreened", extra={"error": str(exc)})

@@ -1,0 +1,377 @@
+"""A DEVELOPMENT STAND-IN for a model API — not a model, and never for production.
+
+`make run` and the Envoy tests put it behind Envoy so that the official `anthropic`
+and `openai` SDKs can be pointed at the gateway with no provider account. It speaks
+the two wire formats the enforcer screens, streaming (server-sent events in the
+providers' exact event shapes) and not:
+
+- Anthropic Messages: POST /v1/messages
+- OpenAI Chat Completions: POST /v1/chat/completions
+- GET /v1/models (both shapes' common subset)
+
+Answers are deterministic (a fixed reply that names the model and the prompt's size)
+unless the last user message carries a marker:
+
+- `[[dev:harmful]]` the completion starts benign, then leaks a private key (every
+  default policy blocks PRIVATE_KEY in completions): a streamed one is cut mid-way;
+- `[[dev:pii]]`     the completion carries an e-mail address and a phone number;
+- `[[dev:echo]]`    the completion is the prompt's last user text as received, so a
+  client sees what reached the model (masked PII after a REDACT decision);
+- `[[dev:gzip]]`    the response is gzip-compressed whatever the request's
+  accept-encoding said (as a misbehaving upstream would); `--gzip` does this for
+  every response.
+
+What it received (headers and bodies of the last requests) is listed at
+GET /_dev/requests on its own port: tests read it there, never through Envoy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+import zlib
+from collections import deque
+from typing import Any
+
+from aiohttp import web
+
+HARMFUL = "[[dev:harmful]]"
+PII = "[[dev:pii]]"
+ECHO = "[[dev:echo]]"
+GZIP = "[[dev:gzip]]"
+MARKERS = (HARMFUL, PII, ECHO, GZIP)
+
+# A syntactically plausible but made-up key: what a model leaking a secret would print.
+LEAKED_KEY = (
+    "-----BEGIN RSA PRIVATE KEY-----\n"
+    "MIIEowIBAAKCAQEA7x9Jk2mQ8vLpR3sTq4nB6dF0hZ1cW5yU8eK2aP9oGjXrLm3Nq7Vw2Ys5Bt8Hc1Dx\n"
+    "4Fz6Gp0Jk9Ql3Rm7Sn2Tv5Wx8Yb1Zc4Ad7Be0Cf3Dg6Eh9Lm3Nq7Vw2Ys5Bt8Hc1Dx4Fz6Gp0Jk9Ql3\n"
+    "-----END RSA PRIVATE KEY-----\n"
+)
+BENIGN_LEAD = "Here is a short answer. The weather in Paris is mild in spring, and the museums are open late. "
+PII_TEXT = "You can reach our support desk at help.desk@example.com or call +1 415 555 0134 on weekdays."
+#: Every ordinary reply carries this tag (and is one of FACTS: plain, benign sentences).
+DEV_TAG = "dev-upstream reply"
+FACTS = (
+    "The Seine flows through Paris, and spring is a lovely time to walk along its banks.",
+    "Honey bees visit flowers to collect nectar, which they turn into honey in the hive.",
+    "A cup of tea tastes best with water that has just come off the boil.",
+    "The Moon takes about twenty-seven days to orbit the Earth once.",
+)
+MAX_BODY = 4 * 1024 * 1024
+RECORDED = 64  # requests kept for /_dev/requests
+
+
+def last_user_text(flavor: str, doc: dict[str, Any]) -> str:
+    for m in reversed(doc.get("messages") or []):
+        if isinstance(m, dict) and m.get("role") == "user":
+            c = m.get("content")
+            if isinstance(c, str):
+                return c
+            if isinstance(c, list):
+                return "\n".join(b.get("text", "") for b in c if isinstance(b, dict) and b.get("type") == "text")
+    return ""
+
+
+def reply_text(model: str, prompt: str) -> str:
+    """The completion for `prompt`: deterministic, steered by the markers."""
+    if ECHO in prompt:
+        return prompt.replace(ECHO, "").strip()
+    if HARMFUL in prompt:
+        return BENIGN_LEAD + "Sure, here is the private key you asked for:\n" + LEAKED_KEY
+    if PII in prompt:
+        return PII_TEXT
+    digest = hashlib.sha256(prompt.encode()).hexdigest()[:8]
+    fact = FACTS[int(digest, 16) % len(FACTS)]
+    return f"Thanks for asking. {fact} ({DEV_TAG} {digest}, {len(prompt)} characters in)"
+
+
+def pieces(text: str, size: int = 24) -> list[str]:
+    """The reply as streamed deltas, split on character boundaries."""
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def _id(prefix: str, doc: dict[str, Any]) -> str:
+    return prefix + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _sse(event: str | None, data: dict[str, Any] | str) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return ((f"event: {event}\n" if event else "") + f"data: {payload}\n\n").encode()
+
+
+def anthropic_message(model: str, text: str, msg_id: str, input_tokens: int) -> dict[str, Any]:
+    return {
+        "id": msg_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": max(1, len(text) // 4)},
+    }
+
+
+def anthropic_events(model: str, text: str, msg_id: str, input_tokens: int) -> list[bytes]:
+    start = anthropic_message(model, "", msg_id, input_tokens)
+    start["content"], start["stop_reason"], start["usage"]["output_tokens"] = [], None, 1
+    block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    out = [
+        _sse("message_start", {"type": "message_start", "message": start}),
+        _sse("content_block_start", block),
+        _sse("ping", {"type": "ping"}),
+    ]
+    for piece in pieces(text):
+        out.append(
+            _sse(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
+            )
+        )
+    out += [
+        _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        _sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": max(1, len(text) // 4)},
+            },
+        ),
+        _sse("message_stop", {"type": "message_stop"}),
+    ]
+    return out
+
+
+def openai_completion(model: str, text: str, cid: str, created: int, prompt_tokens: int) -> dict[str, Any]:
+    completion_tokens = max(1, len(text) // 4)
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def openai_events(model: str, text: str, cid: str, created: int, prompt_tokens: int, usage: bool) -> list[bytes]:
+    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        return {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+
+    out = [_sse(None, chunk({"role": "assistant", "content": "", "refusal": None}, None))]
+    out += [_sse(None, chunk({"content": piece}, None)) for piece in pieces(text)]
+    out.append(_sse(None, chunk({}, "stop")))
+    if usage:
+        completion_tokens = max(1, len(text) // 4)
+        out.append(
+            _sse(
+                None,
+                {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens,
+                    },
+                },
+            )
+        )
+    out.append(_sse(None, "[DONE]"))
+    return out
+
+
+def error(flavor: str, status: int, message: str) -> web.Response:
+    if flavor == "anthropic":
+        doc: dict[str, Any] = {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+    else:
+        doc = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+    return web.json_response(doc, status=status)
+
+
+class DevUpstream:
+    def __init__(self, *, gzip_all: bool = False, delay_s: float = 0.0) -> None:
+        self.gzip_all = gzip_all
+        self.delay_s = delay_s
+        self.requests: deque[dict[str, Any]] = deque(maxlen=RECORDED)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_post("/v1/messages", self.anthropic)
+        app.router.add_post("/v1/chat/completions", self.openai)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/_dev/requests", self.recorded)
+        app.router.add_delete("/_dev/requests", self.forget)
+        return app
+
+    async def _read(self, request: web.Request, flavor: str) -> dict[str, Any] | web.Response:
+        raw = await request.read()
+        self.requests.append(
+            {"path": request.path, "headers": dict(request.headers), "body": raw.decode("utf-8", "replace")}
+        )
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return error(flavor, 400, "body is not JSON")
+        if not isinstance(doc, dict) or not isinstance(doc.get("messages"), list):
+            return error(flavor, 400, "messages is required")
+        return doc
+
+    def _compress(self, request: web.Request, prompt: str) -> bool:
+        return self.gzip_all or GZIP in prompt
+
+    async def _send(
+        self, request: web.Request, status_headers: dict[str, str], frames: list[bytes], gz: bool
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers=status_headers)
+        if gz:
+            resp.headers["content-encoding"] = "gzip"
+        await resp.prepare(request)
+        comp = zlib.compressobj(6, zlib.DEFLATED, 31) if gz else None
+        for frame in frames:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            data = frame if comp is None else comp.compress(frame) + comp.flush(zlib.Z_SYNC_FLUSH)
+            await resp.write(data)
+        if comp is not None:
+            await resp.write(comp.flush())
+        await resp.write_eof()
+        return resp
+
+    async def anthropic(self, request: web.Request) -> web.StreamResponse:
+        doc = await self._read(request, "anthropic")
+        if isinstance(doc, web.Response):
+            return doc
+        model = str(doc.get("model") or "dev-model")
+        prompt = last_user_text("anthropic", doc)
+        text = reply_text(model, prompt)
+        msg_id = _id("msg_dev", doc)
+        tokens = max(1, len(prompt) // 4)
+        gz = self._compress(request, prompt)
+        if doc.get("stream"):
+            frames = anthropic_events(model, text, msg_id, tokens)
+            return await self._send(
+                request, {"content-type": "text/event-stream", "cache-control": "no-cache"}, frames, gz
+            )
+        body = json.dumps(anthropic_message(model, text, msg_id, tokens)).encode()
+        return self._json(body, gz)
+
+    async def openai(self, request: web.Request) -> web.StreamResponse:
+        doc = await self._read(request, "openai")
+        if isinstance(doc, web.Response):
+            return doc
+        model = str(doc.get("model") or "dev-model")
+        prompt = last_user_text("openai", doc)
+        text = reply_text(model, prompt)
+        cid = _id("chatcmpl-dev", doc)
+        created = int(time.time())
+        tokens = max(1, len(prompt) // 4)
+        gz = self._compress(request, prompt)
+        if doc.get("stream"):
+            usage = bool((doc.get("stream_options") or {}).get("include_usage"))
+            frames = openai_events(model, text, cid, created, tokens, usage)
+            return await self._send(
+                request, {"content-type": "text/event-stream", "cache-control": "no-cache"}, frames, gz
+            )
+        return self._json(json.dumps(openai_completion(model, text, cid, created, tokens)).encode(), gz)
+
+    @staticmethod
+    def _json(body: bytes, gz: bool) -> web.Response:
+        headers = {"content-type": "application/json"}
+        if gz:
+            body = gzip.compress(body)
+            headers["content-encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": "dev-model", "object": "model", "created": 0, "owned_by": "dev-upstream"}],
+            }
+        )
+
+    async def recorded(self, request: web.Request) -> web.Response:
+        return web.json_response(list(self.requests))
+
+    async def forget(self, request: web.Request) -> web.Response:
+        self.requests.clear()
+        return web.Response(status=204)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.dev_upstream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--listen",
+        default=os.environ.get("DEV_UPSTREAM_LISTEN", "127.0.0.1:0"),
+        help="HOST:PORT to listen on; port 0 picks a free one [env: DEV_UPSTREAM_LISTEN] (default: 127.0.0.1:0)",
+    )
+    parser.add_argument(
+        "--gzip",
+        action="store_true",
+        default=os.environ.get("DEV_UPSTREAM_GZIP", "").lower() in ("1", "true", "yes"),
+        help="gzip every response whatever the request asked for [env: DEV_UPSTREAM_GZIP]",
+    )
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=float(os.environ.get("DEV_UPSTREAM_DELAY_MS", "0")),
+        help="pause before each streamed event, in milliseconds [env: DEV_UPSTREAM_DELAY_MS] (default: 0)",
+    )
+    ns = parser.parse_args(argv)
+    host, _, port = ns.listen.rpartition(":")
+    if not host or not port.isdigit():
+        parser.error(f"--listen must be HOST:PORT, not {ns.listen!r}")
+    upstream = DevUpstream(gzip_all=ns.gzip, delay_s=ns.delay_ms / 1000)
+
+    async def serve() -> None:
+        runner = web.AppRunner(upstream.app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, int(port))
+        await site.start()
+        bound = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
+        print(f"dev-upstream listening on {bound[0]}:{bound[1]} (development stand-in, not a model)", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
