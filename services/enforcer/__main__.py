@@ -11,6 +11,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge
 
+from services.common.callers import ANY_CALLER, CallerTenants
 from services.common.clients import BreakerState, CircuitBreaker
 from services.common.errors import ConfigError
 from services.common.kafka import KafkaPublisher, ProducerConfig, PublisherMetrics
@@ -105,6 +106,15 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
         timeout_s=settings.retro_deadline_seconds,
         workers=settings.retro_workers,
     )
+    callers = None
+    if settings.caller_tenants_file:
+        callers = ReloadingConfig(
+            Path(settings.caller_tenants_file),
+            CallerTenants.load,
+            poll_seconds=settings.policy_poll_seconds,
+            describe=lambda c: {"callers": len(c.bindings)},
+        )
+        callers.load_initial()
     screener = Screener(
         region=settings.region,
         policies=policies,
@@ -123,6 +133,7 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
         enforcement=state,
         throttle_domain=settings.throttle_domain,
         retro=retro,
+        callers=(lambda: callers.current) if callers else (lambda: ANY_CALLER),
     )
     tokens = None
     if settings.admin_tokens:
@@ -174,11 +185,13 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
             start_retro,
             policies.start,
             *([tokens.start] if tokens else []),
+            *([callers.start] if callers else []),
             state.start,
         ],
         on_stop=[
             policies.stop,
             *([tokens.stop] if tokens else []),
+            *([callers.stop] if callers else []),
             state.stop,
             sink.close,
             stop_retro,

@@ -53,6 +53,7 @@ from google.rpc import code_pb2, status_pb2
 from safeguards.v1 import signals_pb2
 
 from services.common.errors import ServiceError
+from services.common.tls import CallerIdentity, caller_identity
 from services.enforcer.bodies import (
     HTTP_STATUS_OF,
     ChatBody,
@@ -187,9 +188,11 @@ class AuthzServicer(ea_grpc.AuthorizationServicer):
         self._config = config or AuthzConfig()
 
     async def Check(self, request: ea.CheckRequest, context: grpc.aio.ServicerContext) -> ea.CheckResponse:
-        return await self.check(http_view(request), context.time_remaining())
+        return await self.check(http_view(request), context.time_remaining(), caller_identity(context))
 
-    async def check(self, http: HttpView, caller_remaining_s: float | None) -> ea.CheckResponse:
+    async def check(
+        self, http: HttpView, caller_remaining_s: float | None, caller: CallerIdentity | None = None
+    ) -> ea.CheckResponse:
         cfg = self._config
         path_flavor = flavor_from_path(http.path)
         if http.method != "POST":
@@ -222,6 +225,7 @@ class AuthzServicer(ea_grpc.AuthorizationServicer):
                     messages=chat.messages,
                     estimated_tokens=estimated_tokens(chat),
                     surface=signals_pb2.SURFACE_EXT_AUTHZ,
+                    caller=caller or CallerIdentity(),
                 ),
                 caller_remaining_s,
             )

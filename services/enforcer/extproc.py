@@ -48,6 +48,7 @@ from envoy.type.v3 import http_status_pb2
 from safeguards.v1 import signals_pb2
 
 from services.common.errors import InvalidArgument, ServiceError
+from services.common.tls import CallerIdentity, caller_identity
 from services.enforcer.authz import ACTION_HEADER, DECISION_HEADER, REDACT_HEADER
 from services.enforcer.bodies import (
     ANTHROPIC,
@@ -239,7 +240,10 @@ class HttpExchange:
     """The state of one ext_proc stream: what the request said, and the completion
     session of its response. `handle` answers each ProcessingRequest exactly once."""
 
-    def __init__(self, screener: Screener, config: ExtProcConfig, caller_remaining=None) -> None:
+    def __init__(
+        self, screener: Screener, config: ExtProcConfig, caller_remaining=None, caller: CallerIdentity | None = None
+    ) -> None:
+        self._caller = caller or CallerIdentity()
         self._screener = screener
         self._config = config
         self._remaining = caller_remaining
@@ -325,8 +329,10 @@ class HttpExchange:
         if self._config.after_authz:
             # ext_authz earlier in the chain screened (and counted) this prompt and set
             # its decision id on the request; screen only the completion here.
-            if not identity.tenant:
-                return self._error(400, "tenant is required")
+            try:
+                self._screener.admit(identity, self._caller)
+            except ServiceError as exc:
+                return self._error(HTTP_STATUS_OF.get(exc.code, 500), exc.message)
             self.chat = chat
             self._identity = identity
             self._prompt_id = h.get(DECISION_HEADER, "")[:64]
@@ -345,6 +351,7 @@ class HttpExchange:
                     messages=chat.messages,
                     estimated_tokens=estimated_tokens(chat),
                     surface=signals_pb2.SURFACE_EXT_PROC_REQUEST,
+                    caller=self._caller,
                 ),
                 self._remaining() if self._remaining else None,
             )
@@ -397,6 +404,7 @@ class HttpExchange:
                 prompt_decision_id=self._prompt_id,
                 max_bytes=self._config.max_completion_bytes,
                 caller_remaining=self._remaining,
+                caller=self._caller,
             )
             if self._sse:
                 self._format = stream_format(self.chat.flavor)
@@ -543,7 +551,7 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):
         self._config = config
 
     async def Process(self, request_iterator, context: grpc.aio.ServicerContext):
-        exchange = HttpExchange(self._screener, self._config, context.time_remaining)
+        exchange = HttpExchange(self._screener, self._config, context.time_remaining, caller_identity(context))
         try:
             async for req in request_iterator:
                 yield await exchange.handle(req)

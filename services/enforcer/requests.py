@@ -4,9 +4,10 @@ knows a protocol."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.tls import CallerIdentity
 from services.enforcer.decision import Outcome
 from services.enforcer.detectors import Redactor
 
@@ -31,6 +32,9 @@ class PromptRequest:
     messages: tuple[tuple[str, str], ...]  # (role, content)
     estimated_tokens: int = 0
     surface: int = 1  # signals_pb2.Surface
+    #: Who sent it, as the transport proved (mTLS SANs): checked against the tenants that
+    #: caller may speak for (services/common/callers.py).
+    caller: CallerIdentity = field(default_factory=CallerIdentity)
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,13 @@ import uuid
 from collections.abc import Callable
 from typing import Protocol
 
+from services.common.callers import ANY_CALLER, CallerTenants
 from services.common.clients import Budget
 from services.common.errors import InvalidArgument
 from services.common.kafka import Publisher
 from services.common.privacy import RegionalKey
 from services.common.reloader import ReloadingConfig
+from services.common.tls import CallerIdentity
 from services.enforcer.decision import ClassifierOutcome, EnforcementVerdict, Outcome, Reason, decide
 from services.enforcer.detectors import run_tier0
 from services.enforcer.policy import Action, FailMode, Policy, PolicySet, RateLimitRule
@@ -91,8 +93,10 @@ class Screener:
         enforcement: EnforcementView | None = None,
         throttle_domain: str = "",
         retro: RetroScreener | None = None,
+        callers: Callable[[], CallerTenants] = lambda: ANY_CALLER,
     ) -> None:
         self.region = region
+        self.callers = callers  # the current caller -> tenants binding
         self.policies = policies
         self.key = key
         self.ratelimit = ratelimit
@@ -116,10 +120,11 @@ class Screener:
         prompt_decision_id: str = "",
         max_bytes: int = 0,
         caller_remaining: Callable[[], float | None] | None = None,
+        caller: CallerIdentity | None = None,
     ) -> CompletionSession:
         """A session screening one streamed completion (services/enforcer/streaming.py):
         the tenant's policy as of now, the account pseudonymised once."""
-        check_identity(identity, self.region)
+        self.admit(identity, caller or CallerIdentity())
         return CompletionSession(
             self.scorer,
             self.recorder,
@@ -133,8 +138,15 @@ class Screener:
             caller_remaining=caller_remaining,
         )
 
+    def admit(self, identity: Identity, caller: CallerIdentity) -> None:
+        """Refuse an identity no gateway sends, for another region, or naming a tenant
+        its caller may not speak for (INVALID_ARGUMENT, FAILED_PRECONDITION,
+        PERMISSION_DENIED)."""
+        check_identity(identity, self.region)
+        self.callers().check(caller, identity.tenant)
+
     def _validate(self, req: PromptRequest) -> str:
-        check_identity(req.identity, self.region)
+        self.admit(req.identity, req.caller)
         if not req.messages:
             raise InvalidArgument("messages must not be empty")
         if len(req.messages) > self.limits.max_messages:

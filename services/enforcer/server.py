@@ -11,6 +11,7 @@ from safeguards.v1 import safeguards_pb2, safeguards_pb2_grpc, signals_pb2
 
 from services.common.errors import InvalidArgument
 from services.common.server import ServiceBinding
+from services.common.tls import caller_identity
 from services.enforcer.authz import AuthzConfig, AuthzServicer, authz_binding_parts
 from services.enforcer.bodies import IdentityHeaders
 from services.enforcer.extproc import ExtProcConfig, ExtProcServicer
@@ -71,6 +72,7 @@ class SafeguardsServicer(safeguards_pb2_grpc.SafeguardsServiceServicer):
                 messages=tuple((m.role, m.content) for m in request.messages),
                 estimated_tokens=request.estimated_tokens,
                 surface=signals_pb2.SURFACE_SCREEN_PROMPT,
+                caller=caller_identity(context),
             ),
             context.time_remaining(),
         )
@@ -92,6 +94,7 @@ class SafeguardsServicer(safeguards_pb2_grpc.SafeguardsServiceServicer):
                         prompt_decision_id=request.start.prompt_decision_id,
                         max_bytes=self._max_completion_bytes,
                         caller_remaining=context.time_remaining,
+                        caller=caller_identity(context),
                     )
                     continue
                 if kind != "chunk":

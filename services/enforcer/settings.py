@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -95,6 +95,11 @@ class EnforcerSettings(ServiceSettings):
         "empty: the EnforcementAdminService refuses every call (FAILED_PRECONDITION)",
     )
     admin_tokens_poll_seconds: float = Field(2.0, gt=0, description="how often the admin tokens file is checked")
+    caller_tenants_file: str = Field(
+        "",
+        description="YAML file of caller certificate SAN -> the tenants that caller may name (\"*\": any), "
+        "checked on every API (reloaded on change; needs mutual TLS); empty: any caller may name any tenant",
+    )
     admin_kafka_timeout_seconds: float = Field(
         10.0, gt=0, description="how long IssueAction/RevokeAction wait for the broker's ack before UNAVAILABLE"
     )
@@ -138,3 +143,11 @@ class EnforcerSettings(ServiceSettings):
         "ext_proc then screens only completions (prompt decision id from x-safeguards-decision-id); "
         "never set without ext_authz in front",
     )
+
+    @model_validator(mode="after")
+    def _callers_need_mutual_tls(self) -> EnforcerSettings:
+        if self.caller_tenants_file and not self.tls_client_ca_file:
+            raise ValueError(
+                "--caller-tenants-file needs mutual TLS (--tls-client-ca-file): callers are known by their certificates"
+            )
+        return self
