@@ -11,6 +11,10 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge
 
+from services.actions.admin import ActionAdmin
+from services.actions.consumer import ActionsConsumer
+from services.actions.projection import ActionMetrics, ActionTable
+from services.actions.sink import KafkaActionSink
 from services.common.callers import ANY_CALLER, CallerTenants
 from services.common.clients import BreakerState, CircuitBreaker
 from services.common.errors import ConfigError
@@ -27,7 +31,7 @@ from services.enforcer.retro import RetroScreener, RetroStats
 from services.enforcer.screening import Screener
 from services.enforcer.server import bindings
 from services.enforcer.settings import EnforcerSettings
-from services.enforcer.state import EnforcementState, StateMetrics
+from services.enforcer.state import ActionLookups
 from services.enforcer.stats import ScreenStats
 from services.enforcer.upstream import ClassifierCaller, RateLimitCaller
 
@@ -38,6 +42,9 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
     if not settings.hmac_key_file:
         raise ConfigError("--hmac-key-file is required: the region's key for account pseudonyms")
     key = RegionalKey.from_file(settings.region, settings.hmac_key_file)
+    action_keys = settings.action_key_ring()
+    kafka_security = settings.kafka_security()
+    kafka_security.client_kwargs()  # a missing CA, certificate or password file fails the start
     policies = ReloadingConfig(
         Path(settings.policy),
         policy.load,
@@ -83,15 +90,21 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
             bootstrap=settings.kafka_bootstrap,
             client_id=f"enforcer-{settings.region}",
             idempotence=settings.kafka_idempotence,
+            security=kafka_security,
         ),
         Spool(Path(settings.spool_dir) / f"signals-{settings.region}.db", settings.spool_max_bytes),
         PublisherMetrics(registry),
     )
-    state = EnforcementState(
-        settings.region,
-        StateMetrics(registry),
+    table = ActionTable(settings.region, ActionMetrics(registry))
+    actions = ActionsConsumer(
+        table,
+        keys=action_keys,
         bootstrap=settings.kafka_bootstrap,
+        security=kafka_security,
+        client_id=f"enforcer-actions-{settings.region}",
         catchup_timeout_s=settings.actions_catchup_timeout_seconds,
+        wait_for_catchup=settings.actions_wait_for_catchup,
+        snapshot_path=Path(settings.actions_snapshot_file) if settings.actions_snapshot_file else None,
     )
     classifier = ClassifierCaller(classifier_channel, breaker("classifier"), settings.classifier_max_chars)
     retro = RetroScreener(
@@ -130,7 +143,7 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
             snippet_chars=settings.snippet_chars,
             tier0_inline_chars=settings.tier0_inline_chars,
         ),
-        enforcement=state,
+        enforcement=ActionLookups(table),
         throttle_domain=settings.throttle_domain,
         retro=retro,
         callers=(lambda: callers.current) if callers else (lambda: ANY_CALLER),
@@ -144,15 +157,16 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
             describe=lambda t: {"tokens": len(t)},
         )
         tokens.load_initial()
-    sink = admin.KafkaActionSink(
+    sink = KafkaActionSink(
         settings.kafka_bootstrap,
+        keys=action_keys,
         idempotence=settings.kafka_idempotence,
         timeout_s=settings.admin_kafka_timeout_seconds,
         client_id=f"enforcer-admin-{settings.region}",
+        security=kafka_security,
     )
-    enforcement_admin = admin.EnforcementAdmin(
-        region=settings.region, key=key, state=state, sink=sink, publisher=publisher, tokens=tokens
-    )
+    # The enforcer's admin API leaves its state to the consumer, like every other replica's.
+    enforcement_admin = ActionAdmin(region=settings.region, key=key, table=table, sink=sink, publisher=publisher)
 
     async def connect_upstreams() -> None:
         # Connect before serving, so the first decisions do not pay TCP + HTTP/2 set-up
@@ -178,7 +192,7 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
         screener.close()
 
     return App(
-        bindings=[*bindings(screener, settings), admin.admin_binding(enforcement_admin)],
+        bindings=[*bindings(screener, settings), admin.admin_binding(enforcement_admin, admin.TokenAuth(tokens))],
         on_start=[
             connect_upstreams,
             publisher.start,
@@ -186,13 +200,13 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
             policies.start,
             *([tokens.start] if tokens else []),
             *([callers.start] if callers else []),
-            state.start,
+            actions.start,
         ],
         on_stop=[
             policies.stop,
             *([tokens.stop] if tokens else []),
             *([callers.stop] if callers else []),
-            state.stop,
+            actions.stop,
             sink.close,
             stop_retro,
             close_channels,

@@ -7,12 +7,14 @@ from typing import ClassVar
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.actions.settings import ActionKeySettings
+from services.common.kafka import KafkaSettings
 from services.common.settings import ServiceSettings
 
 DEFAULT_PORT = 50051
 
 
-class EnforcerSettings(ServiceSettings):
+class EnforcerSettings(ServiceSettings, KafkaSettings, ActionKeySettings):
     model_config = SettingsConfigDict(env_prefix="ENFORCER_")
     service_name: ClassVar[str] = "enforcer"
 
@@ -107,7 +109,18 @@ class EnforcerSettings(ServiceSettings):
         30.0,
         ge=0,
         description="at start, how long to read the actions topic up to its end before reporting SERVING "
-        "anyway (logged warning)",
+        "anyway (logged warning), with the local snapshot's state when there is one",
+    )
+    actions_wait_for_catchup: bool = Field(
+        False,
+        description="at start, do not serve (health stays NOT_SERVING) until the actions topic was read to its "
+        "end, however long a Kafka outage lasts",
+    )
+    actions_snapshot_file: str = Field(
+        "",
+        description="local file the applied enforcement state is kept in (signed with the action key, written "
+        "atomically) and restored from at start, so a restart during a Kafka outage keeps suspensions and "
+        "kill switches; empty: none",
     )
     throttle_domain: str = Field(
         "llm",
