@@ -12,13 +12,15 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from services.actions.admin import ActionAdmin
+from services.actions.consumer import ActionsConsumer
+from services.actions.projection import ActionMetrics, ActionTable
+from services.actions.sink import KafkaActionSink
 from services.common.kafka import KafkaPublisher, ProducerConfig, PublisherMetrics
 from services.common.privacy import RegionalKey
 from services.common.reloader import ReloadingConfig
 from services.common.server import App, run
 from services.common.spool import Spool
-from services.enforcer.admin import EnforcementAdmin, KafkaActionSink
-from services.enforcer.state import EnforcementState, StateMetrics
 from services.monitor.aggregates import AggregateMetrics, AggregateRefresher
 from services.monitor.alerts import AlertEvaluator, AlertMetrics, list_alerts
 from services.monitor.console.app import Console
@@ -56,8 +58,13 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
     rules_config_ = rules_config(settings.rules, rule_metrics, settings.rules_poll_seconds) if settings.rules else None
     if rules_config_ is not None:
         rules_config_.load_initial()  # a broken rules file at start is fatal
+    action_keys = settings.action_key_ring()
+    kafka_security = settings.kafka_security()
+    kafka_security.client_kwargs()  # a missing CA, certificate or password file fails the start
     sink = KafkaActionSink(
         settings.kafka_bootstrap,
+        keys=action_keys,
+        security=kafka_security,
         idempotence=settings.kafka_idempotence,
         timeout_s=settings.actions_timeout_seconds,
         client_id=f"monitor-actions-{settings.region}",
@@ -82,6 +89,7 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
         max_records=settings.batch_max_records,
         wait_ms=settings.batch_wait_ms,
         rules=engine,
+        security=kafka_security,
     )
     refresher = AggregateRefresher(
         store,
@@ -100,6 +108,7 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
             bootstrap=settings.kafka_bootstrap,
             client_id=f"monitor-{settings.region}",
             idempotence=settings.kafka_idempotence,
+            security=kafka_security,
         ),
         Spool(Path(settings.spool_dir) / f"rollup-{settings.region}.db", settings.spool_max_bytes),
         PublisherMetrics(registry),
@@ -131,24 +140,27 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
         keep_s=settings.bucket_retention_hours * HOUR,
     )
     # The operators' domain: this region's enforcement state (read from the actions
-    # topic like an enforcer replica, its records kept as history) and the enforcer's
-    # own admin logic to issue and revoke actions, audited to the signals topic.
+    # topic like an enforcer replica, its records kept as history) and the shared
+    # admin domain (services.actions) to issue and revoke actions, audited to the signals topic.
     key = RegionalKey.from_file(settings.region, settings.hmac_key_file) if settings.hmac_key_file else None
     history = ActionHistory(store.pool, settings.region)
-    state = EnforcementState(
-        settings.region,
-        StateMetrics(registry, prefix="safeguards_monitor"),
+    state = ActionTable(settings.region, ActionMetrics(registry, prefix="safeguards_monitor"))
+    actions = ActionsConsumer(
+        state,
+        keys=action_keys,
         bootstrap=settings.kafka_bootstrap,
+        security=kafka_security,
+        client_id=f"monitor-actions-{settings.region}",
         observer=history.observe,
     )
-    admin = EnforcementAdmin(
-        region=settings.region, key=key, state=state, sink=sink, publisher=publisher, tokens=None, apply_locally=True
+    admin = ActionAdmin(
+        region=settings.region, key=key, table=state, sink=sink, publisher=publisher, apply_locally=True
     )
     operations = Operations(store=store, state=state, admin=admin, key=key, alerts=list_alerts)
     on_start = [
         publisher.start,
         history.start,
-        state.start,
+        actions.start,
         engine.start,
         consumer.start,
         refresher.start,
@@ -160,7 +172,7 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
         consumer.stop,
         alerts.stop,
         engine.stop,
-        state.stop,
+        actions.stop,
         history.stop,
         rollup.stop,
         purger.stop,

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from safeguards.v1 import signals_pb2
 
 from services.common.errors import InvalidArgument
+from services.common.kafka import KafkaSecurity
 from services.common.metrics import BoundedLabels
 from services.common.topics import signals_topic
 from services.monitor.decisions import VERDICTS, Decision, decision_from_signal, is_audit
@@ -90,8 +91,10 @@ class SignalConsumer:
         max_records: int = 500,
         wait_ms: int = 200,
         rules: RuleEngine | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.security = security or KafkaSecurity()
         self.region = region
         self.group_id = group_id
         self.store = store
@@ -224,6 +227,7 @@ class SignalConsumer:
             client_id=f"monitor-{self.region}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **self.security.client_kwargs(),
         )
         await self._consumer.start()
         self._task = asyncio.create_task(self._run(), name="signal-consumer")

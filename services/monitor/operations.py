@@ -7,8 +7,8 @@ domain, free of HTTP (the web layer in `services.monitor.console` only renders i
   actions in force / action history, the actions in force, blocks and block rates
   per minute, alerts, the audit log. The overview and decision reads are audited.
 - Writes: a case's review verdict; issuing and revoking enforcement actions, automated
-  ones included ("reverse"). Actions go through the enforcer's own admin domain
-  (`services.enforcer.admin.EnforcementAdmin`): the same validation, the same
+  ones included ("reverse"). Actions go through the shared admin domain
+  (`services.actions.admin.ActionAdmin`, the enforcer's admin API's too): the same validation, the same
   acks=all produce to `safeguards.actions.<region>` (an unreachable Kafka answers
   Unavailable and nothing changes) and the same SURFACE_ADMIN audit signal.
 - Every write, allowed or refused, is also kept in the in-region `monitor_audit`
@@ -20,7 +20,7 @@ viewer reads; reviewer also reviews cases and suspends / unsuspends / throttles
 accounts; admin also kill switches and force-blocks categories.
 
 Action history comes from the actions topic itself: the monitor's replica of the
-enforcement state (`EnforcementState`) reports every record it applies, and
+enforcement state (`services.actions.consumer`) reports every record it applies, and
 `ActionHistory` appends them to `monitor_action_history`, idempotent by partition,
 offset and record digest, so re-reading the topic at each start adds nothing.
 """
@@ -36,13 +36,14 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 import asyncpg
-from google.protobuf import duration_pb2
 from safeguards.v1 import enforcement_pb2, safeguards_pb2
 
+from services.actions.admin import MAX_REASON, ActionAdmin, Caller, IssueRequest, Role
+from services.actions.consumer import ObservedRecord
+from services.actions.keys import parse_key
+from services.actions.projection import ActionTable
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.common.privacy import RegionalKey, is_pseudonym
-from services.enforcer.admin import MAX_REASON, Caller, EnforcementAdmin, Role
-from services.enforcer.state import EnforcementState, ObservedRecord, parse_key
 from services.monitor.alerts import AlertRow
 from services.monitor.decisions import MAX_ID_CHARS
 from services.monitor.overview import MinuteTotals
@@ -299,8 +300,8 @@ class Operations:
         self,
         *,
         store: Store,
-        state: EnforcementState,
-        admin: EnforcementAdmin,
+        state: ActionTable,
+        admin: ActionAdmin,
         key: RegionalKey | None,
         alerts: Callable[..., Awaitable[list[AlertRow]]] | None = None,
     ) -> None:
@@ -538,19 +539,18 @@ class Operations:
                 await self.store.get_case(case_id)  # exists, in this region
             if account and account_hmac:
                 raise InvalidArgument("give the account or its pseudonym, not both")
-            req = enforcement_pb2.IssueActionRequest(
+            req = IssueRequest(
                 kind=code,
                 tenant=tenant,
+                account_hmac=self.pseudonym(tenant, account) if account else account_hmac,
                 model=model,
                 category=category,
                 reason=reason,
+                ttl_s=float(int(ttl_seconds)),
                 requests_per_minute=requests_per_minute,
-                evidence=list(evidence),
+                evidence=tuple(evidence),
             )
-            if ttl_seconds:
-                req.ttl.CopyFrom(duration_pb2.Duration(seconds=int(ttl_seconds)))
-            pseudonym = self.pseudonym(tenant, account) if account else account_hmac
-            action = await self.admin.issue(self._caller(op), req, account_hmac=pseudonym)
+            action = await self.admin.issue(self._caller(op), req)
             if case_id:
                 await self.store.set_case_status(case_id, CASE_ACTIONED)
             return ActionView.of(action)
@@ -564,8 +564,7 @@ class Operations:
             if live is None:
                 raise NotFound(f"no action {action_id[:64]!r} in force in region {self.region}")
             self._check(op, ConsoleRole.REVIEWER if live.action.kind in ACCOUNT_KINDS else ConsoleRole.ADMIN)
-            req = enforcement_pb2.RevokeActionRequest(action_id=action_id, reason=reason)
-            await self.admin.revoke(self._caller(op), req)
+            await self.admin.revoke(self._caller(op), action_id, reason)
 
         await self._audited(op, "action.revoke", action_id, reason, run)
 

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import asyncpg
 import yaml
@@ -51,10 +51,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from safeguards.v1 import enforcement_pb2
 
+from services.actions.keys import action_key
+from services.actions.sink import ActionSink
 from services.common.errors import ConfigError
 from services.common.reloader import ReloadingConfig, yaml_files
 from services.common.topics import actions_topic
-from services.enforcer.state import action_key
 from services.monitor.decisions import ACTIONS, Decision
 from services.monitor.outbox import Outbox
 from services.monitor.store import utc
@@ -231,17 +232,6 @@ def _ts(seconds: float) -> timestamp_pb2.Timestamp:
     t = timestamp_pb2.Timestamp()
     t.FromNanoseconds(int(seconds * 1e9))
     return t
-
-
-class ActionSink(Protocol):
-    """What `flush()` (and the alerts' outbox) produce with: `send(topic, key, value)`
-    waits for the ack or raises (`services.enforcer.admin.KafkaActionSink`, acks=all)."""
-
-    async def send(
-        self, topic: str, key: bytes, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
-    ) -> None: ...  # pragma: no cover
-
-    async def close(self) -> None: ...  # pragma: no cover
 
 
 class RuleEngine:

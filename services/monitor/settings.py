@@ -7,12 +7,14 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from services.actions.settings import ActionKeySettings
+from services.common.kafka import KafkaSettings
 from services.common.settings import ServiceSettings, split_host_port
 
 DEFAULT_PORT = 50054
 
 
-class MonitorSettings(ServiceSettings):
+class MonitorSettings(ServiceSettings, KafkaSettings, ActionKeySettings):
     model_config = SettingsConfigDict(env_prefix="MONITOR_")
     service_name: ClassVar[str] = "monitor"
 

@@ -34,9 +34,10 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 from safeguards.v1 import alerts_pb2
 
+from services.actions.records import KeyRing
+from services.actions.sink import KafkaActionSink
 from services.common.errors import InvalidArgument
 from services.common.topics import alerts_topic, signals_topic
-from services.enforcer.admin import KafkaActionSink
 from services.monitor.alerts import AlertEvaluator, AlertMetrics, list_alerts
 from services.monitor.consumer import ConsumerMetrics, SignalConsumer
 from services.monitor.decisions import decision_from_signal
@@ -130,7 +131,9 @@ async def replica(kafka: EmbeddedKafka, db_url: str, region: str, *, webhook=Non
     store = Store(db_url, region, Retention(3600, 3600, 3600))
     await store.start(create=False)
     registry = CollectorRegistry()
-    sink = KafkaActionSink(kafka.bootstrap, idempotence=False, timeout_s=5, client_id=f"alerts-{region}")
+    sink = KafkaActionSink(
+        kafka.bootstrap, keys=KeyRing.insecure_dev(), idempotence=False, timeout_s=5, client_id=f"alerts-{region}"
+    )
     evaluator = AlertEvaluator(
         pool=store.pool,
         region=region,
@@ -465,7 +468,7 @@ async def _kafka_outage(kafka: EmbeddedKafka, db_url: str) -> None:
             live_sink = evaluator.sink
             # Nothing listens at this bootstrap address: every produce fails (Unavailable).
             evaluator.sink = KafkaActionSink(
-                f"127.0.0.1:{free_port()}", idempotence=False, timeout_s=2, client_id="alerts-down"
+                f"127.0.0.1:{free_port()}", keys=None, idempotence=False, timeout_s=2, client_id="alerts-down"
             )
             await calm_then_spike(store, region, f"kdown-{RUN}")
             [alert] = await evaluator.evaluate(NOW)

@@ -24,7 +24,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from safeguards.v1 import classifier_pb2, enforcement_pb2, safeguards_pb2, signals_pb2
 
-from services.enforcer.admin import KafkaActionSink
+from services.actions.records import KeyRing
+from services.actions.sink import KafkaActionSink
 from services.monitor.decisions import NO_VERDICT, PARTIAL, decision_from_signal
 from services.monitor.rules import RuleEngine, RuleMetrics, RuleSet, parse_rules
 from services.monitor.store import Retention, Store, minute_of, utc
@@ -200,7 +201,9 @@ async def _engine(db_url: str, kafka: EmbeddedKafka, region: str, rules: str, ca
     store = Store(db_url, region, Retention(HOUR, HOUR, HOUR))
     await store.start(create=False)
     registry = CollectorRegistry()
-    sink = KafkaActionSink(kafka.bootstrap, idempotence=False, timeout_s=5, client_id="retro-rule-test")
+    sink = KafkaActionSink(
+        kafka.bootstrap, keys=KeyRing.insecure_dev(), idempotence=False, timeout_s=5, client_id="retro-rule-test"
+    )
     engine = RuleEngine(
         region=region,
         rules=RuleSet(tuple(parse_rules(rules, "retro.yaml"))),

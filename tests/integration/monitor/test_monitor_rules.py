@@ -21,8 +21,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from safeguards.v1 import enforcement_pb2
 
-from services.enforcer.admin import KafkaActionSink
-from services.enforcer.state import action_key
+from services.actions.keys import action_key
+from services.actions.records import KeyRing
+from services.actions.sink import KafkaActionSink
 from services.monitor.decisions import decision_from_signal
 from services.monitor.rules import RuleEngine, RuleMetrics, RuleSet, parse_rules
 from services.monitor.store import Retention, Store
@@ -217,7 +218,9 @@ async def _outbox(db_url: str) -> None:
         "outbox.yaml",
     )[0]
     assert rule.name == "live-jb" and not rule.dry_run
-    sink = KafkaActionSink(kafka.bootstrap, idempotence=False, timeout_s=1.5, client_id="outbox-test")
+    sink = KafkaActionSink(
+        kafka.bootstrap, keys=KeyRing.insecure_dev(), idempotence=False, timeout_s=1.5, client_id="outbox-test"
+    )
     engine = RuleEngine(
         region=region,
         rules=RuleSet((rule,)),
