@@ -282,6 +282,7 @@ class Mesh:
             "--region", REGION, "--classifier-addr", self.procs["classifier"].address,
             "--ratelimit-addr", self.procs["ratelimit"].address, "--kafka-bootstrap", self.kafka.bootstrap,
             "--policy", str(w / "policies"), "--hmac-key-file", str(w / "hmac.key"), "--spool-dir", str(w / "spool"),
+            "--insecure-dev-action-key",
         ], w).start()  # fmt: skip
         for name, p in self.procs.items():
             log(f"{name} on {p.address}")

@@ -214,7 +214,7 @@ def throughput(args, workdir: Path) -> dict:
                 "--plaintext", "--listen", "127.0.0.1:0", "--metrics-listen", f"127.0.0.1:{mport}",
                 "--region", REGION, "--kafka-bootstrap", kafka.bootstrap,
                 "--database-url", PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{db}", "--spool-dir", str(workdir / "spool"),
-                "--rules", str(REPO / "config" / "monitor-rules" / "default.yaml"),
+                "--rules", str(REPO / "config" / "monitor-rules" / "default.yaml"), "--insecure-dev-action-key",
             ],
         ).start(timeout=60)  # fmt: skip
         pid = monitor.proc.pid
@@ -358,7 +358,8 @@ def trigger_to_block(args, workdir: Path) -> dict:
         with backends(tmp, tmp / "rl", topics_region=region) as b:
             enforcer = b.enforcer(
                 [*b.enforcer_args(region=region, policies=tmp / "policies", key=key),
-                 "--throttle-domain", "benchmon", "--actions-catchup-timeout-seconds", "20"]
+                 "--throttle-domain", "benchmon", "--actions-catchup-timeout-seconds", "20",
+                 "--insecure-dev-action-key"]
             )  # fmt: skip
             monitor = ServiceProcess(
                 "services.monitor",
@@ -368,6 +369,7 @@ def trigger_to_block(args, workdir: Path) -> dict:
                     "--database-url", PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{db}",
                     "--spool-dir", str(tmp / "monitor-spool"), "--rules", str(tmp / "rules"),
                     "--max-automated-actions-per-tenant-per-hour", "1000", "--drain-grace-seconds", "2",
+                    "--insecure-dev-action-key",
                 ],
             ).start(timeout=60)  # fmt: skip
             b.procs.append(monitor)

@@ -100,6 +100,8 @@ def mesh_services(
                 "ENFORCER_HMAC_KEY_FILE": str(hmac_key_file(region)),
                 "ENFORCER_SPOOL_DIR": str(ROOT / ".cache" / "spool"),
                 "ENFORCER_ADMIN_TOKENS": str(DEV_ADMIN_TOKENS),
+                # Local runs only: actions signed with the public development key.
+                "ENFORCER_INSECURE_DEV_ACTION_KEY": "true",
             },
         ),
         # Last: it only reads what the others write. Skipped when there is no PostgreSQL.
@@ -115,6 +117,7 @@ def mesh_services(
                 "MONITOR_RULES": str(ROOT / "config" / "monitor-rules"),
                 "MONITOR_HMAC_KEY_FILE": str(hmac_key_file(region)),
                 "MONITOR_CONSOLE_USERS": str(DEV_CONSOLE_USERS),
+                "MONITOR_INSECURE_DEV_ACTION_KEY": "true",
             },
         ),
     ]

@@ -2,11 +2,16 @@
 models), Tansu, and TWO enforcer replicas. Actions issued through the admin API of
 replica 1 must apply on both replicas within seconds (each reads the compacted
 actions topic from the start, with no consumer group); a replica started later
-applies them before it serves; Kafka outages keep the last state."""
+applies them before it serves; Kafka outages keep the last state. Records on the
+actions topic are signed with the region's key ring: forged, unsigned, tampered or
+replayed ones produced straight to the broker are refused, counted, never applied;
+a replica restarted during a Kafka outage keeps its state from its local snapshot."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import time
 import urllib.request
 import uuid
@@ -14,12 +19,15 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from google.protobuf import duration_pb2
 from safeguards.v1 import enforcement_pb2 as epb
 from safeguards.v1 import enforcement_pb2_grpc, safeguards_pb2_grpc, signals_pb2
 from safeguards.v1 import safeguards_pb2 as pb
 
+from services.actions.keys import action_key
+from services.actions.records import KeyRing, sign
+from services.common.privacy import RegionalKey
 from tests.e2e.meshes import backends
 from tests.support import ROOT, EmbeddedKafka, ServiceProcess, free_port
 from tools.run_mesh import create_topics
@@ -64,6 +72,9 @@ def mesh(tmp_path_factory):
     (tmp / "rl" / "e2e.yaml").write_text(RATELIMIT)
     key = tmp / "hmac.key"
     key.write_bytes(b"e2e-actions-key-" + b"y" * 40)
+    # The region's action key ring: "old" still verifies, "new" signs (a rotation under way).
+    ring_text = ",".join(f"{kid}:{base64.b64encode(os.urandom(32)).decode()}" for kid in ("new", "old"))
+    (tmp / "action.keys").write_text(ring_text + "\n")
     with backends(tmp, tmp / "rl", topics_region=REGION) as b:
 
         def enforcer_args(n: int, metrics: str = "") -> list[str]:
@@ -73,10 +84,20 @@ def mesh(tmp_path_factory):
                 "--admin-kafka-timeout-seconds", "3",
                 "--throttle-domain", "e2e",
                 "--actions-catchup-timeout-seconds", "20",
+                "--action-keys-file", str(tmp / "action.keys"),
             ]  # fmt: skip
 
-        replicas = [b.enforcer(enforcer_args(n)) for n in (1, 2)]
-        yield {"replicas": replicas, "kafka": b.kafka, "enforcer_args": enforcer_args}
+        metrics_port = free_port()
+        replicas = [b.enforcer(enforcer_args(1)), b.enforcer(enforcer_args(2, f"127.0.0.1:{metrics_port}"))]
+        yield {
+            "replicas": replicas,
+            "kafka": b.kafka,
+            "enforcer_args": enforcer_args,
+            "ring": KeyRing.parse(ring_text),
+            "pseudonyms": RegionalKey.from_file(REGION, str(key)),
+            "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+            "tmp": tmp,
+        }
 
 
 def screen(
@@ -340,6 +361,100 @@ def test_replica_started_later_applies_existing_actions_before_serving(mesh) -> 
         revoke(r1, killed.action_id)
 
 
+def metric(mesh, line: str) -> float:
+    for row in urllib.request.urlopen(mesh["metrics"], timeout=5).read().decode().splitlines():
+        if row.startswith(line + " "):
+            return float(row.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def suspension(mesh, account: str, action_id: str = "") -> tuple[bytes, bytes]:
+    """A well-formed SUSPEND_ACCOUNT record (key, value) for a raw account of tenant acme."""
+    a = epb.EnforcementAction(
+        action_id=action_id or uuid.uuid4().hex,
+        kind=SUSPEND,
+        target=epb.EnforcementTarget(tenant="acme", account_hmac=mesh["pseudonyms"].account("acme", account)),
+        actor="mallory",
+        reason="forged",
+        region=REGION,
+    )
+    a.issued_at.GetCurrentTime()
+    return action_key(a.kind, a.target).encode(), a.SerializeToString()
+
+
+async def produce_raw(bootstrap: str, records: list[tuple[bytes, bytes | None, list]]) -> None:
+    """Straight to the actions topic, as anyone who reaches the broker could; one
+    partition, so the records are applied in this order."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value, headers in records:
+            await producer.send_and_wait(f"safeguards.actions.{REGION}", value, key=key, headers=headers, partition=0)
+    finally:
+        await producer.stop()
+
+
+def test_forged_records_on_the_topic_are_refused_and_signed_ones_apply(mesh) -> None:
+    r1, r2 = mesh["replicas"]
+    ring: KeyRing = mesh["ring"]
+    topic = f"safeguards.actions.{REGION}"
+    victim, barrier, later = acct(), acct(), acct()
+    key, value = suspension(mesh, victim)
+    good = sign(ring, topic, key, value)
+    _, tampered = suspension(mesh, victim)  # another action id: the signature does not cover it
+    dev = sign(KeyRing.insecure_dev(), topic, key, value)  # the public development key
+    wrong = sign(KeyRing.parse(f"new:{base64.b64encode(os.urandom(32)).decode()}"), topic, key, value)
+    before = {r: metric(mesh, f'enforcer_actions_refused_total{{reason="{r}"}}') for r in
+              ("unsigned", "unknown_key", "bad_signature")}  # fmt: skip
+    bkey, bvalue = suspension(mesh, barrier)
+    asyncio.run(
+        produce_raw(
+            mesh["kafka"].bootstrap,
+            [
+                (key, value, []),  # unsigned
+                (key, value, dev),  # signed with a key not in the ring
+                (key, value, wrong),  # the ring's key id, another key
+                (key, tampered, good),  # a good signature on another value
+                (bkey, bvalue, sign(ring, topic, bkey, bvalue)),  # signed: applies
+            ],
+        )
+    )
+    for r in (r1, r2):
+        eventually(lambda r=r: screen(r, barrier).action == pb.ACTION_BLOCK, what=f"signed record on {r.address}")
+        assert screen(r, victim).action == pb.ACTION_ALLOW, "a forged record was applied"
+    after = {r: metric(mesh, f'enforcer_actions_refused_total{{reason="{r}"}}') for r in before}
+    assert after["unsigned"] - before["unsigned"] == 1
+    assert after["unknown_key"] - before["unknown_key"] == 1
+    assert after["bad_signature"] - before["bad_signature"] == 2
+    # A forged revoke cannot lift the suspension, nor can an old signed revoke replayed.
+    old_revoke = sign(ring, topic, bkey, None, revokes="some-earlier-action")
+    lkey, lvalue = suspension(mesh, later)
+    asyncio.run(
+        produce_raw(
+            mesh["kafka"].bootstrap,
+            [(bkey, None, []), (bkey, None, old_revoke), (lkey, lvalue, sign(ring, topic, lkey, lvalue))],
+        )
+    )
+    eventually(lambda: screen(r2, later).action == pb.ACTION_BLOCK, what="record after the forged revokes")
+    assert screen(r2, barrier).action == pb.ACTION_BLOCK
+    assert metric(mesh, 'enforcer_actions_refused_total{reason="stale_revoke"}') >= 1
+    # Records signed with the retiring key ("old") still apply during a rotation.
+    old_only = KeyRing(tuple(k for k in ring.keys if k[0] == "old"))
+    okey, ovalue = suspension(mesh, victim)
+    asyncio.run(produce_raw(mesh["kafka"].bootstrap, [(okey, ovalue, sign(old_only, topic, okey, ovalue))]))
+    eventually(lambda: screen(r2, victim).action == pb.ACTION_BLOCK, what="record signed with the old key")
+
+    # The admin API's own records (the tests above) carry the signing key's id and a signature.
+    def admin_records(recs) -> list:
+        return [m for m in recs if m.value and epb.EnforcementAction.FromString(m.value).actor.startswith("dev-")]
+
+    records = asyncio.run(_read(mesh["kafka"].bootstrap, topic, lambda recs: len(admin_records(recs)) >= 3))
+    assert len(admin_records(records)) >= 3
+    for m in admin_records(records):
+        headers = dict(m.headers)
+        assert headers["sg-kid"] == b"new" and len(headers["sg-sig"]) == 64
+
+
 def test_kafka_outage_keeps_the_state_and_refuses_new_actions_then_recovers(mesh) -> None:
     """Runs last in this module: it stops and restarts the (memory-only) broker."""
     r1, r2 = mesh["replicas"]
@@ -374,6 +489,52 @@ def test_kafka_outage_keeps_the_state_and_refuses_new_actions_then_recovers(mesh
     try:
         eventually(lambda: screen(r2, after).action == pb.ACTION_BLOCK, timeout=30, what="replica 2 reconnected")
     except AssertionError as exc:
-        state_log = [line for line in r2.logs().splitlines() if "enforcer.state" in line]
+        state_log = [line for line in r2.logs().splitlines() if "actions" in line]
         raise AssertionError("\n".join([str(exc), *state_log[-20:]])) from None
     assert screen(r2, user).action == pb.ACTION_BLOCK
+
+
+def test_restart_during_a_kafka_outage_keeps_suspensions_from_the_snapshot(mesh) -> None:
+    """Issue a suspension, stop the replica, make Kafka unreachable, start it again:
+    the suspension still applies (from its local snapshot); a replica without a
+    snapshot serves without it. Runs last: it stops the broker."""
+    r1, _ = mesh["replicas"]
+    snap = mesh["tmp"] / "snapshots" / "actions.snapshot"
+    args = [*mesh["enforcer_args"](5), "--actions-snapshot-file", str(snap), "--actions-catchup-timeout-seconds", "2"]
+    user = acct()
+    killed = issue(r1, kind=KILL, tenant="frozen-" + uuid.uuid4().hex[:6])
+    replica = ServiceProcess("services.enforcer", args).start(timeout=60)
+    try:
+        issue(r1, kind=SUSPEND, tenant="acme", account=user)
+        eventually(lambda: screen(replica, user).action == pb.ACTION_BLOCK, what="suspension on the replica")
+        eventually(lambda: snap.exists() and len(snap.read_bytes()) > 0, what="snapshot written")
+        time.sleep(1.5)  # the snapshot is rewritten at most every second once the state changed
+    finally:
+        replica.stop()
+    kafka: EmbeddedKafka = mesh["kafka"]
+    kafka.stop()
+    try:
+        restarted = ServiceProcess("services.enforcer", args).start(timeout=60)
+        bare = ServiceProcess(
+            "services.enforcer", [*mesh["enforcer_args"](6), "--actions-catchup-timeout-seconds", "2"]
+        )
+        bare.start(timeout=60)
+        try:
+            assert codes(screen(restarted, user)) == ["enforcement.suspended"]
+            assert codes(screen(restarted, acct(), tenant=killed.target.tenant)) == ["enforcement.kill_switch"]
+            assert screen(restarted, acct()).action == pb.ACTION_ALLOW
+            assert "restored from the local snapshot" in restarted.logs()
+            assert screen(bare, user).action == pb.ACTION_ALLOW  # without a snapshot the state is lost
+        finally:
+            restarted.stop()
+            bare.stop()
+        # A snapshot edited by hand is refused: the replica starts without it.
+        snap.write_bytes(snap.read_bytes().replace(b'"records":[', b'"records":[["x","AA=="],', 1))
+        edited = ServiceProcess("services.enforcer", args).start(timeout=60)
+        try:
+            assert screen(edited, user).action == pb.ACTION_ALLOW
+            assert "actions snapshot refused" in edited.logs()
+        finally:
+            edited.stop()
+    finally:
+        kafka.start()

@@ -23,11 +23,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 from safeguards.v1 import enforcement_pb2, signals_pb2
 
+from services.actions.admin import ActionAdmin
+from services.actions.consumer import ActionsConsumer
+from services.actions.keys import action_key
+from services.actions.projection import ActionMetrics, ActionTable
+from services.actions.records import KeyRing
+from services.actions.sink import KafkaActionSink
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.common.kafka import KafkaPublisher, ProducerConfig, PublisherMetrics
 from services.common.spool import Spool
-from services.enforcer.admin import EnforcementAdmin, KafkaActionSink
-from services.enforcer.state import EnforcementState, StateMetrics, action_key
 from services.monitor.decisions import decision_from_signal
 from services.monitor.operations import ActionHistory, ConsoleRole, Operations, Operator
 from services.monitor.store import CASE_ACTIONED, CASE_DISMISSED, CaseFilter, Retention, Store
@@ -36,6 +40,7 @@ from tests.support import EmbeddedKafka
 from tools.run_mesh import create_topics
 
 REGION = KEY.region
+DEV_KEYS = KeyRing.insecure_dev()
 ACTIONS = f"safeguards.actions.{REGION}"
 SIGNALS = f"safeguards.signals.{REGION}"
 RUN = uuid.uuid4().hex[:6]
@@ -63,25 +68,24 @@ async def operations(env, key=KEY):
     await store.start()
     registry = CollectorRegistry()
     history = ActionHistory(store.pool, REGION, flush_interval_s=0.1)
-    state = EnforcementState(
-        REGION, StateMetrics(registry, prefix="safeguards_monitor"), bootstrap=kafka.bootstrap, observer=history.observe
+    state = ActionTable(REGION, ActionMetrics(registry, prefix="safeguards_monitor"))
+    consumer = ActionsConsumer(
+        state, keys=DEV_KEYS, bootstrap=kafka.bootstrap, client_id="ops-test", observer=history.observe
     )
-    sink = KafkaActionSink(kafka.bootstrap, idempotence=False, timeout_s=10, client_id="ops-test")
+    sink = KafkaActionSink(kafka.bootstrap, keys=DEV_KEYS, idempotence=False, timeout_s=10, client_id="ops-test")
     publisher = KafkaPublisher(
         ProducerConfig(bootstrap=kafka.bootstrap, client_id="ops-test"),
         Spool(Path(tmp) / f"spool-{uuid.uuid4().hex[:6]}.db", 1 << 20),
         PublisherMetrics(registry),
     )
-    admin = EnforcementAdmin(
-        region=REGION, key=key, state=state, sink=sink, publisher=publisher, tokens=None, apply_locally=True
-    )
+    admin = ActionAdmin(region=REGION, key=key, table=state, sink=sink, publisher=publisher, apply_locally=True)
     await publisher.start()
     await history.start()
-    await state.start()
+    await consumer.start()
     try:
         yield Operations(store=store, state=state, admin=admin, key=key)
     finally:
-        await state.stop()
+        await consumer.stop()
         await history.stop()
         await sink.close()
         await publisher.close()
@@ -267,7 +271,9 @@ async def test_reverse_an_automated_action(env) -> None:
     )
     automated.issued_at.GetCurrentTime()
     key = action_key(automated.kind, automated.target).encode()
-    sink = KafkaActionSink(kafka.bootstrap, idempotence=False, timeout_s=10, client_id="ops-test-rules")
+    sink = KafkaActionSink(
+        kafka.bootstrap, keys=DEV_KEYS, idempotence=False, timeout_s=10, client_id="ops-test-rules"
+    )
     await sink.send(ACTIONS, key, automated.SerializeToString())
     await sink.close()
     async with operations(env) as ops:

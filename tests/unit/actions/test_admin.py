@@ -1,5 +1,7 @@
-"""Admin tokens file parsing, roles, and request validation of EnforcementAdmin
-(validation and authorisation happen before anything is produced)."""
+"""The admin domain (services.actions.admin: roles, request validation, audit;
+validation and authorisation happen before anything is produced) and the enforcer's
+token front end (tokens file parsing, bearer tokens, the audit of calls that
+identify nobody)."""
 
 from __future__ import annotations
 
@@ -8,23 +10,23 @@ import sys
 from pathlib import Path
 
 import pytest
-from google.protobuf import duration_pb2
 from prometheus_client import CollectorRegistry
 from safeguards.v1 import enforcement_pb2 as pb
 from safeguards.v1 import signals_pb2
 
+from services.actions.admin import ActionAdmin, Caller, IssueRequest, Role
+from services.actions.projection import ActionMetrics, ActionTable
 from services.common.errors import ConfigError, FailedPrecondition, InvalidArgument, PermissionDenied
 from services.common.privacy import RegionalKey
 from services.common.reloader import ReloadingConfig
 from services.enforcer.admin import (
-    EnforcementAdmin,
-    Role,
+    EnforcementAdminServicer,
+    TokenAuth,
     Unauthenticated,
     bearer_token,
     hash_token,
     load_tokens,
 )
-from services.enforcer.state import EnforcementState, StateMetrics
 from tests.support import ROOT
 
 VIEWER, OPERATOR, ADMIN = "viewer-token-1", "operator-token-1", "admin-token-1"
@@ -111,24 +113,23 @@ class CollectingPublisher:
 class RefusingSink:
     """Validation and authorisation must reject before anything is produced."""
 
-    async def send(self, topic, key, value) -> None:
+    async def send(self, topic, key, value, headers=None, *, revokes="") -> None:
         raise AssertionError("nothing may be produced for a rejected call")
 
     async def close(self) -> None: ...
 
 
+VERA, OTTO, ADA = Caller("vera", Role.VIEWER), Caller("otto", Role.OPERATOR), Caller("ada", Role.ADMIN)
+
+
 @pytest.fixture
-def admin(tmp_path):
-    tokens = ReloadingConfig(tokens_file(tmp_path), load_tokens)
-    tokens.load_initial()
-    state = EnforcementState("unit-1", StateMetrics(CollectorRegistry()))
-    return EnforcementAdmin(
+def admin():
+    return ActionAdmin(
         region="unit-1",
         key=RegionalKey.from_bytes("unit-1", b"k" * 32),
-        state=state,
+        table=ActionTable("unit-1", ActionMetrics(CollectorRegistry())),
         sink=RefusingSink(),
         publisher=CollectingPublisher(),
-        tokens=tokens,
     )
 
 
@@ -137,18 +138,13 @@ def audits(admin) -> list[signals_pb2.AdminAudit]:
 
 
 async def test_roles(admin) -> None:
-    list_req = pb.ListActionsRequest()
-    assert await admin.list(VIEWER, list_req) == []
-    assert await admin.list(ADMIN, list_req) == []
-    assert await admin.list(OPERATOR, list_req) == []
+    assert await admin.list(VERA) == []
+    assert await admin.list(ADA) == []
+    assert await admin.list(OTTO) == []
     with pytest.raises(PermissionDenied, match="role 'viewer' may not call IssueAction"):
-        await admin.issue(VIEWER, pb.IssueActionRequest())
+        await admin.issue(VERA, IssueRequest(kind=0, reason=""))
     with pytest.raises(PermissionDenied):
-        await admin.revoke(VIEWER, pb.RevokeActionRequest(action_id="x", reason="r"))
-    with pytest.raises(Unauthenticated, match="missing credentials"):
-        await admin.list("", list_req)
-    with pytest.raises(Unauthenticated, match="unknown token"):
-        await admin.list("guess", list_req)
+        await admin.revoke(VERA, "x", "r")
     got = [(a.method, a.actor, a.role, a.allowed) for a in audits(admin)]
     assert got == [
         ("ListActions", "vera", "viewer", True),
@@ -156,8 +152,6 @@ async def test_roles(admin) -> None:
         ("ListActions", "otto", "operator", True),
         ("IssueAction", "vera", "viewer", False),
         ("RevokeAction", "vera", "viewer", False),
-        ("ListActions", "", "", False),
-        ("ListActions", "", "", False),
     ]
     assert all(
         signals_pb2.SafeguardSignal.FromString(r.value).surface == signals_pb2.SURFACE_ADMIN
@@ -165,14 +159,45 @@ async def test_roles(admin) -> None:
     )
 
 
+class Context:
+    """The one thing the servicer reads of a gRPC context (real gRPC calls are in
+    tests/e2e/test_enforcement_actions.py)."""
+
+    def __init__(self, token: str | None) -> None:
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def invocation_metadata(self):
+        return self.metadata
+
+
+@pytest.fixture
+def servicer(admin, tmp_path) -> EnforcementAdminServicer:
+    tokens = ReloadingConfig(tokens_file(tmp_path), load_tokens)
+    tokens.load_initial()
+    return EnforcementAdminServicer(admin, TokenAuth(tokens))
+
+
+async def test_tokens_name_the_caller_and_calls_that_identify_nobody_are_audited(servicer, admin) -> None:
+    await servicer.ListActions(pb.ListActionsRequest(), Context(VIEWER))
+    with pytest.raises(PermissionDenied):
+        await servicer.IssueAction(pb.IssueActionRequest(tenant="t"), Context(VIEWER))
+    with pytest.raises(Unauthenticated, match="missing credentials"):
+        await servicer.ListActions(pb.ListActionsRequest(), Context(None))
+    with pytest.raises(Unauthenticated, match="unknown token"):
+        await servicer.RevokeAction(pb.RevokeActionRequest(action_id="x", reason="why"), Context("guess"))
+    got = [(a.method, a.actor, a.role, a.allowed, a.reason) for a in audits(admin)]
+    assert got == [
+        ("ListActions", "vera", "viewer", True, ""),
+        ("IssueAction", "vera", "viewer", False, ""),
+        ("ListActions", "", "", False, ""),
+        ("RevokeAction", "", "", False, "why"),
+    ]
+
+
 async def test_admin_api_without_tokens_file_refuses_everything(admin) -> None:
-    admin.tokens = None
+    servicer = EnforcementAdminServicer(admin, TokenAuth(None))
     with pytest.raises(FailedPrecondition, match="--admin-tokens"):
-        await admin.list(ADMIN, pb.ListActionsRequest())
-
-
-def ttl(seconds: int) -> duration_pb2.Duration:
-    return duration_pb2.Duration(seconds=seconds)
+        await servicer.ListActions(pb.ListActionsRequest(), Context(ADMIN))
 
 
 SUSPEND, THROTTLE, FORCE, KILL = (
@@ -186,14 +211,14 @@ SUSPEND, THROTTLE, FORCE, KILL = (
 @pytest.mark.parametrize(
     ("req", "message"),
     [
-        (dict(tenant="t", account="a", reason="r"), "kind is required"),
+        (dict(kind=0, tenant="t", account="a", reason="r"), "kind is required"),
         (dict(kind=99, tenant="t", account="a", reason="r"), "kind is required"),
         (dict(kind=SUSPEND, tenant="t", reason="r"), "SUSPEND_ACCOUNT needs account"),
         (dict(kind=SUSPEND, account="a", reason="r"), "SUSPEND_ACCOUNT needs tenant"),
         (dict(kind=SUSPEND, tenant="t", account="a", model="m", reason="r"), "SUSPEND_ACCOUNT does not use model"),
-        (dict(kind=SUSPEND, tenant="t", account="a"), "reason is required"),
+        (dict(kind=SUSPEND, tenant="t", account="a", reason=""), "reason is required"),
         (dict(kind=SUSPEND, tenant="t", account="a", reason="  "), "reason is required"),
-        (dict(kind=SUSPEND, tenant="t", account="a", reason="r", ttl=ttl(-5)), "ttl must not be negative"),
+        (dict(kind=SUSPEND, tenant="t", account="a", reason="r", ttl_s=-5), "ttl must not be negative"),
         (dict(kind=SUSPEND, tenant="t", account="a", reason="r", requests_per_minute=3), "THROTTLE_ACCOUNT only"),
         (dict(kind=THROTTLE, tenant="t", account="a", reason="r"), "requests_per_minute > 0"),
         (dict(kind=FORCE, tenant="t", reason="r"), "FORCE_BLOCK_CATEGORY needs category"),
@@ -203,30 +228,32 @@ SUSPEND, THROTTLE, FORCE, KILL = (
         (dict(kind=KILL, tenant="t", account="a", reason="r"), "exactly one of tenant or model"),
         (dict(kind=SUSPEND, tenant="t" * 300, account="a", reason="r"), "tenant is longer than 256"),
         (dict(kind=SUSPEND, tenant="t", account="a", reason="r" * 2000), "reason is longer than 1024"),
+        (dict(kind=SUSPEND, tenant="t", account="a", account_hmac="f" * 64, reason="r"), "not both"),
+        (dict(kind=SUSPEND, tenant="t", account_hmac="not-hex", reason="r"), "regional account pseudonym"),
     ],
 )
 async def test_issue_validation(admin, req, message) -> None:
     with pytest.raises(InvalidArgument) as err:
-        await admin.issue(OPERATOR, pb.IssueActionRequest(**req))
+        await admin.issue(OTTO, IssueRequest(**req))
     assert message in err.value.message
     assert audits(admin)[-1].allowed is False
 
 
 async def test_revoke_validation(admin) -> None:
     with pytest.raises(InvalidArgument, match="action_id is required"):
-        await admin.revoke(OPERATOR, pb.RevokeActionRequest(reason="r"))
+        await admin.revoke(OTTO, "", "r")
     with pytest.raises(InvalidArgument, match="reason is required"):
-        await admin.revoke(OPERATOR, pb.RevokeActionRequest(action_id="abc"))
+        await admin.revoke(OTTO, "abc", "")
     with pytest.raises(Exception, match="no action 'abc' in force"):
-        await admin.revoke(OPERATOR, pb.RevokeActionRequest(action_id="abc", reason="r"))
+        await admin.revoke(OTTO, "abc", "r")
 
 
 class CollectingSink:
     def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, bytes | None]] = []
+        self.sent: list[tuple[str, bytes, bytes | None, str]] = []
 
-    async def send(self, topic, key, value) -> None:
-        self.sent.append((topic, key, value))
+    async def send(self, topic, key, value, headers=None, *, revokes="") -> None:
+        self.sent.append((topic, key, value, revokes))
 
     async def close(self) -> None: ...
 
@@ -236,9 +263,23 @@ async def test_issue_only_produces_unless_told_to_apply_locally(admin, apply_loc
     """The enforcer's admin API writes no replica state: its own consumer applies the
     record like every replica's. The console (apply_locally) shows it at once."""
     admin.sink, admin.apply_locally = CollectingSink(), apply_locally
-    action = await admin.issue(
-        OPERATOR, pb.IssueActionRequest(kind=SUSPEND, tenant="acme", account="a", reason="abuse")
-    )
-    ((topic, key, value),) = admin.sink.sent
+    action = await admin.issue(OTTO, IssueRequest(kind=SUSPEND, tenant="acme", account="a", reason="abuse"))
+    ((topic, key, value, revokes),) = admin.sink.sent
     assert topic == "safeguards.actions.unit-1" and pb.EnforcementAction.FromString(value) == action
-    assert [a.action_id for a in admin.state.actions()] == ([action.action_id] if apply_locally else [])
+    assert revokes == "" and action.target.account_hmac != "a"  # pseudonymised
+    assert [a.action_id for a in admin.table.actions()] == ([action.action_id] if apply_locally else [])
+
+
+async def test_a_revoke_names_the_action_it_revokes(admin) -> None:
+    admin.sink, admin.apply_locally = CollectingSink(), True
+    action = await admin.issue(OTTO, IssueRequest(kind=KILL, model="bad", reason="incident"))
+    assert await admin.revoke(ADA, action.action_id, "resolved")
+    (_, key, value, revokes) = admin.sink.sent[-1]
+    assert value is None and revokes == action.action_id and key == b"killswitch:model:bad"
+    assert admin.table.actions() == []
+    assert [(a.method, a.actor, a.reason, a.action_id) for a in audits(admin)][-1] == (
+        "RevokeAction",
+        "ada",
+        "resolved",
+        action.action_id,
+    )

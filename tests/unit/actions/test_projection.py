@@ -1,5 +1,6 @@
-"""The enforcement state's tables, fed with real EnforcementAction records as they
-come off the actions topic (key bytes, value bytes or None for a tombstone)."""
+"""The projection's tables (services.actions.projection), fed with real
+EnforcementAction records as they come off the actions topic (key bytes, value bytes
+or None for a tombstone), and the enforcer's view of them."""
 
 from __future__ import annotations
 
@@ -7,19 +8,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from safeguards.v1 import enforcement_pb2 as pb
 
+from services.actions.keys import action_key, force_key, kill_model_key, kill_tenant_key, suspend_key, throttle_key
+from services.actions.projection import KILL_SWITCH, SUSPENDED, ActionMetrics, ActionTable
 from services.enforcer.policy import Action
-from services.enforcer.state import (
-    KILL_SWITCH,
-    SUSPENDED,
-    EnforcementState,
-    StateMetrics,
-    action_key,
-    force_key,
-    kill_model_key,
-    kill_tenant_key,
-    suspend_key,
-    throttle_key,
-)
+from services.enforcer.state import ActionLookups
 
 REGION = "unit-1"
 
@@ -43,8 +35,8 @@ def registry() -> CollectorRegistry:
 
 
 @pytest.fixture
-def state(clock, registry) -> EnforcementState:
-    return EnforcementState(REGION, StateMetrics(registry), clock=clock)
+def state(clock, registry) -> ActionTable:
+    return ActionTable(REGION, ActionMetrics(registry), clock=clock)
 
 
 def action(kind, *, action_id="a1", ttl_s=0.0, now=1_700_000_000.0, rpm=0, region=REGION, **target):
@@ -82,13 +74,13 @@ def test_keys_name_the_target_and_escape_separators() -> None:
 
 
 def test_suspended_account_is_blocked_and_others_are_not(state) -> None:
-    assert state.verdict("acme", "h1", "claude") is None
+    assert state.blocking("acme", "h1", "claude") is None
     assert state.apply(*record(action(pb.ENFORCEMENT_KIND_SUSPEND_ACCOUNT, tenant="acme", account_hmac="h1")))
-    v = state.verdict("acme", "h1", "claude")
-    assert v is not None and v.action is Action.BLOCK and v.code == SUSPENDED and "a1" in v.detail
-    assert state.verdict("acme", "h2", "claude") is None
-    assert state.verdict("other", "h1", "claude") is None
-    assert state.verdict("acme", "", "claude") is None
+    v = state.blocking("acme", "h1", "claude")
+    assert v is not None and v.code == SUSPENDED and "a1" in v.detail
+    assert state.blocking("acme", "h2", "claude") is None
+    assert state.blocking("other", "h1", "claude") is None
+    assert state.blocking("acme", "", "claude") is None
 
 
 def test_tombstone_unsuspends(state, registry) -> None:
@@ -96,7 +88,7 @@ def test_tombstone_unsuspends(state, registry) -> None:
     state.apply(key, value)
     assert state.find("a1") is not None
     assert state.apply(key, None)
-    assert state.verdict("acme", "h1", "") is None
+    assert state.blocking("acme", "h1", "") is None
     assert state.find("a1") is None and state.actions() == []
     assert registry.get_sample_value("enforcer_actions_applied_total", {"kind": "revoke"}) == 1
     assert registry.get_sample_value("enforcer_actions_live") == 0
@@ -105,10 +97,10 @@ def test_tombstone_unsuspends(state, registry) -> None:
 def test_expired_action_stops_applying_at_lookup_time(state, clock) -> None:
     state.apply(*record(action(pb.ENFORCEMENT_KIND_SUSPEND_ACCOUNT, ttl_s=60, tenant="acme", account_hmac="h1")))
     clock.now += 59
-    assert state.verdict("acme", "h1", "") is not None
+    assert state.blocking("acme", "h1", "") is not None
     assert [a.action_id for a in state.actions()] == ["a1"]
     clock.now += 2
-    assert state.verdict("acme", "h1", "") is None
+    assert state.blocking("acme", "h1", "") is None
     assert state.actions() == []
     # Still found by id, so an operator can revoke (tombstone) it explicitly.
     assert state.find("a1") is not None
@@ -117,12 +109,12 @@ def test_expired_action_stops_applying_at_lookup_time(state, clock) -> None:
 def test_kill_switch_for_a_tenant_or_a_model(state) -> None:
     state.apply(*record(action(pb.ENFORCEMENT_KIND_KILL_SWITCH, action_id="t", tenant="acme")))
     state.apply(*record(action(pb.ENFORCEMENT_KIND_KILL_SWITCH, action_id="m", model="bad-model")))
-    v = state.verdict("acme", "h9", "good-model")
-    assert v is not None and v.code == KILL_SWITCH and v.action is Action.BLOCK
-    v = state.verdict("globex", "h9", "bad-model")
+    v = state.blocking("acme", "h9", "good-model")
+    assert v is not None and v.code == KILL_SWITCH
+    v = state.blocking("globex", "h9", "bad-model")
     assert v is not None and v.code == KILL_SWITCH and "model" in v.detail
-    assert state.verdict("globex", "h9", "good-model") is None
-    assert state.verdict("globex", "", "") is None
+    assert state.blocking("globex", "h9", "good-model") is None
+    assert state.blocking("globex", "", "") is None
 
 
 def test_forced_categories_per_tenant(state, clock) -> None:
@@ -142,7 +134,7 @@ def test_forced_categories_per_tenant(state, clock) -> None:
     assert state.forced_categories("acme") == {"harmful"}
     state.apply(force_key("acme", "harmful").encode(), None)
     assert state.forced_categories("acme") == frozenset()
-    assert state.verdict("acme", "h", "m") is None  # forcing a category is not a block by itself
+    assert state.blocking("acme", "h", "m") is None  # forcing a category is not a block by itself
 
 
 def test_throttle_limit(state) -> None:
@@ -151,7 +143,7 @@ def test_throttle_limit(state) -> None:
     assert state.account_limit("acme", "h1") == 5
     assert state.account_limit("acme", "h2") is None
     assert state.account_limit("acme", "") is None
-    assert state.verdict("acme", "h1", "") is None  # throttled, not blocked
+    assert state.blocking("acme", "h1", "") is None  # throttled, not blocked
 
 
 def test_newer_action_on_the_same_target_replaces_the_older(state) -> None:
@@ -183,11 +175,11 @@ def test_malformed_records_are_skipped_without_logging_content(state, registry, 
         for key, value in bad:
             assert state.apply(key, value) is False
     assert registry.get_sample_value("enforcer_actions_malformed_total") == len(bad)
-    assert state.actions() == [] and state.verdict("acme", "h1", "") is None
+    assert state.actions() == [] and state.blocking("acme", "h1", "") is None
     assert secret.decode() not in caplog.text and "malformed action record skipped" in caplog.text
     # A good record after the bad ones still applies.
     assert state.apply(good_key, good_value)
-    assert state.verdict("acme", "h1", "") is not None
+    assert state.blocking("acme", "h1", "") is not None
 
 
 def test_list_filters_by_tenant_oldest_first(state) -> None:
@@ -198,3 +190,33 @@ def test_list_filters_by_tenant_oldest_first(state) -> None:
     state.apply(*record(action(pb.ENFORCEMENT_KIND_KILL_SWITCH, action_id="c", tenant="globex")))
     assert [a.action_id for a in state.actions("acme")] == ["a", "b"]
     assert {a.action_id for a in state.actions()} == {"a", "b", "c"}
+
+
+def test_the_enforcers_view_answers_in_decision_terms(state) -> None:
+    view = ActionLookups(state)
+    assert view.verdict("acme", "h1", "claude") is None
+    state.apply(*record(action(pb.ENFORCEMENT_KIND_SUSPEND_ACCOUNT, tenant="acme", account_hmac="h1")))
+    state.apply(
+        *record(action(pb.ENFORCEMENT_KIND_THROTTLE_ACCOUNT, action_id="t", tenant="acme", account_hmac="h2", rpm=7))
+    )
+    v = view.verdict("acme", "h1", "claude")
+    assert v is not None and v.action is Action.BLOCK and v.code == SUSPENDED and "a1" in v.detail
+    assert view.account_limit("acme", "h2") == 7 and view.forced_categories("acme") == frozenset()
+
+
+def test_a_revoke_removes_only_the_action_it_names(state, registry) -> None:
+    """A copy of an old revoke produced again must not lift a later action on the same target."""
+    key, first = record(
+        action(pb.ENFORCEMENT_KIND_SUSPEND_ACCOUNT, action_id="first", tenant="acme", account_hmac="h1")
+    )
+    state.apply(key, first)
+    assert state.apply(key, None, revokes="first")
+    _, second = record(
+        action(pb.ENFORCEMENT_KIND_SUSPEND_ACCOUNT, action_id="second", tenant="acme", account_hmac="h1")
+    )
+    state.apply(key, second)
+    assert state.apply(key, None, revokes="first") is False  # the replayed revoke
+    assert state.blocking("acme", "h1", "") is not None
+    assert registry.get_sample_value("enforcer_actions_refused_total", {"reason": "stale_revoke"}) == 1
+    assert state.apply(key, None, revokes="second")
+    assert state.blocking("acme", "h1", "") is None

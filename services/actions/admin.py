@@ -1,0 +1,293 @@
+"""The admin domain of enforcement actions, on plain types: authorise a caller by
+role, validate, produce to the actions topic (acks=all, signed by the sink), audit.
+
+Front ends turn their own credentials into a `Caller` first: the enforcer's gRPC
+admin API checks bearer tokens (`services.enforcer.admin`), the monitor's console
+its signed-in operators. Every call, allowed or refused, is audited as a
+SURFACE_ADMIN signal on the region's signals topic. Nothing here knows gRPC, HTTP or
+aiokafka: the sink and the publisher are ports.
+
+Issue produces the action and returns it; every replica applies what it reads back
+from the topic (`apply_locally` also applies it at once, for a console whose operator
+reads their own write on the next page). Revoke is a tombstone on the action's key
+naming the action it revokes. Raw account ids are pseudonymised with the regional key
+before anything leaves this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from enum import Enum
+
+from google.protobuf import timestamp_pb2
+from safeguards.v1 import enforcement_pb2, signals_pb2
+
+from services.actions.keys import KIND_NAMES, action_key
+from services.actions.projection import ActionTable
+from services.actions.sink import ActionSink
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.common.kafka import Publisher
+from services.common.privacy import RegionalKey, is_pseudonym
+from services.common.spool import Record
+from services.common.topics import actions_topic, signals_topic
+
+log = logging.getLogger("safeguards.actions.admin")
+
+K = enforcement_pb2
+MAX_FIELD = 256
+MAX_REASON = 1024
+MAX_EVIDENCE = 100
+_CATEGORY = re.compile(r"^[a-z0-9_.-]+$")
+
+
+class Role(str, Enum):
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+
+#: Which roles may call which method.
+ALLOWED: dict[str, frozenset[Role]] = {
+    "ListActions": frozenset({Role.VIEWER, Role.OPERATOR, Role.ADMIN}),
+    "IssueAction": frozenset({Role.OPERATOR, Role.ADMIN}),
+    "RevokeAction": frozenset({Role.OPERATOR, Role.ADMIN}),
+}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who calls, as a front end verified it."""
+
+    name: str
+    role: Role
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    """An action to issue. The account is `account` (raw, pseudonymised here) or, from
+    a front end that only knows the pseudonym (a review case), `account_hmac`."""
+
+    kind: int
+    reason: str
+    tenant: str = ""
+    account: str = ""
+    account_hmac: str = ""
+    model: str = ""
+    category: str = ""
+    ttl_s: float = 0.0
+    requests_per_minute: int = 0
+    evidence: tuple[str, ...] = ()
+
+
+class ActionAdmin:
+    """Protocol-free admin logic: authorise, validate, produce, audit."""
+
+    def __init__(
+        self,
+        *,
+        region: str,
+        key: RegionalKey | None,
+        table: ActionTable,
+        sink: ActionSink,
+        publisher: Publisher,
+        apply_locally: bool = False,
+        clock=time.time,
+    ) -> None:
+        self.region = region
+        self.apply_locally = apply_locally
+        self.key = key
+        self.table = table
+        self.sink = sink
+        self.publisher = publisher
+        self.topic = actions_topic(region)
+        self._clock = clock
+
+    @staticmethod
+    def authorise(caller: Caller, method: str) -> None:
+        if caller.role not in ALLOWED[method]:
+            raise PermissionDenied(f"role {caller.role.value!r} may not call {method}")
+
+    async def _audited(self, method: str, caller: Caller, tenant: str, reason: str, run) -> object:
+        """Authorise, run, and audit the call whatever its outcome."""
+        action_id = ""
+        allowed = False
+        try:
+            self.authorise(caller, method)  # a denied caller is audited by name
+            result, action_id = await run()
+            allowed = True
+            return result
+        finally:
+            self.audit(method, caller, tenant, action_id, reason, allowed)
+
+    def audit(
+        self,
+        method: str,
+        caller: Caller | None,
+        tenant: str,
+        action_id: str,
+        reason: str,
+        ok: bool,
+        case_id: str = "",
+    ) -> None:
+        """Publish a SURFACE_ADMIN signal for one administrative call (and log it,
+        content-free). `caller` None: credentials that identified nobody."""
+        sig = signals_pb2.SafeguardSignal(
+            decision_id=uuid.uuid4().hex,
+            time=_ts(self._clock()),
+            region=self.region,
+            tenant=tenant[:MAX_FIELD],
+            surface=signals_pb2.SURFACE_ADMIN,
+            audit=signals_pb2.AdminAudit(
+                actor=caller.name if caller else "",
+                role=caller.role.value if caller else "",
+                method=method,
+                action_id=action_id,
+                reason=reason[:MAX_REASON],
+                allowed=ok,
+                case_id=case_id[:MAX_FIELD],
+            ),
+        )
+        self.publisher.publish(
+            Record(
+                topic=signals_topic(self.region),
+                key=sig.tenant.encode(),
+                value=sig.SerializeToString(),
+                record_id=sig.decision_id,
+                headers=(("type", b"safeguards.v1.SafeguardSignal"),),
+            )
+        )
+        log.info(
+            "admin call",
+            extra={
+                "method": method,
+                "actor": sig.audit.actor,
+                "role": sig.audit.role,
+                "action_id": action_id,
+                "case_id": sig.audit.case_id,
+                "allowed": ok,
+            },
+        )
+
+    # ---- IssueAction ----
+    async def issue(self, caller: Caller, req: IssueRequest) -> enforcement_pb2.EnforcementAction:
+        async def run():
+            action = self._build(caller, req)
+            key = action_key(action.kind, action.target).encode()
+            value = action.SerializeToString()
+            await self.sink.send(self.topic, key, value)
+            if self.apply_locally:
+                self.table.apply(key, value)
+            return action, action.action_id
+
+        return await self._audited("IssueAction", caller, req.tenant, req.reason, run)  # type: ignore[return-value]
+
+    def _build(self, caller: Caller, req: IssueRequest) -> enforcement_pb2.EnforcementAction:
+        kind = req.kind
+        if kind not in KIND_NAMES:
+            raise InvalidArgument(
+                "kind is required (SUSPEND_ACCOUNT, THROTTLE_ACCOUNT, FORCE_BLOCK_CATEGORY, KILL_SWITCH)"
+            )
+        name = K.EnforcementKind.Name(kind).removeprefix("ENFORCEMENT_KIND_")
+        for field in ("tenant", "account", "model", "category"):
+            if len(getattr(req, field)) > MAX_FIELD:
+                raise InvalidArgument(f"{field} is longer than {MAX_FIELD} characters")
+        needs = {
+            K.ENFORCEMENT_KIND_SUSPEND_ACCOUNT: {"tenant", "account"},
+            K.ENFORCEMENT_KIND_THROTTLE_ACCOUNT: {"tenant", "account"},
+            K.ENFORCEMENT_KIND_FORCE_BLOCK_CATEGORY: {"tenant", "category"},
+        }.get(kind)
+        account_hmac = req.account_hmac
+        if account_hmac and req.account:
+            raise InvalidArgument("give the account or its pseudonym, not both")
+        if account_hmac and not is_pseudonym(account_hmac):
+            raise InvalidArgument("account_hmac must be a regional account pseudonym (64 lowercase hex characters)")
+        given = {f for f in ("tenant", "account", "model", "category") if getattr(req, f)}
+        if account_hmac:
+            given.add("account")
+        elif req.account and self.key is None:
+            raise FailedPrecondition("no regional key here to pseudonymise a raw account id: give its pseudonym")
+        if needs is None:  # kill switch: a tenant or a model
+            if len(given & {"tenant", "model"}) != 1 or given - {"tenant", "model"}:
+                raise InvalidArgument("KILL_SWITCH needs exactly one of tenant or model (and nothing else)")
+        else:
+            missing = sorted(needs - given)
+            if missing:
+                raise InvalidArgument(f"{name} needs {' and '.join(missing)}")
+            extra = sorted(given - needs)
+            if extra:
+                raise InvalidArgument(f"{name} does not use {', '.join(extra)}")
+        if kind == K.ENFORCEMENT_KIND_FORCE_BLOCK_CATEGORY and not _CATEGORY.match(req.category):
+            raise InvalidArgument("category must be a classifier label such as 'jailbreak' (lowercase, [a-z0-9_.-])")
+        if kind == K.ENFORCEMENT_KIND_THROTTLE_ACCOUNT:
+            if req.requests_per_minute <= 0:
+                raise InvalidArgument("THROTTLE_ACCOUNT needs requests_per_minute > 0")
+        elif req.requests_per_minute:
+            raise InvalidArgument("requests_per_minute is for THROTTLE_ACCOUNT only")
+        if not req.reason.strip():
+            raise InvalidArgument("reason is required")
+        if len(req.reason) > MAX_REASON:
+            raise InvalidArgument(f"reason is longer than {MAX_REASON} characters")
+        if req.ttl_s < 0:
+            raise InvalidArgument("ttl must not be negative")
+        if len(req.evidence) > MAX_EVIDENCE or any(len(e) > MAX_FIELD for e in req.evidence):
+            raise InvalidArgument(f"evidence: at most {MAX_EVIDENCE} ids of at most {MAX_FIELD} characters")
+        now = self._clock()
+        action = enforcement_pb2.EnforcementAction(
+            action_id=uuid.uuid4().hex,
+            kind=kind,
+            target=enforcement_pb2.EnforcementTarget(
+                tenant=req.tenant,
+                account_hmac=account_hmac or (self.key.account(req.tenant, req.account) if req.account else ""),
+                model=req.model,
+                category=req.category,
+            ),
+            actor=caller.name,
+            reason=req.reason,
+            issued_at=_ts(now),
+            requests_per_minute=req.requests_per_minute,
+            evidence=list(req.evidence),
+            region=self.region,
+        )
+        if req.ttl_s > 0:
+            action.expires_at.CopyFrom(_ts(now + req.ttl_s))
+        return action
+
+    # ---- ListActions ----
+    async def list(self, caller: Caller, tenant: str = "") -> list[enforcement_pb2.EnforcementAction]:
+        async def run():
+            return self.table.actions(tenant), ""
+
+        return await self._audited("ListActions", caller, tenant, "", run)  # type: ignore[return-value]
+
+    # ---- RevokeAction ----
+    async def revoke(self, caller: Caller, action_id: str, reason: str) -> bool:
+        live = self.table.find(action_id) if action_id else None
+        tenant = live.action.target.tenant if live else ""
+
+        async def run():
+            if not action_id:
+                raise InvalidArgument("action_id is required")
+            if not reason.strip():
+                raise InvalidArgument("reason is required")
+            if live is None:
+                raise NotFound(
+                    f"no action {action_id[:64]!r} in force (already revoked or replaced, or issued moments ago "
+                    "and not read from the actions topic yet)"
+                )
+            key = live.key.encode()
+            await self.sink.send(self.topic, key, None, revokes=live.action.action_id)
+            if self.apply_locally:
+                self.table.apply(key, None, revokes=live.action.action_id)
+            return True, action_id
+
+        return await self._audited("RevokeAction", caller, tenant, reason, run)  # type: ignore[return-value]
+
+
+def _ts(unix: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(unix * 1e9))
+    return ts

@@ -1,0 +1,110 @@
+"""The one port actions (and the monitor's alert notifications, which share its
+producer) are produced with, and its Kafka adapter.
+
+`send()` returns only once the broker acknowledged the record (acks=all): an
+operator must know an action landed, and an outbox marks a row produced only then.
+With a key ring, every record is signed (`records.sign`, the topic bound in) so the
+consumers of the actions topic can tell it from a forged one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from services.actions.records import KeyRing, sign
+from services.common.errors import Unavailable
+from services.common.kafka import KafkaSecurity
+
+
+class ActionSink(Protocol):
+    async def send(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+        *,
+        revokes: str = "",
+    ) -> None:
+        """Deliver one record and return only once the broker acknowledged it (else
+        raise Unavailable). `revokes`: for a tombstone, the id of the action it revokes."""
+
+    async def close(self) -> None: ...
+
+
+class KafkaActionSink:
+    """A producer of its own (acks=all), started on first use and replaced after a
+    failure, so an outage at start does not stop a service from serving."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        keys: KeyRing | None,
+        idempotence: bool,
+        timeout_s: float,
+        client_id: str,
+        security: KafkaSecurity | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.keys = keys
+        self.idempotence = idempotence
+        self.timeout_s = timeout_s
+        self.client_id = client_id
+        self.security = security or KafkaSecurity()
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _get(self) -> AIOKafkaProducer:
+        async with self._lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self.bootstrap,
+                    client_id=self.client_id,
+                    acks="all",
+                    enable_idempotence=self.idempotence,
+                    request_timeout_ms=int(self.timeout_s * 1000),
+                    **self.security.client_kwargs(),
+                )
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()
+                    raise
+                self._producer = producer
+            return self._producer
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+        *,
+        revokes: str = "",
+    ) -> None:
+        all_headers = list(headers or ())
+        if self.keys is not None:
+            all_headers += sign(self.keys, topic, key, value, revokes)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                producer = await self._get()
+                await producer.send_and_wait(topic, value, key=key, headers=all_headers or None)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            await self.close()
+            raise Unavailable(
+                f"the topic did not acknowledge the record ({type(exc).__name__}); nothing was changed, "
+                "retry when Kafka is reachable"
+            ) from None
+
+    async def close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                await asyncio.wait_for(producer.stop(), 2.0)
+            except (TimeoutError, KafkaError, OSError):
+                pass

@@ -1,0 +1,130 @@
+"""The signed record format (services.actions.records), the key ring and its flags,
+and the local snapshot's encoding (services.actions.snapshot)."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+
+from services.actions import snapshot
+from services.actions.records import DEV_KEY_ID, KeyRing, Refused, sign, verify
+from services.common.errors import ConfigError
+from services.enforcer.settings import EnforcerSettings
+
+TOPIC = "safeguards.actions.unit-1"
+K1, K2 = os.urandom(32), os.urandom(32)
+
+
+def ring(*pairs: tuple[str, bytes]) -> KeyRing:
+    return KeyRing.parse(",".join(f"{kid}:{base64.b64encode(key).decode()}" for kid, key in pairs))
+
+
+def test_a_signed_record_verifies_and_names_its_key() -> None:
+    r = ring(("k1", K1))
+    headers = sign(r, TOPIC, b"suspend:a:b", b"value")
+    v = verify(r, TOPIC, b"suspend:a:b", b"value", headers)
+    assert v.kid == "k1" and v.revokes == ""
+    tomb = sign(r, TOPIC, b"suspend:a:b", None, revokes="act-1")
+    assert verify(r, TOPIC, b"suspend:a:b", None, tomb).revokes == "act-1"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda k, v, h: (k, v, []), "unsigned"),
+        (lambda k, v, h: (k, v, [x for x in h if x[0] != "sg-sig"]), "unsigned"),
+        (lambda k, v, h: (k + b"x", v, h), "bad_signature"),  # another target
+        (lambda k, v, h: (k, v + b"x", h), "bad_signature"),  # tampered value
+        (lambda k, v, h: (k, None, h), "bad_signature"),  # turned into a tombstone
+        (lambda k, v, h: (k, v, [*h, ("sg-revokes", b"other")]), "bad_signature"),
+        (lambda k, v, h: (k, v, [("sg-kid", b"nope"), *[x for x in h if x[0] != "sg-kid"]]), "unknown_key"),
+        (lambda k, v, h: (k, v, [*h, ("sg-sig", b"00")]), "malformed_header"),
+        (lambda k, v, h: (k, v, [(n, b"\xff" if n == "sg-kid" else x) for n, x in h]), "malformed_header"),
+    ],
+)
+def test_tampered_unsigned_or_unknown_records_are_refused(change, reason) -> None:
+    r = ring(("k1", K1))
+    key, value = b"suspend:a:b", b"value"
+    k, v, h = change(key, value, sign(r, TOPIC, key, value))
+    with pytest.raises(Refused) as err:
+        verify(r, TOPIC, k, v, h)
+    assert err.value.reason == reason
+
+
+def test_an_empty_value_and_a_tombstone_sign_differently() -> None:
+    r = ring(("k1", K1))
+    with pytest.raises(Refused, match="bad_signature"):
+        verify(r, TOPIC, b"k", None, sign(r, TOPIC, b"k", b""))
+
+
+def test_a_record_signed_for_another_topic_or_with_another_key_is_refused() -> None:
+    r = ring(("k1", K1))
+    with pytest.raises(Refused, match="bad_signature"):
+        verify(r, TOPIC, b"k", b"v", sign(r, "safeguards.alerts.unit-1", b"k", b"v"))
+    forger = ring(("k1", os.urandom(32)))  # the right key id, the wrong key
+    with pytest.raises(Refused, match="bad_signature"):
+        verify(r, TOPIC, b"k", b"v", sign(forger, TOPIC, b"k", b"v"))
+    with pytest.raises(Refused, match="unknown_key"):
+        verify(r, TOPIC, b"k", b"v", sign(KeyRing.insecure_dev(), TOPIC, b"k", b"v"))
+
+
+def test_rotation_the_first_key_signs_and_every_key_verifies() -> None:
+    old, new = ring(("k1", K1)), ring(("k2", K2), ("k1", K1))
+    assert new.signing_kid == "k2"
+    assert verify(new, TOPIC, b"k", b"v", sign(old, TOPIC, b"k", b"v")).kid == "k1"  # old records still apply
+    assert verify(new, TOPIC, b"k", b"v", sign(new, TOPIC, b"k", b"v")).kid == "k2"
+    with pytest.raises(Refused, match="unknown_key"):  # once k1 is retired
+        verify(ring(("k2", K2)), TOPIC, b"k", b"v", sign(old, TOPIC, b"k", b"v"))
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("", "no keys"),
+        ("k1", "KEY_ID:BASE64"),
+        ("bad kid:" + base64.b64encode(K1).decode(), "KEY_ID:BASE64"),
+        ("k1:not base64!", "not valid base64"),
+        ("k1:" + base64.b64encode(b"short").decode(), "at least 32"),
+        (f"k1:{base64.b64encode(K1).decode()},k1:{base64.b64encode(K2).decode()}", "appears twice"),
+    ],
+)
+def test_bad_key_rings_say_what_is_wrong(text, error) -> None:
+    with pytest.raises(ConfigError, match=error):
+        KeyRing.parse(text)
+
+
+def test_key_ring_file_allows_lines_and_comments(tmp_path) -> None:
+    f = tmp_path / "keys"
+    f.write_text(f"# rotated 2026-12\nk2:{base64.b64encode(K2).decode()}\nk1:{base64.b64encode(K1).decode()}\n")
+    s = EnforcerSettings.parse(["--plaintext", "--action-keys-file", str(f)])
+    assert [kid for kid, _ in s.action_key_ring().keys] == ["k2", "k1"]
+
+
+def test_no_key_refuses_to_start_unless_the_insecure_dev_key_is_chosen(monkeypatch) -> None:
+    monkeypatch.delenv("ENFORCER_INSECURE_DEV_ACTION_KEY", raising=False)
+    with pytest.raises(ConfigError, match="no action signing key"):
+        EnforcerSettings.parse(["--plaintext"]).action_key_ring()
+    dev = EnforcerSettings.parse(["--plaintext", "--insecure-dev-action-key"]).action_key_ring()
+    assert dev.signing_kid == DEV_KEY_ID and dev.insecure
+    env = f"k1:{base64.b64encode(K1).decode()}"
+    monkeypatch.setenv("ENFORCER_ACTION_KEYS", env)
+    assert EnforcerSettings.parse(["--plaintext"]).action_key_ring().signing_kid == "k1"
+
+
+def test_snapshot_round_trip_and_refusals(tmp_path) -> None:
+    r = ring(("k1", K1))
+    snap = snapshot.Snapshot(TOPIC, 1.7e9, {0: 12, 2: 3}, [("suspend:a:b", b"\x00value")])
+    path = tmp_path / "state" / "actions.snapshot"
+    snapshot.write(path, r, snap)
+    assert snapshot.read(path, r, TOPIC) == snap
+    assert snapshot.read(path, ring(("k2", K2), ("k1", K1)), TOPIC) == snap  # rotated: still verifies
+    assert snapshot.read(path, ring(("k2", K2)), TOPIC) is None  # key retired
+    assert snapshot.read(path, r, "safeguards.actions.other") is None
+    raw = path.read_bytes()
+    for bad in (raw[:-5], raw.replace(b"suspend:a:b", b"suspend:a:c"), b"", b"{}\n{}", raw.split(b"\n")[1]):
+        path.write_bytes(bad)
+        assert snapshot.read(path, r, TOPIC) is None
+    assert snapshot.read(tmp_path / "missing", r, TOPIC) is None
+    assert [p.name for p in path.parent.iterdir()] == ["actions.snapshot"]  # no temporary file left
