@@ -386,3 +386,50 @@ def test_the_network_policy_check_notices_a_missing_default_deny():
     # the debug pod is selected by no other policy: without the default deny it is open
     assert may_connect(policies, pods["gateway"], pods["debug"], 8080)
     assert not may_connect(list(objects(path, "NetworkPolicy").values()), pods["gateway"], pods["debug"], 8080)
+
+
+# ---------------------------------------------------------------------------------------
+# Prometheus on Kubernetes (deploy/prometheus/kubernetes.yml)
+# ---------------------------------------------------------------------------------------
+
+
+def _relabel(config: list[dict], meta: dict[str, str]) -> dict[str, str] | None:
+    """Prometheus' relabelling (keep / replace) applied to one target's labels."""
+    import re
+
+    labels = dict(meta)
+    for rule in config:
+        value = rule.get("separator", ";").join(labels.get(s, "") for s in rule["source_labels"])
+        m = re.fullmatch(rule.get("regex", "(.*)"), value)
+        if rule.get("action", "replace") == "keep":
+            if not m:
+                return None
+        elif m:
+            labels[rule["target_label"]] = m.expand(rule.get("replacement", "$1").replace("$", "\\"))
+    return labels
+
+
+@pytest.mark.parametrize("path", OVERLAYS, ids=_ids(OVERLAYS))
+def test_prometheus_on_kubernetes_scrapes_each_pod_on_its_metrics_port_as_its_service(path):
+    """Debian's promtool is built without Kubernetes discovery, so the relabelling is
+    checked here: each pod becomes a target job=<service>, namespace=<region's>, on the
+    metrics port, which is what the alert rules and the dashboard select on."""
+    prom = yaml.safe_load((k8s.ROOT / "deploy" / "prometheus" / "kubernetes.yml").read_text())
+    compose_prom = yaml.safe_load((k8s.ROOT / "deploy" / "prometheus.yml").read_text())
+    assert prom["rule_files"] == compose_prom["rule_files"]
+    (job,) = prom["scrape_configs"]
+    for dep, _, c, service in containers(path):
+        template = dep["spec"]["template"]["metadata"]
+        meta = {"__address__": "10.0.0.7:50051", "__meta_kubernetes_namespace": dep["metadata"]["namespace"]}
+        meta["__meta_kubernetes_pod_name"] = f"{service}-abc"
+        for k, v in template["labels"].items():
+            meta["__meta_kubernetes_pod_label_" + k.replace(".", "_").replace("/", "_").replace("-", "_")] = v
+        for k, v in template["annotations"].items():
+            meta["__meta_kubernetes_pod_annotation_" + k.replace(".", "_").replace("/", "_").replace("-", "_")] = v
+        target = _relabel(job["relabel_configs"], meta)
+        metrics_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "metrics")
+        assert target is not None, f"{service} is not scraped"
+        assert target["__address__"] == f"10.0.0.7:{metrics_port}"
+        assert (target["job"], target["namespace"]) == (service, f"safeguards-{path.name}")
+    stranger = {"__meta_kubernetes_pod_annotation_prometheus_io_scrape": "true", "__address__": "10.0.0.8:80"}
+    assert _relabel(job["relabel_configs"], stranger) is None
