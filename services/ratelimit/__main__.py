@@ -24,6 +24,7 @@ from services.ratelimit.store import RedisStore, StoreMetrics
 
 async def build(settings: RatelimitSettings, registry: CollectorRegistry) -> App:
     stats = LimiterStats(registry)
+
     def on_load(result: str, cfg: config.RateLimitConfig | None) -> None:
         stats.config_loads.labels(result).inc()
         if cfg is not None:
@@ -43,6 +44,7 @@ async def build(settings: RatelimitSettings, registry: CollectorRegistry) -> App
         metrics=StoreMetrics(registry),
         max_batch=settings.redis_pipeline_max_batch,
         max_inflight=settings.redis_pipeline_inflight,
+        cluster=settings.redis_mode == "cluster",
     )
     limiter = RateLimiter(
         configs=configs,

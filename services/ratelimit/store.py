@@ -10,6 +10,16 @@ decisions per second.
 When Redis fails or times out, the store turns "down": calls fail fast with
 RedisUnavailable (the limiter then applies the fail mode) while one background
 task reconnects with exponential backoff (tenacity) and turns it back "up".
+
+Redis Cluster (`cluster=True`): the same pipelines through redis-py's
+RedisCluster, which splits each one by node and follows MOVED/ASK redirects (a
+redirected script ran nowhere before, so it still runs once). Every key a script
+touches is one descriptor's key, hash-tagged by the limiter, so each script is
+single-slot. The client does not retry a round trip itself: a script whose reply
+was lost may have run, so resending it could count a hit twice; the caller's
+deadline and fail mode apply instead, and the store reconnects (a fresh topology
+from CLUSTER SLOTS) until every primary answers again, e.g. after a replica took
+over a failed master.
 """
 
 from __future__ import annotations
@@ -25,8 +35,11 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 log = logging.getLogger("safeguards.ratelimit.redis")
@@ -36,8 +49,57 @@ FAILURES_TO_MARK_DOWN = 3
 SCRIPT_NAMES = ("gcra", "fixed_window", "lease_acquire", "lease_renew", "lease_release")
 
 
+#: What a failed round trip raises (RedisClusterException is not a RedisError).
+ROUND_TRIP_ERRORS = (TimeoutError, RedisError, RedisClusterException, OSError)
+
+
 class RedisUnavailable(Exception):
     """Redis could not answer in time; the caller applies its fail mode."""
+
+
+def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """Seed nodes of a cluster URL, `redis[s]://[user:pass@]host[:port][,host[:port]...][/0][?options]`:
+    the URL narrowed to its first seed (it carries the credentials and options for
+    every node) and each seed's (host, port). Raises ValueError naming what is wrong."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("redis", "rediss"):
+        raise ValueError(f"cluster mode needs a redis:// or rediss:// URL, got {scheme or url!r}")
+    cut = [i for i in (rest.find("/"), rest.find("?")) if i >= 0]
+    netloc, tail = rest[: min(cut, default=len(rest))], rest[min(cut, default=len(rest)) :]
+    if tail.split("?", 1)[0] not in ("", "/", "/0"):
+        raise ValueError("a Redis Cluster has only database 0")
+    userinfo, at, hosts = netloc.rpartition("@")
+    seeds = []
+    for item in hosts.split(","):
+        item = item.strip()
+        host, colon, port = item.rpartition(":")
+        if not colon or host.endswith(":") or item.endswith("]"):  # no port (IPv6 in brackets or a name)
+            host, port = item, "6379"
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad cluster seed {item!r} (want HOST:PORT)")
+        seeds.append((host, int(port)))
+    first = f"{scheme}://{userinfo}{at}{hosts.split(',')[0].strip()}{tail}"
+    return first, seeds
+
+
+def make_client(url: str, *, cluster: bool, socket_timeout: float, connect_timeout: float, max_connections: int):
+    """A Redis client for one server or for a Redis Cluster seeded from the URL."""
+    common = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+        "health_check_interval": 0,
+        "max_connections": max_connections,  # per node in a cluster
+    }
+    if not cluster:
+        return aioredis.from_url(url, **common)
+    first, seeds = cluster_seeds(url)
+    return RedisCluster.from_url(
+        first,
+        startup_nodes=[ClusterNode(host, port) for host, port in seeds[1:]],
+        retry=Retry(NoBackoff(), 0),  # no resend of a script that may have run; see the module doc
+        **common,
+    )
 
 
 @dataclass(frozen=True)
@@ -96,17 +158,19 @@ class RedisStore:
         metrics: StoreMetrics,
         max_batch: int = 128,
         max_inflight: int = 1,
+        cluster: bool = False,
     ) -> None:
         # The per-decision deadline is the timer in run(); the socket timeout only
         # catches a connection that hangs, so it is looser: on a saturated event loop a
         # reply can sit unread past the decision deadline while Redis itself is fine.
-        self._client = aioredis.from_url(
+        self._client = make_client(
             url,
+            cluster=cluster,
             socket_timeout=max(1.0, timeout_s * 10),
-            socket_connect_timeout=max(0.5, timeout_s * 4),
-            health_check_interval=0,
+            connect_timeout=max(0.5, timeout_s * 4),
             max_connections=max_inflight + 4,
         )
+        self._cluster = cluster
         self._timeout = timeout_s
         self._metrics = metrics
         self._scripts = load_scripts()
@@ -130,7 +194,7 @@ class RedisStore:
         try:
             await self._connect()
             self._set_up(True)
-        except (TimeoutError, RedisError, OSError) as exc:
+        except ROUND_TRIP_ERRORS as exc:
             self._mark_down(exc)
 
     async def close(self) -> None:
@@ -140,9 +204,23 @@ class RedisStore:
         await self._client.aclose()
 
     async def _connect(self) -> None:
-        await asyncio.wait_for(self._client.ping(), self._timeout * 4)
+        if self._cluster:
+            # The slot map from a seed; SCRIPT LOAD then goes to every primary, so
+            # "up" means every slot has a primary that answers.
+            await asyncio.wait_for(self._client.initialize(), max(2.0, self._timeout * 40))
+        else:
+            await asyncio.wait_for(self._client.ping(), self._timeout * 4)
+        await self._load_scripts()
+
+    async def _load_scripts(self) -> None:
         for script in self._scripts.values():
             await self._client.script_load(script.source)
+
+    async def _disconnect(self) -> None:
+        if self._cluster:
+            await self._client.aclose()  # drops the slot map too: the next initialize() reads it anew
+        else:
+            await self._client.connection_pool.disconnect()
 
     def _set_up(self, up: bool) -> None:
         self._up = up
@@ -158,11 +236,11 @@ class RedisStore:
     async def _reconnect(self) -> None:
         async for attempt in AsyncRetrying(
             wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05),
-            retry=retry_if_exception_type((RedisError, OSError, asyncio.TimeoutError)),
+            retry=retry_if_exception_type(ROUND_TRIP_ERRORS),
             reraise=True,
         ):
             with attempt:
-                await self._client.connection_pool.disconnect()
+                await self._disconnect()
                 await self._connect()
         self._set_up(True)
         log.warning("redis reconnected")
@@ -213,40 +291,55 @@ class RedisStore:
         try:
             results = await self._pipeline(batch)
             if any(isinstance(r, NoScriptError) for r in results):
-                # Redis restarted or SCRIPT FLUSH: load the scripts and resend those calls.
-                for script in self._scripts.values():
-                    await self._client.script_load(script.source)
+                # Redis restarted, SCRIPT FLUSH, or a promoted replica: load the scripts
+                # (on every primary) and resend those calls (they did not run).
+                await self._load_scripts()
                 retry = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
                 again = await self._pipeline([batch[i] for i in retry])
                 for i, r in zip(retry, again, strict=False):
                     results[i] = r
-        except (TimeoutError, RedisError, OSError) as exc:
-            self._metrics.errors.labels(type(exc).__name__).inc()
-            self._failures += 1
-            # A refused/reset connection means Redis is down; a timeout may only mean
-            # this process is overloaded, so only repeated ones turn the store down.
-            if isinstance(exc, RedisConnectionError | OSError) or self._failures >= FAILURES_TO_MARK_DOWN:
-                self._mark_down(exc)
+        except ROUND_TRIP_ERRORS as exc:
+            self._failed(exc)
             for *_, fut in batch:
                 if not fut.done():
                     fut.set_exception(RedisUnavailable(f"redis error: {type(exc).__name__}"))
             return
         finally:
             self._slots.release()
-        self._failures = 0
-        self._metrics.latency.observe(time.perf_counter() - start)
-        self._metrics.batch.observe(len(batch))
+        # A cluster pipeline returns a node's connection error in place of its
+        # replies (the other nodes' replies are good).
+        lost = next((r for r in results if isinstance(r, Exception) and not isinstance(r, ResponseError)), None)
+        if lost is None:
+            self._failures = 0
+            self._metrics.latency.observe(time.perf_counter() - start)
+            self._metrics.batch.observe(len(batch))
+        else:
+            self._failed(lost)
         for (*_, fut), result in zip(batch, results, strict=False):
             if fut.done():
                 continue
             if isinstance(result, ResponseError):
                 self._metrics.errors.labels("script").inc()
                 fut.set_exception(RedisUnavailable(f"redis script error: {result}"))
+            elif isinstance(result, Exception):
+                fut.set_exception(RedisUnavailable(f"redis error: {type(result).__name__}"))
             else:
                 fut.set_result(result)
+
+    def _failed(self, exc: BaseException) -> None:
+        self._metrics.errors.labels(type(exc).__name__).inc()
+        self._failures += 1
+        # A refused/reset connection means Redis (or a cluster primary) is down; a
+        # timeout may only mean this process is overloaded, so only repeated ones
+        # turn the store down.
+        if isinstance(exc, RedisConnectionError | OSError) or self._failures >= FAILURES_TO_MARK_DOWN:
+            self._mark_down(exc)
 
     async def _pipeline(self, batch: list) -> list:
         pipe = self._client.pipeline(transaction=False)
         for script, key, args, _fut in batch:
-            pipe.evalsha(script.sha, 1, key, *args)
+            # execute_command, not pipe.evalsha: redis-py blocks the evalsha helper in
+            # cluster pipelines (a multi-key script could span slots); ours touch one key,
+            # and the cluster client routes EVALSHA by that key.
+            pipe.execute_command("EVALSHA", script.sha, 1, key, *args)
         return await pipe.execute(raise_on_error=False)

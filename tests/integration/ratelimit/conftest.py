@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 from tests.support import ServiceProcess
+from tools.embedded import EmbeddedRedisCluster, redis_cli_binary, redis_server_binary
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -131,3 +134,34 @@ def rls(ratelimit: ServiceProcess) -> Iterator[RlsClient]:
 
 OK = rls_pb2.RateLimitResponse.OK
 OVER = rls_pb2.RateLimitResponse.OVER_LIMIT
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[EmbeddedRedisCluster]:
+    """A private 3-master Redis Cluster, one replica per master (2-3 s to start)."""
+    try:
+        redis_server_binary()
+        redis_cli_binary()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    with EmbeddedRedisCluster(masters=3, replicas=1) as cluster:
+        yield cluster
+
+
+def degraded_count(metrics_port: int, mode: str) -> float:
+    """ratelimit_degraded_decisions_total (domain "test") of one service, from its /metrics."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith("ratelimit_degraded_decisions_total") and f'mode="{mode}"' in line:
+            return float(line.split()[-1])
+    return 0.0
+
+
+def wait_until(fn, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")

@@ -6,30 +6,11 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 
 import pytest
 
-from tests.integration.ratelimit.conftest import OK, OVER, RlsClient, descriptor
+from tests.integration.ratelimit.conftest import OK, OVER, RlsClient, degraded_count, descriptor, wait_until
 from tests.support import PrivateRedis, free_port
-
-
-def degraded_count(metrics_port: int, mode: str) -> float:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    for line in body.splitlines():
-        if line.startswith("ratelimit_degraded_decisions_total") and f'mode="{mode}"' in line:
-            return float(line.split()[-1])
-    return 0.0
-
-
-def wait_until(fn, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.mark.parametrize("mode", ["open", "closed"])
