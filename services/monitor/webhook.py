@@ -42,6 +42,13 @@ NAMES = {
 }
 
 
+def runbook_url(kind: int) -> str:
+    """The alert kind's runbook, relative to the repository root (as the Prometheus
+    alerts' runbook_url in deploy/prometheus/rules)."""
+    name = A.AlertKind.Name(kind).removeprefix("ALERT_KIND_").lower().replace("_", "-")
+    return f"docs/runbooks/monitor-{name}.md"
+
+
 class WebhookUnavailable(Exception):
     """Worth retrying: no answer, a timeout, 408, 429 or 5xx."""
 
@@ -64,7 +71,12 @@ def webhook_payload(rec: alerts_pb2.Alert) -> bytes:
         "severity": A.AlertSeverity.Name(rec.severity).removeprefix("ALERT_SEVERITY_").lower(),
         subject_label: rec.subject,
     }
-    annotations = {"summary": rec.summary, "value": f"{rec.value:g}", "baseline": f"{rec.baseline:g}"}
+    annotations = {
+        "summary": rec.summary,
+        "value": f"{rec.value:g}",
+        "baseline": f"{rec.baseline:g}",
+        "runbook_url": runbook_url(rec.kind),
+    }
     body = {
         "version": "4",
         "receiver": RECEIVER,

@@ -104,6 +104,24 @@ def test_every_monitor_alert_kind_has_a_runbook(kind):
     assert monitor_runbook(kind).is_file()
 
 
+@pytest.mark.parametrize("kind", monitor_alert_kinds())
+def test_the_monitors_notifications_link_their_runbook(kind):
+    """The webhook body (Alertmanager's shape) carries annotations.runbook_url."""
+    import json
+
+    from safeguards.v1 import alerts_pb2
+
+    from services.monitor.alerts import KINDS, SEVERITIES
+    from services.monitor.webhook import webhook_payload
+
+    enum, severity = KINDS[kind]
+    rec = alerts_pb2.Alert(kind=enum, severity=SEVERITIES[severity], summary="s")
+    body = json.loads(webhook_payload(rec))
+    url = body["alerts"][0]["annotations"]["runbook_url"]
+    assert url == str(monitor_runbook(kind).relative_to(ROOT))
+    assert (ROOT / url).is_file()
+
+
 def _runbook_pages() -> list[Path]:
     return sorted(p for p in RUNBOOKS.glob("*.md") if p.name != "README.md")
 
