@@ -111,12 +111,14 @@ class ServiceConfig:
     python: str = ""  # interpreter for the service; "" = the one running the harness
     python_label: str = ""
     gc_freeze: bool = False  # bench-only experiment: gc.freeze() in each worker once it serves
+    redis_mode: str = "standalone"  # or "cluster" (bench.ratelimit_cluster)
 
     @property
     def label(self) -> str:
         py = f" py{self.python_label}" if self.python else ""
         gc = " gc.freeze" if self.gc_freeze else ""
-        return f"{self.workers}w {self.event_loop} inflight={self.inflight}{py}{gc}"
+        cluster = " cluster" if self.redis_mode == "cluster" else ""
+        return f"{self.workers}w {self.event_loop} inflight={self.inflight}{py}{gc}{cluster}"
 
     @property
     def interpreter(self) -> str:
@@ -142,6 +144,8 @@ class Service:
             f"127.0.0.1:{self.metrics_port}",
             "--redis-url",
             redis_url,
+            "--redis-mode",
+            cfg.redis_mode,
             "--config",
             str(config_dir),
             "--key-prefix",
@@ -161,7 +165,7 @@ class Service:
             "--drain-grace-seconds",
             "1",
         ]
-        self.stderr_path = workdir / f"service-{cfg.workers}w-{cfg.event_loop}-{cfg.inflight}.log"
+        self.stderr_path = workdir / f"service-{cfg.workers}w-{cfg.event_loop}-{cfg.inflight}-{cfg.redis_mode}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 30) -> None:
@@ -1009,8 +1013,6 @@ def _row(s: Step) -> str:
         f"| {_f(s.redis_rtt_ms)} | {s.cpu_service} | {_f(s.cpu_us, 0)} | {s.cpu.get('redis')}% "
         f"| {s.cpu.get('loadgen')}% | {s.cpu.get('other')}% |"
     )
-
-
 
 
 # ---- main ------------------------------------------------------------------------------------------------------------

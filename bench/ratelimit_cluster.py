@@ -1,0 +1,158 @@
+"""Rate-limit decisions/s with one Redis and with a 3-master Redis Cluster.
+
+    .venv/bin/python -m bench.ratelimit_cluster [--workers 1,2] [--duration 5] [--tenants 5000]
+                                                [--concurrency 32] [--repeat 2]
+
+Both topologies are started here from the same redis-server binary (tools.embedded):
+one server, and a cluster of 3 masters joined by `redis-cli --cluster create` (no
+replicas: a decision never waits for one, and replication would take CPU from the
+same cores). The service (bench.ratelimit's Service: its own process, defaults
+except `--local-cache-entries 0`, `--redis-mode cluster` for the cluster) is
+driven by bench.grpc_load cycling through `--tenants` tenants, one GCRA bucket
+each, so the keys spread over every master (h2load sends one body: one key, one
+slot, one master). Steps alternate between the topologies `--repeat` times, so
+both see the same background load. *decisions/s* counts only real decisions (the
+service's within/over-limit counters), never fail-open answers, as in
+bench.ratelimit.
+
+Results go to bench/RESULTS.md between the bench.ratelimit_cluster markers in the
+"## Rate-limit service" section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import system
+from bench.ratelimit import CONFIG_FILE, SECTION, Runner, Service, ServiceConfig, Step, _f, log, sanity
+from bench.results import RESULTS, write_results
+from tools.embedded import EmbeddedRedis, EmbeddedRedisCluster, redis_server_binary
+
+KEY_PREFIX = "bench:rlc:"
+
+
+def evalsha_per_master(cluster: EmbeddedRedisCluster) -> list[int]:
+    """EVALSHA calls each master served (the bench's buckets expire within ms, so
+    their keys cannot be counted afterwards)."""
+    out = []
+    for port in sorted({p for _, _, p in cluster.slot_ranges()}):
+        with cluster.client(port) as r:
+            out.append(int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)))
+    return out
+
+
+def render(run: dict) -> str:
+    m = run["machine"]
+    steps: list[tuple[str, Step]] = run["steps"]
+    L = [
+        f"Measured {m['date']} on `{m['nproc']}` cores ({m['cpu']}), Python {m['python']}, {run['redis']} "
+        f"(both topologies from this binary). Load: bench.grpc_load, {run['tenants']} tenants, "
+        f"{run['concurrency']} in flight, {run['duration']:g} s per step, topologies alternated {run['repeat']}×. "
+        "Cluster: 3 masters, no replicas, the service with `--redis-mode cluster` (redis-py's RedisCluster "
+        "pipeline, split by node). EVALSHA calls served by each master: "
+        + " / ".join(f"{n:,}" for n in run["evalsha_per_master"])
+        + ". CPU columns are % of one core over the step.",
+        "",
+        "| Redis | workers | decisions/s | degraded | non-OK | p50 ms | p99 ms | batch | Redis RTT ms "
+        "| service CPU | µs/decision | redis CPU | driver CPU | other CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for topo, s in steps:
+        L.append(
+            f"| {topo} | {s.workers} | {s.decisions_per_s:,.0f} | {s.degraded} | {s.non_ok + s.client_failures} "
+            f"| {_f(s.p50_ms)} | {_f(s.p99_ms)} | {_f(s.mean_batch, 1)} | {_f(s.redis_rtt_ms)} | {s.cpu_service} "
+            f"| {_f(s.cpu_us, 0)} | {s.cpu.get('redis')}% | {s.cpu.get('loadgen')}% | {s.cpu.get('other')}% |"
+        )
+    L.append("")
+    L.append("Median decisions/s per topology and worker count:")
+    L.append("")
+    for topo in dict.fromkeys(t for t, _ in steps):
+        for w in run["workers"]:
+            rates = sorted(s.decisions_per_s for t, s in steps if t == topo and s.workers == w)
+            if rates:
+                L.append(
+                    f"- {topo}, {w} worker(s): **{rates[len(rates) // 2]:,.0f}** (runs: "
+                    + ", ".join(f"{r:,.0f}" for r in rates)
+                    + ")"
+                )
+    L.append("")
+    L.append(f"Reproduce: `{run['command']}` ({run['wall_s']:.0f} s).")
+    return "\n".join(L)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", default="1,2", help="worker-process counts (comma separated)")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per load step (at most 10)")
+    p.add_argument("--tenants", type=int, default=5000, help="distinct tenants (keys) the driver cycles through")
+    p.add_argument("--concurrency", type=int, default=32, help="requests in flight from the driver")
+    p.add_argument("--repeat", type=int, default=2, help="alternations of the two topologies")
+    p.add_argument("--results", type=Path, default=RESULTS, help="markdown file to update")
+    p.add_argument("--no-write", action="store_true", help="print the table, leave RESULTS.md alone")
+    args = p.parse_args(argv)
+    args.duration = min(10.0, max(1.0, args.duration))
+    args.wait_quiet, args.quiet_pct = 0.0, 20.0  # what Runner reads besides duration
+
+    t_start = time.monotonic()
+    workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ratelimit-cluster-"))
+    config_dir = workdir / "config"
+    config_dir.mkdir()
+    shutil.copy(CONFIG_FILE, config_dir / "bench.yaml")
+    runner = Runner(args, h2="", workdir=workdir, body=workdir / "unused")
+    machine = system.machine()
+    steps: list[tuple[str, Step]] = []
+    single = EmbeddedRedis().start()
+    cluster = EmbeddedRedisCluster(masters=3, replicas=0).start()
+    topologies = [("1 Redis", single.url, "standalone"), ("3-master cluster", cluster.url, "cluster")]
+    try:
+        for _ in range(args.repeat):
+            for w in workers:
+                for topo, url, mode in topologies:
+                    cfg = ServiceConfig(workers=w, inflight=1, redis_mode=mode)
+                    svc = Service(cfg, config_dir, url, KEY_PREFIX, workdir)
+                    try:
+                        svc.start()
+                        log(f"{topo}, {w} worker(s): sanity {sanity(svc)}")
+                        step = runner.python_step(svc, args.tenants, args.concurrency)
+                    finally:
+                        svc.stop()
+                    steps.append((topo, step))
+        per_master = evalsha_per_master(cluster)
+    finally:
+        cluster.close()
+        single.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    cmd = (
+        ".venv/bin/python -m bench.ratelimit_cluster"
+        + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    )
+    run = {
+        "machine": machine,
+        "redis": system.tool_version([redis_server_binary(), "--version"]).split(" sha=")[0],
+        "tenants": args.tenants,
+        "concurrency": args.concurrency,
+        "duration": args.duration,
+        "repeat": args.repeat,
+        "workers": workers,
+        "steps": steps,
+        "evalsha_per_master": per_master,
+        "command": cmd,
+        "wall_s": time.monotonic() - t_start,
+    }
+    block = render(run)
+    print(block)
+    if not args.no_write:
+        write_results(args.results, SECTION, "ratelimit_cluster", block)
+        log(f"wrote {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
