@@ -127,7 +127,10 @@ class DevCredentials:
         if project:
             claims["project"] = project
         header = {"alg": "RS256", "typ": "JWT", "kid": self.kid}
-        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}".encode()
+        compact = {"separators": (",", ":")}
+        signing_input = (
+            f"{_b64url(json.dumps(header, **compact).encode())}.{_b64url(json.dumps(claims, **compact).encode())}"
+        ).encode()
         signature = self._key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
         return f"{signing_input.decode()}.{_b64url(signature)}"
 

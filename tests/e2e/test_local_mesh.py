@@ -1,6 +1,8 @@
 """`make run`'s mesh: embedded Redis and Kafka-compatible broker, every existing
-service, addresses printed, region topics created, and Ctrl-C stops everything
-with no orphan processes."""
+service, Envoy in front with the development upstream, a readable summary (addresses,
+dev credentials, logs in files), region topics created, the official SDK served
+through Envoy with the printed token, and Ctrl-C stops everything with no orphan
+processes."""
 
 from __future__ import annotations
 
@@ -15,11 +17,15 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import openai
+import pytest
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from safeguards.v1 import safeguards_pb2, safeguards_pb2_grpc
 
 from tests.integration.ratelimit.conftest import OK, descriptor, request
 from tests.support import ROOT
+from tools.dev_upstream import DEV_TAG
+from tools.run_mesh import LOGS, monitor_db_name
 
 
 def children_of(pid: int) -> set[int]:
@@ -52,7 +58,7 @@ FREE_PORTS = {
     f"{svc}_{what}": "127.0.0.1:0"
     for svc in ("RATELIMIT", "CLASSIFIER", "ENFORCER", "MONITOR")
     for what in ("LISTEN", "METRICS_LISTEN")
-} | {"MONITOR_CONSOLE_LISTEN": "127.0.0.1:0"}
+} | {"MONITOR_CONSOLE_LISTEN": "127.0.0.1:0", "ENVOY_LISTEN": "127.0.0.1:0", "ENVOY_ADMIN_LISTEN": "127.0.0.1:0"}
 
 
 class Mesh:
@@ -123,6 +129,21 @@ def test_local_mesh_starts_serves_and_stops_cleanly() -> None:
             "safeguards.rollup.global",
         } <= asyncio.run(topics())
         assert redis_addr.startswith("127.0.0.1:")
+        # The gateway: the SDK pointed at Envoy with the printed development token.
+        token = next(x for x in mesh.lines if x.startswith("gateway client: authorization: Bearer ")).split()[-1]
+        client = openai.OpenAI(base_url=f"http://{mesh.address('envoy')}/v1", api_key=token, max_retries=0, timeout=30)
+        reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Name a river."}])
+        assert DEV_TAG in reply.choices[0].message.content
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"http://{mesh.address('envoy')}/v1", api_key="x", max_retries=0).models.list()
+        # Readable: no JSON log lines among what `make run` prints; each service logs to its file.
+        assert not [x for x in mesh.lines if x.startswith("{")], mesh.lines
+        for name in ("ratelimit", "classifier", "enforcer", "dev-upstream"):
+            assert " listening on " in (LOGS / f"{name}.log").read_text()
+        assert any(
+            x.startswith(f"monitor database: {monitor_db_name()}") or x.startswith("monitor skipped")
+            for x in mesh.lines
+        )
         # The console of the local run, with the dev users (needs the monitor, so PostgreSQL).
         if any(x.startswith("monitor listening on ") for x in mesh.lines):
             console = next(x for x in mesh.lines if x.startswith("console serving ")).split()[2]
@@ -130,7 +151,7 @@ def test_local_mesh_starts_serves_and_stops_cleanly() -> None:
                 assert page.status == 200 and b'name="password"' in page.read()
             assert any(x.startswith("monitor console: sign in as dev-reviewer") for x in mesh.lines)
         kids = children_of(mesh.proc.pid)
-        assert len(kids) >= 5  # redis-server, tansu, ratelimit, classifier, enforcer
+        assert len(kids) >= 7  # redis-server, tansu, ratelimit, classifier, enforcer, dev upstream, envoy
         mesh.proc.send_signal(signal.SIGINT)
         assert mesh.proc.wait(60) == 0
         deadline = time.monotonic() + 10
@@ -153,3 +174,9 @@ def test_redis_url_points_the_mesh_at_a_real_server() -> None:
     finally:
         if mesh.proc.poll() is None:
             mesh.proc.kill()
+
+
+def test_each_checkout_gets_a_monitor_database_of_its_own() -> None:
+    a, b = monitor_db_name(Path("/home/me/mesh")), monitor_db_name(Path("/home/me/mesh-2"))
+    assert a != b and a == monitor_db_name(Path("/home/me/mesh"))
+    assert a.startswith("safeguards_monitor_") and a.replace("_", "").isalnum() and len(a) < 63
