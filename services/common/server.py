@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from services.common import logs
+from services.common import logs, tracing
 from services.common.errors import ConfigError
 from services.common.interceptors import ServerInterceptor
 from services.common.metrics import RpcMetrics, new_registry, serve_http
@@ -79,7 +79,7 @@ class GrpcServer:
         ]
         interceptor = ServerInterceptor(RpcMetrics(self.registry), frozenset(s.allowed_client_sans))
         server = grpc.aio.server(
-            interceptors=[interceptor],
+            interceptors=[*tracing.server_interceptors(), interceptor],
             options=options,
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
@@ -161,6 +161,13 @@ def run(
     async def main() -> int:
         registry = new_registry()
         log_pipeline.register(registry)
+        tracing.setup(
+            name,
+            endpoint=settings.otlp_endpoint,
+            insecure=settings.otlp_insecure,
+            sample_ratio=settings.trace_sample_ratio,
+            region=settings.region,
+        )
         app = await build(settings, registry)
         server = GrpcServer(name, settings, app, registry)
         loop = asyncio.get_running_loop()
@@ -186,4 +193,5 @@ def run(
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
     finally:
+        tracing.shutdown()  # export the buffered spans
         log_pipeline.stop()  # write the queued lines (bounded wait) before exit

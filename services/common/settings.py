@@ -89,6 +89,15 @@ class ServiceSettings(BaseSettings):
         10.0, ge=0, description="on SIGTERM, how long in-flight RPCs may run before they are cancelled"
     )
     event_loop: Literal["uvloop", "asyncio"] = Field("uvloop", description="asyncio event loop: uvloop or asyncio")
+    otlp_endpoint: str = Field(
+        "",
+        description="OpenTelemetry collector (OTLP/gRPC, e.g. http://otel-collector:4317) to export traces to; "
+        "empty: no tracing (nothing instrumented)",
+    )
+    otlp_insecure: bool = Field(False, description="send traces to --otlp-endpoint without TLS")
+    trace_sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="share of new traces sampled (a caller's sampling decision is followed)"
+    )
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:

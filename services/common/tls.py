@@ -8,6 +8,8 @@ from pathlib import Path
 
 import grpc
 
+from services.common import tracing
+
 
 @dataclass(frozen=True)
 class CallerIdentity:
@@ -66,8 +68,9 @@ class ClientTLS:
 def secure_channel(target: str, tls: ClientTLS, options: list[tuple[str, object]] | None = None) -> grpc.aio.Channel:
     """An aio channel to another service, speaking the same transport security as servers."""
     opts = list(options or []) + list(tls.extra_options)
+    interceptors = tracing.client_interceptors()  # trace context onward, when tracing is on
     if tls.plaintext:
-        return grpc.aio.insecure_channel(target, options=opts)
+        return grpc.aio.insecure_channel(target, options=opts, interceptors=interceptors)
     if tls.server_name:
         opts.append(("grpc.ssl_target_name_override", tls.server_name))
-    return grpc.aio.secure_channel(target, tls.credentials(), options=opts)
+    return grpc.aio.secure_channel(target, tls.credentials(), options=opts, interceptors=interceptors)

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common import tracing
 from services.common.kafka import Publisher
 from services.common.privacy import RegionalKey
 from services.enforcer.decision import Outcome, Verdict
@@ -66,6 +67,7 @@ class DecisionRecorder:
 
     def record(self, d: Decided, *, forced_categories: frozenset[str] = frozenset()) -> None:
         ident, outcome, surface = d.identity, d.outcome, str(d.surface)
+        tracing.annotate(tracing.DECISION_ID, d.decision_id)
         if outcome.degraded:
             for dep in outcome.failed_dependencies:
                 self.stats.degraded.labels(dep).inc()
@@ -91,6 +93,7 @@ class DecisionRecorder:
                 latencies=d.latencies,
                 model_versions=d.models,
                 prompt_decision_id=d.prompt_decision_id,
+                trace_id=tracing.current_trace_id(),
             ),
             self.key,
             self.snippet_chars,

@@ -66,6 +66,7 @@ class SignalInput:
     latencies: dict[str, float]
     model_versions: dict[str, int]
     prompt_decision_id: str = ""
+    trace_id: str = ""
     #: Retro-screening follow-ups (SURFACE_RETRO_SCREEN): the decision re-screened, and its action.
     retro_of_decision_id: str = ""
     original_action: int = 0
@@ -90,6 +91,7 @@ def build_signal(s: SignalInput, key: RegionalKey, snippet_chars: int) -> signal
         degraded=s.outcome.degraded,
         failed_dependencies=list(s.outcome.failed_dependencies),
         request_id="" if zero else s.request_id,
+        trace_id="" if zero else s.trace_id,
         prompt_decision_id=s.prompt_decision_id,
         verdict=VERDICT_TO_PB[s.outcome.verdict],
         verdict_reason=s.outcome.verdict_reason,
