@@ -250,7 +250,7 @@ def build_parser() -> ArgumentParser:
 
     def command(name: str, func: Callable, help_text: str, parent=sub) -> ArgumentParser:
         p = parent.add_parser(name, parents=[common], help=help_text, description=help_text)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, prog=p.prog)
         return p
 
     p = command("screen", cmd_screen, "screen a prompt (SafeguardsService.ScreenPrompt on the enforcer)")
@@ -576,7 +576,7 @@ SERVICE_OF = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    prog = f"{PROG} {args.command}"
+    prog = args.prog
     out = sys.stdout
     try:
         for message in args.func(args):

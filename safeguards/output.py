@@ -39,7 +39,9 @@ def when(ts: Timestamp) -> str:
 
 def seconds(d) -> str:
     s = d.seconds + d.nanos / 1e9
-    return f"{s * 1000:.1f} ms" if s < 1 else f"{s:g} s"
+    if s < 1:
+        return f"{s * 1000:.1f} ms"
+    return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"
 
 
 def decision_lines(d: safeguards_pb2.Decision, indent: str = "") -> list[str]:
