@@ -95,9 +95,7 @@ class Load:
                 self.errors.append(f"{exc.code().name}: {exc.details()}")
 
 
-def test_replicas_share_the_load_and_stopping_one_of_each_loses_no_decision(tmp_path: Path, monkeypatch) -> None:
-    # Actions play no part here: the development signing key (ignored where it does not exist).
-    monkeypatch.setenv("ENFORCER_INSECURE_DEV_ACTION_KEY", "true")
+def test_replicas_share_the_load_and_stopping_one_of_each_loses_no_decision(tmp_path: Path) -> None:
     policies, rl_config, key = write_config(tmp_path)
     prefix = f"lb{uuid.uuid4().hex[:8]}:"
     kafka = EmbeddedKafka().start()
