@@ -24,7 +24,7 @@ from services.common.reloader import ReloadingConfig
 from services.common.server import App, run
 from services.common.spool import Spool
 from services.common.tls import ClientTLS, secure_channel
-from services.enforcer import admin, policy
+from services.enforcer import admin, policy, shadow
 from services.enforcer.detectors import warm_up
 from services.enforcer.requests import Limits
 from services.enforcer.retro import RetroScreener, RetroStats
@@ -52,6 +52,15 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
         describe=lambda ps: {"tenants": sorted(ps.policies)},
     )
     policies.load_initial()
+    candidates = None
+    if settings.shadow_policy:
+        candidates = ReloadingConfig(
+            Path(settings.shadow_policy),
+            shadow.load,
+            poll_seconds=settings.policy_poll_seconds,
+            describe=lambda c: {"shadow_tenants": sorted(c.candidates)},
+        )
+        candidates.load_initial()
     warm_up()
     tls = ClientTLS(
         plaintext=settings.upstream_plaintext,
@@ -147,6 +156,7 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
         throttle_domain=settings.throttle_domain,
         retro=retro,
         callers=(lambda: callers.current) if callers else (lambda: ANY_CALLER),
+        shadow=(lambda: candidates.current) if candidates else (lambda: None),
     )
     tokens = None
     if settings.admin_tokens:
@@ -200,12 +210,14 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
             policies.start,
             *([tokens.start] if tokens else []),
             *([callers.start] if callers else []),
+            *([candidates.start] if candidates else []),
             actions.start,
         ],
         on_stop=[
             policies.stop,
             *([tokens.stop] if tokens else []),
             *([callers.stop] if callers else []),
+            *([candidates.stop] if candidates else []),
             actions.stop,
             sink.close,
             stop_retro,

@@ -17,6 +17,7 @@ from services.enforcer.detectors import Finding, Tier0Result
 from services.enforcer.policy import Action, Policy
 from services.enforcer.requests import Identity
 from services.enforcer.retro import RetroJob, RetroScreener
+from services.enforcer.shadow import ShadowOutcome
 from services.enforcer.signals import SignalInput, build_signal, signal_record
 from services.enforcer.stats import ScreenStats
 
@@ -43,6 +44,8 @@ class Decided:
     classify_text: str = ""
     tier0: Tier0Result | None = None
     prompt_decision_id: str = ""
+    #: The tenant's candidate policy's would-be decision (shadow.py), if it has one.
+    shadow: ShadowOutcome | None = None
     #: Path-specific log fields (counts and flags only).
     log_fields: dict[str, Any] = field(default_factory=dict)
 
@@ -74,6 +77,8 @@ class DecisionRecorder:
         self.stats.decisions.labels(self.stats.tenant_label(ident.tenant), outcome.action.name, surface).inc()
         self.stats.verdicts.labels(surface, *outcome.verdict_labels).inc()
         self.stats.latency.labels(surface).observe(d.latencies.get("total", 0.0))
+        if d.shadow is not None:
+            self.stats.shadow.labels(surface, d.shadow.compared_to(outcome)).inc()
         signal = build_signal(
             SignalInput(
                 decision_id=d.decision_id,
@@ -94,6 +99,7 @@ class DecisionRecorder:
                 model_versions=d.models,
                 prompt_decision_id=d.prompt_decision_id,
                 trace_id=tracing.current_trace_id(),
+                shadow=d.shadow,
             ),
             self.key,
             self.snippet_chars,

@@ -27,13 +27,21 @@ from services.common.kafka import Publisher
 from services.common.privacy import RegionalKey
 from services.common.reloader import ReloadingConfig
 from services.common.tls import CallerIdentity
-from services.enforcer.decision import ClassifierOutcome, EnforcementVerdict, Outcome, Reason, decide
-from services.enforcer.detectors import run_tier0
+from services.enforcer.decision import (
+    ClassifierOutcome,
+    EnforcementVerdict,
+    Outcome,
+    RateLimitOutcome,
+    Reason,
+    decide,
+)
+from services.enforcer.detectors import Tier0Result, run_tier0
 from services.enforcer.policy import Action, FailMode, Policy, PolicySet, RateLimitRule
 from services.enforcer.recorder import Decided, DecisionRecorder
 from services.enforcer.requests import Identity, Limits, PromptRequest, ScreenResult, check_identity
 from services.enforcer.retro import RetroScreener
 from services.enforcer.scorer import Scorer
+from services.enforcer.shadow import ShadowOutcome, ShadowPolicies, decide_shadow, same_detectors
 from services.enforcer.stats import ScreenStats
 from services.enforcer.streaming import CompletionSession
 from services.enforcer.upstream import ACCOUNT_THROTTLE_RULE, ClassifierCaller, RateLimitCaller
@@ -94,9 +102,11 @@ class Screener:
         throttle_domain: str = "",
         retro: RetroScreener | None = None,
         callers: Callable[[], CallerTenants] = lambda: ANY_CALLER,
+        shadow: Callable[[], ShadowPolicies | None] = lambda: None,
     ) -> None:
         self.region = region
         self.callers = callers  # the current caller -> tenants binding
+        self.shadow = shadow  # the current candidate policies (shadow.py), if any
         self.policies = policies
         self.key = key
         self.ratelimit = ratelimit
@@ -174,6 +184,7 @@ class Screener:
             classify_text = ""
             outcome = decide(policy, tier0, ClassifierOutcome(), None, enforcement=verdict)
             models: dict[str, int] = {}
+            shadow = None  # an enforcement block stands under any policy
         else:
             t1 = time.perf_counter()
             tier0 = await self.scorer.tier0(text, policy)
@@ -193,6 +204,7 @@ class Screener:
             outcome = decide(policy, tier0, cl, rl, forced_categories=forced, enforcement=verdict)
             outcome = _account_throttle_reason(outcome)
             models = dict(cl.model_versions)
+            shadow = await self._shadow(policy, ident.tenant, text, tier0, cl, rl, forced, verdict)
 
         redacted: tuple[tuple[str, str], ...] = ()
         redactor = None
@@ -216,10 +228,31 @@ class Screener:
                 models=models,
                 classify_text=classify_text,
                 tier0=tier0,
+                shadow=shadow,
             ),
             forced_categories=forced,
         )
         return ScreenResult(decision_id, outcome, policy.version, redacted, latency, redactor)
+
+    async def _shadow(
+        self,
+        live: Policy,
+        tenant: str,
+        text: str,
+        tier0: Tier0Result,
+        cl: ClassifierOutcome,
+        rl: RateLimitOutcome | None,
+        forced: frozenset[str],
+        verdict: EnforcementVerdict | None,
+    ) -> ShadowOutcome | None:
+        candidates = self.shadow()
+        candidate = candidates.for_tenant(tenant, self.policies.current) if candidates else None
+        if candidate is None:
+            return None
+        if not same_detectors(candidate, live):
+            tier0 = await self.scorer.tier0(text, candidate)
+        shadow = decide_shadow(candidate, live, tier0, cl, rl, forced_categories=forced, enforcement=verdict)
+        return dataclasses.replace(shadow, outcome=_account_throttle_reason(shadow.outcome))
 
     async def _ratelimit(self, policy: Policy, context: dict[str, str], tokens: int, budget: Budget):
         rpm = self.enforcement.account_limit(context["tenant"], context["account"])

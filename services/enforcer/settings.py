@@ -49,6 +49,11 @@ class EnforcerSettings(ServiceSettings, KafkaSettings, ActionKeySettings):
         256 * 1024 * 1024, ge=1024, description="spool size limit; beyond it signals are dropped (counted)"
     )
     policy: str = Field("config/policies", description="tenant policy YAML file or directory (reloaded on change)")
+    shadow_policy: str = Field(
+        "",
+        description="candidate policy YAML file or directory run in shadow (decided on live traffic, in the "
+        "signal, never enforced; reloaded on change); empty: none",
+    )
     policy_poll_seconds: float = Field(1.0, gt=0, description="how often the policy files are checked for changes")
     hmac_key_file: str = Field(
         "", description="file holding this region's HMAC key (>= 32 bytes) for account pseudonyms; required"

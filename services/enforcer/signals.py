@@ -21,6 +21,7 @@ from services.common.topics import signals_topic
 from services.enforcer.decision import Outcome, Verdict
 from services.enforcer.detectors import mask
 from services.enforcer.policy import DataPolicy, Policy
+from services.enforcer.shadow import ShadowOutcome
 
 ACTION_TO_PB = {
     1: safeguards_pb2.ACTION_ALLOW,
@@ -67,6 +68,7 @@ class SignalInput:
     model_versions: dict[str, int]
     prompt_decision_id: str = ""
     trace_id: str = ""
+    shadow: ShadowOutcome | None = None
     #: Retro-screening follow-ups (SURFACE_RETRO_SCREEN): the decision re-screened, and its action.
     retro_of_decision_id: str = ""
     original_action: int = 0
@@ -103,6 +105,12 @@ def build_signal(s: SignalInput, key: RegionalKey, snippet_chars: int) -> signal
         sig.retro_catch = int(s.outcome.action) > s.original_action
     for r in s.outcome.reasons:
         sig.reasons.add(code=r.code, detail=r.detail)
+    if s.shadow is not None:
+        sig.shadow.policy_version = s.shadow.policy_version
+        sig.shadow.action = ACTION_TO_PB[int(s.shadow.outcome.action)]
+        sig.shadow.incomplete = s.shadow.incomplete
+        for r in s.shadow.outcome.reasons:
+            sig.shadow.reasons.add(code=r.code, detail=r.detail)
     for c in s.outcome.scores:
         sig.scores.add(category=c.category, score=c.score, threshold=c.threshold, action=ACTION_TO_PB[int(c.action)])
     sig.model_versions.update(s.model_versions)

@@ -40,4 +40,11 @@ class ScreenStats:
             ["surface", "verdict", "reason"],
             registry=registry,
         )
+        self.shadow = Counter(
+            "enforcer_shadow_decisions",
+            "Decisions also taken under a tenant's candidate policy (shadow), by how the candidate's action "
+            "compares with the live one: same, stricter or looser.",
+            ["surface", "comparison"],
+            registry=registry,
+        )
         self.tenant_label = BoundedLabels(200)
