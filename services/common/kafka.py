@@ -79,6 +79,9 @@ class KafkaSecurity:
         """aiokafka's keyword arguments; reads the CA, certificate, key and password
         files now (a missing file is a ConfigError naming it)."""
         kwargs: dict[str, Any] = {"security_protocol": self.protocol}
+        for name in (self.ca_file, self.cert_file, self.key_file, self.sasl_password_file):
+            if name and not Path(name).is_file():
+                raise ConfigError(f"Kafka security: {name} is not a readable file")
         try:
             if self.protocol in ("SSL", "SASL_SSL"):
                 ctx = create_ssl_context(
@@ -91,7 +94,9 @@ class KafkaSecurity:
                 kwargs["sasl_plain_username"] = self.sasl_username
                 kwargs["sasl_plain_password"] = Path(self.sasl_password_file).read_text().strip()
         except OSError as exc:
-            raise ConfigError(f"Kafka security: cannot read {exc.filename}: {exc.strerror}") from None
+            raise ConfigError(
+                f"Kafka security: cannot load {exc.filename or 'a file'}: {exc.strerror or exc}"
+            ) from None
         return kwargs
 
 
