@@ -190,7 +190,7 @@ def run(
         return asyncio.run(main())
     except ConfigError as exc:  # bad config at start: one clear line, exit 2, no traceback
         log.error("cannot start", extra={"error": str(exc)})
-        print(f"{name}: {exc}", file=sys.stderr)
+        print(settings.error_line(str(exc)), file=sys.stderr)
         return 2
     finally:
         tracing.shutdown()  # export the buffered spans

@@ -161,10 +161,18 @@ class ServiceSettings(BaseSettings):
             cls.exit_with_error(describe_errors(exc))
 
     @classmethod
+    def prog(cls) -> str:
+        return str(cls.model_config.get("cli_prog_name") or f"python -m services.{cls.service_name}")
+
+    @classmethod
+    def error_line(cls, message: str) -> str:
+        """argparse's error format, on one line: `<prog>: error: <message>`."""
+        return f"{cls.prog()}: error: {' '.join(message.split())}"
+
+    @classmethod
     def exit_with_error(cls, message: str) -> NoReturn:
         """Exit like argparse's `error()`, minus the usage block: one line, status 2."""
-        prog = cls.model_config.get("cli_prog_name") or f"python -m services.{cls.service_name}"
-        print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+        print(cls.error_line(message), file=sys.stderr)
         raise SystemExit(2)
 
     def cli_cmd(self) -> None:  # CliApp.run calls this; services run their own main.

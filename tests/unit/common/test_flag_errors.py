@@ -94,3 +94,19 @@ def test_log_level_is_case_insensitive() -> None:
     from services.ratelimit.settings import RatelimitSettings
 
     assert RatelimitSettings.parse(["--plaintext", "--log-level", "debug"]).log_level == "DEBUG"
+
+
+def test_a_config_error_at_start_ends_with_one_error_line_and_status_2(tmp_path) -> None:
+    """Caught while building (a required file missing): the JSON log line for the log
+    pipeline, then the same argparse-style line for the person at the terminal."""
+    out = run(
+        "services.enforcer",
+        ["--plaintext", "--upstream-plaintext", "--listen", "127.0.0.1:0", "--metrics-listen", "",
+         "--spool-dir", str(tmp_path), "--hmac-key-file", ""],
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert (
+        out.stderr.splitlines()[-1]
+        == "python -m services.enforcer: error: --hmac-key-file is required: the region's key for account pseudonyms"
+    )
