@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,7 +20,15 @@ from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from safeguards.v1 import concurrency_pb2 as cpb
 from safeguards.v1 import concurrency_pb2_grpc
 
-from tests.integration.ratelimit.conftest import OK, OVER, RlsClient, degraded_count, descriptor, request
+from tests.integration.ratelimit.conftest import (
+    OK,
+    OVER,
+    RlsClient,
+    degraded_count,
+    descriptor,
+    request,
+    wait_until,
+)
 from tests.support import free_port
 from tools.embedded import EmbeddedRedisCluster
 
@@ -32,6 +42,11 @@ def cluster_keys(cluster: EmbeddedRedisCluster, prefix: str) -> dict[str, int]:
         with cluster.client(port) as r:
             out.update({k: port for k in r.scan_iter(match=f"{prefix}*", count=1000)})
     return out
+
+
+def role(cluster: EmbeddedRedisCluster, port: int) -> str:
+    with cluster.client(port) as r:
+        return r.info("replication")["role"]
 
 
 def start_on_cluster(start_ratelimit, cluster: EmbeddedRedisCluster, *extra: str):
@@ -215,7 +230,10 @@ def test_planned_failover_keeps_answering_and_stays_exact(start_ratelimit, redis
             c.close()
 
 
-def test_master_killed_replica_takes_over(start_ratelimit, redis_cluster, key_prefix) -> None:
+@pytest.mark.parametrize("failure", ["killed", "paused"])
+def test_failed_master_replica_takes_over(start_ratelimit, redis_cluster, key_prefix, failure: str) -> None:
+    """An unplanned failover: the master dies (SIGKILL: connections refused) or hangs
+    (SIGSTOP: connections open, no replies) until its replica takes over."""
     (a, b), metrics = _replicas_on_cluster(start_ratelimit, redis_cluster)
     req = request(descriptor(("exact", "k")))
     client = RlsClient(a.address)
@@ -225,22 +243,28 @@ def test_master_killed_replica_takes_over(start_ratelimit, redis_cluster, key_pr
         replica = redis_cluster.replicas_of(primary)[0]
         node = next(n for n in redis_cluster.nodes if n.port == primary)
 
-        def crash() -> None:
-            node.proc.kill()  # SIGKILL: no goodbye; the replica takes over after the node timeout
-            node.proc.wait()
+        def fail() -> None:
+            if failure == "killed":
+                node.proc.kill()
+                node.proc.wait()
+            else:
+                os.kill(node.proc.pid, signal.SIGSTOP)
+            # The replica takes over after the node timeout (1 s) and an election.
+            wait_until(lambda: role(redis_cluster, replica) == "master", 30)
+            if failure == "paused":
+                os.kill(node.proc.pid, signal.SIGCONT)  # it comes back as a replica of the new master
             redis_cluster.wait_healthy()
 
         after = 3 * LIMIT
-        codes, later, _ = asyncio.run(_hammer_through([a.address, b.address], req, 8, crash, after))
+        codes, later, _ = asyncio.run(_hammer_through([a.address, b.address], req, 8, fail, after))
         # Every call was answered (an RPC error would have raised); while the slot had
-        # no primary the answers failed open and were counted.
+        # no primary that answered, the answers failed open and were counted.
         assert sum(degraded_count(port, "open") for port in metrics) > 0
         assert OVER in later  # real decisions again, the limit crossed on the new primary
-        with redis_cluster.client(replica) as r:
-            assert r.info("replication")["role"] == "master"
         # Real decisions again, on the promoted replica.
         fresh = client.check(descriptor(("exact", "after")))
         assert fresh.overall_code == OK and fresh.statuses[0].limit_remaining == LIMIT - 1
+        assert a.proc.poll() is None and b.proc.poll() is None
     finally:
         client.close()
 
