@@ -21,7 +21,7 @@ BUF_VERSION := 1.75.0
 SYSTEM_PACKAGES := docker-compose nghttp2-client chromium prometheus
 SYSTEM_STAMP := .cache/system-deps-$(shell printf '%s' '$(SYSTEM_PACKAGES)' | sha256sum | cut -c1-12).stamp
 
-.PHONY: setup models run test lint protos compose-check clean bench-ratelimit bench-classifier bench-enforcer bench-monitor bench-linear bench-failsafe
+.PHONY: setup models run test lint protos compose-check clean bench-ratelimit bench-classifier bench-enforcer bench-monitor bench-linear bench-failsafe bench-envoy
 
 setup: $(DEPS_STAMP) $(GEN_STAMP) $(CLI) $(BUF) $(SYSTEM_STAMP) models
 
@@ -94,6 +94,9 @@ bench-linear: setup
 
 bench-failsafe: setup
 	$(PY) -m bench.failsafe
+
+bench-envoy: setup
+	$(PY) -m bench.envoy
 
 clean:
 	rm -rf gen build .pytest_cache

@@ -87,7 +87,7 @@ def test_config_check_command(tmp_path) -> None:
         text=True,
         timeout=60,
     )
-    assert good.returncode == 0 and "ok: 1 domain(s): llm" in good.stdout
+    assert good.returncode == 0 and "ok: 2 domain(s): gateway, llm" in good.stdout
     (tmp_path / "x.yaml").write_text("domain: x\ndescriptors:\n  - key: ''\n")
     bad = subprocess.run(
         [sys.executable, "-m", "services.ratelimit.config_check", "--config", str(tmp_path)],
