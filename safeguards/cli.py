@@ -20,7 +20,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
@@ -39,6 +39,7 @@ from safeguards.v1 import (
     safeguards_pb2,
     safeguards_pb2_grpc,
 )
+from services.common.settings import ArgumentParser
 from services.common.tls import ClientTLS
 
 PROG = "safeguards"
@@ -50,14 +51,6 @@ SERVICES = {
     "ratelimit": "127.0.0.1:50053",
     "monitor": "127.0.0.1:50054",
 }
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one line (`prog: error: ...`, status 2),
-    without the usage block (`--help` shows that)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 class UsageError(Exception):

@@ -6,17 +6,17 @@ speak plaintext only: deploy/k8s/components/mtls probes with this instead)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.settings import ArgumentParser
 from services.common.tls import ClientTLS
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(prog="python -m services.common.healthcheck", description=__doc__)
     parser.add_argument("address", help="HOST:PORT of the gRPC server")
     parser.add_argument("service", nargs="?", default="", help="service name ('' = the whole server)")
     parser.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")

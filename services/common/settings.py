@@ -10,6 +10,7 @@ env var is appended to each field's description when the class is defined.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,15 @@ from pydantic_settings import BaseSettings, CliApp, NoDecode, SettingsConfigDict
 from services.common.errors import ConfigError
 
 T = TypeVar("T", bound="ServiceSettings")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the services' small commands (and the client): a bad flag is one
+    line, `<prog>: error: <message>`, status 2, as for the services' own flags; the
+    usage block is what `--help` is for."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
 def split_host_port(address: str) -> tuple[str, int]:

@@ -4,16 +4,16 @@ config_check), for CI pipelines of config repositories."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from services.common.errors import ConfigError
+from services.common.settings import ArgumentParser
 from services.ratelimit import config
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.ratelimit.config_check", description=__doc__)
+    parser = ArgumentParser(prog="python -m services.ratelimit.config_check", description=__doc__)
     parser.add_argument("--config", required=True, help="YAML file or directory of YAML files")
     ns = parser.parse_args(argv)
     try:

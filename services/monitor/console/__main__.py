@@ -6,17 +6,17 @@
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import sys
 from pathlib import Path
 
 from services.common.errors import ConfigError
+from services.common.settings import ArgumentParser
 from services.monitor.console.users import MAX_PASSWORD, hash_password, load_users
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.monitor.console", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m services.monitor.console", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser(
         "hash-password",

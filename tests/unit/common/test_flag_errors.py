@@ -110,3 +110,15 @@ def test_a_config_error_at_start_ends_with_one_error_line_and_status_2(tmp_path)
         out.stderr.splitlines()[-1]
         == "python -m services.enforcer: error: --hmac-key-file is required: the region's key for account pseudonyms"
     )
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "expected"),
+    [
+        ("services.common.healthcheck", ["--timeout", "soon", "127.0.0.1:1"], "argument --timeout: invalid float"),
+        ("services.ratelimit.config_check", ["--bogus"], "the following arguments are required: --config"),
+        ("services.monitor.console", ["bogus"], "argument command: invalid choice: 'bogus'"),
+    ],
+)
+def test_the_services_small_commands_report_bad_flags_the_same_way(module: str, args: list[str], expected: str) -> None:
+    assert_one_line_error(run(module, args), module, expected)
