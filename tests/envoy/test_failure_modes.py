@@ -5,21 +5,26 @@
 - the rate limiter unreachable: Envoy's ratelimit filter fails open (its
   failure_mode_allowed counter) and so does the enforcer's own limit check, per the
   policy (enforcer_degraded_decisions / enforcer_dependency_failures);
+- the enforcer paused in the middle of a streamed completion: the stream ends (reset),
+  the rest of the completion never reaches the client unscreened;
 - a config Envoy itself accepts (`envoy --mode validate`), the shipped one included."""
 
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import urllib.request
 
 import anthropic
+import openai
 import pytest
 
 from tests.e2e.meshes import REGION
 from tests.envoy.conftest import DEV_ENV
 from tests.envoy.test_sdks import ask
 from tests.support import ServiceProcess, free_port
+from tools.dev_upstream import ECHO
 from tools.envoy_gateway import TEMPLATE, envoy_binary
 
 
@@ -113,3 +118,25 @@ def test_envoy_itself_accepts_the_config(gateway, which) -> None:
         timeout=120,
     )
     assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
+
+
+def test_enforcer_paused_mid_stream_ends_the_stream_never_passes_the_rest_unscreened(gateway) -> None:
+    slow = ServiceProcess("tools.dev_upstream", ["--listen", "127.0.0.1:0", "--delay-ms", "150"]).start()
+    gateway.backends.procs.append(slow)
+    envoy = gateway.another_envoy("paused", upstream=slow.address)
+    gpt = openai.OpenAI(base_url=f"http://{envoy.address}/v1", api_key=gateway.token(), max_retries=0, timeout=30)
+    prompt = "The river flows to the sea. " * 10 + ECHO  # echoed back in 24-character deltas, 150 ms apart
+    stream = iter(gpt.chat.completions.create(model="m", messages=ask(prompt), stream=True))
+    parts = [next(stream).choices[0].delta.content or ""]
+    gateway.enforcer.signal(signal.SIGSTOP)  # ext_proc's next message times out (message_timeout 0.5 s)
+    finish = None
+    try:
+        with pytest.raises(openai.APIError):
+            for chunk in stream:
+                for choice in chunk.choices:
+                    parts.append(choice.delta.content or "")
+                    finish = choice.finish_reason or finish
+    finally:
+        gateway.enforcer.signal(signal.SIGCONT)
+    text = "".join(parts)
+    assert finish is None and len(text) < len(prompt) - len(ECHO) - 20, text  # cut short, not completed
