@@ -171,7 +171,10 @@ class PublisherMetrics:
         )
         self.spooled = Counter("kafka_records_spooled", "Records written to the local spool.", registry=registry)
         self.dropped = Counter(
-            "kafka_records_dropped", "Records refused because the spool was full.", registry=registry
+            "kafka_records_dropped",
+            "Records lost because the spool refused them: reason spool_full, or spool_error (its disk failed).",
+            ["reason"],
+            registry=registry,
         )
         self.spool_depth = Gauge(
             "kafka_spool_records", "Records waiting in the local spool.", registry=registry, multiprocess_mode="sum"
@@ -185,8 +188,9 @@ class PublisherMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=registry,
         )
-        self.up = Gauge("kafka_up", "1 while the producer can deliver, else 0.", registry=registry,
-                        multiprocess_mode="min")
+        self.up = Gauge(
+            "kafka_up", "1 while the producer can deliver, else 0.", registry=registry, multiprocess_mode="min"
+        )
 
 
 class KafkaPublisher:
@@ -243,8 +247,11 @@ class KafkaPublisher:
         refused = self.spool.append(records)
         self.metrics.spooled.inc(len(records) - len(refused))
         if refused:
-            self.metrics.dropped.inc(len(refused))
-            log.error("spool full: records dropped", extra={"dropped": len(refused), "spool_bytes": self.spool.bytes})
+            reason = "spool_error" if self.spool.last_error else "spool_full"
+            self.metrics.dropped.labels(reason).inc(len(refused))
+            log.error(
+                "records dropped", extra={"dropped": len(refused), "reason": reason, "spool_bytes": self.spool.bytes}
+            )
         self._update_spool_metrics()
 
     def _update_spool_metrics(self) -> None:
@@ -283,9 +290,7 @@ class KafkaPublisher:
         futures = []
         for record, _t in records:
             futures.append(
-                await self._producer.send(
-                    record.topic, record.value, key=record.key, headers=record.kafka_headers()
-                )
+                await self._producer.send(record.topic, record.value, key=record.key, headers=record.kafka_headers())
             )
         results = await asyncio.gather(*futures, return_exceptions=True)
         now = time.monotonic()
