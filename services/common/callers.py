@@ -17,13 +17,14 @@ caller none of whose SANs is listed may name none.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.common.errors import PermissionDenied
+from services.common.reloader import ReloadingConfig
 from services.common.tls import CallerIdentity
 from services.common.yamlfile import load_model
 
@@ -76,3 +77,39 @@ class CallerTenants:
 
 #: No binding: every caller may name every tenant.
 ANY_CALLER = CallerTenants()
+
+
+class CallerTenantSettings(BaseModel):
+    """The binding's flags, mixed into the settings of each service that takes a tenant
+    from its callers (the enforcer, the rate limiter)."""
+
+    caller_tenants_file: str = Field(
+        "",
+        description='YAML file of caller certificate SAN -> the tenants that caller may name ("*": any), '
+        "checked on every API that names a tenant (reloaded on change; needs mutual TLS); empty: any caller "
+        "may name any tenant",
+    )
+
+    @model_validator(mode="after")
+    def _callers_need_mutual_tls(self) -> CallerTenantSettings:
+        if self.caller_tenants_file and not getattr(self, "tls_client_ca_file", ""):
+            raise ValueError(
+                "--caller-tenants-file needs mutual TLS (--tls-client-ca-file): callers are known by their certificates"
+            )
+        return self
+
+
+def binding(
+    settings: CallerTenantSettings, poll_seconds: float = 2.0
+) -> tuple[Callable[[], CallerTenants], ReloadingConfig[CallerTenants] | None]:
+    """(the current binding, its reloader to start and stop, if a file is configured)."""
+    if not settings.caller_tenants_file:
+        return (lambda: ANY_CALLER), None
+    reloading = ReloadingConfig(
+        Path(settings.caller_tenants_file),
+        CallerTenants.load,
+        poll_seconds=poll_seconds,
+        describe=lambda c: {"callers": len(c.bindings)},
+    )
+    reloading.load_initial()
+    return (lambda: reloading.current), reloading

@@ -5,18 +5,21 @@ its spool, the screener, and the gRPC services around it."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 from pathlib import Path
 
+from envoy.service.ratelimit.v3 import rls_pb2
 from prometheus_client import CollectorRegistry, Gauge
+from safeguards.v1 import classifier_pb2
 
 from services.actions.admin import ActionAdmin
 from services.actions.consumer import ActionsConsumer
 from services.actions.projection import ActionMetrics, ActionTable
 from services.actions.sink import KafkaActionSink
-from services.common.callers import ANY_CALLER, CallerTenants
-from services.common.clients import BreakerState, CircuitBreaker
+from services.common.callers import binding as caller_binding
+from services.common.clients import BreakerState, CircuitBreaker, balanced_channel_options
 from services.common.errors import ConfigError
 from services.common.kafka import KafkaPublisher, ProducerConfig, PublisherMetrics
 from services.common.privacy import RegionalKey
@@ -36,6 +39,9 @@ from services.enforcer.stats import ScreenStats
 from services.enforcer.upstream import ClassifierCaller, RateLimitCaller
 
 log = logging.getLogger("safeguards.enforcer")
+#: Health-checked per replica by the balanced channels (each server reports its services).
+CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["ClassifierService"].full_name
+RATELIMIT_SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
 
 
 async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
@@ -68,8 +74,11 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
         cert_file=settings.upstream_cert_file,
         key_file=settings.upstream_key_file,
     )
-    classifier_channel = secure_channel(settings.classifier_addr, tls)
-    ratelimit_channel = secure_channel(settings.ratelimit_addr, tls)
+    balanced = functools.partial(
+        balanced_channel_options, lb_policy=settings.upstream_lb_policy, keepalive_s=settings.upstream_keepalive_seconds
+    )
+    classifier_channel = secure_channel(settings.classifier_addr, tls, balanced(CLASSIFIER_SERVICE))
+    ratelimit_channel = secure_channel(settings.ratelimit_addr, tls, balanced(RATELIMIT_SERVICE))
 
     def breaker(name: str) -> CircuitBreaker:
         return CircuitBreaker(
@@ -128,15 +137,7 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
         timeout_s=settings.retro_deadline_seconds,
         workers=settings.retro_workers,
     )
-    callers = None
-    if settings.caller_tenants_file:
-        callers = ReloadingConfig(
-            Path(settings.caller_tenants_file),
-            CallerTenants.load,
-            poll_seconds=settings.policy_poll_seconds,
-            describe=lambda c: {"callers": len(c.bindings)},
-        )
-        callers.load_initial()
+    current_callers, callers = caller_binding(settings, settings.policy_poll_seconds)
     screener = Screener(
         region=settings.region,
         policies=policies,
@@ -155,7 +156,7 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
         enforcement=ActionLookups(table),
         throttle_domain=settings.throttle_domain,
         retro=retro,
-        callers=(lambda: callers.current) if callers else (lambda: ANY_CALLER),
+        callers=current_callers,
         shadow=(lambda: candidates.current) if candidates else (lambda: None),
     )
     tokens = None

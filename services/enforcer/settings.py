@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.actions.settings import ActionKeySettings
+from services.common.callers import CallerTenantSettings
+from services.common.clients import LbPolicy
 from services.common.kafka import KafkaSettings
 from services.common.settings import ServiceSettings
 
 DEFAULT_PORT = 50051
 
 
-class EnforcerSettings(ServiceSettings, KafkaSettings, ActionKeySettings):
+class EnforcerSettings(ServiceSettings, KafkaSettings, ActionKeySettings, CallerTenantSettings):
     model_config = SettingsConfigDict(env_prefix="ENFORCER_")
     service_name: ClassVar[str] = "enforcer"
 
@@ -25,8 +27,24 @@ class EnforcerSettings(ServiceSettings, KafkaSettings, ActionKeySettings):
         f"127.0.0.1:{DEFAULT_PORT + 1000}",
         description="Prometheus /metrics HTTP listen address HOST:PORT; empty disables metrics over HTTP",
     )
-    classifier_addr: str = Field("127.0.0.1:50052", description="classifier service HOST:PORT")
-    ratelimit_addr: str = Field("127.0.0.1:50053", description="rate-limit service HOST:PORT")
+    classifier_addr: str = Field(
+        "127.0.0.1:50052",
+        description="classifier service: HOST:PORT, dns:///NAME:PORT (every address the name resolves to, e.g. a "
+        "Kubernetes headless service) or ipv4:HOST:PORT,HOST:PORT",
+    )
+    ratelimit_addr: str = Field("127.0.0.1:50053", description="rate-limit service, in --classifier-addr's forms")
+    upstream_lb_policy: LbPolicy = Field(
+        "round_robin",
+        description="how calls to the classifier and rate limiter spread over their addresses: round_robin (every "
+        "healthy replica in turn; a replica whose grpc.health.v1 status is not SERVING gets none) or pick_first "
+        "(one address at a time)",
+    )
+    upstream_keepalive_seconds: float = Field(
+        10.0,
+        ge=5,
+        description="keepalive ping interval on the classifier and rate-limit connections (a vanished replica is "
+        "noticed within it; the services accept one ping per 5 s)",
+    )
     upstream_plaintext: bool = Field(
         False, description="call the classifier and rate-limit services without TLS (local loopback runs only)"
     )
@@ -102,11 +120,6 @@ class EnforcerSettings(ServiceSettings, KafkaSettings, ActionKeySettings):
         "empty: the EnforcementAdminService refuses every call (FAILED_PRECONDITION)",
     )
     admin_tokens_poll_seconds: float = Field(2.0, gt=0, description="how often the admin tokens file is checked")
-    caller_tenants_file: str = Field(
-        "",
-        description="YAML file of caller certificate SAN -> the tenants that caller may name (\"*\": any), "
-        "checked on every API (reloaded on change; needs mutual TLS); empty: any caller may name any tenant",
-    )
     admin_kafka_timeout_seconds: float = Field(
         10.0, gt=0, description="how long IssueAction/RevokeAction wait for the broker's ack before UNAVAILABLE"
     )
@@ -161,11 +174,3 @@ class EnforcerSettings(ServiceSettings, KafkaSettings, ActionKeySettings):
         "ext_proc then screens only completions (prompt decision id from x-safeguards-decision-id); "
         "never set without ext_authz in front",
     )
-
-    @model_validator(mode="after")
-    def _callers_need_mutual_tls(self) -> EnforcerSettings:
-        if self.caller_tenants_file and not self.tls_client_ca_file:
-            raise ValueError(
-                "--caller-tenants-file needs mutual TLS (--tls-client-ca-file): callers are known by their certificates"
-            )
-        return self

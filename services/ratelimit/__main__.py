@@ -11,12 +11,13 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from services.common.callers import binding as caller_binding
 from services.common.reloader import ReloadingConfig
 from services.common.server import App, run
 from services.ratelimit import config
 from services.ratelimit.cache import OverLimitCache
 from services.ratelimit.limiter import FailMode, LimiterSettings, RateLimiter
-from services.ratelimit.server import bindings
+from services.ratelimit.server import TenantGuard, bindings
 from services.ratelimit.settings import RatelimitSettings
 from services.ratelimit.stats import LimiterStats
 from services.ratelimit.store import RedisStore, StoreMetrics
@@ -59,10 +60,11 @@ async def build(settings: RatelimitSettings, registry: CollectorRegistry) -> App
             key_prefix=settings.key_prefix,
         ),
     )
+    current_callers, callers = caller_binding(settings, settings.config_poll_seconds)
     return App(
-        bindings=bindings(limiter),
-        on_start=[store.start, configs.start],
-        on_stop=[configs.stop, store.close],
+        bindings=bindings(limiter, TenantGuard(current_callers, settings.tenant_descriptor_keys)),
+        on_start=[store.start, configs.start, *([callers.start] if callers else [])],
+        on_stop=[configs.stop, *([callers.stop] if callers else []), store.close],
     )
 
 

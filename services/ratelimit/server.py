@@ -3,6 +3,8 @@ ConcurrencyLimitService, converting messages to the limiter's canonical types.""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
@@ -10,7 +12,9 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf import timestamp_pb2
 from safeguards.v1 import concurrency_pb2, concurrency_pb2_grpc
 
+from services.common.callers import ANY_CALLER, CallerTenants
 from services.common.server import ServiceBinding
+from services.common.tls import caller_identity
 from services.ratelimit.config import RateLimit, Unit
 from services.ratelimit.limiter import Code, Decision, Descriptor, RateLimiter
 
@@ -57,11 +61,35 @@ def decision_to_pb(decision: Decision) -> rls_pb2.RateLimitResponse:
     return resp
 
 
+class TenantGuard:
+    """Descriptor entries naming a tenant (keys in `tenant_keys`) are claims of the
+    caller: each must be a tenant the caller's certificate is bound to (callers.py)."""
+
+    def __init__(self, callers: Callable[[], CallerTenants], tenant_keys: Iterable[str]) -> None:
+        self._callers = callers
+        self._keys = frozenset(tenant_keys)
+
+    def check(self, context: grpc.aio.ServicerContext, entries: Iterable[tuple[str, str]]) -> None:
+        binding = self._callers()
+        if not binding.enforced:
+            return
+        caller = caller_identity(context)
+        for key, value in entries:
+            if key in self._keys:
+                binding.check(caller, value)
+
+
+ANY_TENANT_GUARD = TenantGuard(lambda: ANY_CALLER, ())
+
+
 class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
-    def __init__(self, limiter: RateLimiter) -> None:
+    def __init__(self, limiter: RateLimiter, guard: TenantGuard = ANY_TENANT_GUARD) -> None:
         self._limiter = limiter
+        self._guard = guard
 
     async def ShouldRateLimit(self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext):
+        for d in request.descriptors:
+            self._guard.check(context, ((e.key, e.value) for e in d.entries))
         decision = await self._limiter.should_rate_limit(
             request.domain, [descriptor_from_pb(d) for d in request.descriptors], request.hits_addend
         )
@@ -80,10 +108,12 @@ def _ts(unix: float) -> timestamp_pb2.Timestamp:
 
 
 class ConcurrencyServicer(concurrency_pb2_grpc.ConcurrencyLimitServiceServicer):
-    def __init__(self, limiter: RateLimiter) -> None:
+    def __init__(self, limiter: RateLimiter, guard: TenantGuard = ANY_TENANT_GUARD) -> None:
         self._limiter = limiter
+        self._guard = guard
 
     async def AcquireLease(self, request, context):
+        self._guard.check(context, _entries(request))
         lease = await self._limiter.acquire(
             request.domain, _entries(request), request.lease_ttl.ToTimedelta().total_seconds()
         )
@@ -99,26 +129,28 @@ class ConcurrencyServicer(concurrency_pb2_grpc.ConcurrencyLimitServiceServicer):
         )
 
     async def RenewLease(self, request, context):
+        self._guard.check(context, _entries(request))
         renewed, expires = await self._limiter.renew(
             request.domain, _entries(request), request.lease_id, request.lease_ttl.ToTimedelta().total_seconds()
         )
         return concurrency_pb2.RenewLeaseResponse(renewed=renewed, expires_at=_ts(expires))
 
     async def ReleaseLease(self, request, context):
+        self._guard.check(context, _entries(request))
         released, active = await self._limiter.release(request.domain, _entries(request), request.lease_id)
         return concurrency_pb2.ReleaseLeaseResponse(released=released, active=active)
 
 
-def bindings(limiter: RateLimiter) -> list[ServiceBinding]:
+def bindings(limiter: RateLimiter, guard: TenantGuard = ANY_TENANT_GUARD) -> list[ServiceBinding]:
     return [
         ServiceBinding(
             rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name,
             rls_pb2_grpc.add_RateLimitServiceServicer_to_server,
-            RateLimitServicer(limiter),
+            RateLimitServicer(limiter, guard),
         ),
         ServiceBinding(
             concurrency_pb2.DESCRIPTOR.services_by_name["ConcurrencyLimitService"].full_name,
             concurrency_pb2_grpc.add_ConcurrencyLimitServiceServicer_to_server,
-            ConcurrencyServicer(limiter),
+            ConcurrencyServicer(limiter, guard),
         ),
     ]

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
+from services.common.callers import CallerTenantSettings
 from services.common.settings import ServiceSettings
 
 DEFAULT_PORT = 50053
 
 
-class RatelimitSettings(ServiceSettings):
+class RatelimitSettings(ServiceSettings, CallerTenantSettings):
     model_config = SettingsConfigDict(env_prefix="RATELIMIT_")
     service_name: ClassVar[str] = "ratelimit"
 
@@ -22,6 +23,11 @@ class RatelimitSettings(ServiceSettings):
     metrics_listen: str = Field(
         f"127.0.0.1:{DEFAULT_PORT + 1000}",
         description="Prometheus /metrics HTTP listen address HOST:PORT; empty disables metrics over HTTP",
+    )
+    tenant_descriptor_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["tenant"],
+        description="descriptor entry keys whose value names a tenant, checked against --caller-tenants-file "
+        "(JSON list or comma separated)",
     )
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
