@@ -71,7 +71,7 @@ test: setup
 	$(PY) -m pytest
 
 lint: setup
-	$(PY) -m ruff check services tools tests bench
+	$(PY) -m ruff check safeguards services tools tests bench
 	$(BUF) lint
 
 compose-check: setup
