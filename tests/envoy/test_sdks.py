@@ -261,3 +261,34 @@ def test_an_expired_token_or_one_for_another_api_is_refused(gateway) -> None:
     with pytest.raises(openai.PermissionDeniedError) as exc:  # 403 Audiences in Jwt are not allowed
         gpt(gateway, wrong_aud).chat.completions.create(model="m", messages=ask("hi"))
     assert "x-safeguards-decision-id" not in exc.value.response.headers  # refused before the mesh
+
+
+# ---- hostile clients --------------------------------------------------------------------
+def test_a_forged_token_next_to_a_valid_one_is_refused(gateway, tmp_path) -> None:
+    from tools.envoy_gateway import DevCredentials
+
+    forged = DevCredentials(tmp_path / "attacker").token("internal-evals", "admin")
+    status, _headers, body = post(
+        gateway,
+        "/v1/messages",
+        {"model": "m", "max_tokens": 8, "messages": ask("hi")},
+        {"x-api-key": gateway.token("acme", "acct-1"), "authorization": f"Bearer {forged}"},
+    )
+    assert status == 401, body
+
+
+def test_a_client_request_id_is_not_trusted(gateway) -> None:
+    marker = "rid-" + uuid.uuid4().hex[:8]
+    claude(gateway, default_headers={"x-request-id": "attacker-chosen-id"}).messages.create(
+        model="m", max_tokens=8, messages=ask(f"Name a river ({marker}).")
+    )
+    (seen,) = [r for r in gateway.upstream_requests() if marker in r["body"]]
+    headers = {k.lower(): v for k, v in seen["headers"].items()}
+    assert headers["x-request-id"] != "attacker-chosen-id"
+
+
+def test_a_body_over_the_gateways_limit_is_refused_by_envoy_unscreened(gateway) -> None:
+    before = len(gateway.upstream_requests())
+    with pytest.raises(anthropic.APIStatusError) as exc:
+        claude(gateway).messages.create(model="m", max_tokens=8, messages=ask("x" * (1024 * 1024 + 1)))
+    assert exc.value.status_code == 413 and len(gateway.upstream_requests()) == before
