@@ -64,8 +64,8 @@ def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ("redis", "rediss"):
         raise ValueError(f"cluster mode needs a redis:// or rediss:// URL, got {scheme or url!r}")
-    cut = [i for i in (rest.find("/"), rest.find("?")) if i >= 0]
-    netloc, tail = rest[: min(cut, default=len(rest))], rest[min(cut, default=len(rest)) :]
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
     if tail.split("?", 1)[0] not in ("", "/", "/0"):
         raise ValueError("a Redis Cluster has only database 0")
     userinfo, at, hosts = netloc.rpartition("@")
@@ -73,7 +73,7 @@ def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
     for item in hosts.split(","):
         item = item.strip()
         host, colon, port = item.rpartition(":")
-        if not colon or host.endswith(":") or item.endswith("]"):  # no port (IPv6 in brackets or a name)
+        if not colon or item.endswith("]"):  # no port: a name, or an IPv6 address in brackets
             host, port = item, "6379"
         host = host.strip("[]")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -228,7 +228,10 @@ class RedisStore:
 
     def _mark_down(self, exc: BaseException) -> None:
         if self._up or self._reconnect_task is None or self._reconnect_task.done():
-            log.error("redis unavailable; reconnecting with backoff", extra={"error": type(exc).__name__})
+            extra = {"error": type(exc).__name__}
+            if isinstance(exc, RedisClusterException):  # says what is wrong, e.g. "Cluster mode is not enabled"
+                extra["detail"] = str(exc)[:200]  # (no key names: those carry descriptor values)
+            log.error("redis unavailable; reconnecting with backoff", extra=extra)
         self._set_up(False)
         if self._reconnect_task is None or self._reconnect_task.done():
             self._reconnect_task = asyncio.create_task(self._reconnect(), name="redis-reconnect")
