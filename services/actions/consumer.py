@@ -269,7 +269,7 @@ class ActionsConsumer:
                 await self._rewind_truncated(consumer, end)
                 lag = 0
                 for tp in partitions:
-                    lag += max(0, end[tp] - await consumer.position(tp))
+                    lag += max(0, end[tp] - await _position(consumer, tp))
                 self.metrics.lag.set(lag)
                 self.metrics.up.set(1)
                 next_probe = time.monotonic() + self.probe_interval_s
@@ -281,7 +281,7 @@ class ActionsConsumer:
         (or its broker lost its log): read it again from its beginning. The state
         already built stays; the topic's records apply on top of it."""
         for tp, offset in end.items():
-            if await consumer.position(tp) > offset:
+            if await _position(consumer, tp) > offset:
                 log.warning(
                     "actions partition is shorter than what was read: re-reading it",
                     extra={"partition": tp.partition, "end_offset": offset},
@@ -310,9 +310,16 @@ class ActionsConsumer:
     @staticmethod
     async def _reached(consumer: AIOKafkaConsumer, end: dict) -> bool:
         for tp, offset in end.items():
-            if await consumer.position(tp) < offset:
+            if await _position(consumer, tp) < offset:
                 return False
         return True
+
+
+async def _position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
+    """The consumer's position, bounded: aiokafka waits for a pending offset reset for
+    as long as it takes (forever while the partition's topic is gone, as when a broker
+    came back empty), which must raise and reconnect instead."""
+    return await asyncio.wait_for(consumer.position(tp), 10)
 
 
 class _Repartitioned(Exception):
