@@ -20,6 +20,7 @@ from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from safeguards.v1 import concurrency_pb2 as cpb
 from safeguards.v1 import concurrency_pb2_grpc
 
+from services.ratelimit.store import cluster_seeds
 from tests.integration.ratelimit.conftest import (
     OK,
     OVER,
@@ -286,3 +287,28 @@ def test_cluster_settings_refuse_what_would_break_it(args: list[str], message: s
         timeout=60,
     )
     assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_cluster_mode_from_the_env_var() -> None:
+    env = dict(os.environ, RATELIMIT_REDIS_MODE="cluster", RATELIMIT_REDIS_URL="unix:///tmp/redis.sock")
+    out = subprocess.run(
+        [sys.executable, "-m", "services.ratelimit", "--plaintext"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert out.returncode == 2 and "redis:// or rediss://" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "first", "seeds"),
+    [
+        ("redis://10.0.0.1:7000", "redis://10.0.0.1:7000", [("10.0.0.1", 7000)]),
+        # Credentials, database 0 and options stay on the URL the client reads them from.
+        (
+            "rediss://u:p%40ss@a:7000, b:7001,c/0?socket_keepalive=true",
+            "rediss://u:p%40ss@a:7000/0?socket_keepalive=true",
+            [("a", 7000), ("b", 7001), ("c", 6379)],
+        ),
+        ("redis://[::1]:7000,[::2]", "redis://[::1]:7000", [("::1", 7000), ("::2", 6379)]),
+    ],
+)
+def test_cluster_seeds_from_the_url(url: str, first: str, seeds: list[tuple[str, int]]) -> None:
+    assert cluster_seeds(url) == (first, seeds)
