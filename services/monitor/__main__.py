@@ -25,9 +25,10 @@ from services.monitor.aggregates import AggregateMetrics, AggregateRefresher
 from services.monitor.alerts import AlertEvaluator, AlertMetrics, list_alerts
 from services.monitor.console.app import Console
 from services.monitor.console.sessions import Sessions
-from services.monitor.console.users import load_users
+from services.monitor.console.users import PasswordChecker, load_users
 from services.monitor.consumer import ConsumerMetrics, SignalConsumer
-from services.monitor.detectors import AlertConfig, LagWatch
+from services.monitor.detectors import AlertConfig, LagWatch, StuckWatch
+from services.monitor.health import ConsumerHealth
 from services.monitor.operations import ActionHistory, Operations
 from services.monitor.queries import Queries
 from services.monitor.retention import Purger
@@ -136,6 +137,7 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
             settings.alert_webhook_retries,
         ),
         lag=LagWatch(lambda: consumer.lag, settings.group_id, settings.alert_lag_records, settings.alert_lag_seconds),
+        stuck=StuckWatch(lambda: consumer.stuck_seconds, settings.group_id, settings.consumer_stuck_seconds),
         interval_s=settings.alerts_interval_seconds,
         keep_s=settings.bucket_retention_hours * HOUR,
     )
@@ -168,7 +170,9 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
         rollup.start,
         alerts.start,
     ]
+    health = ConsumerHealth(lambda: consumer.stuck_seconds, settings.consumer_stuck_seconds)
     on_stop = [
+        health.stop,
         consumer.stop,
         alerts.stop,
         engine.stop,
@@ -189,7 +193,7 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
         on_stop.insert(0, console.stop)  # first: no operator request outlives the rest
     elif settings.console_listen:
         log.info("console off: no --console-users file")
-    return App(bindings=bindings(Queries(store)), on_start=on_start, on_stop=on_stop)
+    return App(bindings=bindings(Queries(store)), on_start=on_start, on_stop=on_stop, on_server=[health.attach])
 
 
 def alert_config(s: MonitorSettings) -> AlertConfig:
@@ -233,6 +237,7 @@ def build_console(settings: MonitorSettings, operations: Operations, store: Stor
         listen=settings.console_listen,
         secure_cookies=settings.console_secure_cookies,
         allowed_origins=settings.console_allowed_origins,
+        passwords=PasswordChecker(settings.console_signin_concurrency, settings.console_signin_queue),
     )
 
 

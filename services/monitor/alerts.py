@@ -15,7 +15,15 @@ restarted monitor recomputes every baseline from stored minutes:
   `failed_dependencies`, `monitor_dependency_minutes`) as a share of all decisions
   of the last `--alert-dependency-window-minutes`;
 - consumer lag: this process's signal-consumer lag above `--alert-lag-records` for
-  `--alert-lag-seconds` (the only detector with in-memory state: a restart re-arms it).
+  `--alert-lag-seconds` (the only detector with in-memory state: a restart re-arms it);
+- consumer stuck: this process's signal consumer has not been able to apply its
+  batch for `--consumer-stuck-seconds` (PostgreSQL refuses or stalls its writes:
+  lag alone misses it when signals are few);
+- dead letters: signal records PostgreSQL refused, parked and not yet replayed
+  (services.monitor.deadletters).
+
+When PostgreSQL is down altogether no alert state can be written: the consumer's
+own health (NOT_SERVING) and `safeguards_monitor_consumer_stuck_seconds` page then.
 
 Lifecycle (Alertmanager semantics): fingerprint = hash of kind + subject; a finding
 without a firing alert of that fingerprint opens one (notify), a firing one seen
@@ -51,15 +59,20 @@ from safeguards.v1 import alerts_pb2
 
 from services.common.errors import InvalidArgument
 from services.common.topics import alerts_topic
+from services.monitor.deadletters import pending as dead_letters_pending
 from services.monitor.detectors import (
     CATEGORY_VOLUME,
     CONSUMER_LAG,
+    CONSUMER_STUCK,
+    DEAD_LETTERS,
     DEPENDENCY_DEGRADED,
     TENANT_BLOCK_RATE,
     AlertConfig,
     Finding,
     LagWatch,
+    StuckWatch,
     category_volume,
+    dead_letters,
     dependency_degraded,
     evaluated_minute,
     tenant_block_rate,
@@ -78,6 +91,8 @@ KINDS = {
     CATEGORY_VOLUME: (A.ALERT_KIND_CATEGORY_VOLUME, "warning"),
     DEPENDENCY_DEGRADED: (A.ALERT_KIND_DEPENDENCY_DEGRADED, "critical"),
     CONSUMER_LAG: (A.ALERT_KIND_CONSUMER_LAG, "warning"),
+    CONSUMER_STUCK: (A.ALERT_KIND_CONSUMER_STUCK, "critical"),
+    DEAD_LETTERS: (A.ALERT_KIND_DEAD_LETTERS, "warning"),
 }
 SEVERITIES = {"warning": A.ALERT_SEVERITY_WARNING, "critical": A.ALERT_SEVERITY_CRITICAL}
 FIRING, RESOLVED = "firing", "resolved"
@@ -158,6 +173,11 @@ class AlertMetrics:
             ["channel"],
             registry=registry,
         )
+        self.dead_letters = Gauge(
+            "safeguards_monitor_dead_letters_pending",
+            "Signal records PostgreSQL refused, parked in monitor_dead_letters and not replayed yet.",
+            registry=registry,
+        )
         self.evaluations = Counter(
             "safeguards_monitor_alert_evaluations", "Alert evaluation rounds by result (ok, error).", ["result"],
             registry=registry,
@@ -209,6 +229,7 @@ class AlertEvaluator:
         sink: ActionSink | None,  # shared with the rules (its owner closes it)
         webhook: Webhook | None,
         lag: LagWatch | None = None,
+        stuck: StuckWatch | None = None,
         interval_s: float = 30.0,
         keep_s: float = 48 * 3600.0,
         clock: Callable[[], float] = time.time,
@@ -220,6 +241,7 @@ class AlertEvaluator:
         self.sink = sink
         self.webhook = webhook
         self.lag = lag
+        self.stuck = stuck
         self.interval_s = interval_s
         self.keep_s = keep_s
         self._clock = clock
@@ -234,8 +256,11 @@ class AlertEvaluator:
             found = await tenant_block_rate(conn, self.region, minute, cfg)
             found += await category_volume(conn, self.region, minute, cfg)
             found += await dependency_degraded(conn, self.region, minute, cfg)
+            found += await dead_letters(conn, self.region)
         if self.lag is not None:
             found += self.lag.check(now)
+        if self.stuck is not None:
+            found += self.stuck.check(now)
         return found
 
     async def evaluate(self, now: float | None = None) -> list[A.Alert]:
@@ -356,6 +381,7 @@ class AlertEvaluator:
         )
         for kind in KINDS:
             self.metrics.firing.labels(kind).set(counts.get(kind, 0))
+        self.metrics.dead_letters.set(await dead_letters_pending(self.pool, self.region))
         pending = await self.pool.fetchrow(
             "SELECT count(*) FILTER (WHERE kafka_done_at IS NULL) AS kafka, "
             "count(*) FILTER (WHERE webhook_done_at IS NULL) AS webhook FROM monitor_alert_outbox WHERE region = $1",

@@ -8,8 +8,14 @@ commit means the batch is delivered again, and the processed-ids table makes tha
 second delivery change nothing. The automated rules run last inside
 that transaction (services.monitor.rules), and the actions they queue in its outbox
 are produced after it commits. A record that cannot be parsed is counted and
-skipped (it would never parse on a retry either). When PostgreSQL is unavailable
-the loop waits and retries the same batch without committing.
+skipped (it would never parse on a retry either). A record PostgreSQL refuses (a
+data error: services.monitor.deadletters) is bisected out of its batch, parked as
+a dead letter (counted, alerted, replayable) and the rest of the batch applied.
+When PostgreSQL is unavailable (or refuses for any other reason) the loop waits
+and retries the same batch without committing, and reports itself stuck
+(`stuck_seconds`, `safeguards_monitor_consumer_stuck_seconds`): past
+`--consumer-stuck-seconds` health turns NOT_SERVING and the consumer_stuck alert
+fires.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import ConsumerRecord
 from google.protobuf.message import DecodeError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from safeguards.v1 import signals_pb2
@@ -28,6 +35,7 @@ from services.common.errors import InvalidArgument
 from services.common.kafka import KafkaSecurity
 from services.common.metrics import BoundedLabels
 from services.common.topics import signals_topic
+from services.monitor import deadletters
 from services.monitor.decisions import VERDICTS, Decision, decision_from_signal, is_audit
 from services.monitor.rules import RuleEngine
 from services.monitor.store import Store
@@ -40,7 +48,8 @@ class ConsumerMetrics:
         self.records = Counter(
             "safeguards_monitor_signals",
             "Signal records consumed, by result: new (counted), duplicate (replay, no effect), audit (admin "
-            "audit, not a decision), invalid (unparseable, skipped), wrong_region (skipped).",
+            "audit, not a decision), invalid (unparseable, skipped), wrong_region (skipped), dead_letter "
+            "(PostgreSQL refused it: parked in monitor_dead_letters).",
             ["result"],
             registry=registry,
         )
@@ -56,6 +65,16 @@ class ConsumerMetrics:
         )
         self.store_errors = Counter(
             "safeguards_monitor_store_errors", "Batches that failed to apply and were retried.", registry=registry
+        )
+        self.stuck = Gauge(
+            "safeguards_monitor_consumer_stuck_seconds",
+            "How long the batch in hand has been failing (or waiting) to be applied to PostgreSQL; 0 when none is.",
+            registry=registry,
+        )
+        self.last_applied = Gauge(
+            "safeguards_monitor_consumer_last_applied_timestamp_seconds",
+            "When the consumer last finished applying a batch (Unix time).",
+            registry=registry,
         )
         self.committed = Counter(
             "safeguards_monitor_batches_committed", "Batches applied and their offsets committed.", registry=registry
@@ -106,6 +125,8 @@ class SignalConsumer:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._positions: dict[TopicPartition, int] = {}
+        self._applying_since: float | None = None
+        metrics.stuck.set_function(lambda: self.stuck_seconds)
 
     def _decode(self, record) -> Decision | None:
         try:
@@ -128,18 +149,49 @@ class SignalConsumer:
             )
             return None
 
-    async def _apply(self, decisions: list[Decision]) -> None:
-        """Apply until it works: an unavailable database must not skip a batch."""
+    @property
+    def stuck_seconds(self) -> float:
+        """How long the batch in hand has been failing (or waiting) to be applied; 0
+        when none is. A healthy batch takes milliseconds: this growing means the store
+        cannot take the consumer's writes (the health check and the consumer_stuck
+        alert read it)."""
+        since = self._applying_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
+
+    async def _apply(self, items: list[tuple[ConsumerRecord, Decision]]) -> None:
+        """Apply the batch; records PostgreSQL refuses are parked, everything else waits
+        until it is applied: an unavailable database must not skip a batch."""
+        self._applying_since = time.monotonic()
+        try:
+            await self._apply_or_park(items)
+        finally:
+            self._applying_since = None
+        self.metrics.last_applied.set(time.time())
+        if self.rules is not None:
+            await self._flush_actions()
+
+    async def _apply_or_park(self, items: list[tuple[ConsumerRecord, Decision]]) -> None:
+        """A data error blames some record of the batch: halve it until the records that
+        fail on their own are found, park those and apply the rest. Any other failure
+        (connection, missing table, lock timeout) is retried as it is, never parked."""
         delay = 0.2
         while True:
             t0 = time.perf_counter()
             try:
-                result = await self.store.apply(decisions, self.rules.after_apply if self.rules else None)
-            except Exception as exc:  # any failure (connection, timeout, server): retry the same batch
+                result = await self.store.apply([d for _, d in items], self.rules.after_apply if self.rules else None)
+            except Exception as exc:  # noqa: BLE001 - sorted below: poison (park) or the store's (retry)
                 if self.rules is not None:
                     self.rules.rolled_back()
                 if self._stopping:
                     raise
+                if deadletters.is_poison(exc):
+                    if len(items) > 1:
+                        half = len(items) // 2
+                        await self._apply_or_park(items[:half])
+                        await self._apply_or_park(items[half:])
+                    else:
+                        await self._park(items[0][0], exc)
+                    return
                 self.metrics.store_errors.inc()
                 log.error("batch not applied; retrying", extra={"error": type(exc).__name__, "retry_in_s": delay})
                 await asyncio.sleep(delay)
@@ -155,7 +207,28 @@ class SignalConsumer:
                 self.metrics.retro_catches.labels(self.metrics.tenants(tenant)).inc(n)
             if self.rules is not None:
                 self.rules.committed()
-                await self._flush_actions()
+            return
+
+    async def _park(self, record: ConsumerRecord, exc: BaseException) -> None:
+        """Keep a record PostgreSQL refuses in the dead-letter table (until that works)."""
+        delay = 0.2
+        while True:
+            try:
+                parked = await deadletters.park(self.store.pool, self.region, record, exc)
+            except Exception as park_exc:  # noqa: BLE001 - the store again: retry
+                if self._stopping:
+                    raise
+                self.metrics.store_errors.inc()
+                log.error("dead letter not parked; retrying", extra={"error": type(park_exc).__name__})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if parked:
+                self.metrics.records.labels("dead_letter").inc()
+            log.error(
+                "signal refused by PostgreSQL: parked as a dead letter",
+                extra={"error": deadletters.describe(exc), "partition": record.partition, "offset": record.offset},
+            )
             return
 
     async def _flush_actions(self) -> None:
@@ -179,14 +252,14 @@ class SignalConsumer:
             if not batches:
                 self._update_lag()
                 continue
-            decisions = []
+            items = []
             for records in batches.values():
                 for record in records:
                     d = self._decode(record)
                     if d is not None:
-                        decisions.append(d)
-            if decisions:
-                await self._apply(decisions)
+                        items.append((record, d))
+            if items:
+                await self._apply(items)
             # Commit exactly what was fetched and applied (not positions moved by a
             # concurrent rebalance).
             offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}

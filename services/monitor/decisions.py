@@ -6,6 +6,14 @@ allows. The monitor enforces the data policy again on its side (defence in depth
 a ZERO_RETENTION signal that carried content by mistake still leaves none here,
 and a METADATA_ONLY one keeps no snippet.
 
+Every text field is cleaned here, at the monitor's edge, before it can reach
+PostgreSQL: NUL characters (which PostgreSQL text refuses, and which would make a
+whole batch fail) are removed, identifiers are bounded (`MAX_ID_CHARS`: longer
+decision ids, tenants and account pseudonyms make the signal invalid; longer
+models, request ids and policy versions are cut), reason codes and details are
+cut, and scores that are not finite numbers are dropped. A record PostgreSQL still
+refuses is parked by the consumer (services.monitor.deadletters).
+
 A SURFACE_RETRO_SCREEN signal is not a decision: it is the background re-screen
 (full cascade) of a decision taken with a PARTIAL or NONE verdict. It becomes a
 `Decision` with `retro_of` set, so the store can attach it to the decision it
@@ -14,6 +22,7 @@ re-screened and count its catch, and never counts it as a decision itself.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from safeguards.v1 import classifier_pb2, safeguards_pb2, signals_pb2
@@ -47,6 +56,7 @@ NO_VERDICT = classifier_pb2.VERDICT_COMPLETENESS_NONE
 VERDICTS = {FULL: "full", PARTIAL: "partial", NO_VERDICT: "none"}
 RETRO = signals_pb2.SURFACE_RETRO_SCREEN
 MAX_REASON_CHARS = 256
+MAX_CODE_CHARS = 128
 MAX_STAGE_CHARS = 64
 SURFACES = {v: n.removeprefix("SURFACE_").lower() for n, v in signals_pb2.Surface.items() if v}
 
@@ -103,6 +113,13 @@ class Decision:
         return bool(self.retro_of)
 
 
+def clean(text: str, limit: int | None = None) -> str:
+    """`text` without NUL characters (PostgreSQL text cannot hold them), cut to `limit`."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    return text if limit is None else text[:limit]
+
+
 def category_of(code: str) -> str:
     """ "classifier.jailbreak" -> "jailbreak"; "pii.card" -> "pii"; "blocklist" -> "blocklist"."""
     head, _, rest = code.partition(".")
@@ -119,7 +136,7 @@ def categories_of(reasons: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
 def dependencies_of(sig: signals_pb2.SafeguardSignal) -> tuple[str, ...]:
     """The failed dependencies of a degraded decision, bounded in number and length
     (they become alert subjects)."""
-    names = sorted({d[:MAX_DEPENDENCY_CHARS] for d in sig.failed_dependencies if d})[:MAX_DEPENDENCIES]
+    names = sorted({clean(d, MAX_DEPENDENCY_CHARS) for d in sig.failed_dependencies} - {""})[:MAX_DEPENDENCIES]
     if names:
         return tuple(names)
     return (UNKNOWN_DEPENDENCY,) if sig.degraded else ()
@@ -128,10 +145,11 @@ def dependencies_of(sig: signals_pb2.SafeguardSignal) -> tuple[str, ...]:
 def content_allowed(sig: signals_pb2.SafeguardSignal) -> CaseContent:
     policy = sig.data_policy
     c = sig.content
+    text_hmac, request_id = clean(c.text_hmac, MAX_ID_CHARS), clean(sig.request_id, MAX_ID_CHARS)
     if policy == STANDARD:
-        return CaseContent(c.redacted_snippet, c.characters, c.messages, c.text_hmac, sig.request_id)
+        return CaseContent(clean(c.redacted_snippet), c.characters, c.messages, text_hmac, request_id)
     if policy == METADATA_ONLY:
-        return CaseContent("", c.characters, c.messages, c.text_hmac, sig.request_id)
+        return CaseContent("", c.characters, c.messages, text_hmac, request_id)
     # ZERO_RETENTION, and any policy this code does not know: nothing at all.
     return CaseContent()
 
@@ -157,43 +175,51 @@ def is_audit(sig: signals_pb2.SafeguardSignal) -> bool:
 
 def decision_from_signal(sig: signals_pb2.SafeguardSignal, fallback_time_s: float) -> Decision:
     """Raises InvalidArgument for a signal that cannot be counted."""
-    if not sig.decision_id or len(sig.decision_id) > MAX_ID_CHARS:
+    decision_id, tenant, account = clean(sig.decision_id), clean(sig.tenant), clean(sig.account_hmac)
+    if not decision_id or len(decision_id) > MAX_ID_CHARS:
         raise InvalidArgument("signal without a usable decision_id")
-    if not sig.tenant or len(sig.tenant) > MAX_ID_CHARS:
+    if not tenant or len(tenant) > MAX_ID_CHARS:
         raise InvalidArgument("signal without a usable tenant")
+    if len(account) > MAX_ID_CHARS:
+        raise InvalidArgument("signal with an account pseudonym too long to be one")
     if sig.action not in ACTIONS:
         raise InvalidArgument(f"signal with unknown action {sig.action}")
-    reasons = tuple((r.code, r.detail) for r in sig.reasons)
+    reasons = tuple((clean(r.code, MAX_CODE_CHARS), clean(r.detail, MAX_REASON_CHARS)) for r in sig.reasons)
     time_s = sig.time.ToNanoseconds() / 1e9 if sig.HasField("time") else fallback_time_s
     enforced_only = bool(reasons) and all(code.startswith(ENFORCED_REASON_PREFIXES) for code, _ in reasons)
     retro = sig.surface == RETRO
-    if retro and (not sig.retro_of_decision_id or len(sig.retro_of_decision_id) > MAX_ID_CHARS):
+    retro_of = clean(sig.retro_of_decision_id) if retro else ""
+    if retro and (not retro_of or len(retro_of) > MAX_ID_CHARS):
         raise InvalidArgument("retro-screen signal without a usable retro_of_decision_id")
     if retro and sig.original_action and sig.original_action not in ACTIONS:
         raise InvalidArgument(f"retro-screen signal with unknown original action {sig.original_action}")
     return Decision(
-        decision_id=sig.decision_id,
+        decision_id=decision_id,
         time_s=time_s,
-        tenant=sig.tenant,
-        account_hmac=sig.account_hmac,
-        model=sig.model[:MAX_ID_CHARS],
+        tenant=tenant,
+        account_hmac=account,
+        model=clean(sig.model, MAX_ID_CHARS),
         action=sig.action,
         categories=categories_of(reasons),
         data_policy=sig.data_policy,
         surface=sig.surface,
-        policy_version=sig.policy_version,
+        policy_version=clean(sig.policy_version, MAX_ID_CHARS),
         reasons=reasons,
-        scores=tuple((s.category, s.score, s.threshold, s.action) for s in sig.scores),
+        scores=tuple(
+            (clean(s.category, MAX_CODE_CHARS), s.score, s.threshold, s.action)
+            for s in sig.scores
+            if math.isfinite(s.score) and math.isfinite(s.threshold)
+        ),
         content=content_allowed(sig),
         # A re-screen opens no case of its own: it is attached to the decision it
         # re-screened, and the automated rules act on catches.
         needs_case=sig.action in CASE_ACTIONS and not enforced_only and not retro,
         failed_dependencies=dependencies_of(sig),
         verdict=verdict_of(sig),
-        verdict_reason=sig.verdict_reason[:MAX_REASON_CHARS],
-        answered_by=sig.answered_by[:MAX_STAGE_CHARS],
+        verdict_reason=clean(sig.verdict_reason, MAX_REASON_CHARS),
+        answered_by=clean(sig.answered_by, MAX_STAGE_CHARS),
         latency_s=latency_of(sig),
-        retro_of=sig.retro_of_decision_id if retro else "",
+        retro_of=retro_of,
         retro_catch=retro and sig.retro_catch,
         original_action=sig.original_action if retro else 0,
     )

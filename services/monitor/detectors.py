@@ -1,5 +1,5 @@
 """The alert detectors: what holds *now*, read from PostgreSQL (and the consumer's
-lag), with the EWMA / z-score maths they share. They decide nothing about
+lag and whether it is stuck), with the EWMA / z-score maths they share. They decide nothing about
 notifying: `services.monitor.alerts` turns their findings into an alert lifecycle.
 
 Baselines are exponentially weighted (`--alert-half-life-minutes`) over the series'
@@ -28,6 +28,8 @@ TENANT_BLOCK_RATE = "tenant_block_rate"
 CATEGORY_VOLUME = "category_volume"
 DEPENDENCY_DEGRADED = "dependency_degraded"
 CONSUMER_LAG = "consumer_lag"
+CONSUMER_STUCK = "consumer_stuck"
+DEAD_LETTERS = "dead_letters"
 #: Baselines read this many half-lives back (older minutes weigh < 2%).
 LOOKBACK_HALF_LIVES = 6
 #: Smallest standard deviation of a BLOCK share (one percentage point).
@@ -295,3 +297,51 @@ class LagWatch:
                 f"(threshold {self.records} records for {self.seconds:g} s)",
             )
         ]
+
+
+class StuckWatch:
+    """The signal consumer unable to apply its batch for `seconds` (PostgreSQL down,
+    a table locked or gone, a privilege revoked): nothing it consumes is stored.
+    Lag alone does not show it when signals are few."""
+
+    def __init__(self, source: Callable[[], float], subject: str, seconds: float) -> None:
+        self.source = source
+        self.subject = subject
+        self.seconds = seconds
+
+    def check(self, now: float) -> list[Finding]:
+        stuck = self.source()
+        if stuck < self.seconds:
+            return []
+        return [
+            Finding(
+                CONSUMER_STUCK,
+                self.subject,
+                float(stuck),
+                float(self.seconds),
+                f"signal consumer {self.subject}: no batch applied for {stuck:.0f} s "
+                f"(PostgreSQL refuses or stalls the writes; threshold {self.seconds:g} s)",
+            )
+        ]
+
+
+async def dead_letters(conn: asyncpg.Connection, region: str) -> list[Finding]:
+    """Signal records PostgreSQL refused, parked and not replayed yet: each is a decision
+    missing from the aggregates and the review queue until it is."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, min(parked_at) AS first FROM monitor_dead_letters "
+        "WHERE region = $1 AND replayed_at IS NULL",
+        region,
+    )
+    if not row["n"]:
+        return []
+    return [
+        Finding(
+            DEAD_LETTERS,
+            region,
+            float(row["n"]),
+            0.0,
+            f"{row['n']} signal record(s) refused by PostgreSQL and parked since {row['first']:%Y-%m-%d %H:%M} UTC: "
+            "fix the cause, then `python -m services.monitor.deadletters replay`",
+        )
+    ]

@@ -326,9 +326,25 @@ CREATE TABLE monitor_dead_letters (
 CREATE INDEX monitor_dead_letters_pending ON monitor_dead_letters (region, parked_at) WHERE replayed_at IS NULL;
 """
 
+SIGNIN_COUNTERS = """
+-- Console sign-in attempts per key (a client address, or an address and a name;
+-- stored hashed), counted in one statement (services.monitor.console.sessions).
+-- console_signin_failures (the baseline's per-row failures) is no longer written; a
+-- later migration drops it once no monitor older than this one runs.
+CREATE TABLE console_signin_counters (
+    key_hash text PRIMARY KEY,
+    attempts integer NOT NULL,
+    max_attempts integer NOT NULL,
+    window_start timestamptz NOT NULL,
+    blocked_until timestamptz
+);
+CREATE INDEX console_signin_counters_window ON console_signin_counters (window_start);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline", BASELINE),
     Migration(2, "dead letters", DEAD_LETTERS),
+    Migration(3, "sign-in counters", SIGNIN_COUNTERS),
 )
 
 

@@ -165,6 +165,12 @@ class MonitorSettings(ServiceSettings, KafkaSettings, ActionKeySettings):
     alert_lag_seconds: float = Field(
         120.0, ge=0, description="how long the consumer lag must stay above --alert-lag-records before it fires"
     )
+    consumer_stuck_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="a signal consumer unable to apply its batch this long (PostgreSQL refuses or stalls its "
+        "writes) turns health NOT_SERVING and fires the consumer_stuck alert",
+    )
     alert_resolve_seconds: float = Field(
         300.0, ge=0, description="an alert resolves (and notifies once) after its condition was clear this long"
     )
@@ -212,7 +218,16 @@ class MonitorSettings(ServiceSettings, KafkaSettings, ActionKeySettings):
         "(JSON list or comma separated; empty: the console's own address as the browser sent it in Host)",
     )
     console_signin_attempts: int = Field(
-        5, ge=1, description="failed console sign-ins allowed per user and per client address in 15 minutes"
+        5,
+        ge=1,
+        description="console sign-in attempts allowed per client address and operator name in 15 minutes "
+        "(an address may try 3x this over all names); past it, exponential backoff for that address only",
+    )
+    console_signin_concurrency: int = Field(
+        2, ge=1, description="console password checks (scrypt, 32 MiB each) run at once, off the event loop"
+    )
+    console_signin_queue: int = Field(
+        16, ge=0, description="console sign-ins waiting for a password check beyond which more are refused (429)"
     )
 
     @model_validator(mode="after")

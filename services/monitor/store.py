@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from services.common.errors import ConfigError, InvalidArgument, NotFound
+from services.monitor import deadletters
 from services.monitor.decisions import BLOCK, FULL, METADATA_ONLY, STANDARD, ZERO_RETENTION, Decision
 from services.monitor.overview import BUCKETS, MinuteTotals, account_tally, tally
 from services.monitor.schema import migrate
@@ -604,7 +605,7 @@ class Store:
 
     # ---- retention ---------------------------------------------------------------------
     async def purge(self, now: datetime, bucket_retention_s: float, dedupe_retention_s: float) -> dict[str, int]:
-        """Delete expired cases, old buckets, old processed ids and old rollup marks."""
+        """Delete expired cases, old buckets, old processed ids, old dead letters and old rollup marks."""
         out = {}
         async with self.pool.acquire() as conn:
             out["cases"] = _count(await conn.execute("DELETE FROM monitor_cases WHERE expires_at <= $1", now))
@@ -624,6 +625,7 @@ class Store:
                     now - timedelta(seconds=dedupe_retention_s),
                 )
             )
+            out["dead_letters"] = await deadletters.purge(conn, now - timedelta(seconds=dedupe_retention_s))
             out["rollup_marks"] = _count(
                 await conn.execute("DELETE FROM monitor_rollup_sent WHERE window_start < $1", bucket_cut)
             )

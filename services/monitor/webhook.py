@@ -39,6 +39,8 @@ NAMES = {
     A.ALERT_KIND_CATEGORY_VOLUME: ("SafeguardsCategoryVolumeSpike", "category"),
     A.ALERT_KIND_DEPENDENCY_DEGRADED: ("SafeguardsDependencyDegraded", "dependency"),
     A.ALERT_KIND_CONSUMER_LAG: ("SafeguardsConsumerLag", "consumer_group"),
+    A.ALERT_KIND_CONSUMER_STUCK: ("SafeguardsConsumerStuck", "consumer_group"),
+    A.ALERT_KIND_DEAD_LETTERS: ("SafeguardsDeadLetters", "region"),
 }
 
 

@@ -7,7 +7,10 @@ is decided by Operations (defence in depth: pages only hide the buttons).
 Security: server-side sessions (sessions.py) in an HttpOnly, SameSite=Strict
 cookie (Secure with --console-secure-cookies); every POST carries the session's
 synchronizer token and must come from an allowed Origin (or Referer); sign-in is
-protected by a double-submit token and the attempt limit; every response has a
+protected by a double-submit token and the attempt limit (per client address and
+per address and name, reserved before the password is checked: sessions.py);
+passwords are checked off the event loop, a bounded few at a time
+(users.PasswordChecker); every response has a
 CSP without inline script, X-Frame-Options DENY and nosniff. Raw account ids only
 ever travel in POST bodies (the lookup form) and are never logged; there is no
 access log (paths hold case ids and account pseudonyms, not for a log line).
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import secrets
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -38,8 +42,8 @@ from services.common.errors import (
 )
 from services.common.reloader import ReloadingConfig
 from services.common.settings import split_host_port
-from services.monitor.console.sessions import ATTEMPT_WINDOW_S, Session, Sessions
-from services.monitor.console.users import Account, authenticate
+from services.monitor.console.sessions import Session, Sessions
+from services.monitor.console.users import Account, PasswordChecker
 from services.monitor.decisions import ACTIONS, SURFACES, VERDICTS
 from services.monitor.operations import ConsoleRole, Operations, Operator
 from services.monitor.overview import MinuteTotals
@@ -103,9 +107,11 @@ class Console:
         listen: str,
         secure_cookies: bool = False,
         allowed_origins: list[str] | None = None,
+        passwords: PasswordChecker | None = None,
     ) -> None:
         self.ops = ops
         self.sessions = sessions
+        self.passwords = passwords or PasswordChecker()
         self.users = users
         self.region = region
         self.listen = listen
@@ -143,6 +149,7 @@ class Console:
         await self.users.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        self.passwords.close()
 
     def _build(self) -> web.Application:
         app = web.Application(
@@ -297,18 +304,20 @@ class Console:
         client = request.remote or ""
         if not name or not password:
             return await self.signin_page(request, error="enter your name and password", status=400)
-        if await self.sessions.locked_out(name, client):
+        wait_s = await self.sessions.attempt(name, client)
+        if wait_s:
             await self.ops.record(name, "", "sign-in", reason="too many failed attempts", ok=False)
-            minutes = ATTEMPT_WINDOW_S // 60
-            return await self.signin_page(
-                request, error=f"too many failed sign-ins: try again in {minutes} minutes", status=429
+            wait = f"{math.ceil(wait_s / 60)} minute(s)" if wait_s >= 60 else f"{math.ceil(wait_s)} seconds"
+            response = await self.signin_page(
+                request, error=f"too many failed sign-ins: try again in {wait}", status=429
             )
-        operator = authenticate(self.users.current or {}, name, password)
+            response.headers["Retry-After"] = str(math.ceil(wait_s))
+            return response
+        operator = await self.passwords.authenticate(self.users.current or {}, name, password)
         if operator is None:
-            await self.sessions.failed(name, client)
             await self.ops.record(name, "", "sign-in", reason="wrong name or password", ok=False)
             return await self.signin_page(request, error="wrong name or password", status=401)
-        await self.sessions.succeeded(name)
+        await self.sessions.succeeded(name, client)
         sid, _session = await self.sessions.create(operator.name)
         await self.ops.record(operator, str(operator.role), "sign-in")
         response = see_other(LANDING)

@@ -8,9 +8,16 @@ absolute lifetime, an idle gap longer than the idle limit, sign-out (row deleted
 The session row names the operator only: role and regions are read from the users
 file on every request, so a change there takes effect at once.
 
-Failed sign-ins are counted per operator name and per client address (keys stored
-hashed) over a sliding window; past the limit a sign-in is refused before any
-password is checked.
+Sign-in attempts are counted per client address and per (address, name), never per
+name alone: a flood of wrong passwords from one address locks that address (and
+that address's tries at that name) out, and cannot lock the operator out from
+their own address. Each attempt is reserved *before* its password is checked, by
+one INSERT .. ON CONFLICT DO UPDATE over both keys (atomic: however many attempts
+race, at most the limit get a password check). Past a key's limit, the attempt is
+refused and the key is blocked with an exponential backoff (30 s doubling with
+every further attempt, at most the window); a key's count starts again once its
+window is over and it is not blocked. A good password gives the address its
+attempt back and clears the (address, name) key. Keys are stored hashed.
 """
 
 from __future__ import annotations
@@ -21,8 +28,12 @@ from dataclasses import dataclass
 
 import asyncpg
 
-#: The window over which failed sign-ins are counted.
+#: The window over which sign-in attempts are counted, and the longest backoff.
 ATTEMPT_WINDOW_S = 15 * 60
+#: The first backoff past a limit; it doubles with every further attempt.
+BACKOFF_S = 30.0
+#: An address may try this many times the per-name limit (several operators behind one NAT).
+ADDRESS_FACTOR = 3
 
 
 def _digest(value: str) -> str:
@@ -78,30 +89,51 @@ class Sessions:
         await self.pool.execute("DELETE FROM console_sessions WHERE id_hash = $1", _digest(sid))
 
     # ---- sign-in attempt limit ------------------------------------------------------
-    @staticmethod
-    def _keys(name: str, client: str) -> list[str]:
-        return [_digest(f"user:{name}"), _digest(f"client:{client}")]
+    def _keys(self, name: str, client: str) -> list[tuple[str, int]]:
+        return [
+            (_digest(f"client:{client}"), self.max_failures * ADDRESS_FACTOR),
+            (_digest(f"client-user:{client}\x00{name}"), self.max_failures),
+        ]
 
-    async def locked_out(self, name: str, client: str) -> bool:
-        """Whether the name or the client address has used up its failed attempts."""
-        n = await self.pool.fetchval(
-            "SELECT coalesce(max(c), 0) FROM (SELECT count(*) AS c FROM console_signin_failures "
-            "WHERE key_hash = ANY($1::text[]) AND at > now() - make_interval(secs => $2) GROUP BY key_hash) t",
-            self._keys(name, client),
+    async def attempt(self, name: str, client: str) -> float:
+        """Reserve one sign-in attempt; 0 when it may go ahead (check the password),
+        else the seconds until this address may try again."""
+        keys = self._keys(name, client)
+        rows = await self.pool.fetch(
+            "INSERT INTO console_signin_counters AS c (key_hash, attempts, max_attempts, window_start) "
+            "SELECT k, 1, m, now() FROM unnest($1::text[], $2::int[]) AS t(k, m) "
+            "ON CONFLICT (key_hash) DO UPDATE SET "
+            "attempts = CASE WHEN c.window_start <= now() - make_interval(secs => $3) "
+            "  AND coalesce(c.blocked_until <= now(), true) THEN 1 ELSE c.attempts + 1 END, "
+            "max_attempts = EXCLUDED.max_attempts, "
+            "window_start = CASE WHEN c.window_start <= now() - make_interval(secs => $3) "
+            "  AND coalesce(c.blocked_until <= now(), true) THEN now() ELSE c.window_start END, "
+            "blocked_until = CASE WHEN c.window_start <= now() - make_interval(secs => $3) "
+            "  AND coalesce(c.blocked_until <= now(), true) THEN NULL "
+            "  WHEN c.attempts + 1 > EXCLUDED.max_attempts THEN now() + make_interval(secs => "
+            "    least($3, $4 * power(2, least(c.attempts - EXCLUDED.max_attempts, 16)))) "
+            "  ELSE c.blocked_until END "
+            "RETURNING attempts, max_attempts, "
+            "greatest(extract(epoch FROM blocked_until - now()), 0)::float8 AS wait_s",
+            [k for k, _ in keys],
+            [m for _, m in keys],
             float(ATTEMPT_WINDOW_S),
+            BACKOFF_S,
         )
-        return n >= self.max_failures
+        waits = [r["wait_s"] or 0.0 for r in rows if r["attempts"] > r["max_attempts"]]
+        return max(max(waits, default=0.0), 1.0) if waits else 0.0
 
-    async def failed(self, name: str, client: str) -> None:
+    async def succeeded(self, name: str, client: str) -> None:
+        """A good password: the address gets its attempt back, the (address, name) key is cleared."""
+        (client_key, _), (pair_key, _) = self._keys(name, client)
         async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM console_signin_counters WHERE key_hash = $1", pair_key)
             await conn.execute(
-                "DELETE FROM console_signin_failures WHERE at <= now() - make_interval(secs => $1)",
+                "UPDATE console_signin_counters SET attempts = greatest(attempts - 1, 0) WHERE key_hash = $1",
+                client_key,
+            )
+            await conn.execute(
+                "DELETE FROM console_signin_counters WHERE window_start <= now() - make_interval(secs => $1) "
+                "AND coalesce(blocked_until <= now(), true)",
                 float(ATTEMPT_WINDOW_S),
             )
-            await conn.execute(
-                "INSERT INTO console_signin_failures (key_hash) SELECT unnest($1::text[])", self._keys(name, client)
-            )
-
-    async def succeeded(self, name: str) -> None:
-        """A good password clears the name's failures (not the address's)."""
-        await self.pool.execute("DELETE FROM console_signin_failures WHERE key_hash = $1", self._keys(name, "")[0])

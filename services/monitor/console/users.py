@@ -11,22 +11,26 @@ hashes, never passwords:
 
 `python -m services.monitor.console hash-password` prints a hash for a password
 read from stdin. Verification is constant-time, and an unknown name costs the same
-scrypt work as a known one, so timing tells nothing about which names exist.
+scrypt work as a known one, so timing tells nothing about which names exist. The
+console checks passwords through `PasswordChecker`: off the event loop, a bounded
+few at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import re
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.common.errors import ConfigError
+from services.common.errors import ConfigError, ResourceExhausted
 from services.common.yamlfile import load_model
 from services.monitor.operations import ConsoleRole, Operator
 
@@ -127,3 +131,33 @@ def authenticate(users: dict[str, Account], name: str, password: str) -> Operato
     account = users.get(name)
     ok = verify_password(password, account.password_hash if account else _DUMMY_HASH)
     return account.operator if ok and account is not None else None
+
+
+class PasswordChecker:
+    """Password checks off the event loop, bounded: scrypt (~50-100 ms of CPU and 32
+    MiB each) runs on at most `concurrency` worker threads (hashlib releases the GIL
+    while hashing), at most `queue` more wait for one, and beyond that a sign-in is
+    refused at once (ResourceExhausted: 429) instead of queueing without bound. The
+    event loop keeps serving every other request during a sign-in flood, and the
+    memory scrypt takes stays bounded."""
+
+    def __init__(self, concurrency: int = 2, queue: int = 16) -> None:
+        self.concurrency = concurrency
+        self.queue = queue
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="scrypt")
+        self._slots = asyncio.Semaphore(concurrency)
+        self._admitted = 0
+
+    async def authenticate(self, users: dict[str, Account], name: str, password: str) -> Operator | None:
+        if self._admitted >= self.concurrency + self.queue:
+            raise ResourceExhausted("too many sign-ins at once: try again in a moment")
+        self._admitted += 1
+        try:
+            async with self._slots:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._executor, authenticate, users, name, password)
+        finally:
+            self._admitted -= 1
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -72,6 +72,9 @@ def test_admin_audit_signals_are_not_decisions() -> None:
         lambda s: setattr(s, "tenant", ""),
         lambda s: setattr(s, "action", 42),
         lambda s: setattr(s, "decision_id", "x" * 300),
+        lambda s: setattr(s, "decision_id", "\x00\x00"),  # nothing left once NULs are removed
+        lambda s: setattr(s, "tenant", "\x00"),
+        lambda s: setattr(s, "account_hmac", "a" * 20_000),  # no pseudonym is that long
     ],
 )
 def test_unusable_signals_are_rejected(mutate) -> None:
@@ -84,3 +87,25 @@ def test_unusable_signals_are_rejected(mutate) -> None:
 def test_time_falls_back_to_the_record_timestamp() -> None:
     sig = signals_pb2.SafeguardSignal(decision_id="d", tenant="t", action=safeguards_pb2.ACTION_ALLOW)
     assert decision_from_signal(sig, 1234.5).time_s == 1234.5
+
+
+def test_nul_characters_never_reach_the_store_and_long_fields_are_cut() -> None:
+    """PostgreSQL text cannot hold NUL: one such field used to fail (and stall) a whole batch."""
+    sig = make_signal(region=REGION, tenant="tenant", model="cla\x00ude", request_id="r\x00" + "q" * 5000)
+    sig.tenant = "ten\x00ant"
+    sig.policy_version = "v\x001"
+    sig.verdict_reason = "slow\x00"
+    sig.answered_by = "enc\x00oder"
+    sig.failed_dependencies.extend(["classi\x00fier", "\x00"])
+    sig.reasons.add(code="classifier.self\x00harm" + "x" * 5000, detail="d\x00" * 5000)
+    sig.scores.add(category="sel\x00f", score=float("nan"), threshold=0.5)
+    sig.content.redacted_snippet = "snip\x00pet"
+    d = decision_from_signal(sig, 0)
+    texts = [d.decision_id, d.tenant, d.account_hmac, d.model, d.policy_version, d.verdict_reason, d.answered_by,
+             d.content.snippet, d.content.request_id, d.content.text_hmac, *d.categories, *d.failed_dependencies,
+             *(x for r in d.reasons for x in r), *(s[0] for s in d.scores)]  # fmt: skip
+    assert not [t for t in texts if "\x00" in t]
+    assert (d.tenant, d.model, d.content.snippet) == ("tenant", "claude", "snippet")
+    assert d.failed_dependencies == ("classifier",)
+    assert max(len(t) for t in texts) <= 256
+    assert all(s[1] == s[1] for s in d.scores)  # the NaN score is gone

@@ -1,16 +1,25 @@
 """Console users file and password hashing: scrypt hashes verify and only verify the
 right password, bad files say exactly what is wrong, the CLI prints a hash without
-echoing the password, and the example file holds the documented dev users."""
+echoing the password, the example file holds the documented dev users, and the
+console's password checker bounds how many checks run and wait."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
 import pytest
 
-from services.common.errors import ConfigError
-from services.monitor.console.users import authenticate, hash_password, load_users, verify_password
+from services.common.errors import ConfigError, ResourceExhausted
+from services.monitor.console.users import (
+    Account,
+    PasswordChecker,
+    authenticate,
+    hash_password,
+    load_users,
+    verify_password,
+)
 from services.monitor.operations import ConsoleRole, Operator
 from tests.support import ROOT
 
@@ -122,3 +131,17 @@ def test_check_users_cli(tmp_path) -> None:
     bad = _users_file(tmp_path, "users: {}\n")
     out = _cli("check-users", str(bad))
     assert out.returncode == 1 and f"{bad}: users: Input should be a valid list" in out.stderr
+
+
+async def test_the_password_checker_runs_a_bounded_few_and_refuses_the_rest_at_once() -> None:
+    users = {"ada": Account(Operator("ada", ConsoleRole.ADMIN, frozenset({"*"})), hash_password("pw", **FAST))}
+    checker = PasswordChecker(concurrency=1, queue=1)
+    try:
+        results = await asyncio.gather(
+            *(checker.authenticate(users, "ada", "pw" if i == 0 else "wrong") for i in range(5)),
+            return_exceptions=True,
+        )
+    finally:
+        checker.close()
+    assert results[0] == users["ada"].operator and results[1] is None  # one checking, one waiting
+    assert all(isinstance(r, ResourceExhausted) for r in results[2:])  # the rest refused, not queued
