@@ -82,6 +82,7 @@ OUTBOX = Outbox(
     where="mode = 'live'",
 )
 
+
 # ---- schema ---------------------------------------------------------------------------------
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -93,9 +94,7 @@ class Match(_Strict):
     )
     action: Literal["ALLOW", "FLAG", "REDACT", "THROTTLE", "BLOCK"] = "BLOCK"
     tenant: str = Field("", max_length=256, description="only this tenant's accounts (default: every tenant)")
-    retro_catch: bool = Field(
-        False, description="count retro catches (re-screens calling for `action`), not decisions"
-    )
+    retro_catch: bool = Field(False, description="count retro catches (re-screens calling for `action`), not decisions")
 
     @model_validator(mode="after")
     def _category(self) -> Match:

@@ -271,9 +271,7 @@ async def test_reverse_an_automated_action(env) -> None:
     )
     automated.issued_at.GetCurrentTime()
     key = action_key(automated.kind, automated.target).encode()
-    sink = KafkaActionSink(
-        kafka.bootstrap, keys=DEV_KEYS, idempotence=False, timeout_s=10, client_id="ops-test-rules"
-    )
+    sink = KafkaActionSink(kafka.bootstrap, keys=DEV_KEYS, idempotence=False, timeout_s=10, client_id="ops-test-rules")
     await sink.send(ACTIONS, key, automated.SerializeToString())
     await sink.close()
     async with operations(env) as ops:
