@@ -246,7 +246,7 @@ class DevUpstream:
             return error(flavor, 400, "messages is required")
         return doc
 
-    def _compress(self, request: web.Request, prompt: str) -> bool:
+    def _compress(self, prompt: str) -> bool:
         return self.gzip_all or GZIP in prompt
 
     async def _send(
@@ -276,7 +276,7 @@ class DevUpstream:
         text = reply_text(model, prompt)
         msg_id = _id("msg_dev", doc)
         tokens = max(1, len(prompt) // 4)
-        gz = self._compress(request, prompt)
+        gz = self._compress(prompt)
         if doc.get("stream"):
             frames = anthropic_events(model, text, msg_id, tokens)
             return await self._send(
@@ -295,7 +295,7 @@ class DevUpstream:
         cid = _id("chatcmpl-dev", doc)
         created = int(time.time())
         tokens = max(1, len(prompt) // 4)
-        gz = self._compress(request, prompt)
+        gz = self._compress(prompt)
         if doc.get("stream"):
             usage = bool((doc.get("stream_options") or {}).get("include_usage"))
             frames = openai_events(model, text, cid, created, tokens, usage)
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--delay-ms",
         type=float,
-        default=float(os.environ.get("DEV_UPSTREAM_DELAY_MS", "0")),
+        default=os.environ.get("DEV_UPSTREAM_DELAY_MS", "0"),
         help="pause before each streamed event, in milliseconds [env: DEV_UPSTREAM_DELAY_MS] (default: 0)",
     )
     ns = parser.parse_args(argv)

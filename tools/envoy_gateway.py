@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import ipaddress
 import json
 import secrets
 import subprocess
@@ -167,6 +168,14 @@ def _split(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _socket(addr: str) -> dict[str, Any]:
     host, port = _split(addr)
     return {"socket_address": {"address": host, "port_value": port}}
@@ -229,7 +238,7 @@ def render(
     else:
         cluster = _set_cluster(doc, "model_upstream", upstream.removeprefix("http://").rstrip("/"))
         cluster.pop("transport_socket", None)
-        cluster["type"] = "STATIC" if _split(upstream.removeprefix("http://"))[0][0].isdigit() else "STRICT_DNS"
+        cluster["type"] = "STATIC" if _is_ip(_split(upstream.removeprefix("http://"))[0]) else "STRICT_DNS"
         cluster.pop("dns_lookup_family", None)
     jwt = http_filter(doc, "envoy.filters.http.jwt_authn")
     jwt["providers"][PROVIDER]["local_jwks"] = {"filename": str(jwks_path)}

@@ -288,14 +288,17 @@ class Mesh:
             )
             upstream = self.addresses["dev-upstream"]
         creds = DevCredentials(ROOT / ".cache" / "dev-gateway")
-        config = render(
-            listen=listen,
-            admin=admin,
-            enforcer=self.addresses["enforcer"],
-            ratelimit=self.addresses["ratelimit"],
-            upstream=upstream,
-            jwks_path=creds.jwks_path,
-        )
+        try:
+            config = render(
+                listen=listen,
+                admin=admin,
+                enforcer=self.addresses["enforcer"],
+                ratelimit=self.addresses["ratelimit"],
+                upstream=upstream,
+                jwks_path=creds.jwks_path,
+            )
+        except ValueError as exc:
+            raise RuntimeError(f"--model-upstream: {exc}") from None
         self.envoy = EnvoyGateway(config, ROOT / ".cache" / "envoy", concurrency=2, log_level="warning").start()
         self.addresses["envoy"] = self.envoy.address
         print(f"envoy listening on {self.envoy.address}", flush=True)
@@ -423,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
         help="start the services only, without Envoy and the model upstream [env: NO_ENVOY]",
     )
     ns = parser.parse_args(argv)
+    for flag, value in (("--envoy-listen", ns.envoy_listen), ("--envoy-admin-listen", ns.envoy_admin_listen)):
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit():
+            parser.error(f"{flag} must be HOST:PORT, not {value!r}")
 
     mesh = Mesh(ns.region, ns.redis_url, ns.kafka_bootstrap)
     done = threading.Event()
@@ -456,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
             print("mesh ready; Ctrl-C stops everything", flush=True)
         done.wait()
         print("stopping the mesh", flush=True)
+    except RuntimeError as exc:  # a part that did not start: say which and where its log is
+        print(f"python -m tools.run_mesh: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         mesh.stop()
     return 0
