@@ -1,6 +1,8 @@
 """Envoy ext_authz against the real mesh (tests/e2e/meshes.py): Check calls shaped
 like the ones Envoy sends (with_request_body, pack_as_bytes), answered with the
-screener's decision as HTTP allow/deny, and a signal with surface EXT_AUTHZ."""
+screener's decision as HTTP allow/deny, and a signal with surface EXT_AUTHZ. The same
+API called by a real Envoy (the release binary, official SDKs as clients):
+tests/envoy/."""
 
 from __future__ import annotations
 
