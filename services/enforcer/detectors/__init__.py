@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from services.common import textnorm
-from services.common.textnorm import DEFAULT_MAX_DECODED_BYTES, Normalized, normalize
+from services.enforcer.detectors import textnorm
+from services.enforcer.detectors.textnorm import DEFAULT_MAX_DECODED_BYTES, Normalized, normalize
 from services.enforcer.detectors import pii
 from services.enforcer.detectors.blocklist import Blocklist
 from services.enforcer.detectors.pii import DEFAULT_PHONE_REGIONS, Finding, PiiKind, detect, mask

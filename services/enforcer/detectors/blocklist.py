@@ -24,7 +24,7 @@ from collections.abc import Iterable
 
 import ahocorasick
 
-from services.common.textnorm import Normalized, non_ascii_runs, normalize
+from services.enforcer.detectors.textnorm import Normalized, non_ascii_runs, normalize
 
 __all__ = ["Blocklist"]
 

@@ -31,7 +31,7 @@ from enum import StrEnum
 import phonenumbers
 from phonenumbers import Leniency, PhoneNumberMatcher
 
-from services.common.textnorm import Normalized, normalize
+from services.enforcer.detectors.textnorm import Normalized, normalize
 
 __all__ = [
     "ALL_KINDS",

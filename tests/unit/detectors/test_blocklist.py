@@ -10,8 +10,8 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.common.textnorm import normalize
 from services.enforcer.detectors.blocklist import Blocklist
+from services.enforcer.detectors.textnorm import normalize
 from tests.unit.detectors.strategies import HOMOGLYPHS, INVISIBLES, fullwidth, math_bold
 
 PHRASES = ["password", "exploit kit", "nerve agent synthesis", "credit card dump", "bypass the filter"]

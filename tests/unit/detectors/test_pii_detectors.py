@@ -331,7 +331,7 @@ def test_detect_never_raises_and_spans_are_in_bounds(text: str) -> None:
 
 
 def test_detect_rejects_a_normalized_from_another_text() -> None:
-    from services.common.textnorm import normalize
+    from services.enforcer.detectors.textnorm import normalize
 
     with pytest.raises(ValueError):
         detect("some text", normalized=normalize("other"))

@@ -7,7 +7,7 @@ import base64
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from services.common.textnorm import Signal, mapped_view, normalize, screening_texts
+from services.enforcer.detectors.textnorm import Signal, mapped_view, normalize, screening_texts
 from tests.unit.detectors.strategies import HOMOGLYPHS, INVISIBLES, fullwidth, math_bold
 
 
@@ -221,14 +221,14 @@ def test_repr_never_shows_content() -> None:
 @settings(max_examples=300)
 @given(st.text(st.sampled_from(list("aZ09+/_-=.  é\n")), max_size=120))
 def test_fast_token_scan_finds_exactly_the_reference_regex_tokens(text: str) -> None:
-    from services.common.textnorm import _B64_TOKEN_RE, _b64_candidates
+    from services.enforcer.detectors.decoding import _B64_TOKEN_RE, _b64_candidates
 
     assert list(_b64_candidates(text)) == [m.span() for m in _B64_TOKEN_RE.finditer(text)]
 
 
 @given(st.text(_ALPHABET, max_size=60) | st.text(max_size=60))
 def test_fast_invisible_check_agrees_with_the_full_class(text: str) -> None:
-    from services.common.textnorm import _INVISIBLE_RE, _has_invisibles
+    from services.enforcer.detectors.textnorm import _INVISIBLE_RE, _has_invisibles
 
     assert _has_invisibles(text) == (_INVISIBLE_RE.search(text) is not None)
 
@@ -236,7 +236,7 @@ def test_fast_invisible_check_agrees_with_the_full_class(text: str) -> None:
 @settings(max_examples=300)
 @given(st.text(_ALPHABET, max_size=60) | st.text(max_size=60), st.text("abc XYZ.,", min_size=0, max_size=200))
 def test_mostly_ascii_fold_equals_the_whole_text_fold(text: str, ascii_padding: str) -> None:
-    from services.common.textnorm import _confusables, _fold_non_ascii, fold_for_matching
+    from services.enforcer.detectors.textnorm import _confusables, _fold_non_ascii, fold_for_matching
 
     t = normalize(ascii_padding + text + ascii_padding).text
     assert fold_for_matching(t) == " ".join(_fold_non_ascii(t, _confusables()).split())
@@ -246,6 +246,6 @@ def test_mostly_ascii_fold_equals_the_whole_text_fold(text: str, ascii_padding: 
 def test_non_ascii_runs_are_the_regex_runs(text: str) -> None:
     import re
 
-    from services.common.textnorm import non_ascii_runs
+    from services.enforcer.detectors.textnorm import non_ascii_runs
 
     assert non_ascii_runs(text) == [m.span() for m in re.finditer(r"[^\x00-\x7f]+", text)]

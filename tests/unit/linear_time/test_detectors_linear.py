@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.common.textnorm import Signal, normalize
 from services.enforcer.detectors import Blocklist, run_tier0
 from services.enforcer.detectors.pii import PiiKind, detect
+from services.enforcer.detectors.textnorm import Signal, normalize
 from tests.unit.linear_time.growth import assert_linear, repeat_to
 
 _RNG = random.Random(11)
