@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from bench.results import RESULTS, write_results
 from bench.system import machine
 from services.common.errors import InvalidArgument
-from services.enforcer.bodies import parse_chat_body
 from services.enforcer.detectors import Blocklist, run_tier0, warm_up
-from services.enforcer.sse import SSEDecoder, stream_format
+from services.enforcer.edges.bodies import parse_chat_body
+from services.enforcer.edges.sse import SSEDecoder, stream_format
 
 SECTION = "## Linear time on hostile input"
 SIZES_KB = (1, 4, 16, 64, 256)

@@ -29,10 +29,10 @@ from services.common.spool import Spool
 from services.common.tls import ClientTLS, secure_channel
 from services.enforcer import admin, policy, shadow
 from services.enforcer.detectors import warm_up
+from services.enforcer.edges.server import bindings
 from services.enforcer.requests import Limits
 from services.enforcer.retro import RetroScreener, RetroStats
 from services.enforcer.screening import Screener
-from services.enforcer.server import bindings
 from services.enforcer.settings import EnforcerSettings
 from services.enforcer.state import ActionLookups
 from services.enforcer.stats import ScreenStats

@@ -35,7 +35,7 @@ from services.enforcer.decision import (
     Reason,
     decide,
 )
-from services.enforcer.detectors import Tier0Result, run_tier0
+from services.enforcer.detectors import Redactor, Tier0Result, run_tier0
 from services.enforcer.policy import Action, FailMode, Policy, PolicySet, RateLimitRule
 from services.enforcer.recorder import Decided, DecisionRecorder
 from services.enforcer.requests import Identity, Limits, PromptRequest, ScreenResult, check_identity
@@ -154,6 +154,14 @@ class Screener:
         PERMISSION_DENIED)."""
         check_identity(identity, self.region)
         self.callers().check(caller, identity.tenant)
+
+    async def redactor(self, tenant: str, messages: tuple[tuple[str, str], ...]) -> Redactor:
+        """What to mask in a prompt that ext_authz decided REDACT and ext_proc rewrites
+        (ext_authz cannot change a body): the tenant's PII kinds, found once in the
+        joined text, masked in each field."""
+        text = "\n".join(content for _role, content in messages)
+        policy = self.policies.current.for_tenant(tenant)
+        return (await self.scorer.tier0(text, policy, blocklist=False)).redactor(text)
 
     def _validate(self, req: PromptRequest) -> str:
         self.admit(req.identity, req.caller)

@@ -20,7 +20,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from safeguards.v1 import safeguards_pb2 as pb
 from safeguards.v1 import safeguards_pb2_grpc, signals_pb2
 
-from services.enforcer.sse import SSEDecoder
+from services.enforcer.edges.sse import SSEDecoder
 from tests.e2e.meshes import backends
 
 REGION = "e2e-stream"

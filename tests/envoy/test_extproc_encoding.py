@@ -12,7 +12,7 @@ import zlib
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from services.enforcer.extproc import INFLATE_FACTOR, ExtProcConfig, HttpExchange
+from services.enforcer.edges.extproc import INFLATE_FACTOR, ExtProcConfig, HttpExchange
 from tests.unit.enforcer_stream.helpers import make_screener
 
 BODY = b'{"model": "gpt", "stream": true, "messages": [{"role": "user", "content": "Tell me a story"}]}'

@@ -13,12 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from services.enforcer.detectors import textnorm
-from services.enforcer.detectors.textnorm import DEFAULT_MAX_DECODED_BYTES, Normalized, normalize
-from services.enforcer.detectors import pii
+from services.enforcer.detectors import pii, textnorm
 from services.enforcer.detectors.blocklist import Blocklist
 from services.enforcer.detectors.pii import DEFAULT_PHONE_REGIONS, Finding, PiiKind, detect, mask
 from services.enforcer.detectors.redact import Redactor
+from services.enforcer.detectors.textnorm import DEFAULT_MAX_DECODED_BYTES, Normalized, normalize
 
 __all__ = ["Blocklist", "Finding", "PiiKind", "Redactor", "Tier0Result", "mask", "run_tier0", "warm_up"]
 

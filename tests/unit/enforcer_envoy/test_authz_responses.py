@@ -11,9 +11,9 @@ from envoy.service.auth.v3 import attribute_context_pb2 as ac
 from envoy.service.auth.v3 import external_auth_pb2 as ea
 from google.rpc import code_pb2
 
-from services.enforcer.authz import decision_response, denied_response, http_view, ok_response
-from services.enforcer.bodies import ANTHROPIC, OPENAI, loggable
 from services.enforcer.decision import Outcome
+from services.enforcer.edges.authz import decision_response, denied_response, http_view, ok_response
+from services.enforcer.edges.bodies import ANTHROPIC, OPENAI, loggable
 from services.enforcer.policy import Action
 from services.enforcer.requests import ScreenResult
 

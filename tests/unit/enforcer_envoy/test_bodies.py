@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.common.errors import InvalidArgument
-from services.enforcer.bodies import (
+from services.enforcer.edges.bodies import (
     ANTHROPIC,
     OPENAI,
     ChatBody,
@@ -284,3 +284,31 @@ chat_doc = st.fixed_dictionaries(
 @given(chat_doc, st.sampled_from([None, "/v1/messages", "/v1/chat/completions"]))
 def test_arbitrary_chat_shaped_json_never_raises_anything_but_invalid_argument(doc, path) -> None:
     _outcome(json.dumps(doc).encode(), path)
+
+
+def test_a_non_streamed_completion_is_read_whole_text_thinking_and_tool_arguments() -> None:
+    from services.enforcer.edges.bodies import completion_text
+
+    anthropic = {
+        "content": [
+            {"type": "thinking", "thinking": "plan it"},
+            {"type": "text", "text": "Running it."},
+            {"type": "tool_use", "id": "t", "name": "sh", "input": {"cmd": "rm -rf /"}},
+            {"type": "redacted_thinking", "data": "opaque"},
+        ]
+    }
+    assert completion_text("anthropic", anthropic) == 'plan it\nRunning it.\n{"cmd": "rm -rf /"}'
+    openai = {
+        "choices": [
+            {
+                "message": {
+                    "content": None,
+                    "reasoning_content": "think",
+                    "tool_calls": [{"type": "function", "function": {"name": "send", "arguments": '{"to": "x"}'}}],
+                }
+            },
+            "junk",
+        ]
+    }
+    assert completion_text("openai", openai) == 'think\n{"to": "x"}'
+    assert completion_text("openai", {"choices": [{"message": {"tool_calls": [None, {"function": 3}]}}]}) == ""

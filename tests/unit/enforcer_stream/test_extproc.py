@@ -10,9 +10,9 @@ import json
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from services.enforcer.authz import decision_response
-from services.enforcer.bodies import refusal
-from services.enforcer.extproc import ExtProcConfig, HttpExchange
+from services.enforcer.edges.authz import decision_response
+from services.enforcer.edges.bodies import refusal
+from services.enforcer.edges.extproc import ExtProcConfig, HttpExchange
 from services.enforcer.policy import Action
 from tests.unit.enforcer_stream.helpers import make_screener
 

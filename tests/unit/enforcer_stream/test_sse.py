@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.enforcer.sse import AnthropicStream, OpenAIStream, SSEDecoder, SSEError, SSEEvent, stream_format
+from services.enforcer.edges.sse import AnthropicStream, OpenAIStream, SSEDecoder, SSEError, SSEEvent, stream_format
 
 
 def anthropic_stream(texts: list[str], eol: str = "\n") -> bytes:

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.common.errors import InvalidArgument
-from services.enforcer.bodies import parse_chat_body
-from services.enforcer.sse import SSEDecoder, SSEEvent
+from services.enforcer.edges.bodies import parse_chat_body
+from services.enforcer.edges.sse import SSEDecoder, SSEEvent
 from tests.unit.linear_time.growth import assert_linear
 
 

@@ -49,24 +49,25 @@ from safeguards.v1 import signals_pb2
 
 from services.common.errors import InvalidArgument, ServiceError
 from services.common.tls import CallerIdentity, caller_identity
-from services.enforcer.authz import ACTION_HEADER, DECISION_HEADER, REDACT_HEADER
-from services.enforcer.bodies import (
-    ANTHROPIC,
+from services.enforcer.edges.authz import ACTION_HEADER, DECISION_HEADER, REDACT_HEADER
+from services.enforcer.edges.bodies import (
     HTTP_STATUS_OF,
     ChatBody,
     IdentityHeaders,
+    completion_text,
     error_body,
     estimated_tokens,
     flavor_from_path,
     loggable,
+    map_texts,
     parse_chat_body,
     refusal,
+    replaced_completion,
 )
-from services.enforcer.detectors import run_tier0
+from services.enforcer.edges.sse import SSEDecoder, SSEError, SSEEvent, StreamFormat, stream_format
 from services.enforcer.policy import Action
 from services.enforcer.requests import Identity, PromptRequest, ScreenResult
 from services.enforcer.screening import Screener
-from services.enforcer.sse import SSEDecoder, SSEError, SSEEvent, StreamFormat, stream_format
 from services.enforcer.streaming import CompletionSession
 
 log = logging.getLogger("safeguards.enforcer.extproc")
@@ -76,7 +77,7 @@ log = logging.getLogger("safeguards.enforcer.extproc")
 INFLATE_FACTOR = 32
 #: Content-encodings decoded here (zlib's automatic header detection: gzip or zlib).
 INFLATABLE = frozenset({"gzip", "x-gzip", "deflate"})
-#: Prompts longer than this are masked on a worker thread (as the screener's tier 0).
+#: Bodies longer than this (bytes) are masked and re-serialised on a worker thread.
 MASK_INLINE_CHARS = 8192
 
 
@@ -148,91 +149,6 @@ def sse_bytes(events: list[SSEEvent]) -> bytes:
         lines += [f"data: {line}" for line in ev.data.split("\n")]
         out.append("\n".join(lines) + "\n\n")
     return "".join(out).encode()
-
-
-# ---- provider-shaped bodies ------------------------------------------------------
-def map_texts(doc: dict[str, Any], flavor: str, fn) -> None:
-    """Apply `fn` to every text field `bodies.parse_chat_body` reads, in place; no
-    other field changes."""
-
-    def blocks(items: list, tool_results: bool) -> None:
-        for b in items:
-            if not isinstance(b, dict):
-                continue
-            t = b.get("type")
-            if t == "text" and isinstance(b.get("text"), str):
-                b["text"] = fn(b["text"])
-            elif t == "refusal" and flavor != ANTHROPIC and isinstance(b.get("refusal"), str):
-                b["refusal"] = fn(b["refusal"])
-            elif t == "tool_result" and tool_results:
-                if isinstance(b.get("content"), str):
-                    b["content"] = fn(b["content"])
-                elif isinstance(b.get("content"), list):
-                    blocks(b["content"], True)
-
-    anthropic = flavor == ANTHROPIC
-    if anthropic:
-        if isinstance(doc.get("system"), str):
-            doc["system"] = fn(doc["system"])
-        elif isinstance(doc.get("system"), list):
-            blocks(doc["system"], False)
-    for m in doc.get("messages") or ():
-        if not isinstance(m, dict):
-            continue
-        if isinstance(m.get("content"), str):
-            m["content"] = fn(m["content"])
-        elif isinstance(m.get("content"), list):
-            blocks(m["content"], anthropic)
-
-
-def completion_text(flavor: str, doc: Any) -> str:
-    """The assistant text of a non-streamed completion response."""
-    if not isinstance(doc, dict):
-        return ""
-    if flavor == ANTHROPIC:
-        return "\n".join(
-            b.get("text") or b.get("thinking") or ""
-            for b in doc.get("content") or ()
-            if isinstance(b, dict) and b.get("type") in ("text", "thinking")
-        )
-    parts = []
-    for c in doc.get("choices") or ():
-        msg = c.get("message") if isinstance(c, dict) else None
-        if isinstance(msg, dict) and isinstance(msg.get("content"), str):
-            parts.append(msg["content"])
-    return "\n".join(parts)
-
-
-def replaced_completion(flavor: str, doc: Any, replacement: str) -> bytes:
-    """A well-formed completion response whose only content is `replacement`."""
-    d = doc if isinstance(doc, dict) else {}
-    if flavor == ANTHROPIC:
-        out: dict[str, Any] = {
-            "id": d.get("id", ""),
-            "type": "message",
-            "role": "assistant",
-            "model": d.get("model", ""),
-            "content": [{"type": "text", "text": replacement}],
-            "stop_reason": "refusal",
-            "stop_sequence": None,
-        }
-    else:
-        out = {
-            "id": d.get("id", ""),
-            "object": "chat.completion",
-            "created": d.get("created", 0),
-            "model": d.get("model", ""),
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": replacement},
-                    "finish_reason": "content_filter",
-                }
-            ],
-        }
-    if "usage" in d:
-        out["usage"] = d["usage"]
-    return json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 # ---- one HTTP request ----------------------------------------------------------------
@@ -381,15 +297,14 @@ class HttpExchange:
     async def _masked_after_authz(self, raw: bytes, chat: ChatBody, tenant: str) -> bytes:
         """The request body ext_authz decided REDACT, with the PII the tenant's policy
         screens masked in every text (what the screener masks on its own REDACT)."""
-        text = "\n".join(content for _role, content in chat.messages)
-        kinds = sorted(self._screener.policies.current.for_tenant(tenant).screened_pii_kinds)
+        redactor = await self._screener.redactor(tenant, chat.messages)
 
         def mask() -> bytes:
             doc = json.loads(raw)
-            map_texts(doc, chat.flavor, run_tier0(text, None, kinds).redactor(text))
+            map_texts(doc, chat.flavor, redactor)
             return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
-        return await asyncio.to_thread(mask) if len(text) > MASK_INLINE_CHARS else mask()
+        return await asyncio.to_thread(mask) if len(raw) > MASK_INLINE_CHARS else mask()
 
     # ---- response --------------------------------------------------------------------
     def _response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:

@@ -454,3 +454,98 @@ class IdentityHeaders:
     account: str = "x-safeguards-account"
     project: str = "x-safeguards-project"
     request_id: str = "x-request-id"
+
+
+# ---- provider-shaped bodies: rewriting a request, reading and replacing a completion ----
+def map_texts(doc: dict[str, Any], flavor: str, fn) -> None:
+    """Apply `fn` to every text field `bodies.parse_chat_body` reads, in place; no
+    other field changes."""
+
+    def blocks(items: list, tool_results: bool) -> None:
+        for b in items:
+            if not isinstance(b, dict):
+                continue
+            t = b.get("type")
+            if t == "text" and isinstance(b.get("text"), str):
+                b["text"] = fn(b["text"])
+            elif t == "refusal" and flavor != ANTHROPIC and isinstance(b.get("refusal"), str):
+                b["refusal"] = fn(b["refusal"])
+            elif t == "tool_result" and tool_results:
+                if isinstance(b.get("content"), str):
+                    b["content"] = fn(b["content"])
+                elif isinstance(b.get("content"), list):
+                    blocks(b["content"], True)
+
+    anthropic = flavor == ANTHROPIC
+    if anthropic:
+        if isinstance(doc.get("system"), str):
+            doc["system"] = fn(doc["system"])
+        elif isinstance(doc.get("system"), list):
+            blocks(doc["system"], False)
+    for m in doc.get("messages") or ():
+        if not isinstance(m, dict):
+            continue
+        if isinstance(m.get("content"), str):
+            m["content"] = fn(m["content"])
+        elif isinstance(m.get("content"), list):
+            blocks(m["content"], anthropic)
+
+
+def completion_text(flavor: str, doc: Any) -> str:
+    """Everything the model wrote in a non-streamed completion response: its text, its
+    thinking or reasoning, and its tool calls' arguments (as the streamed formats in
+    sse.py read them)."""
+    if not isinstance(doc, dict):
+        return ""
+    parts: list[str] = []
+    if flavor == ANTHROPIC:
+        for b in doc.get("content") or ():
+            if not isinstance(b, dict):
+                continue
+            if b.get("type") in ("text", "thinking") and isinstance(b.get(b["type"]), str):
+                parts.append(b[b["type"]])
+            elif b.get("type") == "tool_use" and b.get("input"):
+                parts.append(json.dumps(b["input"], ensure_ascii=False))
+        return "\n".join(parts)
+    for c in doc.get("choices") or ():
+        msg = c.get("message") if isinstance(c, dict) else None
+        if not isinstance(msg, dict):
+            continue
+        parts.extend(msg[f] for f in ("reasoning_content", "reasoning", "content") if isinstance(msg.get(f), str))
+        for call in msg.get("tool_calls") or ():
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                parts.append(fn["arguments"])
+    return "\n".join(parts)
+
+
+def replaced_completion(flavor: str, doc: Any, replacement: str) -> bytes:
+    """A well-formed completion response whose only content is `replacement`."""
+    d = doc if isinstance(doc, dict) else {}
+    if flavor == ANTHROPIC:
+        out: dict[str, Any] = {
+            "id": d.get("id", ""),
+            "type": "message",
+            "role": "assistant",
+            "model": d.get("model", ""),
+            "content": [{"type": "text", "text": replacement}],
+            "stop_reason": "refusal",
+            "stop_sequence": None,
+        }
+    else:
+        out = {
+            "id": d.get("id", ""),
+            "object": "chat.completion",
+            "created": d.get("created", 0),
+            "model": d.get("model", ""),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": replacement},
+                    "finish_reason": "content_filter",
+                }
+            ],
+        }
+    if "usage" in d:
+        out["usage"] = d["usage"]
+    return json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()

@@ -54,7 +54,7 @@ from safeguards.v1 import signals_pb2
 
 from services.common.errors import ServiceError
 from services.common.tls import CallerIdentity, caller_identity
-from services.enforcer.bodies import (
+from services.enforcer.edges.bodies import (
     HTTP_STATUS_OF,
     ChatBody,
     IdentityHeaders,

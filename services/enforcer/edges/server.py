@@ -12,9 +12,9 @@ from safeguards.v1 import safeguards_pb2, safeguards_pb2_grpc, signals_pb2
 from services.common.errors import InvalidArgument
 from services.common.server import ServiceBinding
 from services.common.tls import caller_identity
-from services.enforcer.authz import AuthzConfig, AuthzServicer, authz_binding_parts
-from services.enforcer.bodies import IdentityHeaders
-from services.enforcer.extproc import ExtProcConfig, ExtProcServicer
+from services.enforcer.edges.authz import AuthzConfig, AuthzServicer, authz_binding_parts
+from services.enforcer.edges.bodies import IdentityHeaders
+from services.enforcer.edges.extproc import ExtProcConfig, ExtProcServicer
 from services.enforcer.requests import Identity, PromptRequest, ScreenResult
 from services.enforcer.screening import Screener
 from services.enforcer.settings import EnforcerSettings
