@@ -238,6 +238,7 @@ def build_console(settings: MonitorSettings, operations: Operations, store: Stor
         secure_cookies=settings.console_secure_cookies,
         allowed_origins=settings.console_allowed_origins,
         passwords=PasswordChecker(settings.console_signin_concurrency, settings.console_signin_queue),
+        trusted_proxies=settings.console_trusted_proxies,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -217,6 +218,12 @@ class MonitorSettings(ServiceSettings, KafkaSettings, ActionKeySettings):
         description="origins (scheme://host[:port]) a console form may be posted from, e.g. behind a TLS proxy "
         "(JSON list or comma separated; empty: the console's own address as the browser sent it in Host)",
     )
+    console_trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="addresses or CIDRs of reverse proxies in front of the console whose X-Forwarded-For is "
+        "believed for the sign-in limits (the right-most address in it that is not a trusted proxy is the client); "
+        "empty: the TCP peer is the client (JSON list or comma separated)",
+    )
     console_signin_attempts: int = Field(
         5,
         ge=1,
@@ -236,4 +243,11 @@ class MonitorSettings(ServiceSettings, KafkaSettings, ActionKeySettings):
             self.group_id = f"safeguards-monitor-{self.region}"
         if self.console_listen:
             split_host_port(self.console_listen)
+        for proxy in self.console_trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"argument --console-trusted-proxies: {proxy!r} is not an IP address or CIDR"
+                ) from None
         return self

@@ -19,6 +19,7 @@ access log (paths hold case ids and account pseudonyms, not for a log line).
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import math
 import secrets
@@ -108,10 +109,12 @@ class Console:
         secure_cookies: bool = False,
         allowed_origins: list[str] | None = None,
         passwords: PasswordChecker | None = None,
+        trusted_proxies: list[str] | None = None,
     ) -> None:
         self.ops = ops
         self.sessions = sessions
         self.passwords = passwords or PasswordChecker()
+        self.trusted_proxies = tuple(ipaddress.ip_network(p, strict=False) for p in trusted_proxies or ())
         self.users = users
         self.region = region
         self.listen = listen
@@ -301,7 +304,7 @@ class Console:
         form = request["form"]
         name = str(form.get("name", "")).strip()[:64]
         password = str(form.get("password", ""))
-        client = request.remote or ""
+        client = client_address(request, self.trusted_proxies)
         if not name or not password:
             return await self.signin_page(request, error="enter your name and password", status=400)
         wait_s = await self.sessions.attempt(name, client)
@@ -570,6 +573,34 @@ def overview_series(rows: list[tuple[datetime, MinuteTotals]]) -> dict:
             ],
         },
     }
+
+
+def client_address(request: web.Request, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> str:
+    """Whom the sign-in limits count: the TCP peer, or, when the peer is a trusted proxy,
+    the right-most X-Forwarded-For address that is not itself a trusted proxy (what a
+    client writes further left cannot move it). Linear in the header's length."""
+    peer = request.remote or ""
+    if not trusted or not _trusted(peer, trusted):
+        return peer
+    hops = ",".join(request.headers.getall("X-Forwarded-For", ())).split(",")
+    for hop in reversed(hops):
+        hop = hop.strip()
+        if not hop:
+            continue
+        if not _trusted(hop, trusted):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # not an address where the proxy's own entry should be: count the proxy
+    return peer
+
+
+def _trusted(address: str, trusted) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
 
 
 def see_other(location: str) -> web.Response:

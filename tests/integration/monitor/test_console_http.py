@@ -79,7 +79,7 @@ def console(tmp_path_factory):
                     "--hmac-key-file", str(tmp / "hmac.key"), "--actions-timeout-seconds", "3",
                     "--console-listen", "127.0.0.1:0", "--console-users", str(users),
                     "--console-signin-attempts", str(ATTEMPTS), "--console-users-poll-seconds", "0.2",
-                    "--console-signin-concurrency", "1",
+                    "--console-signin-concurrency", "1", "--console-trusted-proxies", "127.0.0.3",
                 ],
             ).start(timeout=60)  # fmt: skip
             try:
@@ -95,9 +95,11 @@ def console(tmp_path_factory):
 class Browser:
     """An HTTP client with a cookie jar, sending the Origin a browser would send."""
 
-    def __init__(self, base: str, source: str = "127.0.0.1") -> None:
-        """`source`: the client address (any 127.x.y.z reaches the console on 127.0.0.1)."""
+    def __init__(self, base: str, source: str = "127.0.0.1", forwarded: str = "") -> None:
+        """`source`: the client address (any 127.x.y.z reaches the console on 127.0.0.1);
+        `forwarded`: an X-Forwarded-For header sent with every request."""
         self.base = base
+        self.forwarded = forwarded
         self.http = aiohttp.ClientSession(
             cookie_jar=aiohttp.CookieJar(unsafe=True), connector=aiohttp.TCPConnector(local_addr=(source, 0))
         )
@@ -110,7 +112,8 @@ class Browser:
         await self.http.close()
 
     async def get(self, path: str) -> tuple[int, str, aiohttp.ClientResponse]:
-        async with self.http.get(self.base + path, allow_redirects=False) as r:
+        headers = {"X-Forwarded-For": self.forwarded} if self.forwarded else {}
+        async with self.http.get(self.base + path, headers=headers, allow_redirects=False) as r:
             text = await r.text()
             token = re.search(r'name="csrf_token" value="([^"]+)"', text)
             if token and path != "/signin":
@@ -119,6 +122,8 @@ class Browser:
 
     async def post(self, path: str, data: dict, *, origin: str | None = "", token: str | None = None):
         headers = {} if origin is None else {"Origin": origin or self.base}
+        if self.forwarded:
+            headers["X-Forwarded-For"] = self.forwarded
         form = dict(data)
         if token is not None or self.csrf:
             form["csrf_token"] = self.csrf if token is None else token
@@ -262,6 +267,29 @@ async def test_a_flood_from_one_address_does_not_lock_the_operator_out_from_anot
             assert status == 303 and r.headers["Location"] == "/overview"
         rows = await sql(console["db"], "SELECT ok FROM monitor_audit WHERE operator = 'ada' AND what = 'sign-in'")
         assert any(r["ok"] for r in rows)
+    finally:
+        await sql(console["db"], "DELETE FROM console_signin_counters")
+
+
+async def test_behind_a_trusted_proxy_the_forwarded_client_is_limited_not_the_proxy(console) -> None:
+    """127.0.0.3 is the console's trusted proxy: the client it forwards for is what the
+    limits count, so one client's flood does not lock out another behind the same proxy;
+    from any other peer X-Forwarded-For is ignored, so a spoofed one escapes nothing."""
+    await sql(console["db"], "DELETE FROM console_signin_counters")
+    try:
+        statuses = []
+        for i in range(ATTEMPTS + 2):  # what the client writes left of the proxy's entry does not count
+            async with Browser(console["url"], source="127.0.0.3", forwarded=f"10.9.8.{i}, 203.0.113.7") as b:
+                statuses.append((await b.signin("ada", "guess"))[0])
+        assert statuses == [401] * ATTEMPTS + [429, 429]
+        async with Browser(console["url"], source="127.0.0.3", forwarded="198.51.100.9") as operator:
+            assert (await operator.signin("ada"))[0] == 303
+        spoofed = []
+        async with Browser(console["url"], source="127.0.0.4") as b:
+            for i in range(ATTEMPTS + 2):
+                b.forwarded = f"192.0.2.{i}"
+                spoofed.append((await b.signin("ada", "guess"))[0])
+        assert spoofed == [401] * ATTEMPTS + [429, 429]
     finally:
         await sql(console["db"], "DELETE FROM console_signin_counters")
 
