@@ -38,7 +38,7 @@ from tenacity import wait_exponential_jitter
 from services.actions import snapshot
 from services.actions.projection import ActionTable
 from services.actions.records import KeyRing, Refused, verify
-from services.common.kafka import KafkaSecurity
+from services.common.kafka import KafkaSecurity, stop_within
 from services.common.topics import actions_topic
 
 log = logging.getLogger("safeguards.actions.consumer")
@@ -203,10 +203,7 @@ class ActionsConsumer:
     async def _close_consumer(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            try:
-                await asyncio.wait_for(consumer.stop(), 2.0)
-            except (TimeoutError, KafkaError, OSError):
-                pass
+            await stop_within(consumer, 2.0)
 
     async def _run(self) -> None:
         wait = wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2)
@@ -218,7 +215,6 @@ class ActionsConsumer:
                 raise
             except Exception as exc:  # Kafka errors, timeouts: keep the state, reconnect
                 self.metrics.up.set(0)
-                await self._close_consumer()
                 attempt += 1
                 delay = wait(_Attempt(attempt))
                 log.warning(
@@ -226,6 +222,7 @@ class ActionsConsumer:
                     extra={"error": type(exc).__name__, "retry_in_s": round(delay, 2), "attempt": attempt},
                     exc_info=not isinstance(exc, KafkaError | TimeoutError | OSError | _Repartitioned),
                 )
+                await self._close_consumer()
                 await asyncio.sleep(delay)
 
     async def _consume(self) -> None:

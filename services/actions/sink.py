@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError
 
 from services.actions.records import KeyRing, sign
 from services.common.errors import Unavailable
-from services.common.kafka import KafkaSecurity
+from services.common.kafka import KafkaSecurity, stop_within
 
 
 class ActionSink(Protocol):
@@ -104,7 +104,4 @@ class KafkaActionSink:
     async def close(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            try:
-                await asyncio.wait_for(producer.stop(), 2.0)
-            except (TimeoutError, KafkaError, OSError):
-                pass
+            await stop_within(producer, 2.0)

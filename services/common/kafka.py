@@ -164,6 +164,21 @@ class ProducerConfig:
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
+async def stop_within(client: Any, timeout_s: float) -> None:
+    """Stop an aiokafka client, waiting at most `timeout_s`. Not `asyncio.wait_for`:
+    it waits for the cancelled stop() to finish, and aiokafka's stop() can outlive a
+    cancel while its broker is away, which once left a reconnect loop stuck for good.
+    A stop() still running is left to finish (or fail) on its own."""
+    stopping = asyncio.ensure_future(client.stop())
+    stopping.add_done_callback(_retrieve)
+    await asyncio.wait({stopping}, timeout=timeout_s)
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # a failed stop() of a dropped client is not worth a log line
+
+
 class PublisherMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.published = Counter(
@@ -232,10 +247,7 @@ class KafkaPublisher:
             self._to_spool([r for r, _ in self._queue])
             self._queue.clear()
         if self._producer is not None:
-            try:
-                await asyncio.wait_for(self._producer.stop(), self.config.close_timeout_s)
-            except (TimeoutError, KafkaError, OSError):
-                pass
+            await stop_within(self._producer, self.config.close_timeout_s)
         self.spool.close()
 
     @property
@@ -341,10 +353,7 @@ class KafkaPublisher:
         (simpler and more predictable than nursing a half-broken connection)."""
         producer, self._producer = self._producer, None
         if producer is not None:
-            try:
-                await asyncio.wait_for(producer.stop(), 1.0)
-            except (TimeoutError, KafkaError, OSError):
-                pass
+            await stop_within(producer, 1.0)
 
     async def _replay(self) -> None:
         batch = self.spool.peek(self.config.replay_batch)

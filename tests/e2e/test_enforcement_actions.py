@@ -490,7 +490,9 @@ def test_kafka_outage_keeps_the_state_and_refuses_new_actions_then_recovers(mesh
         eventually(lambda: screen(r2, after).action == pb.ACTION_BLOCK, timeout=30, what="replica 2 reconnected")
     except AssertionError as exc:
         state_log = [line for line in r2.logs().splitlines() if "actions" in line or "afka" in line]
-        raise AssertionError("\n".join([str(exc), *state_log[-20:]])) from None
+        metrics = urllib.request.urlopen(mesh["metrics"], timeout=5).read().decode().splitlines()
+        state = [m for m in metrics if m.startswith(("enforcer_actions", "kafka_"))]
+        raise AssertionError("\n".join([str(exc), *state_log[-20:], *state])) from None
     assert screen(r2, user).action == pb.ACTION_BLOCK
 
 
