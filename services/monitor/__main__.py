@@ -44,6 +44,10 @@ log = logging.getLogger("safeguards.monitor")
 
 
 async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
+    # Settings that can fail the start are read before anything connects.
+    action_keys = settings.action_key_ring()
+    kafka_security = settings.kafka_security()
+    kafka_security.client_kwargs()  # a missing CA, certificate or password file fails the start
     store = Store(
         settings.database_url,
         settings.region,
@@ -59,9 +63,6 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
     rules_config_ = rules_config(settings.rules, rule_metrics, settings.rules_poll_seconds) if settings.rules else None
     if rules_config_ is not None:
         rules_config_.load_initial()  # a broken rules file at start is fatal
-    action_keys = settings.action_key_ring()
-    kafka_security = settings.kafka_security()
-    kafka_security.client_kwargs()  # a missing CA, certificate or password file fails the start
     sink = KafkaActionSink(
         settings.kafka_bootstrap,
         keys=action_keys,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -12,6 +14,7 @@ from services.actions import snapshot
 from services.actions.records import DEV_KEY_ID, KeyRing, Refused, sign, verify
 from services.common.errors import ConfigError
 from services.enforcer.settings import EnforcerSettings
+from tests.support import ROOT
 
 TOPIC = "safeguards.actions.unit-1"
 K1, K2 = os.urandom(32), os.urandom(32)
@@ -128,3 +131,24 @@ def test_snapshot_round_trip_and_refusals(tmp_path) -> None:
         assert snapshot.read(path, r, TOPIC) is None
     assert snapshot.read(tmp_path / "missing", r, TOPIC) is None
     assert [p.name for p in path.parent.iterdir()] == ["actions.snapshot"]  # no temporary file left
+
+
+@pytest.mark.parametrize("service", ["enforcer", "monitor"])
+def test_a_service_without_action_keys_does_not_start(tmp_path, service) -> None:
+    """The real process, with the tests' development-key default taken away."""
+    key = tmp_path / "hmac.key"
+    key.write_bytes(b"k" * 40)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_INSECURE_DEV_ACTION_KEY")}
+    args = ["--plaintext", "--listen", "127.0.0.1:0", "--metrics-listen", "", "--hmac-key-file", str(key)]
+    if service == "monitor":
+        args += ["--database-url", "postgresql://127.0.0.1:1/none"]
+    out = subprocess.run(
+        [sys.executable, "-m", f"services.{service}", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "no action signing key" in out.stderr and "--insecure-dev-action-key" in out.stderr
