@@ -15,6 +15,7 @@ import gc
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -43,6 +44,21 @@ class ServiceBinding:
     servicer: object
 
 
+class Draining:
+    """When in-flight calls must be done by, once the process drains (SIGTERM): a long
+    stream reads `time_left()` to end itself, well formed, before the server cancels it."""
+
+    def __init__(self) -> None:
+        self._deadline: float | None = None
+
+    def start(self, grace_s: float) -> None:
+        self._deadline = time.monotonic() + grace_s
+
+    def time_left(self) -> float | None:
+        """Seconds until in-flight calls are cancelled; None while not draining."""
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+
 @dataclass
 class App:
     """What a service hands the bootstrap: services to serve and its lifecycle."""
@@ -52,6 +68,8 @@ class App:
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     #: Called with the GrpcServer before it starts, e.g. to publish per-model health.
     on_server: list[Callable[[GrpcServer], Awaitable[None]]] = field(default_factory=list)
+    #: Started when the drain's grace begins; handed to whatever serves long streams.
+    draining: Draining = field(default_factory=Draining)
 
 
 class GrpcServer:
@@ -132,6 +150,7 @@ class GrpcServer:
         if s.shutdown_delay_seconds:
             await asyncio.sleep(s.shutdown_delay_seconds)
         if self._server is not None:
+            self.app.draining.start(s.drain_grace_seconds)
             await self._server.stop(s.drain_grace_seconds)
         for hook in self.app.on_stop:
             try:

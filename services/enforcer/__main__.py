@@ -24,7 +24,7 @@ from services.common.errors import ConfigError
 from services.common.kafka import KafkaPublisher, ProducerConfig, PublisherMetrics
 from services.common.privacy import RegionalKey
 from services.common.reloader import ReloadingConfig
-from services.common.server import App, run
+from services.common.server import App, Draining, run
 from services.common.spool import Spool
 from services.common.tls import ClientTLS, secure_channel
 from services.enforcer import admin, policy, shadow
@@ -202,8 +202,13 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
         await ratelimit_channel.close()
         screener.close()
 
+    draining = Draining()
     return App(
-        bindings=[*bindings(screener, settings), admin.admin_binding(enforcement_admin, admin.TokenAuth(tokens))],
+        draining=draining,
+        bindings=[
+            *bindings(screener, settings, draining),
+            admin.admin_binding(enforcement_admin, admin.TokenAuth(tokens)),
+        ],
         on_start=[
             connect_upstreams,
             publisher.start,

@@ -35,6 +35,7 @@ from services.enforcer.requests import Identity, ScreenResult
 from services.enforcer.scorer import Scorer
 
 ABANDONED = Reason("completion.abandoned", "the client went away before the completion ended")
+DRAINED = Reason("completion.drained", "the enforcer was shutting down: the stream ended before the completion did")
 
 
 def window_ends(screened_end: int, length: int, every: int, window: int, *, final: bool = False) -> list[int]:
@@ -224,7 +225,14 @@ class CompletionSession:
         """The stream ended without `finish()` (client gone, error): emit the one
         signal with what is known. Idempotent; a no-op once the session is closed."""
         if self._result is None:
-            self._close(abandoned=True)
+            self._close(ending=ABANDONED)
+
+    def end_early(self, reason: Reason) -> ScreenResult:
+        """Close the stream before the completion ended (e.g. DRAINED): the one signal,
+        with what is known and `reason`. The caller writes the stream's ending."""
+        if self._result is not None:
+            return self._result
+        return self._close(ending=reason)
 
     # ---- screening ---------------------------------------------------------------
     def _action(self) -> Action:
@@ -327,11 +335,11 @@ class CompletionSession:
         return self._cut
 
     # ---- the one signal ----------------------------------------------------------
-    def _close(self, *, abandoned: bool = False) -> ScreenResult:
+    def _close(self, *, ending: Reason | None = None) -> ScreenResult:
         policy, ident = self.policy, self.identity
         outcome = merge_outcomes(self._outcomes) if self._outcomes else NO_OUTCOME
-        if abandoned:
-            outcome = dataclasses.replace(outcome, reasons=(*outcome.reasons, ABANDONED), redact=False)
+        if ending is not None:
+            outcome = dataclasses.replace(outcome, reasons=(*outcome.reasons, ending), redact=False)
         text = "".join(self._parts)
         self._parts = [text] if text else []
         # The snippet is the start of the completion, masked; PII is looked for in a
@@ -357,7 +365,8 @@ class CompletionSession:
                 prompt_decision_id=self.prompt_decision_id,
                 log_fields={
                     "cut": outcome.action is Action.BLOCK,
-                    "abandoned": abandoned,
+                    "abandoned": ending is ABANDONED,
+                    "drained": ending is DRAINED,
                     "characters": self._length,
                     "windows": self.windows_screened,
                 },

@@ -48,6 +48,7 @@ from envoy.type.v3 import http_status_pb2
 from safeguards.v1 import signals_pb2
 
 from services.common.errors import InvalidArgument, ServiceError
+from services.common.server import Draining
 from services.common.tls import CallerIdentity, caller_identity
 from services.enforcer.edges.authz import ACTION_HEADER, DECISION_HEADER, REDACT_HEADER
 from services.enforcer.edges.bodies import (
@@ -68,7 +69,7 @@ from services.enforcer.edges.sse import SSEDecoder, SSEError, SSEEvent, StreamFo
 from services.enforcer.policy import Action
 from services.enforcer.requests import Identity, PromptRequest, ScreenResult
 from services.enforcer.screening import Screener
-from services.enforcer.streaming import CompletionSession
+from services.enforcer.streaming import DRAINED, CompletionSession
 
 log = logging.getLogger("safeguards.enforcer.extproc")
 
@@ -88,6 +89,17 @@ class ExtProcConfig:
     max_completion_bytes: int = 1024 * 1024
     #: ext_authz runs before ext_proc in the same filter chain and screens the prompt.
     after_authz: bool = False
+    #: On SIGTERM, a streamed completion still running this close to the end of the
+    #: drain's grace is ended with its format's well-formed ending (services.common.server.Draining).
+    draining: Draining | None = None
+    drain_end_margin_s: float = 1.0
+
+
+def drain_due(config: ExtProcConfig) -> bool:
+    """Whether a long stream must end now: the process is draining and its grace is
+    nearly over."""
+    left = config.draining.time_left() if config.draining is not None else None
+    return left is not None and left <= config.drain_end_margin_s
 
 
 # ---- message builders ---------------------------------------------------------------
@@ -426,6 +438,13 @@ class HttpExchange:
             return self._cut(replacement)
         keep = 0 if body.end_of_stream else self._decoder.pending_bytes
         out, self._held = buf[: len(buf) - keep], buf[len(buf) - keep :]
+        if not session.closed and drain_due(self._config):
+            # Shutting down: what was screened goes out, then the stream ends as a
+            # completion cut at its length limit ends, before the server cancels it.
+            session.end_early(DRAINED)
+            self._dropping = True
+            self._held = b""
+            return self._body(out + self._format.truncated())
         return self._body(None if out == data else out)
 
     async def _json_chunk(self, session: CompletionSession, body: ep.HttpBody) -> ep.ProcessingResponse:

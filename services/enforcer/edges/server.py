@@ -10,16 +10,16 @@ from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor
 from safeguards.v1 import safeguards_pb2, safeguards_pb2_grpc, signals_pb2
 
 from services.common.errors import InvalidArgument
-from services.common.server import ServiceBinding
+from services.common.server import Draining, ServiceBinding
 from services.common.tls import caller_identity
 from services.enforcer.edges.authz import AuthzConfig, AuthzServicer, authz_binding_parts
 from services.enforcer.edges.bodies import IdentityHeaders
-from services.enforcer.edges.extproc import ExtProcConfig, ExtProcServicer
+from services.enforcer.edges.extproc import ExtProcConfig, ExtProcServicer, drain_due
 from services.enforcer.requests import Identity, PromptRequest, ScreenResult
 from services.enforcer.screening import Screener
 from services.enforcer.settings import EnforcerSettings
 from services.enforcer.signals import ACTION_TO_PB, VERDICT_TO_PB, duration
-from services.enforcer.streaming import ChunkVerdict
+from services.enforcer.streaming import DRAINED, ChunkVerdict
 
 END_GRACE_S = 0.01
 
@@ -61,9 +61,12 @@ def verdict_to_pb(v: ChunkVerdict) -> safeguards_pb2.ScreenCompletionResponse:
 
 
 class SafeguardsServicer(safeguards_pb2_grpc.SafeguardsServiceServicer):
-    def __init__(self, screener: Screener, max_completion_bytes: int = 1024 * 1024) -> None:
+    def __init__(
+        self, screener: Screener, max_completion_bytes: int = 1024 * 1024, streams: ExtProcConfig | None = None
+    ) -> None:
         self._screener = screener
         self._max_completion_bytes = max_completion_bytes
+        self._streams = streams or ExtProcConfig()  # the drain settings long streams share
 
     async def ScreenPrompt(self, request: safeguards_pb2.ScreenPromptRequest, context: grpc.aio.ServicerContext):
         result = await self._screener.screen_prompt(
@@ -103,6 +106,13 @@ class SafeguardsServicer(safeguards_pb2_grpc.SafeguardsServiceServicer):
                 yield verdict_to_pb(verdict)
                 if verdict.cut:
                     return
+                if drain_due(self._streams):
+                    # Shutting down: the stream's decision now, with what was screened,
+                    # before the server cancels the call; the client resumes elsewhere.
+                    yield verdict_to_pb(
+                        ChunkVerdict(verdict.chunk_index, verdict.action, result=session.end_early(DRAINED))
+                    )
+                    return
             if session is None:
                 raise InvalidArgument("the first ScreenCompletion message must be start")
             # A cancelled call can look like a half-close (the request stream just ends)
@@ -117,8 +127,10 @@ class SafeguardsServicer(safeguards_pb2_grpc.SafeguardsServiceServicer):
                 session.abandon()  # a no-op unless the client went away mid-stream
 
 
-def bindings(screener: Screener, settings: EnforcerSettings | None = None) -> list[ServiceBinding]:
-    extproc = ExtProcConfig()
+def bindings(
+    screener: Screener, settings: EnforcerSettings | None = None, draining: Draining | None = None
+) -> list[ServiceBinding]:
+    extproc = ExtProcConfig(draining=draining)
     authz = AuthzConfig()
     if settings is not None:
         headers = IdentityHeaders(
@@ -132,12 +144,13 @@ def bindings(screener: Screener, settings: EnforcerSettings | None = None) -> li
             max_body_bytes=settings.extproc_max_body_bytes,
             max_completion_bytes=settings.max_completion_bytes,
             after_authz=settings.extproc_after_authz,
+            draining=draining,
         )
     return [
         ServiceBinding(
             safeguards_pb2.DESCRIPTOR.services_by_name["SafeguardsService"].full_name,
             safeguards_pb2_grpc.add_SafeguardsServiceServicer_to_server,
-            SafeguardsServicer(screener, extproc.max_completion_bytes),
+            SafeguardsServicer(screener, extproc.max_completion_bytes, extproc),
         ),
         ServiceBinding(
             external_processor_pb2.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name,

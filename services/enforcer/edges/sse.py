@@ -163,6 +163,11 @@ class StreamFormat(Protocol):
         """Well-formed events that end the stream with `replacement` as its last text."""
         ...
 
+    def truncated(self) -> bytes:
+        """Well-formed events that end the stream here, as a completion cut short by its
+        length limit ends (the server is shutting down: no refusal, no text added)."""
+        ...
+
 
 #: Anthropic delta type -> the field holding its text (signatures, citations: none).
 _ANTHROPIC_DELTA_TEXT = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
@@ -252,6 +257,24 @@ class AnthropicStream:
         self.done = True
         return "".join(f"event: {name}\ndata: {_dumps(obj)}\n\n" for name, obj in out).encode()
 
+    def truncated(self) -> bytes:
+        out: list[tuple[str, dict]] = []
+        if self._open is not None:
+            out.append(("content_block_stop", {"type": "content_block_stop", "index": self._open}))
+        out += [
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
+                    "usage": {"output_tokens": 0},
+                },
+            ),
+            ("message_stop", {"type": "message_stop"}),
+        ]
+        self.done = True
+        return "".join(f"event: {name}\ndata: {_dumps(obj)}\n\n" for name, obj in out).encode()
+
 
 class OpenAIStream:
     flavor = "openai"
@@ -296,6 +319,17 @@ class OpenAIStream:
             "created": self._created,
             "model": self._model,
             "choices": [{"index": 0, "delta": {"content": replacement}, "finish_reason": "content_filter"}],
+        }
+        self.done = True
+        return f"data: {_dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+
+    def truncated(self) -> bytes:
+        chunk = {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
         }
         self.done = True
         return f"data: {_dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
