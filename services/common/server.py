@@ -6,6 +6,10 @@ Prometheus metrics over HTTP, JSON logs, message-size and concurrency limits, TL
 mutual TLS, and a graceful drain on SIGTERM: health turns NOT_SERVING, the server
 keeps serving for `shutdown_delay_seconds`, then stops accepting RPCs and lets
 in-flight ones finish within `drain_grace_seconds`, and the process exits 0.
+
+With `health_listen` a second, plaintext server serves the same health servicer and
+nothing else, so that probes which cannot present a client certificate (Kubernetes'
+native gRPC probes) see the status while the main port requires mutual TLS.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ from services.common.settings import ServiceSettings, split_host_port
 from services.common.tls import server_credentials
 
 log = logging.getLogger("safeguards.server")
+
+#: Bounds of the unauthenticated health-only listener: a Check request is a service
+#: name, and probes make one call at a time.
+HEALTH_MAX_MESSAGE_BYTES = 4096
+HEALTH_MAX_CONCURRENT_RPCS = 64
 
 
 @dataclass
@@ -82,7 +91,10 @@ class GrpcServer:
         self.registry = registry
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
+        #: The bound port of the health-only listener (`health_listen`), else None.
+        self.health_port: int | None = None
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._metrics_http = None
         self._stopping = asyncio.Event()
 
@@ -116,6 +128,7 @@ class GrpcServer:
             bound = server.add_secure_port(s.listen, creds)
         if not bound:
             raise OSError(f"cannot bind {s.listen}")
+        health_server = self._health_only_server(s.health_listen) if s.health_listen else None
         for hook in self.app.on_server:
             await hook(self)
         for hook in self.app.on_start:
@@ -123,6 +136,10 @@ class GrpcServer:
         await server.start()
         self._server = server
         self.port = bound
+        if health_server is not None:
+            await health_server.start()
+            self._health_server = health_server
+            log.info("health listener", extra={"health_listen": f"{host_of(s.health_listen)}:{self.health_port}"})
         for binding in self.app.bindings:
             await self.health.set(binding.full_name, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -135,6 +152,26 @@ class GrpcServer:
         log.info("serving", extra={"listen": f"{shown_host}:{bound}", "tls": not s.plaintext})
         print(f"{self.name} listening on {shown_host}:{bound}", flush=True)
         return bound
+
+    def _health_only_server(self, address: str) -> grpc.aio.Server:
+        """grpc.health.v1 alone, plaintext, on `address`: the very servicer of the main
+        server (so NOT_SERVING during a drain shows here too), nothing else reachable."""
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", HEALTH_MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 1),  # each --workers process binds it, as the main port
+            ],
+            maximum_concurrent_rpcs=HEALTH_MAX_CONCURRENT_RPCS,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError:
+            bound = 0
+        if not bound:
+            raise OSError(f"cannot bind --health-listen {address}")
+        self.health_port = bound
+        return server
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -152,6 +189,9 @@ class GrpcServer:
         if self._server is not None:
             self.app.draining.start(s.drain_grace_seconds)
             await self._server.stop(s.drain_grace_seconds)
+        if self._health_server is not None:
+            # Kept answering NOT_SERVING until the main server is done.
+            await self._health_server.stop(0)
         for hook in self.app.on_stop:
             try:
                 await hook()

@@ -61,6 +61,12 @@ class ServiceSettings(BaseSettings):
         "",
         description="Prometheus /metrics HTTP listen address HOST:PORT; empty disables metrics over HTTP",
     )
+    health_listen: str = Field(
+        "",
+        description="HOST:PORT of a second listener that serves only grpc.health.v1, without TLS (the main "
+        "port's statuses, NOT_SERVING while draining), for Kubernetes' native gRPC probes when the main port "
+        "requires mutual TLS; empty: off",
+    )
     region: str = Field("local", description="data-residency region this process serves (labels logs and metrics)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="log level: DEBUG, INFO, WARNING, ERROR"
@@ -143,6 +149,11 @@ class ServiceSettings(BaseSettings):
         split_host_port(self.listen)
         if self.metrics_listen:
             split_host_port(self.metrics_listen)
+        if self.health_listen:
+            health_port = split_host_port(self.health_listen)[1]
+            for flag, other in (("--listen", self.listen), ("--metrics-listen", self.metrics_listen)):
+                if other and health_port and health_port == split_host_port(other)[1]:
+                    raise ValueError(f"--health-listen {self.health_listen} uses the port of {flag} {other}")
         if not self.plaintext and not (self.tls_cert_file and self.tls_key_file):
             raise ValueError(
                 "no transport security chosen: give --tls-cert-file and --tls-key-file, "
