@@ -45,30 +45,24 @@ import collections
 import contextlib
 import json
 import os
-import resource
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from bench import h2load, system
-from bench.results import RESULTS, write_results
+from bench import h2load, harness, system
+from bench.harness import REPO, free_port, log, parse_levels
+from bench.reports.classifier import CASCADE, INT8, MINILM, NGRAM, RawResult, Step, render
+from bench.results import RESULTS, publish
 
-REPO = Path(__file__).resolve().parent.parent
 GHZ_CONFIG = REPO / "bench" / "ghz" / "classifier.json"
 MODELS_DIR = REPO / "build" / "models"
 METHOD = "/safeguards.v1.ClassifierService/Classify"
 SECTION = "## Classifier service"
 
-MINILM, INT8, NGRAM, CASCADE = "prompt_guard_minilm", "prompt_guard_minilm_int8", "prompt_guard_ngram", "prompt_guard"
 ONNX_MODELS = (MINILM, INT8, NGRAM)
 ALL_MODELS = (MINILM, INT8, NGRAM, CASCADE)
 BATCHES = (1, 8, 32)
@@ -127,20 +121,6 @@ DEFAULT_LEVELS = {
     CASCADE: "1x4,1x16,4x16,4x64",
 }
 MIX_CONCURRENCY = (1, 32)
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _f(v: float, digits: int = 1) -> str:
-    return "n/a" if v is None or v != v else f"{v:,.{digits}f}"
 
 
 # ---- 0. a quiet box ------------------------------------------------------------------------
@@ -327,28 +307,6 @@ def graph_matmul_ops(model_path: Path, feeds: dict[str, np.ndarray]) -> dict[str
     return out
 
 
-@dataclass
-class RawResult:
-    model: str
-    batch: int
-    iters: int
-    mean_s: float  # per batch
-    min_s: float
-    p50_s: float
-    rows_per_s: float
-    tokens_per_row: int
-    fp32_ops_per_row: float
-    int8_ops_per_row: float
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.rows_per_s * self.tokens_per_row
-
-    @property
-    def ops_per_s(self) -> float:
-        return self.rows_per_s * (self.fp32_ops_per_row + self.int8_ops_per_row)
-
-
 def load_model(name: str):
     from services.classifier import manifest as mf
     from services.classifier.runtime import OnnxModel, RuntimeOptions
@@ -467,7 +425,7 @@ class Service:
         self.port = free_port()
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.argv = [
+        argv = [
             sys.executable,
             "-m",
             "services.classifier",
@@ -482,30 +440,14 @@ class Service:
             "WARNING",
             *extra,
         ]
-        self.stderr_path = workdir / "classifier.log"
-        self.proc: subprocess.Popen | None = None
+        self.process = harness.Process("classifier", argv, workdir / "classifier.log", stop_s=15)
+        self.stderr_path = self.process.log_path
         self.start_s = float("nan")
 
     def start(self, timeout_s: float = 120) -> None:
         t0 = time.monotonic()
-        stderr = open(self.stderr_path, "w")  # noqa: SIM115 (lives as long as the process)
-        self.proc = subprocess.Popen(
-            self.argv, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True
-        )
-        seen = threading.Event()
-
-        def pump() -> None:
-            assert self.proc is not None and self.proc.stdout is not None
-            for line in self.proc.stdout:
-                if "listening on" in line:
-                    seen.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        deadline = time.monotonic() + timeout_s
-        while not seen.wait(0.2):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"classifier did not start:\n{self.stderr_path.read_text()[-2000:]}")
+        deadline = t0 + timeout_s
+        self.process.start(timeout_s)
         self._wait_ready(deadline)
         self.start_s = time.monotonic() - t0
 
@@ -528,101 +470,40 @@ class Service:
         raise RuntimeError("classifier models did not become ready")
 
     def pids(self) -> list[int]:
-        if self.proc is None:
-            return []
-        return [self.proc.pid, *system.children(self.proc.pid)]
+        return self.process.pids
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        self.process.stop()
+
+
+def _pick(s) -> str | None:
+    if s.name == "grpc_server_handled_total" and s.labels.get("grpc_method") == "Classify":
+        return f"code|{s.labels['grpc_code']}"
+    if s.name in (
+        "classifier_batch_size_sum",
+        "classifier_batch_size_count",
+        "classifier_queue_duration_seconds_sum",
+        "classifier_queue_duration_seconds_count",
+        "classifier_inference_duration_seconds_sum",
+        "classifier_inference_duration_seconds_count",
+        "classifier_rows_dropped_total",
+        "classifier_requests_rejected_total",
+    ):
+        return f"{s.name}|{s.labels.get('model', '')}"
+    if s.name == "classifier_batch_tokens_total":
+        return f"{s.name}|{s.labels['model']}|{s.labels['kind']}"
+    if s.name == "classifier_texts_total":
+        return f"{s.name}|{s.labels['model']}|{s.labels['answered_by']}"
+    return None
 
 
 def scrape(port: int) -> dict[str, float]:
     """The counters this benchmark needs, flattened to 'name|label=value,...' keys."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = collections.defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "grpc_server_handled_total" and s.labels.get("grpc_method") == "Classify":
-                out[f"code|{s.labels['grpc_code']}"] += s.value
-            elif s.name in (
-                "classifier_batch_size_sum",
-                "classifier_batch_size_count",
-                "classifier_queue_duration_seconds_sum",
-                "classifier_queue_duration_seconds_count",
-                "classifier_inference_duration_seconds_sum",
-                "classifier_inference_duration_seconds_count",
-                "classifier_rows_dropped_total",
-                "classifier_requests_rejected_total",
-            ):
-                out[f"{s.name}|{s.labels.get('model', '')}"] += s.value
-            elif s.name == "classifier_batch_tokens_total":
-                out[f"{s.name}|{s.labels['model']}|{s.labels['kind']}"] += s.value
-            elif s.name == "classifier_texts_total":
-                out[f"{s.name}|{s.labels['model']}|{s.labels['answered_by']}"] += s.value
-    return dict(out)
-
-
-def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(before) | set(after)}
+    return harness.scrape(port, _pick)
 
 
 def stages_of(model: str) -> tuple[str, ...]:
     return (NGRAM, MINILM) if model == CASCADE else (model,)
-
-
-@dataclass
-class Step:
-    model: str
-    loadgen: str  # h2load | python
-    clients: int
-    streams: int
-    duration_s: float
-    warmup_s: float
-    req_per_s: float = 0.0
-    answered: int = 0  # h2load: HTTP 200 in the measured window; python: OK answers
-    ok_server: int = 0  # grpc_server_handled_total{OK} over the whole step (warm-up included)
-    grpc_codes: dict[str, int] = field(default_factory=dict)
-    non_ok: int = 0
-    client_failures: int = 0
-    p50_ms: float = float("nan")
-    p99_ms: float = float("nan")
-    max_ms: float = float("nan")
-    batch: dict[str, float] = field(default_factory=dict)  # model stage -> mean rows per batch
-    queue_ms: dict[str, float] = field(default_factory=dict)
-    infer_ms: dict[str, float] = field(default_factory=dict)
-    padding: dict[str, float] = field(default_factory=dict)  # share of positions that were padding
-    answered_by: dict[str, int] = field(default_factory=dict)
-    dropped: int = 0
-    rejected: int = 0
-    cpu: dict[str, float] = field(default_factory=dict)
-    threads: list[tuple[str, float]] = field(default_factory=list)  # busiest service threads, % of a core
-    error_sample: str = ""
-
-    @property
-    def level(self) -> str:
-        return f"py c={self.clients}" if self.loadgen == "python" else f"{self.clients}x{self.streams}"
-
-    @property
-    def in_flight(self) -> int:
-        return self.clients * max(1, self.streams)
-
-    @property
-    def verified(self) -> bool:
-        return self.non_ok == 0 and self.client_failures == 0 and self.ok_server >= self.answered > 0
-
-    @property
-    def escalated(self) -> float:
-        total = sum(self.answered_by.values())
-        return self.answered_by.get(MINILM, 0) / total if total else float("nan")
 
 
 def request_bytes(text: str, model: str) -> bytes:
@@ -646,38 +527,32 @@ class Runner:
             self.bodies[model] = path
         return self.bodies[model]
 
-    def _begin(self):
-        before = scrape(self.svc.metrics_port)
-        meter = system.CpuMeter({"service": self.svc.pids()})
-        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-        threads = {}
+    def _threads(self) -> dict[int, tuple[str, float]]:
+        out = {}
         for pid in self.svc.pids():
-            threads.update(system.thread_cpu(pid))
-        meter.start()
-        return before, meter, ru.ru_utime + ru.ru_stime, threads, time.monotonic()
+            out.update(system.thread_cpu(pid))
+        return out
 
-    def _end(self, step: Step, begun) -> None:
-        before, meter, ru0, threads0, t0 = begun
-        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = meter.stop(loadgen_cpu_s=(ru1.ru_utime + ru1.ru_stime) - ru0)
+    def _begin(self) -> tuple[harness.Window, dict[int, tuple[str, float]], float]:
+        window = harness.Window({"service": self.svc.pids()}, lambda: scrape(self.svc.metrics_port))
+        window.start()
+        return window, self._threads(), time.monotonic()
+
+    def _end(self, step: Step, begun: tuple[harness.Window, dict[int, tuple[str, float]], float]) -> None:
+        window, threads0, t0 = begun
+        cpu = window.stop()
         elapsed = time.monotonic() - t0
         step.cpu = {"service": round(cpu.service), "loadgen": round(cpu.loadgen), "other": round(cpu.other)}
-        threads1 = {}
-        for pid in self.svc.pids():
-            threads1.update(system.thread_cpu(pid))
         per_name: dict[str, float] = collections.defaultdict(float)
-        for tid, (name, secs) in threads1.items():
+        for tid, (name, secs) in self._threads().items():
             per_name[name] += secs - threads0.get(tid, (name, 0.0))[1]
         step.threads = sorted(
             ((n, round(v * 100 / elapsed)) for n, v in per_name.items() if v > 0), key=lambda x: -x[1]
         )[:4]
-        d = delta(before, scrape(self.svc.metrics_port))
-        step.grpc_codes = {k[5:]: int(v) for k, v in d.items() if k.startswith("code|") and v}
+        d = window.metrics_delta()
+        step.grpc_codes = harness.codes_of(d, "code|")
         step.ok_server = step.grpc_codes.get("OK", 0)
-        # h2load resets the streams still open when its time is up: the server counts those as
-        # CANCELLED. Up to one per stream in flight is that artifact, not an error.
-        cancelled = step.grpc_codes.get("CANCELLED", 0)
-        step.non_ok = sum(v for k, v in step.grpc_codes.items() if k != "OK") - min(cancelled, step.in_flight)
+        step.non_ok = harness.not_ok(step.grpc_codes, step.in_flight)
         for m in stages_of(step.model):
             n = d.get(f"classifier_batch_size_count|{m}", 0.0)
             if n:
@@ -726,7 +601,7 @@ class Runner:
             log(f"h2load failed (rc={res.returncode}):\n{res.output[-1500:]}")
         step.req_per_s = res.req_per_s
         step.answered = res.status_2xx
-        step.client_failures = res.failed + res.errored + res.timeouts + res.non_2xx
+        step.client_failures = res.client_failures
         step.p50_ms, step.p99_ms, step.max_ms = res.p(50), res.p(99), res.max_ms
         self.say(step)
         if not step.verified:
@@ -753,12 +628,9 @@ class Runner:
             f"{warm:g}",
         ]
         begun = self._begin()
-        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=duration + warm + 120)
+        r = harness.run_driver(cmd, timeout_s=duration + warm + 120)
         self._end(step, begun)
-        try:
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            log(f"python driver failed:\n{out.stdout[-1000:]}\n{out.stderr[-2000:]}")
+        if r is None:
             return step
         step.req_per_s = r["req_per_s"]
         step.answered = r["count"]
@@ -833,45 +705,23 @@ async def _drive(args: argparse.Namespace) -> dict:
         METHOD, request_serializer=None, response_deserializer=classifier_pb2.ClassifyResponse.FromString
     )
     await asyncio.wait_for(channel.channel_ready(), 10)
-    latencies: list[float] = []
-    errors: collections.Counter[str] = collections.Counter()
     answered_by: collections.Counter[str] = collections.Counter()
-    counter = 0
-    stop_at = 0.0
-
-    async def worker() -> None:
-        nonlocal counter
-        while True:
-            now = time.perf_counter()
-            if now >= stop_at:
-                return
-            i = counter
-            counter += 1
-            try:
-                resp = await call(bodies[i % len(bodies)], timeout=30)
-            except grpc.aio.AioRpcError as exc:
-                errors[exc.code().name] += 1
-                continue
-            latencies.append(time.perf_counter() - now)
-            answered_by[resp.results[0].models[0].answered_by] += 1
-
-    stop_at = time.perf_counter() + args.warmup
-    await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-    latencies.clear()
-    errors.clear()
-    answered_by.clear()
-    start = time.perf_counter()
-    stop_at = start + args.duration
-    await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-    elapsed = time.perf_counter() - start
+    latencies, errors, elapsed = await harness.closed_loop(
+        [call],
+        bodies,
+        args.concurrency,
+        args.warmup,
+        args.duration,
+        on_answer=lambda resp: answered_by.update([resp.results[0].models[0].answered_by]),
+        on_reset=answered_by.clear,
+    )
     await channel.close()
-    latencies.sort()
     ms = [x * 1000 for x in latencies]
     return {
         "count": len(ms),
         "req_per_s": len(ms) / elapsed,
-        "p50_ms": h2load.percentile(ms, 50),
-        "p99_ms": h2load.percentile(ms, 99),
+        "p50_ms": harness.percentile(ms, 50),
+        "p99_ms": harness.percentile(ms, 99),
         "max_ms": ms[-1] if ms else float("nan"),
         "errors": dict(errors),
         "answered_by": dict(answered_by),
@@ -886,233 +736,11 @@ def main_drive(argv: list[str]) -> int:
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
     args = p.parse_args(argv)
-    try:
-        import uvloop
-
-        result = uvloop.run(_drive(args))
-    except ImportError:
-        result = asyncio.run(_drive(args))
-    print(json.dumps(result))
+    print(json.dumps(harness.run_async(_drive(args))))
     return 0
 
 
 # ---- results ------------------------------------------------------------------------------------
-
-
-def peak(mm: list[dict], kind: str, numpy_default: bool = False) -> float:
-    rows = [r for r in mm if r["kind"] == kind]
-    if numpy_default:
-        rows = [r for r in rows if r["what"].startswith("numpy") and "default" in r["what"]]
-    return max((r["flops"] for r in rows), default=float("nan"))
-
-
-def utilisation(r: RawResult, fp32_peak: float, int8_peak: float) -> float:
-    """Time the MatMul work would take at the measured matmul rates / time it took."""
-    ideal = r.fp32_ops_per_row / fp32_peak + (r.int8_ops_per_row / int8_peak if r.int8_ops_per_row else 0.0)
-    return ideal * r.rows_per_s
-
-
-def render(run: dict) -> str:
-    m = run["machine"]
-    mm: list[dict] = run["matmul"]
-    raw: list[RawResult] = run["raw"]
-    info = run["raw_info"]
-    steps: list[Step] = run["steps"]
-    fp32_best, int8_best = peak(mm, "fp32"), peak(mm, "int8")
-    fp32_np = peak(mm, "fp32", numpy_default=True)
-    lines: list[str] = []
-    add = lines.append
-    lw = run["load"]
-    add(f"Generated {m['date']} by `python -m bench.classifier {' '.join(run['argv'])}` in {run['elapsed_s']:.0f} s.")
-    add("")
-    add(
-        f"**Machine:** {m['nproc']} cores ({m['cpu']}), {m['memory']}, Linux {m['kernel']}, Python {m['python']}, "
-        f"onnxruntime {run['versions']['onnxruntime']}, numpy {run['versions']['numpy']} "
-        f"({run['versions']['blas']}), {run['versions']['h2load']}. Execution provider: "
-        f"**{run['provider']}**. **No GPU was lent to this task, so the CUDA / fp16 table could not be measured.**"
-    )
-    add("")
-    add(
-        f"**Load:** load average {lw['start']:.2f} at start; {'below' if lw['quiet'] else 'still not below'} "
-        f"{lw['max_load']} after {lw['waited_s']:.0f} s of waiting ({lw['loadavg']} then), "
-        f"{system.loadavg()} at the end. The service, h2load and the harness share the 2 cores, and "
-        "other sessions' jobs (tests, builds) may run on the same box: *CPU other* in every table shows "
-        "what the rest of the box used during that step (100% = one core)."
-    )
-    if not lw["quiet"]:
-        add("")
-        add(
-            f"> **Warning:** the 1-minute load average was still {lw['end']:.2f} (≥ {lw['max_load']}) after "
-            f"{lw['waited_s']:.0f} s; the run went ahead anyway, so the numbers below are pessimistic."
-        )
-    if lw["busy"]:
-        add("")
-        add("Busiest other processes at start: " + ", ".join(f"`{n}` {p:.0f}%" for n, p in lw["busy"]) + ".")
-    add("")
-    add(
-        f"Input: one English prompt of {len(PROMPT)} characters (`PROMPT` in bench/classifier.py, also in "
-        f"bench/ghz/classifier.json) = {info[MINILM]['row_width']} tokens for the encoders (one full window) and "
-        f"{info[NGRAM]['row_width']} code points for the n-gram model (one window)."
-    )
-    add("")
-    add("### Matrix multiply (the machine's measured FLOP/s)")
-    add("")
-    add(f"{MATMUL_N}×{MATMUL_N} operands, best of 10 after a warm-up; one fresh process per numpy environment.")
-    add("")
-    add("| kernel | threads | time (ms) | GFLOP/s (int8: GOP/s) |")
-    add("|---|---:|---:|---:|")
-    for r in mm:
-        add(f"| {r['what']} | {r['threads']} | {r['seconds'] * 1e3:.2f} | {r['flops'] / 1e9:,.0f} |")
-    add("")
-    add(
-        f"Reference below: **fp32 {fp32_best / 1e9:,.0f} GFLOP/s** (best measured fp32 matmul, all cores) and "
-        f"**int8 {int8_best / 1e9:,.0f} GOP/s** (MatMulInteger); numpy's default OpenBLAS kernel gives only "
-        f"{fp32_np / 1e9:,.0f} GFLOP/s here (see the notes)."
-    )
-    add("")
-    add("### Raw ONNX Runtime (no service)")
-    add("")
-    g = info[MINILM]["graph_ops"]
-    gi = info[INT8]["graph_ops"]
-    add(
-        "Same session options and featurizer as the service (`services.classifier.runtime.OnnxModel`, "
-        "`RuntimeOptions()`: all graph optimisations, sequential, intra-op threads = ORT default, no spinning); "
-        "the prompt's row repeated to the batch size; mean over ≥ 3 runs and ≥ "
-        f"{run['raw_seconds']:g} s per cell after one warm-up run."
-    )
-    add("")
-    add(
-        f"FLOPs per row (L = {info[MINILM]['row_width']}): formula 6 × [2·L·(4·H² + 2·H·I) + 2·2·L²·H] + head "
-        f"(2·384·256 + 2·256·4), H = 384, I = 1536 → **{info[MINILM]['formula_flops'] / 1e9:.3f} GFLOP**; counted "
-        f"from the graph's {g['nodes']} MatMul nodes (ONNX shape inference at batch 1) → "
-        f"{g['fp32'] / 1e9:.3f} GFLOP. int8 model: {gi['int8'] / 1e9:.3f} G int8 ops (MatMulInteger: Q, K, V, "
-        f"output and FFN-up) + {gi['fp32'] / 1e9:.3f} GFLOP fp32 (attention, FFN-down and head stay fp32). "
-        "Softmax, GELU, LayerNorm and embeddings are not counted."
-    )
-    add("")
-    add(
-        "| model | batch | ms/batch | rows/s | tokens/s | GOP/s achieved | of fp32 peak | of numpy default | "
-        "MatMul utilisation |"
-    )
-    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in raw:
-        if r.model == NGRAM:
-            add(
-                f"| {r.model} | {r.batch} | {r.mean_s * 1e3:.2f} | {r.rows_per_s:,.0f} | {r.tokens_per_s:,.0f} chars/s "
-                "| – | – | – | – |"
-            )
-            continue
-        add(
-            f"| {r.model} | {r.batch} | {r.mean_s * 1e3:.1f} | {r.rows_per_s:,.1f} | {r.tokens_per_s:,.0f} "
-            f"| {r.ops_per_s / 1e9:,.0f} | {r.ops_per_s / fp32_best:.0%} | {r.ops_per_s / fp32_np:.0%} "
-            f"| {utilisation(r, fp32_best, int8_best):.0%} |"
-        )
-    add("")
-    add(
-        "*GOP/s achieved* counts fp32 FLOPs plus int8 ops per second. *MatMul utilisation* is the time the "
-        "counted MatMul work would take at the measured matmul rates (fp32 part at the fp32 reference, int8 "
-        "part at the int8 reference) divided by the time it took; for the fp32 model it equals *of fp32 peak*."
-    )
-    mix = run.get("raw_mix")
-    if mix:
-        add("")
-        add(
-            f"Raw cascade on the benign mix ({mix['texts']} texts, one text per row for the n-gram stage): "
-            f"{mix['escalated']} texts ({mix['escalated'] / mix['texts']:.0%}) have an n-gram unsafe score in the "
-            f"band [{mix['band'][0]:g}, {mix['band'][1]:g}] and go to MiniLM; the whole mix takes "
-            f"{mix['pass_ms']:.1f} ms (length-sorted batches of ≤ 32) = **{mix['texts_per_s']:,.0f} texts/s**."
-        )
-    add("")
-    add("### The service under gRPC load (h2load, one text per request)")
-    add("")
-    add(
-        f"`python -m services.classifier` (all models loaded, default settings: batch wait `auto` = eager on CPU, "
-        f"intra-op threads = ORT default) ready in {run['service_start_s']:.1f} s. h2load runs in its own process: "
-        f"`-c CLIENTS -m STREAMS --warm-up-time {run['warmup']:g}s -D SECONDS`; 1×1 runs "
-        f"{run['low_duration']:g} s, sweep steps {run['duration']:g} s. *verified*: the service's "
-        '`grpc_server_handled_total{grpc_code="OK"}` grew by at least the answers h2load counted, and no other '
-        "code appeared (apart from ≤ 1 CANCELLED per open stream when h2load stops). *batch*: mean rows per "
-        "inference, from `classifier_batch_size` (cascade: n-gram / MiniLM)."
-    )
-    add("")
-    add(
-        "| model | load | req/s | p50 ms | p99 ms | max ms | batch | queue ms | infer ms/batch | verified "
-        "| CPU service | CPU h2load | CPU other | busiest service threads |"
-    )
-    add("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|")
-    for s in steps:
-        batch = " / ".join(f"{v:.1f}" for v in s.batch.values()) or "–"
-        queue = " / ".join(f"{v:.1f}" for v in s.queue_ms.values()) or "–"
-        infer = " / ".join(f"{v:.1f}" for v in s.infer_ms.values()) or "–"
-        ver = "yes" if s.verified else f"**no** {s.grpc_codes} fail={s.client_failures}"
-        thr = ", ".join(f"{n} {p}%" for n, p in s.threads[:3])
-        name = s.model + (" (mix)" if s.loadgen == "python" else "")
-        add(
-            f"| {name} | {s.level} | {s.req_per_s:,.1f} | {_f(s.p50_ms, 2)} | {_f(s.p99_ms, 2)} | {_f(s.max_ms, 0)} "
-            f"| {batch} | {queue} | {infer} | {ver} | {s.cpu.get('service')}% | {s.cpu.get('loadgen')}% "
-            f"| {s.cpu.get('other')}% | {thr} |"
-        )
-    add("")
-    add("### Service vs raw ONNX Runtime")
-    add("")
-    add(
-        "Saturation: the best verified req/s of the sweep (one row per request, so req/s = rows/s) against "
-        "raw batch-32 rows/s and against the best raw batch size (target ≥ 0.8). Low load: 1×1 p50/p99 "
-        "against the mean time of one raw batch-1 inference (target p99 ≤ 2×). *GOP/s in service*: the "
-        "saturated rate × ops per row."
-    )
-    add("")
-    add(
-        "| model | saturated req/s (at) | raw b32 rows/s | ratio | best raw rows/s (batch) | ratio | GOP/s in service "
-        "| 1×1 p50 / p99 ms | raw b1 ms | p50 / p99 ratio |"
-    )
-    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for row in run["summary"]:
-        add(
-            f"| {row['model']} | {row['sat']:,.1f} ({row['sat_at']}) | {row['raw32']:,.1f} | **{row['ratio32']:.2f}** "
-            f"| {row['raw_best']:,.1f} (b{row['raw_best_b']}) | {row['ratio_best']:.2f} | {row['gops']} "
-            f"| {row['p50']:.2f} / {row['p99']:.2f} | {row['raw1_ms']:.2f} | {row['p50_ratio']:.2f} / "
-            f"**{row['p99_ratio']:.2f}** |"
-        )
-    add("")
-    sn = run["sanity"]
-    p = sn["prompt"]
-    add(
-        "Sanity pass (Python gRPC client, before the load): the prompt is "
-        + "; ".join(
-            f"`{k}` unsafe {v['unsafe']:.2f}{' flagged ' + ','.join(v['flagged']) if v['flagged'] else ''}"
-            f"{' answered by ' + v['answered_by'] if v['answered_by'] else ''}, {v['windows']} window"
-            for k, v in p.items()
-        )
-        + f". Benign mix through `{CASCADE}` one text per request: answered by "
-        + ", ".join(f"`{k}` {v}" for k, v in sorted(sn["mix"].items()))
-        + f" → escalated {sn['mix'].get(MINILM, 0) / max(1, sum(sn['mix'].values())):.0%}; "
-        f"{sn['mix_flagged']} of {len(BENIGN_MIX)} benign texts flagged."
-    )
-    mixed = [s for s in steps if s.loadgen == "python"]
-    if mixed:
-        add("")
-        add(
-            "Cascade on the benign mix under load (Python grpc.aio driver in a separate process, "
-            f"cycling the {len(BENIGN_MIX)} texts; `answered_by` read from every response): "
-            + "; ".join(
-                f"c={s.clients}: {s.req_per_s:,.1f} req/s, p50 {s.p50_ms:.1f} ms, p99 {s.p99_ms:.1f} ms, "
-                f"escalated {s.escalated:.0%}" + (f" ({s.req_per_s / mix['texts_per_s']:.2f} of raw)" if mix else "")
-                for s in mixed
-            )
-            + ". The driver costs more client CPU per request than h2load (see *CPU h2load*)."
-        )
-    add("")
-    add("### Reproduce")
-    add("")
-    add("```sh")
-    add("apt-get install -y nghttp2-client   # h2load")
-    add(f".venv/bin/python -m bench.classifier {' '.join(run['argv'])}".rstrip())
-    add("# the service alone, and ghz (reflection) for users:")
-    add(".venv/bin/python -m services.classifier --plaintext --listen 127.0.0.1:50052 --models build/models")
-    add("ghz --config bench/ghz/classifier.json")
-    add("```")
-    return "\n".join(lines)
 
 
 def summarise(raw: list[RawResult], steps: list[Step], sanity_out: dict, mix: dict | None) -> list[dict]:
@@ -1159,8 +787,6 @@ def summarise(raw: list[RawResult], steps: list[Step], sanity_out: dict, mix: di
     return out
 
 
-
-
 def check_ghz_config() -> None:
     try:
         cfg = json.loads(GHZ_CONFIG.read_text())
@@ -1180,14 +806,6 @@ def versions() -> dict[str, str]:
         b = cfg["Build Dependencies"]["blas"]
         blas = f"{b['name']} {b['version']}"
     return {"onnxruntime": ort.__version__, "numpy": np.__version__, "blas": blas}
-
-
-def parse_levels(text: str) -> list[tuple[int, int]]:
-    out = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        c, _, m = part.partition("x")
-        out.append((int(c), int(m or 1)))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1275,12 +893,12 @@ def main(argv: list[str] | None = None) -> int:
         "duration": args.duration,
         "low_duration": args.low_duration,
         "elapsed_s": time.monotonic() - t_start,
+        "matmul_n": MATMUL_N,
+        "prompt_chars": len(PROMPT),
+        "mix_texts": len(BENIGN_MIX),
     }
-    block = render(run)
-    print(block)
-    if not args.no_write:
-        write_results(args.results, SECTION, "classifier", block)
-        log(f"wrote {args.results}")
+    load["loadavg_end"] = system.loadavg()
+    publish(render(run), SECTION, "classifier", no_write=args.no_write, path=args.results, echo=True, log=log)
     return 0
 
 

@@ -20,6 +20,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.harness import percentile
+
 INSTALL_HINT = (
     "h2load not found: it drives the gRPC load. Install it with `apt-get install -y nghttp2-client` "
     "(Debian/Ubuntu) or `brew install nghttp2` (macOS), then run the benchmark again."
@@ -38,14 +40,6 @@ def version(binary: str) -> str:
 def grpc_frame(message: bytes) -> bytes:
     """One gRPC length-prefixed message, uncompressed."""
     return b"\x00" + struct.pack(">I", len(message)) + message
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of an ascending list; nan if empty."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
-    return sorted_values[rank - 1]
 
 
 @dataclass
@@ -73,6 +67,11 @@ class H2Result:
     @property
     def max_ms(self) -> float:
         return self.latencies_us[-1] / 1000 if self.latencies_us else float("nan")
+
+    @property
+    def client_failures(self) -> int:
+        """Requests h2load saw fail: connection failures, errors, timeouts, HTTP status not 2xx."""
+        return self.failed + self.errored + self.timeouts + self.non_2xx
 
 
 _FINISHED = re.compile(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s")

@@ -484,8 +484,6 @@ def render(run: dict) -> str:
     return "\n".join(lines)
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small backlog, short steps, 3 rounds (checks the harness)")

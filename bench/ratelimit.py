@@ -35,28 +35,25 @@ import contextlib
 import json
 import os
 import platform
-import queue
-import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from bench import h2load, system
-from bench.results import RESULTS, write_results
+from bench import h2load, harness, system
+from bench.grpc_load import METHOD
+from bench.harness import REPO, free_port, log, parse_levels
+from bench.reports.ratelimit import RawResult, Step, render
+from bench.results import RESULTS, publish
 
-REPO = Path(__file__).resolve().parent.parent
 GCRA = REPO / "services" / "ratelimit" / "lua" / "gcra.lua"
-METHOD = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
 SECTION = "## Rate-limit service"
 
 CONFIG_FILE = REPO / "bench" / "ghz" / "ratelimit-config.yaml"  # shared with the ghz configs
@@ -85,21 +82,9 @@ def _freeze(signum, frame):
 
 signal.signal(signal.SIGUSR1, _freeze)
 """
-TARGET_RPS = 10_000
-TARGET_P99_MS = 5.0
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", flush=True)
 
 
 # ---- the service under test ----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -133,7 +118,7 @@ class Service:
         self.port = free_port()
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.argv = [
+        argv = [
             cfg.interpreter,
             "-m",
             "services.ratelimit",
@@ -165,72 +150,45 @@ class Service:
             "--drain-grace-seconds",
             "1",
         ]
-        self.stderr_path = workdir / f"service-{cfg.workers}w-{cfg.event_loop}-{cfg.inflight}-{cfg.redis_mode}.log"
-        self.proc: subprocess.Popen | None = None
+        log_path = workdir / f"service-{cfg.workers}w-{cfg.event_loop}-{cfg.inflight}-{cfg.redis_mode}.log"
+        self.process = harness.Process("rate-limit service", argv, log_path)
 
     def start(self, timeout_s: float = 30) -> None:
-        stderr = open(self.stderr_path, "w")  # noqa: SIM115 (lives as long as the process)
-        env = dict(os.environ)
         if self.cfg.gc_freeze:
             # Without touching the service: a sitecustomize (imported by every worker at start)
             # installs a SIGUSR1 handler that runs gc.collect() + gc.freeze(); sent once serving.
-            hook = self.stderr_path.parent / "gcfreeze"
+            hook = self.process.log_path.parent / "gcfreeze"
             hook.mkdir(exist_ok=True)
             (hook / "sitecustomize.py").write_text(GC_FREEZE_HOOK)
+            env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH", "")]))
-        self.proc = subprocess.Popen(
-            self.argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True
-        )
-        lines: queue.Queue[str | None] = queue.Queue()
-
-        def pump() -> None:
-            assert self.proc is not None and self.proc.stdout is not None
-            for line in self.proc.stdout:
-                lines.put(line)
-            lines.put(None)
-
-        threading.Thread(target=pump, daemon=True).start()
+            self.process.env = env
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            if "listening on" in line:
-                self._wait_metrics(deadline)
-                if self.cfg.gc_freeze:
-                    for pid in self.worker_pids():
-                        os.kill(pid, signal.SIGUSR1)
-                    time.sleep(0.5)
-                return
-        self.stop()
-        tail = self.stderr_path.read_text()[-2000:]
-        raise RuntimeError(f"rate-limit service did not start ({' '.join(self.argv)}):\n{tail}")
-
-    def _wait_metrics(self, deadline: float) -> None:
+        self.process.start(timeout_s)
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError):
                 scrape(self.metrics_port)
-                return
+                break
             time.sleep(0.1)
+        if self.cfg.gc_freeze:
+            for pid in self.worker_pids():
+                os.kill(pid, signal.SIGUSR1)
+            time.sleep(0.5)
 
     @property
     def label(self) -> str:
         return self.cfg.label
 
     def pids(self) -> list[int]:
-        if self.proc is None:
-            return []
-        return [self.proc.pid, *system.children(self.proc.pid)]
+        return self.process.pids
 
     def worker_pids(self) -> list[int]:
         """The processes that serve RPCs: the workers, or the one process."""
-        if self.proc is None:
+        proc = self.process.proc
+        if proc is None:
             return []
-        kids = system.children(self.proc.pid) if self.cfg.workers > 1 else []
-        return kids or [self.proc.pid]
+        kids = system.children(proc.pid) if self.cfg.workers > 1 else []
+        return kids or [proc.pid]
 
     def busiest_worker(self, window_s: float = 0.5) -> int:
         pids = self.worker_pids()
@@ -239,14 +197,7 @@ class Service:
         return max(pids, key=lambda p: system.cpu_seconds(p) - before[p])
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        self.process.stop()
 
 
 class FloorService:
@@ -303,128 +254,59 @@ class FloorService:
 # ---- the service's own metrics -------------------------------------------------------------
 
 
+def _pick(s) -> str | None:
+    if s.name == "grpc_server_handled_total" and s.labels.get("grpc_method") == "ShouldRateLimit":
+        return f"code:{s.labels['grpc_code']}"
+    if s.name in (
+        "ratelimit_within_limit_total",
+        "ratelimit_over_limit_total",
+        "ratelimit_degraded_decisions_total",
+        "ratelimit_redis_errors_total",
+        "ratelimit_redis_pipeline_size_sum",
+        "ratelimit_redis_pipeline_size_count",
+        "ratelimit_redis_latency_seconds_sum",
+        "ratelimit_redis_latency_seconds_count",
+    ):
+        return s.name
+    return None
+
+
 def scrape(port: int) -> dict[str, float]:
     """Counters this benchmark needs, summed over label sets we do not split by."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = collections.defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "grpc_server_handled_total" and s.labels.get("grpc_method") == "ShouldRateLimit":
-                out[f"code:{s.labels['grpc_code']}"] += s.value
-            elif s.name in (
-                "ratelimit_within_limit_total",
-                "ratelimit_over_limit_total",
-                "ratelimit_degraded_decisions_total",
-                "ratelimit_redis_errors_total",
-                "ratelimit_redis_pipeline_size_sum",
-                "ratelimit_redis_pipeline_size_count",
-                "ratelimit_redis_latency_seconds_sum",
-                "ratelimit_redis_latency_seconds_count",
-            ):
-                out[s.name] += s.value
-    return dict(out)
-
-
-def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(before) | set(after)}
+    return harness.scrape(port, _pick)
 
 
 # ---- one load step -------------------------------------------------------------------------
 
 
-@dataclass
-class Step:
-    kind: str  # sweep | rate | tenants | knob
-    service: str
-    workers: int
-    event_loop: str
-    inflight: int
-    loadgen: str  # h2load | python
-    python: str = ""  # the service's Python version
-    gc_freeze: bool = False
-    clients: int = 0
-    streams: int = 0
-    target_rps: int = 0
-    tenants: int = 1
-    duration_s: float = 0.0
-    client_req_per_s: float = 0.0
-    decisions_per_s: float = 0.0
-    degraded: int = 0
-    non_ok: int = 0
-    cancelled: int = 0
-    grpc_codes: dict[str, int] = field(default_factory=dict)
-    client_failures: int = 0
-    p50_ms: float = float("nan")
-    p99_ms: float = float("nan")
-    max_ms: float = float("nan")
-    mean_batch: float = float("nan")
-    redis_rtt_ms: float = float("nan")
-    redis_errors: int = 0
-    cpu: dict[str, float] = field(default_factory=dict)
-    worker_cpu: list[int] = field(default_factory=list)  # per worker process, when there are several
-    other_before: float = float("nan")  # % of a core used by other processes just before the step
-
-    @property
-    def cpu_service(self) -> str:
-        total = f"{self.cpu.get('service')}%"
-        return total + (f" ({'+'.join(map(str, self.worker_cpu))})" if len(self.worker_cpu) > 1 else "")
-
-    @property
-    def clean(self) -> bool:
-        """Every answer was a real decision: no fail-open fallback, no gRPC error."""
-        return self.degraded == 0 and self.non_ok == 0 and self.client_failures == 0
-
-    @property
-    def cpu_us(self) -> float:
-        """Service CPU per decision (or per answer for the floor), microseconds."""
-        if not self.decisions_per_s or "service" not in self.cpu:
-            return float("nan")
-        return self.cpu["service"] / 100 * 1e6 / self.decisions_per_s
-
-    @property
-    def level(self) -> str:
-        if self.loadgen == "python":
-            return f"py x{self.clients}"
-        return f"{self.clients}x{self.streams}"
+def _window(svc) -> harness.Window:
+    """The step's window: the service (and each worker, when there are several) and Redis."""
+    groups = {"service": svc.pids(), "redis": system.pids_named("redis-server")}
+    workers = svc.worker_pids()
+    if len(workers) > 1:
+        groups.update({f"worker{i}": [pid] for i, pid in enumerate(workers)})
+    metrics = (lambda: scrape(svc.metrics_port)) if svc.metrics_port is not None else None
+    return harness.Window(groups, metrics).start()
 
 
-def _finish_step(step: Step, svc, before: dict[str, float], meter: system.CpuMeter, ru0: float) -> None:
-    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = meter.stop(loadgen_cpu_s=(ru1.ru_utime + ru1.ru_stime) - ru0)
+def _finish_step(step: Step, window: harness.Window) -> None:
+    cpu = window.stop()
     step.cpu = {k: round(v) for k, v in asdict(cpu).items() if k != "groups"}
     step.worker_cpu = [round(v) for g, v in sorted(cpu.groups.items()) if g.startswith("worker")]
-    if svc.metrics_port is None:  # the floor: no metrics, no Redis
+    if window.metrics is None:  # the floor: no metrics, no Redis
         return
-    d = delta(before, scrape(svc.metrics_port))
+    d = window.metrics_delta()
     decisions = d.get("ratelimit_within_limit_total", 0.0) + d.get("ratelimit_over_limit_total", 0.0)
     step.decisions_per_s = decisions / step.duration_s
     step.degraded = int(d.get("ratelimit_degraded_decisions_total", 0.0))
-    step.grpc_codes = {k[5:]: int(v) for k, v in d.items() if k.startswith("code:") and v}
-    # h2load resets the streams still in flight when its duration ends: the server
-    # counts those as CANCELLED. Up to one per stream in flight is that artifact.
-    in_flight = step.clients * max(1, step.streams)
+    step.grpc_codes = harness.codes_of(d, "code:")
     step.cancelled = step.grpc_codes.get("CANCELLED", 0)
-    excused = min(step.cancelled, in_flight)
-    step.non_ok = sum(v for k, v in step.grpc_codes.items() if k != "OK") - excused
+    step.non_ok = harness.not_ok(step.grpc_codes, step.clients * max(1, step.streams))
     step.redis_errors = int(d.get("ratelimit_redis_errors_total", 0.0))
     if d.get("ratelimit_redis_pipeline_size_count"):
         step.mean_batch = d["ratelimit_redis_pipeline_size_sum"] / d["ratelimit_redis_pipeline_size_count"]
     if d.get("ratelimit_redis_latency_seconds_count"):
         step.redis_rtt_ms = 1000 * d["ratelimit_redis_latency_seconds_sum"] / d["ratelimit_redis_latency_seconds_count"]
-
-
-def _meter(svc) -> tuple[dict[str, float], system.CpuMeter, float]:
-    before = scrape(svc.metrics_port) if svc.metrics_port is not None else {}
-    groups = {"service": svc.pids(), "redis": system.pids_named("redis-server")}
-    workers = svc.worker_pids()
-    if len(workers) > 1:
-        groups.update({f"worker{i}": [pid] for i, pid in enumerate(workers)})
-    meter = system.CpuMeter(groups)
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    meter.start()
-    return before, meter, ru.ru_utime + ru.ru_stime
 
 
 class Runner:
@@ -463,7 +345,7 @@ class Runner:
         step.duration_s = d
         step.python = c.python_label or platform.python_version()
         self._quiet(svc, step)
-        before, meter, ru0 = _meter(svc)
+        window = _window(svc)
         per_client = max(1, round(rps_total / clients)) if rps_total else None
         proc, logf, res = h2load.start(
             self.h2, self.url(svc), self.body, clients=clients, streams=streams, duration_s=d, rps_per_client=per_client
@@ -471,13 +353,13 @@ class Runner:
         if during is not None:
             during()
         res = h2load.finish(proc, logf, res, timeout_s=d + 30)
-        _finish_step(step, svc, before, meter, ru0)
+        _finish_step(step, window)
         if svc.metrics_port is None:
             step.decisions_per_s = res.req_per_s
         if res.returncode != 0 or not res.latencies_us:
             log(f"h2load failed (rc={res.returncode}):\n{res.output[-1500:]}")
         step.client_req_per_s = res.req_per_s
-        step.client_failures = res.failed + res.errored + res.timeouts + res.non_2xx
+        step.client_failures = res.client_failures
         step.p50_ms, step.p99_ms, step.max_ms = res.p(50), res.p(99), res.max_ms
         self._say(step)
         return step
@@ -511,13 +393,10 @@ class Runner:
             f"{self.args.duration:g}",
         ]
         self._quiet(svc, step)
-        before, meter, ru0 = _meter(svc)
-        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=self.args.duration + 60)
-        _finish_step(step, svc, before, meter, ru0)
-        try:
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            log(f"python driver failed:\n{out.stdout[-1000:]}\n{out.stderr[-2000:]}")
+        window = _window(svc)
+        r = harness.run_driver(cmd, timeout_s=self.args.duration + 60)
+        _finish_step(step, window)
+        if r is None:
             return step
         step.client_req_per_s = r["req_per_s"]
         step.client_failures = r["not_ok"] + sum(r["errors"].values())
@@ -569,7 +448,7 @@ def sanity(svc: Service) -> str:
     with grpc.insecure_channel(svc.address) as ch:
         stub = rls_pb2_grpc.RateLimitServiceStub(ch)
         resp = stub.ShouldRateLimit(request("bench", "sanity"), timeout=5)
-    d = delta(before, scrape(svc.metrics_port))
+    d = harness.delta(before, scrape(svc.metrics_port))
     problems = []
     if resp.overall_code != rls_pb2.RateLimitResponse.OK:
         problems.append(f"overall_code {rls_pb2.RateLimitResponse.Code.Name(resp.overall_code)}")
@@ -586,18 +465,6 @@ def sanity(svc: Service) -> str:
 
 
 # ---- the limit: raw EVALSHA ----------------------------------------------------------------------------
-
-
-@dataclass
-class RawResult:
-    pipeline: int
-    keys: str
-    clients: int
-    requests: int
-    ops_per_s: float
-    p50_ms: float
-    p99_ms: float
-    command: str
 
 
 def gcra_args(emission_us: float) -> list[str]:
@@ -750,280 +617,7 @@ def profile(py_spy: str, pid: int, seconds: float, out: Path) -> dict:
     }
 
 
-# ---- report -------------------------------------------------------------------------------------------------------
-
-
-def _f(v: float, digits: int = 2) -> str:
-    return "–" if v != v else f"{v:.{digits}f}"
-
-
-def best_clean(steps: list[Step]) -> Step | None:
-    clean = [s for s in steps if s.clean and s.decisions_per_s > 0]
-    return max(clean, key=lambda s: s.decisions_per_s) if clean else None
-
-
-def render(run: dict) -> str:
-    m = run["machine"]
-    steps: list[Step] = run["steps"]
-    raw: list[RawResult] = run["raw"]
-    raw1 = next(r for r in raw if r.pipeline == 1 and r.keys == "1")
-    raw16 = next(r for r in raw if r.pipeline == 16 and r.keys == "1")
-    L = []
-    L.append(
-        f"Measured {m['date']} on `{m['nproc']}` cores ({m['cpu']}, {m['memory']} RAM, kernel {m['kernel']}), "
-        f"Python {m['python']}, {run['versions']['redis']}, {run['versions']['h2load']}. "
-        f"Load average before the run: {m['loadavg']}. Busiest other processes just before: "
-        + (", ".join(f"{n} {p:.0f}%" for n, p in run["others"]) or "none")
-        + ". Everything shares the same cores: the service (1 process, or 1 parent + N workers), "
-        "redis-server (1 thread), the load generator (h2load, 1 thread; or the Python driver, 1 process), plus "
-        "whatever else the box ran (column *other*). CPU columns are % of one core over the step "
-        f"({int(m['nproc']) * 100}% = the whole box)."
-    )
-    L.append("")
-    L.append(
-        f"Each load step: {run['duration']:g} s. *decisions/s* counts only answers that were gRPC OK **and** decided "
-        "in Redis (service metrics `ratelimit_within_limit` + `ratelimit_over_limit`); *degraded* counts fail-open "
-        "answers the service gave without Redis (`ratelimit_degraded_decisions`, e.g. after a Redis timeout), which "
-        "look like OK to any client and are excluded. *client req/s* is what h2load counted (HTTP 200). "
-        "*non-OK*: gRPC codes other than OK in `grpc_server_handled_total`, not counting up to c×m CANCELLED "
-        "(h2load resets the streams still in flight when its duration ends). "
-        "Latencies are per request from h2load's `--log-file` (p50/p99 computed by the harness)."
-    )
-    L.append("")
-    L.append(f"Sanity (Python gRPC client, same request): {run['sanity']}.")
-    L.append("")
-
-    # headline
-    L.append("### Headline")
-    L.append("")
-    L.append(
-        "| workers | max decisions/s (no degraded, no errors) | at c×m | p50 ms | p99 ms "
-        "| p99 ms @1000/s | p99 ms @5000/s (achieved/s) | raw EVALSHA -P 1 | ratio | raw EVALSHA -P 16 | ratio "
-        "| service CPU µs/decision | CPU other |"
-    )
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    verdicts = []
-    for w in run["workers"]:
-        # Sweep steps, plus the knob row with the same (default) settings: same service, same load kind.
-        ws = [
-            s
-            for s in steps
-            if s.workers == w
-            and (
-                s.kind == "sweep"
-                or (
-                    s.kind == "knob"
-                    and s.event_loop == "uvloop"
-                    and s.inflight == 4
-                    and not s.gc_freeze
-                    and s.python == platform.python_version()
-                )
-            )
-        ]
-        b = best_clean(ws)
-        rates = {s.target_rps: s for s in steps if s.kind == "rate" and s.workers == w}
-        r1, r5 = rates.get(1000), rates.get(5000)
-        if b is None:
-            L.append(f"| {w} | none clean | | | | | | {raw1.ops_per_s:.0f} | | {raw16.ops_per_s:.0f} | | | |")
-            continue
-        L.append(
-            f"| {w} | **{b.decisions_per_s:,.0f}** | {b.level} | {_f(b.p50_ms)} | {_f(b.p99_ms)} "
-            f"| {_f(r1.p99_ms) if r1 else '–'} "
-            f"| {(_f(r5.p99_ms) + f' ({r5.decisions_per_s:,.0f})') if r5 else '–'} "
-            f"| {raw1.ops_per_s:,.0f} | {b.decisions_per_s / raw1.ops_per_s:.2f} "
-            f"| {raw16.ops_per_s:,.0f} | {b.decisions_per_s / raw16.ops_per_s:.2f} "
-            f"| {_f(b.cpu_us, 0)} | {b.cpu.get('other')}% |"
-        )
-        ok_steps = [s for s in ws + list(rates.values()) if s.clean and s.p99_ms < TARGET_P99_MS]
-        best_ok = max(ok_steps, key=lambda s: s.decisions_per_s, default=None)
-        met = best_ok is not None and best_ok.decisions_per_s >= TARGET_RPS
-        verdicts.append(
-            f"{w} worker(s): {'MET' if met else 'NOT MET'}"
-            + (
-                f" (most decisions/s with p99 < {TARGET_P99_MS:g} ms: {best_ok.decisions_per_s:,.0f} at "
-                f"{best_ok.level}{' @' + str(best_ok.target_rps) + '/s' if best_ok.target_rps else ''}, "
-                f"p99 {best_ok.p99_ms:.2f} ms)"
-                if best_ok
-                else f" (no step had p99 < {TARGET_P99_MS:g} ms)"
-            )
-        )
-    L.append("")
-    L.append(f"Target ≥{TARGET_RPS:,} decisions/s with p99 < {TARGET_P99_MS:g} ms: " + "; ".join(verdicts) + ".")
-    L.append("")
-
-    L.append("### Limit: raw Redis EVALSHA of the same gcra.lua (redis-benchmark, 50 clients)")
-    L.append("")
-    L.append("| pipeline (-P) | distinct keys | ops/s | p50 ms | p99 ms |")
-    L.append("|---|---|---|---|---|")
-    for r in raw:
-        L.append(f"| {r.pipeline} | {r.keys} | {r.ops_per_s:,.0f} | {r.p50_ms} | {r.p99_ms} |")
-    L.append("")
-    L.append(
-        "The service pipelines concurrent decisions into one round trip, so -P 16 is the ceiling it could "
-        "approach and -P 1 what one EVALSHA per round trip gives. With 5000 keys each bucket has expired "
-        "between hits (the bench limit leaves microseconds of debt, so the PEXPIRE is ~2 ms) and is re-created."
-    )
-    L.append("")
-
-    L.append("### Concurrency sweep (h2load; c = connections, m = streams per connection)")
-    L.append("")
-    L.append(
-        "| service | c×m | decisions/s | client req/s | degraded | non-OK | p50 ms | p99 ms | max ms "
-        "| batch/round trip | Redis RTT ms | CPU service | service CPU µs/decision | CPU redis | CPU h2load "
-        "| CPU other |"
-    )
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for s in (s for s in steps if s.kind == "sweep"):
-        L.append(_row(s))
-    L.append("")
-    L.append("### Fixed rate (h2load --rps; 4 connections × 32 streams)")
-    L.append("")
-    L.append(
-        "| service | target/s | decisions/s | degraded | non-OK | p50 ms | p99 ms | max ms "
-        "| batch/round trip | CPU service | CPU redis | CPU h2load | CPU other |"
-    )
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for s in (s for s in steps if s.kind == "rate"):
-        L.append(
-            f"| {s.service} | {s.target_rps:,} | {s.decisions_per_s:,.0f} | {s.degraded} | {s.non_ok} "
-            f"| {_f(s.p50_ms)} | {_f(s.p99_ms)} | {_f(s.max_ms)} | {_f(s.mean_batch, 1)} "
-            f"| {s.cpu_service} | {s.cpu.get('redis')}% | {s.cpu.get('loadgen')}% | {s.cpu.get('other')}% |"
-        )
-    L.append("")
-    tenant_steps = [s for s in steps if s.kind == "tenants"]
-    if tenant_steps:
-        L.append("### One tenant vs many (Python gRPC driver, bench.grpc_load)")
-        L.append("")
-        L.append(
-            "h2load sends one body, so one tenant. The Python driver cycles through pre-serialized requests for "
-            "N tenants (N GCRA buckets) and checks every answer's overall_code; it burns far more CPU per call "
-            "than h2load on the same 2 cores, so compare its rows with each other only."
-        )
-        L.append("")
-        L.append(
-            "| service | tenants | in flight | decisions/s | client-checked failures | degraded | p50 ms | p99 ms "
-            "| CPU service | CPU redis | CPU driver | CPU other |"
-        )
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for s in tenant_steps:
-            L.append(
-                f"| {s.service} | {s.tenants:,} | {s.clients} | {s.decisions_per_s:,.0f} | {s.client_failures} "
-                f"| {s.degraded} | {_f(s.p50_ms)} | {_f(s.p99_ms)} | {s.cpu_service} "
-                f"| {s.cpu.get('redis')}% | {s.cpu.get('loadgen')}% | {s.cpu.get('other')}% |"
-            )
-        L.append("")
-    knob_steps = [s for s in steps if s.kind == "knob"]
-    if knob_steps:
-        L.append(f"### Knobs (h2load {run['knob_level']}, same load for every row)")
-        L.append("")
-        L.append(
-            "| workers | python | event loop | --redis-pipeline-inflight | gc.freeze (bench hook) | decisions/s "
-            "| degraded | p50 ms | p99 ms "
-            "| batch/round trip | Redis RTT ms | CPU service | service CPU µs/decision | CPU redis | CPU other |"
-        )
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for s in knob_steps:
-            L.append(
-                f"| {s.workers} | {s.python} | {s.event_loop} | {s.inflight} | {'yes' if s.gc_freeze else 'no'} "
-                f"| {s.decisions_per_s:,.0f} | {s.degraded} "
-                f"| {_f(s.p50_ms)} | {_f(s.p99_ms)} | {_f(s.mean_batch, 1)} | {_f(s.redis_rtt_ms)} "
-                f"| {s.cpu_service} | {_f(s.cpu_us, 0)} | {s.cpu.get('redis')}% | {s.cpu.get('other')}% |"
-            )
-        L.append("")
-    floor_steps = [s for s in steps if s.kind == "floor"]
-    if floor_steps:
-        L.append("### Floor: bare grpc.aio server, constant OK answer (bench.grpc_floor; no Redis, no interceptor)")
-        L.append("")
-        L.append(
-            "| server | c×m | answers/s | p50 ms | p99 ms | service decisions/s at the same c×m and processes "
-            "| service / floor | CPU server | server CPU µs/answer | service CPU µs/decision | CPU h2load | CPU other |"
-        )
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for f in floor_steps:
-            same = [
-                s
-                for s in steps
-                if s.kind in ("sweep", "knob")
-                and s.workers == f.workers
-                and s.event_loop == "uvloop"
-                and s.inflight == 4
-                and not s.gc_freeze
-                and s.python == platform.python_version()
-                and (s.clients, s.streams) == (f.clients, f.streams)
-            ]
-            svc = same[-1] if same else None
-            L.append(
-                f"| {f.service} | {f.level} | {f.client_req_per_s:,.0f} | {_f(f.p50_ms)} | {_f(f.p99_ms)} "
-                f"| {f'{svc.decisions_per_s:,.0f}' if svc else '–'} "
-                f"| {f'{svc.decisions_per_s / f.client_req_per_s:.2f}' if svc and f.client_req_per_s else '–'} "
-                f"| {f.cpu_service} | {_f(f.cpu_us, 0)} | {_f(svc.cpu_us, 0) if svc else '–'} "
-                f"| {f.cpu.get('loadgen')}% | {f.cpu.get('other')}% |"
-            )
-        L.append("")
-    if run.get("profile"):
-        for label, p in run["profile"].items():
-            if "error" in p:
-                L.append(f"py-spy on {label}: failed ({p['error']})")
-                continue
-            L.append(
-                f"### Where one worker's CPU goes (py-spy --native, {label}, {p.get('busy_samples')} busy of "
-                f"{p['samples']} samples)"
-            )
-            L.append("")
-            if p.get("threads"):
-                L.append(
-                    "Thread CPU over the profile (/proc, % of one core): "
-                    + ", ".join(f"{k} {v}%" for k, v in p["threads"])
-                    + ". Shares below are of busy samples (threads blocked in epoll/poll left out)."
-                )
-                L.append("")
-            L.append("| share of samples | where (innermost frame) |")
-            L.append("|---|---|")
-            for name, pct in p["buckets"]:
-                L.append(f"| {pct:.0f}% | {name} |")
-            L.append("")
-            L.append("Top self frames: " + "; ".join(f"`{k}` {v:.0f}%" for k, v in p["leaves"][:6]) + ".")
-            L.append("")
-    L.append("### Reproduce")
-    L.append("")
-    L.append("```sh")
-    L.append("apt-get install -y nghttp2-client          # h2load (redis-benchmark ships with redis-server)")
-    L.append(f"{run['command']}")
-    L.append("# one step by hand (service from the harness's argv, body = 0x00 + be32 length + RateLimitRequest):")
-    L.append(
-        "h2load -c 4 -m 8 -D 5 -d body.bin -H 'content-type: application/grpc' -H 'te: trailers' "
-        f"--log-file lat.log http://127.0.0.1:PORT{METHOD}"
-    )
-    L.append(
-        f"redis-benchmark -n 150000 -c 50 -P 1 EVALSHA <sha of gcra.lua> 1 'bench:rl:{{raw}}:g' "
-        f"{gcra_args(1e6 / LIMIT_RPU)[0]} {LIMIT_RPU} 1 ''"
-    )
-    L.append("# with ghz (uses server reflection, no protos): see bench/ghz/ratelimit.json")
-    L.append("ghz --config bench/ghz/ratelimit.json")
-    L.append("```")
-    L.append("")
-    L.append(f"Harness wall time: {run['wall_s']:.0f} s.")
-    return "\n".join(L)
-
-
-def _row(s: Step) -> str:
-    return (
-        f"| {s.service} | {s.level} | {s.decisions_per_s:,.0f} | {s.client_req_per_s:,.0f} | {s.degraded} "
-        f"| {s.non_ok} | {_f(s.p50_ms)} | {_f(s.p99_ms)} | {_f(s.max_ms)} | {_f(s.mean_batch, 1)} "
-        f"| {_f(s.redis_rtt_ms)} | {s.cpu_service} | {_f(s.cpu_us, 0)} | {s.cpu.get('redis')}% "
-        f"| {s.cpu.get('loadgen')}% | {s.cpu.get('other')}% |"
-    )
-
-
 # ---- main ------------------------------------------------------------------------------------------------------------
-
-
-def parse_levels(text: str) -> list[tuple[int, int]]:
-    out = []
-    for part in text.split(","):
-        c, _, m = part.strip().partition("x")
-        out.append((int(c), int(m or 1)))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1177,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(Exception):
             log(f"deleted {delete_keys(args.redis_url, args.key_prefix)} keys under {args.key_prefix}")
 
-    cmd = ".venv/bin/python -m bench.ratelimit" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    cmd = harness.command_line("bench.ratelimit", argv)
     run = {
         "machine": machine,
         "others": others,
@@ -1191,15 +785,12 @@ def main(argv: list[str] | None = None) -> int:
         "profile": profiles,
         "command": cmd,
         "wall_s": time.monotonic() - t_start,
+        "gcra_args": gcra_args(1e6 / LIMIT_RPU),
     }
-    block = render(run)
-    print(block)
     if args.json:
         serial = dict(run, raw=[asdict(r) for r in raw], steps=[asdict(s) for s in steps])
         args.json.write_text(json.dumps(serial, indent=1, default=str))
-    if not args.no_write:
-        write_results(args.results, SECTION, "ratelimit", block)
-        log(f"wrote {args.results}")
+    publish(render(run), SECTION, "ratelimit", no_write=args.no_write, path=args.results, echo=True, log=log)
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

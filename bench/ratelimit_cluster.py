@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench import system
-from bench.ratelimit import CONFIG_FILE, SECTION, Runner, Service, ServiceConfig, Step, _f, log, sanity
-from bench.results import RESULTS, write_results
+from bench import harness, system
+from bench.harness import log
+from bench.ratelimit import CONFIG_FILE, SECTION, Runner, Service, ServiceConfig, sanity
+from bench.reports.ratelimit import Step
+from bench.reports.ratelimit_cluster import render
+from bench.results import RESULTS, publish
 from tools.embedded import EmbeddedRedis, EmbeddedRedisCluster, redis_server_binary
 
 KEY_PREFIX = "bench:rlc:"
@@ -45,49 +46,6 @@ def evalsha_per_master(cluster: EmbeddedRedisCluster) -> list[int]:
         with cluster.client(port) as r:
             out.append(int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)))
     return out
-
-
-def render(run: dict) -> str:
-    m = run["machine"]
-    steps: list[tuple[str, Step]] = run["steps"]
-    L = [
-        f"Measured {m['date']} on `{m['nproc']}` cores ({m['cpu']}), Python {m['python']}, {run['redis']} "
-        f"(both topologies from this binary). Load: bench.grpc_load, {run['tenants']} tenants, "
-        f"{run['concurrency']} in flight, {run['duration']:g} s per step, topologies alternated {run['repeat']}×. "
-        "Cluster: 3 masters, no replicas, the service with `--redis-mode cluster` (redis-py's RedisCluster "
-        "pipeline, split by node). EVALSHA calls served by each master: "
-        + " / ".join(f"{n:,}" for n in run["evalsha_per_master"])
-        + ". CPU columns are % of one core over the step.",
-        "",
-        "| Redis | workers | decisions/s | degraded | non-OK | p50 ms | p99 ms | batch | Redis RTT ms "
-        "| service CPU | µs/decision | redis CPU | driver CPU | other CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for topo, s in steps:
-        L.append(
-            f"| {topo} | {s.workers} | {s.decisions_per_s:,.0f} | {s.degraded} | {s.non_ok + s.client_failures} "
-            f"| {_f(s.p50_ms)} | {_f(s.p99_ms)} | {_f(s.mean_batch, 1)} | {_f(s.redis_rtt_ms)} | {s.cpu_service} "
-            f"| {_f(s.cpu_us, 0)} | {s.cpu.get('redis')}% | {s.cpu.get('loadgen')}% | {s.cpu.get('other')}% |"
-        )
-    L.append("")
-    L.append(
-        "Medians per topology and worker count; the box is shared, so the service's CPU per decision moves less "
-        "than decisions/s between runs:"
-    )
-    L.append("")
-    for topo in dict.fromkeys(t for t, _ in steps):
-        for w in run["workers"]:
-            ours = [s for t, s in steps if t == topo and s.workers == w]
-            if ours:
-                runs = ", ".join(f"{s.decisions_per_s:,.0f}" for s in ours)
-                L.append(
-                    f"- {topo}, {w} worker(s): **{statistics.median(s.decisions_per_s for s in ours):,.0f}** "
-                    f"decisions/s (runs in order: {runs}), "
-                    f"**{statistics.median(s.cpu_us for s in ours):,.0f}** µs service CPU per decision"
-                )
-    L.append("")
-    L.append(f"Reproduce: `{run['command']}` ({run['wall_s']:.0f} s).")
-    return "\n".join(L)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,10 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         single.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    cmd = (
-        ".venv/bin/python -m bench.ratelimit_cluster"
-        + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
-    )
+    cmd = harness.command_line("bench.ratelimit_cluster", argv)
     run = {
         "machine": machine,
         "redis": system.tool_version([redis_server_binary(), "--version"]).split(" sha=")[0],
@@ -151,13 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": cmd,
         "wall_s": time.monotonic() - t_start,
     }
-    block = render(run)
-    print(block)
-    if not args.no_write:
-        write_results(args.results, SECTION, "ratelimit_cluster", block)
-        log(f"wrote {args.results}")
+    publish(render(run), SECTION, "ratelimit_cluster", no_write=args.no_write, path=args.results, echo=True, log=log)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

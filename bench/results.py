@@ -4,6 +4,7 @@ its section; everything else in the file (hand-written summaries) is kept."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -36,3 +37,22 @@ def write_results(path: Path, section: str, harness: str, block: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def publish(
+    block: str,
+    section: str,
+    harness: str,
+    *,
+    no_write: bool,
+    path: Path = RESULTS,
+    echo: bool = False,
+    log: Callable[[str], None] = print,
+) -> None:
+    """A harness's last act: print its block (with `echo` also when it is written) and,
+    unless `no_write`, write it into `section` of `path`."""
+    if echo or no_write:
+        print(block)
+    if not no_write:
+        write_results(path, section, harness, block)
+        log(f"wrote the '{section}' section of {path}")
