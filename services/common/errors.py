@@ -41,12 +41,6 @@ class PermissionDenied(ServiceError):
     code = "PERMISSION_DENIED"
 
 
-class Unauthenticated(ServiceError):
-    """No credentials, or credentials that identify nobody."""
-
-    code = "UNAUTHENTICATED"
-
-
 class DeadlineExceeded(ServiceError):
     code = "DEADLINE_EXCEEDED"
 

@@ -31,7 +31,7 @@ from services.enforcer import admin, policy, shadow
 from services.enforcer.detectors import warm_up
 from services.enforcer.edges.server import bindings
 from services.enforcer.requests import Limits
-from services.enforcer.retro import RetroScreener, RetroStats
+from services.enforcer.retro import BackgroundScreener, RetroStats
 from services.enforcer.screening import Screener
 from services.enforcer.settings import EnforcerSettings
 from services.enforcer.state import ActionLookups
@@ -125,7 +125,7 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
         snapshot_path=Path(settings.actions_snapshot_file) if settings.actions_snapshot_file else None,
     )
     classifier = ClassifierCaller(classifier_channel, breaker("classifier"), settings.classifier_max_chars)
-    retro = RetroScreener(
+    retro = BackgroundScreener(
         classifier=classifier,
         publisher=publisher,
         key=key,
@@ -136,6 +136,8 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
         max_bytes=settings.retro_queue_max_bytes,
         timeout_s=settings.retro_deadline_seconds,
         workers=settings.retro_workers,
+        shadow_max_jobs=settings.shadow_model_queue_size,
+        shadow_max_bytes=settings.shadow_model_queue_max_bytes,
     )
     current_callers, callers = caller_binding(settings, settings.policy_poll_seconds)
     screener = Screener(
@@ -177,14 +179,7 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
         security=kafka_security,
     )
     # The enforcer's admin API leaves its state to the consumer, like every other replica's.
-    enforcement_admin = ActionAdmin(
-        region=settings.region,
-        key=key,
-        table=table,
-        sink=sink,
-        publisher=publisher,
-        catalog=admin.EnforcerCatalog(classifier, policies),
-    )
+    enforcement_admin = ActionAdmin(region=settings.region, key=key, table=table, sink=sink, publisher=publisher)
 
     async def connect_upstreams() -> None:
         # Connect before serving, so the first decisions do not pay TCP + HTTP/2 set-up

@@ -18,6 +18,10 @@ the field, and turned into immutable objects the decision code reads.
                                     #   action when no category fired but one scores this high
         no_verdict_action: FLAG     # NONE for another reason (e.g. the caller's deadline was too
                                     #   short for any stage); fail_mode closed still BLOCKs
+      shadow_models:                # models run in shadow on a sample of live prompts, in the
+        - name: prompt_guard_ngram  #   background after the decision (never enforced): their scores
+          sample_rate: 0.1          #   and the action this policy would take on them go into a
+                                    #   SURFACE_SHADOW_MODEL follow-up signal (issue 13, promotion)
     ratelimit:
       domain: llm
       fail_mode: open
@@ -93,10 +97,24 @@ class _Partial(_Strict):
     no_verdict_action: ActionName = "FLAG"
 
 
+class _ShadowModel(_Strict):
+    name: str = Field(min_length=1, max_length=128)
+    sample_rate: float = Field(ge=0.0, le=1.0)
+
+
 class _Classifier(_Strict):
     models: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=lambda: ["prompt_guard"], min_length=1)
     fail_mode: Literal["open", "closed"] = "open"
     partial: _Partial = Field(default_factory=_Partial)
+    shadow_models: list[_ShadowModel] = Field(default_factory=list, max_length=4)
+
+    @field_validator("shadow_models")
+    @classmethod
+    def _distinct(cls, v):
+        names = [m.name for m in v]
+        if len(set(names)) != len(names):
+            raise ValueError("a shadow model is named twice")
+        return v
 
 
 class _Descriptor(_Strict):
@@ -182,6 +200,14 @@ class PartialRule:
 
 
 @dataclass(frozen=True)
+class ShadowModelRule:
+    """A classifier model run in shadow on a sample (0..1) of the tenant's prompts."""
+
+    name: str
+    sample_rate: float
+
+
+@dataclass(frozen=True)
 class CompletionRule:
     every_chars: int
     window_chars: int
@@ -206,6 +232,7 @@ class Policy:
     blocklist: Blocklist | None
     blocklist_action: Action
     completion: CompletionRule
+    shadow_models: tuple[ShadowModelRule, ...] = ()
 
     @property
     def screened_pii_kinds(self) -> frozenset[str]:
@@ -274,6 +301,7 @@ def parse_policy(text: str, source: str) -> Policy:
         blocklist=Blocklist(f.blocklist.terms) if f.blocklist.terms else None,
         blocklist_action=Action[f.blocklist.action],
         completion=CompletionRule(f.completion.every_chars, f.completion.window_chars, f.completion.replacement),
+        shadow_models=tuple(ShadowModelRule(m.name, m.sample_rate) for m in f.classifier.shadow_models),
     )
 
 

@@ -1,22 +1,25 @@
 """Recording a decision, whatever path took it: the metrics, the one SafeguardSignal
 (published without waiting), the background re-screen of a decision taken on less than a
-full verdict (retro.py), and one log line (no content: ids, action, reason codes)."""
+full verdict (retro.py), and one log line (no content: ids, action, reason codes). The
+prompt path also asks for its sample of shadow-model jobs (`shadow_models`)."""
 
 from __future__ import annotations
 
 import logging
+import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.common import tracing
 from services.common.kafka import Publisher
 from services.common.privacy import RegionalKey
-from services.enforcer.decision import Outcome, Verdict
+from services.enforcer.decision import EnforcementVerdict, Outcome, RateLimitOutcome, Verdict
 from services.enforcer.detectors import Finding, Tier0Result
 from services.enforcer.policy import Action, Policy
 from services.enforcer.requests import Identity
-from services.enforcer.retro import RetroJob, RetroScreener
+from services.enforcer.retro import BackgroundScreener, RetroJob, ShadowModelJob
 from services.enforcer.shadow import ShadowOutcome
 from services.enforcer.signals import SignalInput, build_signal, signal_record
 from services.enforcer.stats import ScreenStats
@@ -59,7 +62,7 @@ class DecisionRecorder:
         publisher: Publisher,
         stats: ScreenStats,
         snippet_chars: int,
-        retro: RetroScreener | None = None,
+        retro: BackgroundScreener | None = None,
     ) -> None:
         self.region = region
         self.key = key
@@ -149,6 +152,44 @@ class DecisionRecorder:
                 forced_categories=forced_categories,
             )
         )
+
+    def shadow_models(
+        self,
+        d: Decided,
+        *,
+        forced_categories: frozenset[str],
+        ratelimit: RateLimitOutcome | None,
+        enforcement: EnforcementVerdict | None,
+        sample: Callable[[], float] = random.random,
+    ) -> int:
+        """Queue a background classification of a prompt decision's text by each
+        shadow model its policy names, each on its sample of decisions; returns the
+        jobs queued. Nothing is queued for a decision no classifier saw."""
+        if self.retro is None or not d.policy.shadow_models or not d.classify_text:
+            return 0
+        ident, queued = d.identity, 0
+        for rule in d.policy.shadow_models:
+            if rule.sample_rate <= 0.0 or sample() >= rule.sample_rate:
+                continue
+            queued += self.retro.submit(
+                ShadowModelJob(
+                    decision_id=d.decision_id,
+                    tenant=ident.tenant,
+                    account_hmac=d.account_hmac,
+                    project=ident.project,
+                    model=ident.model,
+                    request_id=ident.request_id,
+                    text=d.classify_text,
+                    tier0=d.tier0 if d.tier0 is not None else _NO_TIER0,
+                    policy=d.policy,
+                    original=d.outcome,
+                    forced_categories=forced_categories,
+                    shadow_model=rule.name,
+                    ratelimit=ratelimit,
+                    enforcement=enforcement,
+                )
+            )
+        return queued
 
 
 _NO_TIER0 = Tier0Result((), (), frozenset())

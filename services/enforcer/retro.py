@@ -1,21 +1,34 @@
-"""Retro-screening: every decision taken on a PARTIAL verdict, or on none, is screened
+"""Background screening of decided prompts, in memory: retro-screening and shadow models.
+
+Retro-screening: every decision taken on a PARTIAL verdict, or on none, is screened
 again in the background with the full cascade (DESIGN.md "Never silently off").
+Shadow models (issue 13, the promotion path): a tenant's policy may name
+`classifier.shadow_models`; a sample of its prompt decisions is classified again by
+each, and the action the live policy would take on the shadow's scores is published
+beside the action it took. Both are the same kind of work, done by the same workers.
 
 Why this shape:
 
 * In memory, in region, nothing written anywhere: the job holds the text only while it
   waits, so ZERO_RETENTION tenants are re-screened too without a copy of their content
   at rest.
-* A bounded queue (jobs and bytes): under a flood the oldest decisions are not worth
-  more than the newest, and memory must stay bounded, so a full queue drops the new job
-  and counts it (`enforcer_retro_jobs_total{result="dropped"}`), never blocks a decision.
+* Bounded queues (jobs and bytes), one per kind: under a flood the oldest decisions are
+  not worth more than the newest, and memory must stay bounded, so a full queue drops
+  the new job and counts it (`enforcer_retro_jobs_total{result="dropped"}`,
+  `enforcer_shadow_model_jobs_total{result="dropped"}`), never blocks a decision.
+* Retro before shadow: a worker takes a shadow job only when no retro job waits, and
+  the two queues have separate bounds, so shadow load never drops or starves a retro
+  job (a retro job waits at most for the shadow calls already in flight). Shadow
+  results are a sample: on SIGTERM `drain` waits for the retro jobs only.
 * Off the hot path: the classifier call is `background` (batched only when no live
   request waits) with its own long deadline, and not through the hot path's circuit
-  breaker (a retro timeout says nothing about serving health).
-* The result is one follow-up signal (SURFACE_RETRO_SCREEN) naming the decision it
-  re-screened, its original action, and `retro_catch` when the full verdict calls for a
-  stricter action: the monitor counts those per tenant and account and its rules can act
-  on them (e.g. suspend an account after N retro-confirmed attacks).
+  breaker (a background timeout says nothing about serving health).
+* The result is one follow-up signal naming the decision and its original action:
+  SURFACE_RETRO_SCREEN with `retro_catch` when the full verdict calls for a stricter
+  action (the monitor counts those per tenant and account and its rules can act on
+  them, e.g. suspend an account after N retro-confirmed attacks); SURFACE_SHADOW_MODEL
+  with the shadow's scores and versions and no content (the monitor's promotion
+  report compares them with the live actions; nothing acts on them).
 """
 
 from __future__ import annotations
@@ -34,7 +47,14 @@ from safeguards.v1 import signals_pb2
 
 from services.common.kafka import Publisher
 from services.common.privacy import RegionalKey
-from services.enforcer.decision import ClassifierOutcome, Outcome, Verdict, decide
+from services.enforcer.decision import (
+    ClassifierOutcome,
+    EnforcementVerdict,
+    Outcome,
+    RateLimitOutcome,
+    Verdict,
+    decide,
+)
 from services.enforcer.detectors import Tier0Result
 from services.enforcer.policy import Policy
 from services.enforcer.signals import SignalInput, build_signal, signal_record
@@ -72,6 +92,36 @@ class RetroJob:
         return len(self.text) + len(self.raw_text)
 
 
+@dataclass(frozen=True)
+class ShadowModelJob:
+    """One sampled prompt decision to classify with one shadow model. The decision's
+    other inputs (tier 0, the rate-limit answer, the enforcement verdict) are kept so
+    that the would-be action differs from the live one only by the classifier."""
+
+    decision_id: str
+    tenant: str
+    account_hmac: str
+    project: str
+    model: str
+    request_id: str
+    text: str  # the normalised text the classifier screened (held in memory only)
+    tier0: Tier0Result
+    policy: Policy
+    original: Outcome
+    forced_categories: frozenset[str]
+    shadow_model: str
+    ratelimit: RateLimitOutcome | None = None
+    enforcement: EnforcementVerdict | None = None
+    enqueued: float = 0.0
+
+    @property
+    def size(self) -> int:
+        return len(self.text)
+
+
+Job = RetroJob | ShadowModelJob
+
+
 class RetroStats:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.jobs = Counter(
@@ -88,9 +138,47 @@ class RetroStats:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=registry,
         )
+        self.shadow_jobs = Counter(
+            "enforcer_shadow_model_jobs",
+            "Shadow-model jobs by result: queued, dropped (queue full), same / stricter / looser (the live "
+            "policy's action on the shadow's scores against the action taken), incomplete (no full verdict), "
+            "failed.",
+            ["result"],
+            registry=registry,
+        )
+        self.shadow_depth = Gauge("enforcer_shadow_model_queue_depth", "Shadow-model jobs waiting.", registry=registry)
 
 
-class RetroScreener:
+class _Lane:
+    """One bounded FIFO of jobs (by count and by characters held)."""
+
+    def __init__(self, max_jobs: int, max_bytes: int) -> None:
+        self.max_jobs = max_jobs
+        self.max_bytes = max_bytes
+        self.jobs: deque[Job] = deque()
+        self.bytes = 0
+        self.busy = 0
+
+    def offer(self, job: Job) -> bool:
+        if len(self.jobs) >= self.max_jobs or self.bytes + job.size > self.max_bytes:
+            return False
+        self.jobs.append(job)
+        self.bytes += job.size
+        return True
+
+    def take(self) -> Job:
+        job = self.jobs.popleft()
+        self.bytes -= job.size
+        return job
+
+    @property
+    def pending(self) -> int:
+        return len(self.jobs) + self.busy
+
+
+class BackgroundScreener:
+    """The workers and queues of retro-screening and shadow models (module docstring)."""
+
     def __init__(
         self,
         *,
@@ -104,6 +192,8 @@ class RetroScreener:
         max_bytes: int = 64 * 1024 * 1024,
         timeout_s: float = 30.0,
         workers: int = 1,
+        shadow_max_jobs: int = 1_000,
+        shadow_max_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self._classifier = classifier
         self._publisher = publisher
@@ -111,41 +201,42 @@ class RetroScreener:
         self._region = region
         self._snippet_chars = snippet_chars
         self.stats = stats
-        self.max_jobs = max_jobs
-        self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self._workers = workers
-        self._queue: deque[RetroJob] = deque()
-        self._bytes = 0
+        self._retro = _Lane(max_jobs, max_bytes)
+        self._shadow = _Lane(shadow_max_jobs, shadow_max_bytes)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._busy = 0
 
     # -- API --------------------------------------------------------------------------
 
-    def submit(self, job: RetroJob) -> bool:
-        """Queue a job; False (and counted) when the queue is full. Never blocks."""
-        if len(self._queue) >= self.max_jobs or self._bytes + job.size > self.max_bytes:
-            self.stats.jobs.labels("dropped").inc()
-            return False
+    def submit(self, job: Job) -> bool:
+        """Queue a job; False (and counted) when its queue is full. Never blocks."""
+        retro = isinstance(job, RetroJob)
+        lane, counter = (self._retro, self.stats.jobs) if retro else (self._shadow, self.stats.shadow_jobs)
         if not job.enqueued:
             job = dataclasses.replace(job, enqueued=time.monotonic())
-        self._queue.append(job)
-        self._bytes += job.size
-        self.stats.jobs.labels("queued").inc()
-        self.stats.depth.set(len(self._queue))
+        if not lane.offer(job):
+            counter.labels("dropped").inc()
+            return False
+        counter.labels("queued").inc()
+        self._gauges()
         self._wake.set()
         return True
 
     @property
     def pending(self) -> int:
-        """Jobs queued or being screened."""
-        return len(self._queue) + self._busy
+        """Retro jobs queued or being screened (shadow jobs: `shadow_pending`)."""
+        return self._retro.pending
+
+    @property
+    def shadow_pending(self) -> int:
+        return self._shadow.pending
 
     def start(self) -> None:
         if not self._tasks:
             loop = asyncio.get_running_loop()
-            self._tasks = [loop.create_task(self._worker(), name=f"retro-{i}") for i in range(self._workers)]
+            self._tasks = [loop.create_task(self._worker(), name=f"background-{i}") for i in range(self._workers)]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -154,7 +245,7 @@ class RetroScreener:
         self._tasks = []
 
     async def drain(self, timeout_s: float) -> None:
-        """Wait (bounded) until every queued job was screened: on SIGTERM, so the
+        """Wait (bounded) until every queued retro job was screened: on SIGTERM, so the
         follow-ups of the last decisions are not lost with the process."""
         end = time.monotonic() + timeout_s
         while self.pending and time.monotonic() < end:
@@ -162,25 +253,36 @@ class RetroScreener:
 
     # -- worker -----------------------------------------------------------------------
 
+    def _gauges(self) -> None:
+        self.stats.depth.set(len(self._retro.jobs))
+        self.stats.shadow_depth.set(len(self._shadow.jobs))
+
     async def _worker(self) -> None:
         while True:
-            if not self._queue:
+            lane = self._retro if self._retro.jobs else self._shadow if self._shadow.jobs else None
+            if lane is None:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            job = self._queue.popleft()
-            self._bytes -= job.size
-            self.stats.depth.set(len(self._queue))
-            self._busy += 1
+            job = lane.take()
+            self._gauges()
+            lane.busy += 1
             try:
-                await self.screen(job)
+                if isinstance(job, RetroJob):
+                    await self.screen(job)
+                else:
+                    await self.shadow(job)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # one job's failure must not stop the worker
-                self.stats.jobs.labels("incomplete").inc()
-                log.error("retro-screening failed", extra={"decision_id": job.decision_id, "error": repr(exc)[:300]})
+                retro = isinstance(job, RetroJob)
+                (self.stats.jobs if retro else self.stats.shadow_jobs).labels("incomplete" if retro else "failed").inc()
+                log.error(
+                    "retro-screening failed" if retro else "shadow model failed",
+                    extra={"decision_id": job.decision_id, "error": repr(exc)[:300]},
+                )
             finally:
-                self._busy -= 1
+                lane.busy -= 1
 
     async def screen(self, job: RetroJob) -> signals_pb2.SafeguardSignal:
         """Screen one job with the full cascade and publish its follow-up signal."""
@@ -231,6 +333,66 @@ class RetroScreener:
                 "action": outcome.action.name,
                 "result": result,
                 "verdict": outcome.verdict.name,
+            },
+        )
+        return signal
+
+    async def shadow(self, job: ShadowModelJob) -> signals_pb2.SafeguardSignal:
+        """Classify one sampled decision's text with a shadow model and publish what
+        the live policy would have done on its scores (SURFACE_SHADOW_MODEL, no content)."""
+        started = time.perf_counter()
+        cl = await self._classifier.classify_whole(job.text, (job.shadow_model,), self.timeout_s, tenant=job.tenant)
+        outcome = decide(
+            job.policy,
+            job.tier0,
+            cl,
+            job.ratelimit,
+            forced_categories=job.forced_categories,
+            enforcement=job.enforcement,
+        )
+        signal = build_signal(
+            SignalInput(
+                decision_id=uuid.uuid4().hex,
+                time_s=time.time(),
+                region=self._region,
+                tenant=job.tenant,
+                account_hmac=job.account_hmac,
+                project=job.project,
+                model=job.model,
+                request_id=job.request_id,
+                surface=signals_pb2.SURFACE_SHADOW_MODEL,
+                text="",
+                messages=0,
+                findings=(),
+                outcome=outcome,
+                policy=job.policy,
+                latencies={"classifier": time.perf_counter() - started},
+                model_versions=dict(cl.model_versions),
+                retro_of_decision_id=job.decision_id,
+                original_action=int(job.original.action),
+                shadow_model=job.shadow_model,
+            ),
+            self._key,
+            self._snippet_chars,
+        )
+        signal.ClearField("content")  # the decision's signal carried what the data policy allows
+        self._publisher.publish(signal_record(signal))
+        if outcome.verdict is not Verdict.FULL:
+            result = "incomplete"
+        elif outcome.action == job.original.action:
+            result = "same"
+        else:
+            result = "stricter" if outcome.action > job.original.action else "looser"
+        self.stats.shadow_jobs.labels(result).inc()
+        log.info(
+            "shadow model verdict",
+            extra={
+                "decision_id": job.decision_id,
+                "tenant": job.tenant,
+                "shadow_model": job.shadow_model,
+                "original_action": job.original.action.name,
+                "action": outcome.action.name,
+                "result": result,
             },
         )
         return signal

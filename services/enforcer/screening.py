@@ -39,7 +39,7 @@ from services.enforcer.detectors import Redactor, Tier0Result, run_tier0
 from services.enforcer.policy import Action, FailMode, Policy, PolicySet, RateLimitRule
 from services.enforcer.recorder import Decided, DecisionRecorder
 from services.enforcer.requests import Identity, Limits, PromptRequest, ScreenResult, check_identity
-from services.enforcer.retro import RetroScreener
+from services.enforcer.retro import BackgroundScreener
 from services.enforcer.scorer import Scorer
 from services.enforcer.shadow import ShadowOutcome, ShadowPolicies, decide_shadow, same_detectors
 from services.enforcer.stats import ScreenStats
@@ -100,7 +100,7 @@ class Screener:
         limits: Limits,
         enforcement: EnforcementView | None = None,
         throttle_domain: str = "",
-        retro: RetroScreener | None = None,
+        retro: BackgroundScreener | None = None,
         callers: Callable[[], CallerTenants] = lambda: ANY_CALLER,
         shadow: Callable[[], ShadowPolicies | None] = lambda: None,
     ) -> None:
@@ -193,6 +193,7 @@ class Screener:
             outcome = decide(policy, tier0, ClassifierOutcome(), None, enforcement=verdict)
             models: dict[str, int] = {}
             shadow = None  # an enforcement block stands under any policy
+            rl = None
         else:
             t1 = time.perf_counter()
             tier0 = await self.scorer.tier0(text, policy)
@@ -221,25 +222,24 @@ class Screener:
             redacted = tuple((role, redactor(content)) for role, content in req.messages)
         latency = time.perf_counter() - t0
         latencies["total"] = latency
-        self.recorder.record(
-            Decided(
-                decision_id=decision_id,
-                identity=ident,
-                account_hmac=account_hmac,
-                surface=req.surface,
-                policy=policy,
-                outcome=outcome,
-                text=text,
-                messages=len(req.messages),
-                findings=tier0.findings,
-                latencies=latencies,
-                models=models,
-                classify_text=classify_text,
-                tier0=tier0,
-                shadow=shadow,
-            ),
-            forced_categories=forced,
+        decided = Decided(
+            decision_id=decision_id,
+            identity=ident,
+            account_hmac=account_hmac,
+            surface=req.surface,
+            policy=policy,
+            outcome=outcome,
+            text=text,
+            messages=len(req.messages),
+            findings=tier0.findings,
+            latencies=latencies,
+            models=models,
+            classify_text=classify_text,
+            tier0=tier0,
+            shadow=shadow,
         )
+        self.recorder.record(decided, forced_categories=forced)
+        self.recorder.shadow_models(decided, forced_categories=forced, ratelimit=rl, enforcement=verdict)
         return ScreenResult(decision_id, outcome, policy.version, redacted, latency, redactor)
 
     async def _shadow(

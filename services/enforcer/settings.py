@@ -113,7 +113,18 @@ class EnforcerSettings(ServiceSettings, KafkaSettings, ActionKeySettings, Caller
     retro_deadline_seconds: float = Field(
         30.0, gt=0, description="deadline of one retro-screening classifier call (background priority)"
     )
-    retro_workers: int = Field(1, ge=1, description="retro-screening calls in flight at once")
+    retro_workers: int = Field(
+        1, ge=1, description="background classifier calls (retro-screening, then shadow models) in flight at once"
+    )
+    shadow_model_queue_size: int = Field(
+        1_000,
+        ge=0,
+        description="sampled decisions waiting for a policy's classifier.shadow_models (beyond it they are dropped "
+        "and counted; a separate queue: retro-screening always goes first)",
+    )
+    shadow_model_queue_max_bytes: int = Field(
+        16 * 1024 * 1024, ge=0, description="text held in memory for shadow models, in characters, at most"
+    )
     admin_tokens: str = Field(
         "",
         description="YAML file of admin API token SHA-256 digests -> {name, role} (reloaded on change); "

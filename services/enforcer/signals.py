@@ -69,9 +69,11 @@ class SignalInput:
     prompt_decision_id: str = ""
     trace_id: str = ""
     shadow: ShadowOutcome | None = None
-    #: Retro-screening follow-ups (SURFACE_RETRO_SCREEN): the decision re-screened, and its action.
+    #: Follow-ups (SURFACE_RETRO_SCREEN, SURFACE_SHADOW_MODEL): the decision screened again, and its action.
     retro_of_decision_id: str = ""
     original_action: int = 0
+    #: SURFACE_SHADOW_MODEL: the shadow model whose scores the follow-up carries.
+    shadow_model: str = ""
 
 
 def build_signal(s: SignalInput, key: RegionalKey, snippet_chars: int) -> signals_pb2.SafeguardSignal:
@@ -102,7 +104,10 @@ def build_signal(s: SignalInput, key: RegionalKey, snippet_chars: int) -> signal
     if s.retro_of_decision_id:
         sig.retro_of_decision_id = s.retro_of_decision_id
         sig.original_action = ACTION_TO_PB[s.original_action]
-        sig.retro_catch = int(s.outcome.action) > s.original_action
+        if s.surface == signals_pb2.SURFACE_RETRO_SCREEN:
+            sig.retro_catch = int(s.outcome.action) > s.original_action
+    if s.shadow_model:
+        sig.shadow_model = s.shadow_model
     for r in s.outcome.reasons:
         sig.reasons.add(code=r.code, detail=r.detail)
     if s.shadow is not None:

@@ -55,6 +55,10 @@ PARTIAL = classifier_pb2.VERDICT_COMPLETENESS_PARTIAL
 NO_VERDICT = classifier_pb2.VERDICT_COMPLETENESS_NONE
 VERDICTS = {FULL: "full", PARTIAL: "partial", NO_VERDICT: "none"}
 RETRO = signals_pb2.SURFACE_RETRO_SCREEN
+SHADOW_MODEL = signals_pb2.SURFACE_SHADOW_MODEL
+#: ShadowResult kinds: a candidate policy, a shadow model.
+SHADOW_POLICY_KIND = "policy"
+SHADOW_MODEL_KIND = "model"
 MAX_REASON_CHARS = 256
 MAX_CODE_CHARS = 128
 MAX_STAGE_CHARS = 64
@@ -72,6 +76,22 @@ class CaseContent:
     messages: int = 0
     text_hmac: str = ""
     request_id: str = ""
+
+
+@dataclass(frozen=True)
+class ShadowResult:
+    """A shadow's would-be action next to the live one (no content, no account)."""
+
+    kind: str  # SHADOW_POLICY_KIND | SHADOW_MODEL_KIND
+    #: The candidate policy's version, or the shadow model's name ...
+    candidate: str
+    #: ... and the model's versions ("" for a policy): "4", or "stage:1,stage:2" for several.
+    version: str
+    live_action: int
+    shadow_action: int
+    #: The shadow decided without something it needed (a policy's `incomplete`; a
+    #: model's verdict that is not FULL).
+    incomplete: bool
 
 
 @dataclass(frozen=True)
@@ -106,11 +126,20 @@ class Decision:
     retro_catch: bool = False
     #: ... and the action it took.
     original_action: int = 0
+    #: SURFACE_SHADOW_MODEL only: the decision whose text the shadow model classified.
+    shadow_of: str = ""
+    #: A candidate policy's (on a decision) or a shadow model's (on its follow-up) result.
+    shadow: ShadowResult | None = None
 
     @property
     def is_retro(self) -> bool:
         """A re-screen follow-up: never counted as a decision."""
         return bool(self.retro_of)
+
+    @property
+    def is_follow_up(self) -> bool:
+        """A re-screen or a shadow model's follow-up: never counted as a decision."""
+        return bool(self.retro_of or self.shadow_of)
 
 
 def clean(text: str, limit: int | None = None) -> str:
@@ -173,6 +202,33 @@ def is_audit(sig: signals_pb2.SafeguardSignal) -> bool:
     return sig.surface == signals_pb2.SURFACE_ADMIN
 
 
+def _model_version(sig: signals_pb2.SafeguardSignal, name: str) -> str:
+    versions = sig.model_versions
+    if name in versions:
+        return str(versions[name])
+    return clean(",".join(f"{k}:{versions[k]}" for k in sorted(versions)), MAX_ID_CHARS)
+
+
+def shadow_of_signal(sig: signals_pb2.SafeguardSignal) -> ShadowResult | None:
+    """The shadow result a signal carries, if any: a SURFACE_SHADOW_MODEL follow-up's,
+    or a decision's candidate policy (a shadow with an unknown action is ignored)."""
+    if sig.surface == SHADOW_MODEL:
+        name = clean(sig.shadow_model, MAX_ID_CHARS)
+        return ShadowResult(
+            SHADOW_MODEL_KIND, name, _model_version(sig, name), sig.original_action, sig.action, verdict_of(sig) != FULL
+        )
+    if (
+        not sig.HasField("shadow")
+        or sig.shadow.action not in ACTIONS
+        or sig.surface in (RETRO, signals_pb2.SURFACE_ADMIN)
+    ):
+        return None
+    version = clean(sig.shadow.policy_version, MAX_ID_CHARS)
+    if not version:
+        return None
+    return ShadowResult(SHADOW_POLICY_KIND, version, "", sig.action, sig.shadow.action, bool(sig.shadow.incomplete))
+
+
 def decision_from_signal(sig: signals_pb2.SafeguardSignal, fallback_time_s: float) -> Decision:
     """Raises InvalidArgument for a signal that cannot be counted."""
     decision_id, tenant, account = clean(sig.decision_id), clean(sig.tenant), clean(sig.account_hmac)
@@ -188,11 +244,17 @@ def decision_from_signal(sig: signals_pb2.SafeguardSignal, fallback_time_s: floa
     time_s = sig.time.ToNanoseconds() / 1e9 if sig.HasField("time") else fallback_time_s
     enforced_only = bool(reasons) and all(code.startswith(ENFORCED_REASON_PREFIXES) for code, _ in reasons)
     retro = sig.surface == RETRO
-    retro_of = clean(sig.retro_of_decision_id) if retro else ""
-    if retro and (not retro_of or len(retro_of) > MAX_ID_CHARS):
-        raise InvalidArgument("retro-screen signal without a usable retro_of_decision_id")
+    shadow_model = sig.surface == SHADOW_MODEL
+    follow_up = retro or shadow_model
+    linked = clean(sig.retro_of_decision_id) if follow_up else ""
+    if follow_up and (not linked or len(linked) > MAX_ID_CHARS):
+        raise InvalidArgument("follow-up signal without a usable retro_of_decision_id")
     if retro and sig.original_action and sig.original_action not in ACTIONS:
         raise InvalidArgument(f"retro-screen signal with unknown original action {sig.original_action}")
+    if shadow_model and sig.original_action not in ACTIONS:
+        raise InvalidArgument(f"shadow-model signal with unknown original action {sig.original_action}")
+    if shadow_model and not clean(sig.shadow_model):
+        raise InvalidArgument("shadow-model signal without its shadow_model")
     return Decision(
         decision_id=decision_id,
         time_s=time_s,
@@ -213,13 +275,15 @@ def decision_from_signal(sig: signals_pb2.SafeguardSignal, fallback_time_s: floa
         content=content_allowed(sig),
         # A re-screen opens no case of its own: it is attached to the decision it
         # re-screened, and the automated rules act on catches.
-        needs_case=sig.action in CASE_ACTIONS and not enforced_only and not retro,
+        needs_case=sig.action in CASE_ACTIONS and not enforced_only and not follow_up,
         failed_dependencies=dependencies_of(sig),
         verdict=verdict_of(sig),
         verdict_reason=clean(sig.verdict_reason, MAX_REASON_CHARS),
         answered_by=clean(sig.answered_by, MAX_STAGE_CHARS),
         latency_s=latency_of(sig),
-        retro_of=retro_of,
+        retro_of=linked if retro else "",
         retro_catch=retro and sig.retro_catch,
-        original_action=sig.original_action if retro else 0,
+        original_action=sig.original_action if follow_up else 0,
+        shadow_of=linked if shadow_model else "",
+        shadow=shadow_of_signal(sig),
     )

@@ -341,10 +341,37 @@ CREATE TABLE console_signin_counters (
 CREATE INDEX console_signin_counters_window ON console_signin_counters (window_start);
 """
 
+DETECTION_LOOP = """
+-- Issue 13's detection-engineering loop. When a reviewer gave a case its verdict (the
+-- label export, services.monitor.labels, reads reviewed cases by it).
+ALTER TABLE monitor_cases ADD COLUMN reviewed_at timestamptz;
+CREATE INDEX monitor_cases_reviewed ON monitor_cases (region, reviewed_at) WHERE reviewed_at IS NOT NULL;
+
+-- Shadows against live, per minute (services.monitor.promotion): a candidate policy
+-- (kind 'policy', candidate = its version) or a shadow model (kind 'model', candidate =
+-- its name, version = its versions) next to the action the live policy took. No
+-- content, no account: counts only, kept as long as the other minutes.
+CREATE TABLE monitor_shadow_minutes (
+    region text NOT NULL,
+    minute timestamptz NOT NULL,
+    tenant text NOT NULL,
+    kind text NOT NULL,
+    candidate text NOT NULL,
+    version text NOT NULL,
+    live_action smallint NOT NULL,
+    shadow_action smallint NOT NULL,
+    incomplete boolean NOT NULL,
+    count bigint NOT NULL,
+    PRIMARY KEY (region, kind, candidate, minute, tenant, version, live_action, shadow_action, incomplete)
+);
+CREATE INDEX monitor_shadow_minutes_minute ON monitor_shadow_minutes (minute);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline", BASELINE),
     Migration(2, "dead letters", DEAD_LETTERS),
     Migration(3, "sign-in counters", SIGNIN_COUNTERS),
+    Migration(4, "detection loop: review times, shadow minutes", DETECTION_LOOP),
 )
 
 

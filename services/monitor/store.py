@@ -7,7 +7,9 @@ windows were sent.
 A retro follow-up (SURFACE_RETRO_SCREEN) is not a decision: it adds to no bucket,
 no decision count and opens no case; it counts as a retro screen (and a retro
 catch) in the overview minutes and is written onto the decision it re-screened
-when that decision is stored.
+when that decision is stored. A shadow model's follow-up (SURFACE_SHADOW_MODEL) is not
+a decision either: it adds only to the shadow minutes (`monitor_shadow_minutes`, with
+the candidate policies that decisions carry), which the promotion report reads.
 
 Idempotence lives here. `apply()` runs one transaction per batch: it inserts the
 batch's decision ids into `monitor_processed` (ON CONFLICT DO NOTHING RETURNING),
@@ -245,8 +247,9 @@ class Store:
                 list(unique),
             )
             new = [unique[r["decision_id"]] for r in rows]
-            # Retro follow-ups are not decisions: they count only as retro screens.
-            counted = [d for d in new if not d.is_retro]
+            # Follow-ups are not decisions: retro screens count only as such, shadow
+            # models' only in the shadow minutes.
+            counted = [d for d in new if not d.is_follow_up]
             buckets: Counter[tuple] = Counter()
             tenants: Counter[tuple] = Counter()
             blocked: Counter[tuple] = Counter()
@@ -301,7 +304,8 @@ class Store:
                     [k[1] for k in keys],
                     [degraded[k] for k in keys],
                 )
-            await self._apply_overview(conn, new)
+            await self._apply_overview(conn, [d for d in new if not d.shadow_of])
+            await self._apply_shadows(conn, new)
             await self._apply_decisions(conn, counted, [d for d in new if d.is_retro])
             cases = [d for d in counted if d.needs_case]
             if cases:
@@ -313,8 +317,9 @@ class Store:
                     "now() + make_interval(secs => $20)) ON CONFLICT (case_id) DO NOTHING",
                     [self._case_args(d) for d in cases],
                 )
-            if after is not None and new:
-                await after(conn, new)
+            ruled = [d for d in new if not d.shadow_of]  # a shadow acts on nothing
+            if after is not None and ruled:
+                await after(conn, ruled)
         return ApplyResult(
             len(new),
             len(decisions) - len(new),
@@ -356,6 +361,28 @@ class Store:
                 "retro_catches = monitor_account_minutes.retro_catches + EXCLUDED.retro_catches",
                 [(self.region, *k, b, c) for k, (b, c) in sorted(per_account.items())],
             )
+
+    async def _apply_shadows(self, conn: asyncpg.Connection, new: Sequence[Decision]) -> None:
+        """Count the batch's shadow results per minute, tenant, candidate and action pair."""
+        counts: Counter[tuple] = Counter()
+        for d in new:
+            r = d.shadow
+            if r is not None:
+                key = (r.kind, r.candidate, _minute(d), d.tenant, r.version, r.live_action, r.shadow_action)
+                counts[(*key, r.incomplete)] += 1
+        if not counts:
+            return
+        keys = sorted(counts)  # one lock order for every writer
+        await conn.execute(
+            "INSERT INTO monitor_shadow_minutes (region, kind, candidate, minute, tenant, version, live_action, "
+            "shadow_action, incomplete, count) SELECT $1, * FROM unnest($2::text[], $3::text[], $4::timestamptz[], "
+            "$5::text[], $6::text[], $7::smallint[], $8::smallint[], $9::boolean[], $10::bigint[]) "
+            "ON CONFLICT (region, kind, candidate, minute, tenant, version, live_action, shadow_action, incomplete) "
+            "DO UPDATE SET count = monitor_shadow_minutes.count + EXCLUDED.count",
+            self.region,
+            *([k[i] for k in keys] for i in range(8)),
+            [counts[k] for k in keys],
+        )
 
     async def _apply_decisions(
         self, conn: asyncpg.Connection, decisions: Sequence[Decision], retros: Sequence[Decision]
@@ -594,7 +621,9 @@ class Store:
         if status not in CASE_STATUSES:
             raise InvalidArgument(f"unknown case status {status}")
         row = await self.pool.fetchrow(
-            "UPDATE monitor_cases SET status = $3 WHERE region = $1 AND case_id = $2 RETURNING *",
+            "UPDATE monitor_cases SET status = $3::smallint, "
+            "reviewed_at = CASE WHEN $3::smallint = 1 THEN NULL ELSE now() END "
+            "WHERE region = $1 AND case_id = $2 RETURNING *",
             self.region,
             case_id,
             status,
@@ -617,6 +646,7 @@ class Store:
                 "monitor_dependency_minutes",
                 "monitor_overview_minutes",
                 "monitor_account_minutes",
+                "monitor_shadow_minutes",
             ):
                 out["buckets"] += _count(await conn.execute(f"DELETE FROM {table} WHERE minute < $1", bucket_cut))
             out["processed"] = _count(

@@ -16,7 +16,7 @@ from services.enforcer import policy
 from services.enforcer.decision import ClassifierOutcome, EnforcementVerdict, Verdict
 from services.enforcer.policy import Action
 from services.enforcer.requests import Identity, Limits, PromptRequest
-from services.enforcer.retro import RetroScreener, RetroStats
+from services.enforcer.retro import BackgroundScreener, RetroStats
 from services.enforcer.screening import Screener
 from services.enforcer.stats import ScreenStats
 from tests.unit.enforcer_stream.helpers import ListPublisher
@@ -67,7 +67,7 @@ def make(tmp: Path, cl: StagedClassifier, *, data_policy: str = "STANDARD", max_
     pub = ListPublisher()
     key = RegionalKey.from_bytes("unit", b"k" * 32)
     registry = CollectorRegistry()
-    retro = RetroScreener(
+    retro = BackgroundScreener(
         classifier=cl,
         publisher=pub,
         key=key,
