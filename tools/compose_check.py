@@ -11,9 +11,11 @@ Three layers, every problem reported (one line each), exit status 1 when any:
    every Safeguards service a healthcheck, a stop_grace_period covering its drain,
    metrics scraped by Prometheus (cross-checked with deploy/prometheus.yml), the
    documented ports, no fixed container_name or host port on anything scalable,
-   depends_on that can be satisfied, a spool on a volume of its own per replica, a
-   consistent KRaft cluster that every service bootstraps from in full, and alert rule
-   files that are mounted into Prometheus and exist;
+   depends_on that can be satisfied, a spool (and actions snapshot) on a volume of its
+   own per replica, an action key ring for the enforcer and the monitor, key and password
+   files on volumes, a consistent KRaft cluster that every service bootstraps from in
+   full on a listener of its security protocol, and alert rule files that are mounted
+   into Prometheus and exist;
 3. external validators when their binaries exist (`--no-external` skips them): Debian's
    `docker-compose` (v1, `config -q` needs no engine), `promtool check config` and
    `promtool check rules` on the alert rules that prometheus.yml loads.
@@ -56,6 +58,8 @@ class ServiceSpec:
     env_prefix: str
     port: int
     metrics_port: int
+    #: reads or writes the signed actions topic: needs the region's action key ring
+    signs_actions: bool = False
 
     @property
     def module(self) -> str:
@@ -65,16 +69,29 @@ class ServiceSpec:
 SAFEGUARDS_SERVICES: dict[str, ServiceSpec] = {
     s.name: s
     for s in (
-        ServiceSpec("enforcer", "ENFORCER_", 50051, 51051),
+        ServiceSpec("enforcer", "ENFORCER_", 50051, 51051, signs_actions=True),
         ServiceSpec("classifier", "CLASSIFIER_", 50052, 51052),
         ServiceSpec("ratelimit", "RATELIMIT_", 50053, 51053),
-        ServiceSpec("monitor", "MONITOR_", 50054, 51054),
+        ServiceSpec("monitor", "MONITOR_", 50054, 51054, signs_actions=True),
     )
 }
 
 # Defaults of services.common.settings.ServiceSettings, used when compose leaves them out.
 DEFAULT_SHUTDOWN_DELAY_S = 0.0
 DEFAULT_DRAIN_GRACE_S = 10.0
+# services.common.kafka.KafkaSettings' default, and Kafka's own defaults.
+DEFAULT_KAFKA_SECURITY_PROTOCOL = "PLAINTEXT"
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+DEFAULT_KAFKA_SASL_MECHANISMS = "GSSAPI"
+#: files a service reads secrets or CAs from: each must be on a volume (or bind mount)
+SECRET_FILE_SETTINGS = (
+    "HMAC_KEY_FILE",
+    "ACTION_KEYS_FILE",
+    "KAFKA_CA_FILE",
+    "KAFKA_CERT_FILE",
+    "KAFKA_KEY_FILE",
+    "KAFKA_SASL_PASSWORD_FILE",
+)
 
 
 class ComposeError(Exception):
@@ -606,9 +623,30 @@ def _check_safeguards_service(
             problems.append(f"{where}: healthcheck probes '{target}' but {p}LISTEN is port {grpc_port}")
 
     # ---- the spool: one per replica, kept when the container is recreated
+    volumes = svc.get("volumes") or []
     spool_dir = env.get(f"{p}SPOOL_DIR")
     if spool_dir:
-        problems += _check_spool(where, f"{p}SPOOL_DIR", spool_dir, svc.get("volumes") or [])
+        problems += _check_spool(where, f"{p}SPOOL_DIR", spool_dir, volumes)
+    snapshot = env.get(f"{p}ACTIONS_SNAPSHOT_FILE")
+    if snapshot:  # the applied actions of this replica: as private as its spool
+        problems += _check_spool(where, f"{p}ACTIONS_SNAPSHOT_FILE", snapshot, volumes)
+
+    # ---- the action key ring: enforcers and monitors refuse to start without one
+    if spec.signs_actions:
+        if env.get(f"{p}INSECURE_DEV_ACTION_KEY", "").lower() in ("1", "true", "yes", "on"):
+            problems.append(
+                f"{where}: {p}INSECURE_DEV_ACTION_KEY signs actions with the public development key "
+                f"(anyone who reaches Kafka can forge them); give {p}ACTION_KEYS_FILE"
+            )
+        elif not (env.get(f"{p}ACTION_KEYS_FILE") or env.get(f"{p}ACTION_KEYS")):
+            problems.append(
+                f"{where}: no action key ring ({p}ACTION_KEYS_FILE or {p}ACTION_KEYS): the service refuses "
+                f"to start without one"
+            )
+    for setting in SECRET_FILE_SETTINGS:
+        path = env.get(f"{p}{setting}")
+        if path and not _on_volume(path, volumes):
+            problems.append(f"{where}: {p}{setting} {path} is on no volume of the service")
 
     # ---- graceful stop: compose must wait for the whole drain before SIGKILL
     try:
@@ -670,15 +708,25 @@ def _mount(entry: Any) -> tuple[str, str, str]:
     return kind, source, target
 
 
+def _on_volume(path: str, volumes: list[Any]) -> bool:
+    """Whether a volume or bind mount of the service covers `path`."""
+    path = os.path.normpath(path)
+    for entry in volumes:
+        target = os.path.normpath(_mount(entry)[2])
+        if path == target or path.startswith(target.rstrip("/") + "/"):
+            return True
+    return False
+
+
 def _check_spool(where: str, var: str, spool_dir: str, volumes: list[Any]) -> list[str]:
     """A spool holds records not yet delivered: it must survive the container being
     recreated (a volume) and belong to one replica only (two processes replaying and
     deleting the same files lose or duplicate records), so only an anonymous volume
     fits a scalable service: compose creates one per container and keeps it across
     recreation."""
-    for entry in volumes:
+    for entry in sorted(volumes, key=lambda e: -len(_mount(e)[2])):  # the deepest mount holds it
         kind, source, target = _mount(entry)
-        if os.path.normpath(target) != os.path.normpath(spool_dir):
+        if not _on_volume(spool_dir, [entry]):
             continue
         if kind == "anonymous":
             return []
@@ -687,8 +735,9 @@ def _check_spool(where: str, var: str, spool_dir: str, volumes: list[Any]) -> li
             f"{where}: {var} {spool_dir} is on {what}, which every replica shares when scaled "
             f"(use an anonymous volume: one per replica)"
         ]
+    lost = "spooled records are" if var.endswith("SPOOL_DIR") else "it is"
     return [
-        f"{where}: {var} {spool_dir} is not on a volume: spooled records are lost when the container "
+        f"{where}: {var} {spool_dir} is not on a volume: {lost} lost when the container "
         f"is recreated (mount an anonymous volume there)"
     ]
 
@@ -705,9 +754,59 @@ def _kafka_brokers(services: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     return brokers
 
 
+def _listener_protocols(env: Mapping[str, str]) -> dict[int, tuple[str, str]]:
+    """A broker's listeners by port: port -> (listener name, security protocol)."""
+    mapping = dict(
+        (name.strip().upper(), proto.strip().upper())
+        for name, _, proto in (m.partition(":") for m in env.get("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "").split(","))
+        if name.strip()
+    )
+    out: dict[int, tuple[str, str]] = {}
+    for listener in env.get("KAFKA_LISTENERS", "").split(","):
+        name, sep, address = listener.strip().partition("://")
+        port = _port_of(address)[1] if sep else None
+        if port is not None:
+            name = name.upper()
+            out[port] = (name, mapping.get(name, name if name in KAFKA_PROTOCOLS else "PLAINTEXT"))
+    return out
+
+
+def _check_kafka_client(name: str, prefix: str, env: Mapping[str, str], brokers: Mapping[str, Any]) -> list[str]:
+    """The service speaks the security protocol (and SASL mechanism) of the listener its
+    bootstrap addresses reach on each broker: a mismatch fails only at connect time, as
+    an endless reconnect loop with a TLS or SASL error."""
+    where = f"service '{name}'"
+    protocol = env.get(f"{prefix}KAFKA_SECURITY_PROTOCOL", DEFAULT_KAFKA_SECURITY_PROTOCOL).upper()
+    mechanism = env.get(f"{prefix}KAFKA_SASL_MECHANISM", "").upper()
+    problems: list[str] = []
+    for address in (a.strip() for a in env.get(f"{prefix}KAFKA_BOOTSTRAP", "").split(",") if a.strip()):
+        host, port = _port_of(address)
+        if host not in brokers:
+            continue  # reported by _check_kafka
+        listeners = _listener_protocols(brokers[host])
+        if port not in listeners:
+            problems.append(f"{where}: {prefix}KAFKA_BOOTSTRAP names {address}, which is no listener of '{host}'")
+            continue
+        listener, broker_protocol = listeners[port]
+        if broker_protocol != protocol:
+            problems.append(
+                f"{where}: {prefix}KAFKA_SECURITY_PROTOCOL is {protocol} but {address} is the {broker_protocol} "
+                f"listener {listener} of '{host}'"
+            )
+        elif protocol.startswith("SASL_"):
+            enabled = brokers[host].get("KAFKA_SASL_ENABLED_MECHANISMS", DEFAULT_KAFKA_SASL_MECHANISMS)
+            if mechanism not in [m.strip().upper() for m in enabled.split(",")]:
+                problems.append(
+                    f"{where}: {prefix}KAFKA_SASL_MECHANISM {mechanism or '(none)'} is not enabled on '{host}' "
+                    f"(KAFKA_SASL_ENABLED_MECHANISMS={enabled})"
+                )
+    return problems
+
+
 def _check_kafka(services: Mapping[str, Any]) -> list[str]:
     """The KRaft cluster is consistent and every Safeguards service bootstraps from all
-    of its brokers (any one may be down when a service starts)."""
+    of its brokers (any one may be down when a service starts), on a listener that
+    speaks its security protocol."""
     brokers = _kafka_brokers(services)
     if not brokers:
         return []
@@ -752,6 +851,7 @@ def _check_kafka(services: Mapping[str, Any]) -> list[str]:
                 f"service '{name}': {var} leaves out broker(s) {', '.join(missing)} "
                 f"(a service must start while any one broker is down)"
             )
+        problems += _check_kafka_client(name, spec.env_prefix, env, brokers)
     return problems
 
 

@@ -1,7 +1,7 @@
 """The admin domain of enforcement actions, on plain types: authorise a caller by
 role, validate, produce to the actions topic (acks=all, signed by the sink), audit.
 
-Front ends turn their own credentials into a `Caller` first: the enforcer's gRPC
+Front ends turn their own credentials into a `Operator` first: the enforcer's gRPC
 admin API checks bearer tokens (`services.enforcer.admin`), the monitor's console
 its signed-in operators. Every call, allowed or refused, is audited as a
 SURFACE_ADMIN signal on the region's signals topic. Nothing here knows gRPC, HTTP or
@@ -10,7 +10,8 @@ aiokafka: the sink and the publisher are ports.
 Issue produces the action and returns it; every replica applies what it reads back
 from the topic (`apply_locally` also applies it at once, for a console whose operator
 reads their own write on the next page). Revoke is a tombstone on the action's key
-naming the action it revokes. Raw account ids are pseudonymised with the regional key
+naming the action it revokes; revoking an action already revoked answers
+`revoked=False` with the first revoke's actor and reason. Raw account ids are pseudonymised with the regional key
 before anything leaves this module.
 """
 
@@ -20,17 +21,19 @@ import logging
 import re
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
-from enum import Enum
+from typing import Protocol
 
-from google.protobuf import timestamp_pb2
 from safeguards.v1 import enforcement_pb2, signals_pb2
 
+from services.actions.authz import Operation, Operator, action_operation, authorize
 from services.actions.keys import KIND_NAMES, action_key
 from services.actions.projection import ActionTable
 from services.actions.sink import ActionSink
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.kafka import Publisher
+from services.common.pbtime import timestamp
 from services.common.privacy import RegionalKey, is_pseudonym
 from services.common.spool import Record
 from services.common.topics import actions_topic, signals_topic
@@ -41,29 +44,40 @@ K = enforcement_pb2
 MAX_FIELD = 256
 MAX_REASON = 1024
 MAX_EVIDENCE = 100
+#: Revokes remembered per process (their actor and reason answer a second revoke).
+MAX_REVOCATIONS = 10_000
 _CATEGORY = re.compile(r"^[a-z0-9_.-]+$")
 
 
-class Role(str, Enum):
-    VIEWER = "viewer"
-    OPERATOR = "operator"
-    ADMIN = "admin"
+@dataclass(frozen=True)
+class Revocation:
+    """Who revoked an action, why and when (kept for a second revoke's answer)."""
 
-
-#: Which roles may call which method.
-ALLOWED: dict[str, frozenset[Role]] = {
-    "ListActions": frozenset({Role.VIEWER, Role.OPERATOR, Role.ADMIN}),
-    "IssueAction": frozenset({Role.OPERATOR, Role.ADMIN}),
-    "RevokeAction": frozenset({Role.OPERATOR, Role.ADMIN}),
-}
+    actor: str
+    reason: str
+    at: float
 
 
 @dataclass(frozen=True)
-class Caller:
-    """Who calls, as a front end verified it."""
+class RevokeResult:
+    """`revoked` False: the action had been revoked already (by `original`, when this
+    process saw that revoke; None when another replica or front door did)."""
 
-    name: str
-    role: Role
+    revoked: bool
+    original: Revocation | None = None
+
+
+class Catalog(Protocol):
+    """What actions may name, as the front door knows it: the categories a
+    force-block may name (the classifier's labels and the policies' categories). An
+    empty set: not known, nothing is checked against it."""
+
+    async def categories(self) -> frozenset[str]: ...
+
+
+class NoCatalog:
+    async def categories(self) -> frozenset[str]:
+        return frozenset()
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,7 @@ class ActionAdmin:
         sink: ActionSink,
         publisher: Publisher,
         apply_locally: bool = False,
+        catalog: Catalog | None = None,
         clock=time.time,
     ) -> None:
         self.region = region
@@ -103,20 +118,21 @@ class ActionAdmin:
         self.table = table
         self.sink = sink
         self.publisher = publisher
+        self.catalog = catalog or NoCatalog()
         self.topic = actions_topic(region)
         self._clock = clock
+        #: action id -> its revoke, this process's own (bounded, oldest forgotten).
+        self._revocations: OrderedDict[str, Revocation] = OrderedDict()
 
-    @staticmethod
-    def authorise(caller: Caller, method: str) -> None:
-        if caller.role not in ALLOWED[method]:
-            raise PermissionDenied(f"role {caller.role.value!r} may not call {method}")
+    def authorise(self, caller: Operator, operation: Operation) -> None:
+        """The one role matrix and this region's scope (services.actions.authz)."""
+        authorize(caller, operation, self.region)
 
-    async def _audited(self, method: str, caller: Caller, tenant: str, reason: str, run) -> object:
-        """Authorise, run, and audit the call whatever its outcome."""
+    async def _audited(self, method: str, caller: Operator, tenant: str, reason: str, run) -> object:
+        """Run (which authorises first) and audit the call whatever its outcome."""
         action_id = ""
         allowed = False
         try:
-            self.authorise(caller, method)  # a denied caller is audited by name
             result, action_id = await run()
             allowed = True
             return result
@@ -126,7 +142,7 @@ class ActionAdmin:
     def audit(
         self,
         method: str,
-        caller: Caller | None,
+        caller: Operator | None,
         tenant: str,
         action_id: str,
         reason: str,
@@ -137,7 +153,7 @@ class ActionAdmin:
         content-free). `caller` None: credentials that identified nobody."""
         sig = signals_pb2.SafeguardSignal(
             decision_id=uuid.uuid4().hex,
-            time=_ts(self._clock()),
+            time=timestamp(self._clock()),
             region=self.region,
             tenant=tenant[:MAX_FIELD],
             surface=signals_pb2.SURFACE_ADMIN,
@@ -173,9 +189,21 @@ class ActionAdmin:
         )
 
     # ---- IssueAction ----
-    async def issue(self, caller: Caller, req: IssueRequest) -> enforcement_pb2.EnforcementAction:
+    async def issue(self, caller: Operator, req: IssueRequest) -> enforcement_pb2.EnforcementAction:
         async def run():
+            if req.kind not in KIND_NAMES:
+                self.authorise(caller, Operation.ACCOUNT_ACTION)  # whoever may issue anything
+                raise InvalidArgument(
+                    "kind is required (SUSPEND_ACCOUNT, THROTTLE_ACCOUNT, FORCE_BLOCK_CATEGORY, KILL_SWITCH)"
+                )
+            self.authorise(caller, action_operation(req.kind))
             action = self._build(caller, req)
+            if req.kind == K.ENFORCEMENT_KIND_FORCE_BLOCK_CATEGORY:
+                known = await self.catalog.categories()
+                if known and req.category not in known:
+                    raise InvalidArgument(
+                        f"unknown category {req.category[:64]!r}: a force-block names one of {', '.join(sorted(known))}"
+                    )
             key = action_key(action.kind, action.target).encode()
             value = action.SerializeToString()
             await self.sink.send(self.topic, key, value)
@@ -185,12 +213,8 @@ class ActionAdmin:
 
         return await self._audited("IssueAction", caller, req.tenant, req.reason, run)  # type: ignore[return-value]
 
-    def _build(self, caller: Caller, req: IssueRequest) -> enforcement_pb2.EnforcementAction:
+    def _build(self, caller: Operator, req: IssueRequest) -> enforcement_pb2.EnforcementAction:
         kind = req.kind
-        if kind not in KIND_NAMES:
-            raise InvalidArgument(
-                "kind is required (SUSPEND_ACCOUNT, THROTTLE_ACCOUNT, FORCE_BLOCK_CATEGORY, KILL_SWITCH)"
-            )
         name = K.EnforcementKind.Name(kind).removeprefix("ENFORCEMENT_KIND_")
         for field in ("tenant", "account", "model", "category"):
             if len(getattr(req, field)) > MAX_FIELD:
@@ -247,47 +271,68 @@ class ActionAdmin:
             ),
             actor=caller.name,
             reason=req.reason,
-            issued_at=_ts(now),
+            issued_at=timestamp(now),
             requests_per_minute=req.requests_per_minute,
             evidence=list(req.evidence),
             region=self.region,
         )
         if req.ttl_s > 0:
-            action.expires_at.CopyFrom(_ts(now + req.ttl_s))
+            action.expires_at.CopyFrom(timestamp(now + req.ttl_s))
         return action
 
     # ---- ListActions ----
-    async def list(self, caller: Caller, tenant: str = "") -> list[enforcement_pb2.EnforcementAction]:
+    async def list(self, caller: Operator, tenant: str = "") -> list[enforcement_pb2.EnforcementAction]:
         async def run():
+            self.authorise(caller, Operation.READ)
             return self.table.actions(tenant), ""
 
         return await self._audited("ListActions", caller, tenant, "", run)  # type: ignore[return-value]
 
     # ---- RevokeAction ----
-    async def revoke(self, caller: Caller, action_id: str, reason: str) -> bool:
+    def revocation(self, action_id: str) -> Revocation | None:
+        """This process's revoke of `action_id`, if it made one (and still remembers)."""
+        return self._revocations.get(action_id)
+
+    async def revoke(self, caller: Operator, action_id: str, reason: str) -> RevokeResult:
+        """Revoke an action in force. Idempotent: an action already revoked answers
+        `revoked=False` with the first revoke (its actor and reason are kept, never
+        replaced by a later one's); the call is audited either way, with its own
+        actor and reason."""
         live = self.table.find(action_id) if action_id else None
         tenant = live.action.target.tenant if live else ""
 
         async def run():
+            self.authorise(caller, Operation.ACCOUNT_ACTION)  # whoever may revoke anything; the kind's below
             if not action_id:
                 raise InvalidArgument("action_id is required")
             if not reason.strip():
                 raise InvalidArgument("reason is required")
+            if len(reason) > MAX_REASON:
+                raise InvalidArgument(f"reason is longer than {MAX_REASON} characters")
+            original = self._revocations.get(action_id)
+            if original is not None or (live is None and self.table.was_revoked(action_id)):
+                if live is not None:
+                    self.authorise(caller, action_operation(live.action.kind))
+                return RevokeResult(False, original), action_id
             if live is None:
                 raise NotFound(
-                    f"no action {action_id[:64]!r} in force (already revoked or replaced, or issued moments ago "
+                    f"no action {action_id[:64]!r} in force (expired, replaced, or issued moments ago "
                     "and not read from the actions topic yet)"
                 )
+            self.authorise(caller, action_operation(live.action.kind))
+            # Claimed before the produce: a second revoke meanwhile answers "already".
+            mine = self._revocations[action_id] = Revocation(caller.name, reason, self._clock())
+            while len(self._revocations) > MAX_REVOCATIONS:
+                self._revocations.popitem(last=False)
             key = live.key.encode()
-            await self.sink.send(self.topic, key, None, revokes=live.action.action_id)
+            try:
+                await self.sink.send(self.topic, key, None, revokes=live.action.action_id)
+            except BaseException:
+                if self._revocations.get(action_id) is mine:
+                    del self._revocations[action_id]
+                raise
             if self.apply_locally:
                 self.table.apply(key, None, revokes=live.action.action_id)
-            return True, action_id
+            return RevokeResult(True), action_id
 
         return await self._audited("RevokeAction", caller, tenant, reason, run)  # type: ignore[return-value]
-
-
-def _ts(unix: float) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(unix * 1e9))
-    return ts

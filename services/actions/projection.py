@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -36,6 +37,8 @@ K = enforcement_pb2
 SUSPENDED = "enforcement.suspended"
 KILL_SWITCH = "enforcement.kill_switch"
 _NO_CATEGORIES: frozenset[str] = frozenset()
+#: Revoked action ids remembered (`was_revoked`).
+MAX_REVOKED = 10_000
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,9 @@ class ActionTable:
         self._by_key: dict[str, LiveAction] = {}
         self._key_of_id: dict[str, str] = {}
         self._forced: dict[str, dict[str, LiveAction]] = {}
+        #: Ids of actions revoked by a tombstone this table applied (bounded): a second
+        #: revoke answers "already revoked" rather than "not found".
+        self._revoked: OrderedDict[str, None] = OrderedDict()
 
     # ---- lookups (the request path) -------------------------------------------------
     def _in_force(self, key: str, now: float) -> LiveAction | None:
@@ -161,6 +167,9 @@ class ActionTable:
         key = self._key_of_id.get(action_id)
         return self._by_key.get(key) if key is not None else None
 
+    def was_revoked(self, action_id: str) -> bool:
+        return action_id in self._revoked
+
     def get(self, key: str) -> LiveAction | None:
         return self._by_key.get(key)
 
@@ -176,6 +185,7 @@ class ActionTable:
         """Take `other`'s tables as this one's (a state rebuilt from the topic replaces
         the snapshot served meanwhile, in one step on the event loop)."""
         self._by_key, self._key_of_id, self._forced = other._by_key, other._key_of_id, other._forced
+        self._revoked.update(other._revoked)
         self.metrics.live.set(len(self._by_key))
 
     # ---- applying records -------------------------------------------------------------
@@ -195,6 +205,10 @@ class ActionTable:
                 self.metrics.refused.labels("stale_revoke").inc()
                 log.warning("revoke of an action no longer in force ignored", extra={"key_bytes": len(skey)})
                 return False
+            if live is not None:
+                self._revoked[live.action.action_id] = None
+                while len(self._revoked) > MAX_REVOKED:
+                    self._revoked.popitem(last=False)
             self._remove(skey)
             self.metrics.applied.labels("revoke").inc()
             return True

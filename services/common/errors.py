@@ -41,6 +41,12 @@ class PermissionDenied(ServiceError):
     code = "PERMISSION_DENIED"
 
 
+class Unauthenticated(ServiceError):
+    """No credentials, or credentials that identify nobody."""
+
+    code = "UNAUTHENTICATED"
+
+
 class DeadlineExceeded(ServiceError):
     code = "DEADLINE_EXCEEDED"
 

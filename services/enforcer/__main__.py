@@ -179,7 +179,14 @@ async def build(settings: EnforcerSettings, registry: CollectorRegistry) -> App:
         security=kafka_security,
     )
     # The enforcer's admin API leaves its state to the consumer, like every other replica's.
-    enforcement_admin = ActionAdmin(region=settings.region, key=key, table=table, sink=sink, publisher=publisher)
+    enforcement_admin = ActionAdmin(
+        region=settings.region,
+        key=key,
+        table=table,
+        sink=sink,
+        publisher=publisher,
+        catalog=admin.EnforcerCatalog(classifier, policies),
+    )
 
     async def connect_upstreams() -> None:
         # Connect before serving, so the first decisions do not pay TCP + HTTP/2 set-up

@@ -8,17 +8,16 @@ every replica, this one included, applies what it reads from there, which is als
 where List and Revoke look actions up (a revoke is a tombstone on the action's key).
 
 Authorisation: `authorization: Bearer <token>` metadata, checked against a YAML
-file of token SHA-256 digests (`--admin-tokens`, reloaded on change; raw tokens
-are never stored):
-
-    tokens:
-      <sha256 hex of the token>: {name: alice, role: operator}
-
-Roles: `viewer` may List; `operator` may also Issue and Revoke; `admin` may do everything.
-No or an unknown token is UNAUTHENTICATED, a role without the right is
-PERMISSION_DENIED. Without `--admin-tokens` the service is still registered (so
-reflection shows it) but refuses every call with FAILED_PRECONDITION saying so.
-Every call, allowed or denied, is audited as a SURFACE_ADMIN signal.
+file of token SHA-256 digests (`--admin-tokens`, reloaded on change; raw tokens are
+never stored), in the format and under the role matrix every operator front door
+shares (`services.actions.authz`): viewers list, reviewers also issue and revoke
+account actions (suspend, throttle), admins also force-blocks and kill switches; a
+token's `regions` must include this enforcer's. No or an unknown token is
+UNAUTHENTICATED, a role or region without the right PERMISSION_DENIED, a caller
+(address or token) past its failures RESOURCE_EXHAUSTED. Without `--admin-tokens`
+the service is still registered (so reflection shows it) but refuses every call with
+FAILED_PRECONDITION saying so. Every call, allowed or denied, is audited as a
+SURFACE_ADMIN signal, which the monitor keeps in its audit log (the console shows it).
 
 `python -m services.enforcer.admin hash-token < token-file` prints the digest to put
 in the tokens file.
@@ -27,97 +26,80 @@ in the tokens file.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import re
 import sys
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
 from safeguards.v1 import enforcement_pb2, enforcement_pb2_grpc
 
-from services.actions.admin import MAX_FIELD, ActionAdmin, Caller, IssueRequest, Role
-from services.common.errors import ConfigError, FailedPrecondition, ServiceError
+from services.actions import authz
+from services.actions.admin import ActionAdmin, IssueRequest
+from services.actions.authz import FailureThrottle, Operator, bearer_token, hash_token, load_tokens
+from services.common.errors import ConfigError, PermissionDenied, Unauthenticated
+from services.common.pbtime import timestamp
 from services.common.reloader import ReloadingConfig
 from services.common.server import ServiceBinding
-from services.common.yamlfile import load_model
+from services.enforcer.policy import PolicySet
+from services.enforcer.upstream import ClassifierCaller
+
+OFF_HINT = "the admin API is disabled on this enforcer: start it with --admin-tokens FILE"
 
 
-class Unauthenticated(ServiceError):
-    code = "UNAUTHENTICATED"
+class TokenAuth(authz.TokenAuth):
+    """The admin API's tokens (None: off, every call FAILED_PRECONDITION)."""
+
+    def __init__(self, tokens) -> None:
+        super().__init__(tokens, OFF_HINT)
 
 
-# ---- tokens ---------------------------------------------------------------------------
-class _TokenEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str = Field(min_length=1, max_length=MAX_FIELD)
-    role: Role
+class EnforcerCatalog:
+    """What a force-block may name here: the classifier's labels (ListModels; asked
+    again while unknown) and every tenant policy's categories."""
 
+    def __init__(self, classifier: ClassifierCaller, policies: ReloadingConfig[PolicySet]) -> None:
+        self._classifier = classifier
+        self._policies = policies
 
-class _TokenFile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    tokens: dict[str, _TokenEntry] = Field(default_factory=dict)
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.strip().encode()).hexdigest()
-
-
-def load_tokens(path: Path) -> dict[str, Caller]:
-    """Parse a tokens file: digest -> caller. Raises ConfigError naming the problem."""
-    parsed = load_model(path, _TokenFile, "tokens")
-    out: dict[str, Caller] = {}
-    for digest, entry in parsed.tokens.items():
-        if not re.fullmatch(r"[0-9a-f]{64}", digest):
-            raise ConfigError(
-                f"{path}: tokens: {digest[:12]!r}... is not a SHA-256 hex digest (64 lowercase hex characters; "
-                "store `python -m services.enforcer.admin hash-token` output, never a raw token)"
-            )
-        out[digest] = Caller(entry.name, entry.role)
-    return out
-
-
-def bearer_token(metadata) -> str:
-    for key, value in metadata or ():
-        if key.lower() == "authorization":
-            scheme, _, token = str(value).partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-    return ""
-
-
-class TokenAuth:
-    """Bearer token -> Caller, from the reloaded tokens file (None: the API is off)."""
-
-    def __init__(self, tokens: ReloadingConfig[dict[str, Caller]] | None) -> None:
-        self.tokens = tokens
-
-    def authenticate(self, token: str) -> Caller:
-        if self.tokens is None or self.tokens.current is None:
-            raise FailedPrecondition("the admin API is disabled on this enforcer: start it with --admin-tokens FILE")
-        if not token:
-            raise Unauthenticated("missing credentials: send 'authorization: Bearer <token>'")
-        caller = self.tokens.current.get(hash_token(token))
-        if caller is None:
-            raise Unauthenticated("unknown token")
-        return caller
+    async def categories(self) -> frozenset[str]:
+        if not self._classifier.labels:
+            await self._classifier.refresh_limits()
+        out = set(self._classifier.labels)
+        ps = self._policies.current
+        if ps is not None:
+            for p in (ps.default, *ps.policies.values()):
+                out.update(p.categories)
+        return frozenset(out)
 
 
 # ---- gRPC -----------------------------------------------------------------------------------
 class EnforcementAdminServicer(enforcement_pb2_grpc.EnforcementAdminServiceServicer):
-    def __init__(self, admin: ActionAdmin, auth: TokenAuth) -> None:
+    def __init__(self, admin: ActionAdmin, auth: TokenAuth, throttle: FailureThrottle | None = None) -> None:
         self._admin = admin
         self._auth = auth
+        self._throttle = throttle or FailureThrottle()
 
-    def _caller(self, context, method: str, tenant: str = "", reason: str = "") -> Caller:
-        """The token's caller; a call that identifies nobody is audited and refused."""
+    async def _call(self, context, method: str, tenant: str, reason: str, run):
+        """Throttle, authenticate, run; failures of authentication or authorisation
+        count against the caller (its address and token). A call that identifies
+        nobody is audited here (the domain audits the rest); a caller's first
+        throttled call is audited once."""
+        token = bearer_token(context.invocation_metadata())
+        keys = FailureThrottle.keys(context.peer(), token)
+        self._throttle.check(keys)
         try:
-            return self._auth.authenticate(bearer_token(context.invocation_metadata()))
-        except ServiceError:
+            caller = self._auth.authenticate(token)
+        except Unauthenticated:
             self._admin.audit(method, None, tenant, "", reason, False)
+            if self._throttle.failed(keys):
+                self._admin.audit(f"{method}.throttled", None, tenant, "", "too many failed calls", False)
+            raise
+        try:
+            return await run(caller)
+        except PermissionDenied:
+            if self._throttle.failed(keys):
+                self._admin.audit(f"{method}.throttled", caller, tenant, "", "too many failed calls", False)
             raise
 
     async def IssueAction(self, request, context):
-        caller = self._caller(context, "IssueAction", request.tenant, request.reason)
         req = IssueRequest(
             kind=request.kind,
             reason=request.reason,
@@ -129,24 +111,38 @@ class EnforcementAdminServicer(enforcement_pb2_grpc.EnforcementAdminServiceServi
             requests_per_minute=request.requests_per_minute,
             evidence=tuple(request.evidence),
         )
-        return enforcement_pb2.IssueActionResponse(action=await self._admin.issue(caller, req))
+
+        async def run(caller: Operator):
+            return enforcement_pb2.IssueActionResponse(action=await self._admin.issue(caller, req))
+
+        return await self._call(context, "IssueAction", request.tenant, request.reason, run)
 
     async def ListActions(self, request, context):
-        caller = self._caller(context, "ListActions", request.tenant)
-        return enforcement_pb2.ListActionsResponse(actions=await self._admin.list(caller, request.tenant))
+        async def run(caller: Operator):
+            return enforcement_pb2.ListActionsResponse(actions=await self._admin.list(caller, request.tenant))
+
+        return await self._call(context, "ListActions", request.tenant, "", run)
 
     async def RevokeAction(self, request, context):
         live = self._admin.table.find(request.action_id) if request.action_id else None
-        caller = self._caller(context, "RevokeAction", live.action.target.tenant if live else "", request.reason)
-        revoked = await self._admin.revoke(caller, request.action_id, request.reason)
-        return enforcement_pb2.RevokeActionResponse(revoked=revoked)
+
+        async def run(caller: Operator):
+            result = await self._admin.revoke(caller, request.action_id, request.reason)
+            resp = enforcement_pb2.RevokeActionResponse(revoked=result.revoked)
+            if result.original is not None:
+                resp.revoked_by = result.original.actor
+                resp.revoke_reason = result.original.reason
+                resp.revoked_at.CopyFrom(timestamp(result.original.at))
+            return resp
+
+        return await self._call(context, "RevokeAction", live.action.target.tenant if live else "", request.reason, run)
 
 
-def admin_binding(admin: ActionAdmin, auth: TokenAuth) -> ServiceBinding:
+def admin_binding(admin: ActionAdmin, auth: TokenAuth, throttle: FailureThrottle | None = None) -> ServiceBinding:
     return ServiceBinding(
         enforcement_pb2.DESCRIPTOR.services_by_name["EnforcementAdminService"].full_name,
         enforcement_pb2_grpc.add_EnforcementAdminServiceServicer_to_server,
-        EnforcementAdminServicer(admin, auth),
+        EnforcementAdminServicer(admin, auth, throttle),
     )
 
 

@@ -111,6 +111,8 @@ class ClassifierCaller:
         self.breaker = breaker
         self.max_chars = max_chars
         self.limits = ClassifierLimits()
+        #: Every served model's labels (ListModels), empty until it answered.
+        self.labels: frozenset[str] = frozenset()
         self._refreshing: asyncio.Task | None = None
 
     def _refresh_limits_soon(self) -> None:
@@ -122,11 +124,13 @@ class ClassifierCaller:
 
     async def refresh_limits(self, timeout_s: float = 2.0) -> ClassifierLimits:
         """Read the classifier's request limits (ListModels), so the enforcer never sends
-        what it would refuse. Keeps the last known limits when it cannot answer."""
+        what it would refuse, and its models' labels (what a force-block may name).
+        Keeps the last known ones when it cannot answer."""
         try:
             response = await self._stub.ListModels(classifier_pb2.ListModelsRequest(), timeout=timeout_s)
         except grpc.aio.AioRpcError:
             return self.limits
+        self.labels = frozenset(label for m in response.models for label in m.labels)
         lim = response.limits
         if lim.max_text_bytes and lim.max_batch_texts:
             self.limits = ClassifierLimits(lim.max_text_bytes, lim.max_batch_texts)

@@ -13,6 +13,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from services.actions.admin import ActionAdmin
+from services.actions.authz import TokenAuth, load_token_config
 from services.actions.consumer import ActionsConsumer
 from services.actions.projection import ActionMetrics, ActionTable
 from services.actions.sink import KafkaActionSink
@@ -34,7 +35,7 @@ from services.monitor.queries import Queries
 from services.monitor.retention import Purger
 from services.monitor.rollup import Rollup, RollupMetrics
 from services.monitor.rules import RuleEngine, RuleMetrics, rules_config
-from services.monitor.server import bindings
+from services.monitor.server import OFF_HINT, bindings
 from services.monitor.settings import MonitorSettings
 from services.monitor.store import Retention, Store
 from services.monitor.webhook import Webhook
@@ -194,7 +195,16 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
         on_stop.insert(0, console.stop)  # first: no operator request outlives the rest
     elif settings.console_listen:
         log.info("console off: no --console-users file")
-    return App(bindings=bindings(Queries(store)), on_start=on_start, on_stop=on_stop, on_server=[health.attach])
+    api_tokens = load_token_config(settings.api_tokens, settings.api_tokens_poll_seconds)
+    if api_tokens is not None:
+        on_start.insert(0, api_tokens.start)
+        on_stop.insert(0, api_tokens.stop)
+    return App(
+        bindings=bindings(Queries(store), operations, TokenAuth(api_tokens, OFF_HINT)),
+        on_start=on_start,
+        on_stop=on_stop,
+        on_server=[health.attach],
+    )
 
 
 def alert_config(s: MonitorSettings) -> AlertConfig:

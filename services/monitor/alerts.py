@@ -53,11 +53,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
-from google.protobuf import timestamp_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from safeguards.v1 import alerts_pb2
 
 from services.common.errors import InvalidArgument
+from services.common.pbtime import timestamp
 from services.common.topics import alerts_topic
 from services.monitor.deadletters import pending as dead_letters_pending
 from services.monitor.detectors import (
@@ -187,12 +187,6 @@ class AlertMetrics:
 
 
 # ---- lifecycle and delivery -----------------------------------------------------------------------
-def _ts(when: datetime) -> timestamp_pb2.Timestamp:
-    t = timestamp_pb2.Timestamp()
-    t.FromDatetime(when)
-    return t
-
-
 def alert_record(region: str, row: asyncpg.Record | dict, status: str, notified_at: datetime) -> A.Alert:
     kind, severity = KINDS[row["kind"]]
     rec = A.Alert(
@@ -207,11 +201,11 @@ def alert_record(region: str, row: asyncpg.Record | dict, status: str, notified_
         summary=row["summary"],
         value=row["value"],
         baseline=row["baseline"],
-        starts_at=_ts(row["fired_at"]),
-        notified_at=_ts(notified_at),
+        starts_at=timestamp(row["fired_at"]),
+        notified_at=timestamp(notified_at),
     )
     if status == RESOLVED:
-        rec.ends_at.CopyFrom(_ts(notified_at))
+        rec.ends_at.CopyFrom(timestamp(notified_at))
     return rec
 
 

@@ -8,7 +8,9 @@ commit means the batch is delivered again, and the processed-ids table makes tha
 second delivery change nothing. The automated rules run last inside
 that transaction (services.monitor.rules), and the actions they queue in its outbox
 are produced after it commits. A record that cannot be parsed is counted and
-skipped (it would never parse on a retry either). A record PostgreSQL refuses (a
+skipped (it would never parse on a retry either). SURFACE_ADMIN signals (the audit
+of an operator call at an enforcer's admin API) are no decisions: they go to the
+operators' audit log (`operations.store_audit_signals`), once each. A record PostgreSQL refuses (a
 data error: services.monitor.deadletters) is bisected out of its batch, parked as
 a dead letter (counted, alerted, replayable) and the rest of the batch applied.
 When PostgreSQL is unavailable (or refuses for any other reason) the loop waits
@@ -37,6 +39,7 @@ from services.common.metrics import BoundedLabels
 from services.common.topics import signals_topic
 from services.monitor import deadletters
 from services.monitor.decisions import VERDICTS, Decision, decision_from_signal, is_audit
+from services.monitor.operations import store_audit_signals
 from services.monitor.rules import RuleEngine
 from services.monitor.store import Store
 
@@ -126,6 +129,8 @@ class SignalConsumer:
         self._stopping = False
         self._positions: dict[TopicPartition, int] = {}
         self._applying_since: float | None = None
+        #: SURFACE_ADMIN signals of the batch in hand (kept in the audit log).
+        self._audits: list[signals_pb2.SafeguardSignal] = []
         metrics.stuck.set_function(lambda: self.stuck_seconds)
 
     def _decode(self, record) -> Decision | None:
@@ -136,6 +141,7 @@ class SignalConsumer:
             return None
         if is_audit(sig):
             self.metrics.records.labels("audit").inc()
+            self._audits.append(sig)
             return None
         if sig.region and sig.region != self.region:
             self.metrics.records.labels("wrong_region").inc()
@@ -231,6 +237,26 @@ class SignalConsumer:
             )
             return
 
+    async def _keep_audits(self) -> None:
+        """Store the batch's admin audit records (`operations.store_audit_signals`);
+        like a batch, retried until PostgreSQL takes them (the offsets wait)."""
+        delay = 0.2
+        while True:
+            self._applying_since = self._applying_since or time.monotonic()
+            try:
+                await store_audit_signals(self.store.pool, self.region, self._audits)
+            except Exception as exc:  # noqa: BLE001 - the store's: retry
+                if self._stopping:
+                    raise
+                self.metrics.store_errors.inc()
+                log.error("audit records not stored; retrying", extra={"error": type(exc).__name__})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._audits = []
+            self._applying_since = None
+            return
+
     async def _flush_actions(self) -> None:
         """Produce the automated actions this batch queued; a failure leaves them in
         the durable outbox for the next batch or the periodic flush."""
@@ -258,6 +284,8 @@ class SignalConsumer:
                     d = self._decode(record)
                     if d is not None:
                         items.append((record, d))
+            if self._audits:
+                await self._keep_audits()
             if items:
                 await self._apply(items)
             # Commit exactly what was fetched and applied (not positions moved by a

@@ -14,10 +14,15 @@ domain, free of HTTP (the web layer in `services.monitor.console` only renders i
 - Every write, allowed or refused, is also kept in the in-region `monitor_audit`
   table (who, role, what, target, why), which the console shows.
 
-Authorisation is per call: the operator's region scope must include this region
-(a reviewer of `us` reads nothing of `eu`), and the role must be high enough:
-viewer reads; reviewer also reviews cases and suspends / unsuspends / throttles
-accounts; admin also kill switches and force-blocks categories.
+Authorisation is per call, by the one role matrix every operator front door shares
+(`services.actions.authz`): the operator's region scope must include this region
+(a reviewer of `us` reads nothing of `eu`), and the role must be allowed the
+operation: viewer reads; reviewer also reviews cases and suspends / unsuspends /
+throttles accounts; admin also kill switches and force-blocks categories.
+
+The audit log (`monitor_audit`) is the one place every operator call of this region
+lands: the console's and MonitorService's here, the enforcers' admin API calls from
+their SURFACE_ADMIN signals (`store_audit_signals`, called by the signal consumer).
 
 Action history comes from the actions topic itself: the monitor's replica of the
 enforcement state (`services.actions.consumer`) reports every record it applies, and
@@ -33,19 +38,19 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 
 import asyncpg
-from safeguards.v1 import enforcement_pb2, safeguards_pb2
+from safeguards.v1 import enforcement_pb2, safeguards_pb2, signals_pb2
 
-from services.actions.admin import MAX_REASON, ActionAdmin, Caller, IssueRequest, Role
+from services.actions.admin import MAX_REASON, ActionAdmin, IssueRequest, RevokeResult
+from services.actions.authz import Operation, Operator, action_operation, authorize
 from services.actions.consumer import ObservedRecord
 from services.actions.keys import parse_key
 from services.actions.projection import ActionTable
-from services.common.errors import InvalidArgument, NotFound, PermissionDenied
+from services.common.errors import InvalidArgument, NotFound
 from services.common.privacy import RegionalKey, is_pseudonym
 from services.monitor.alerts import AlertRow
-from services.monitor.decisions import MAX_ID_CHARS
+from services.monitor.decisions import MAX_ID_CHARS, clean
 from services.monitor.overview import MinuteTotals
 from services.monitor.store import (
     CASE_ACTIONED,
@@ -68,40 +73,13 @@ KINDS = {
     "KILL_SWITCH": K.ENFORCEMENT_KIND_KILL_SWITCH,
 }
 KIND_LABELS = {v: k for k, v in KINDS.items()}
-#: Kinds a reviewer may issue and revoke; the rest need an admin.
-ACCOUNT_KINDS = frozenset({K.ENFORCEMENT_KIND_SUSPEND_ACCOUNT, K.ENFORCEMENT_KIND_THROTTLE_ACCOUNT})
 VERDICTS = {"approve": CASE_ACTIONED, "dismiss": CASE_DISMISSED}
 AUTOMATION = "automation"
 MAX_LIST = 500
+#: The actor prefix of actions and audit signals the console produces.
+CONSOLE_ACTOR = "console:"
 #: Rows in each of the overview's top tables, and retro catches listed.
 TOP_N = 10
-
-
-class ConsoleRole(StrEnum):
-    """Cumulative: each role may do what the ones before it may."""
-
-    VIEWER = "viewer"
-    REVIEWER = "reviewer"
-    ADMIN = "admin"
-
-
-_RANK = {ConsoleRole.VIEWER: 0, ConsoleRole.REVIEWER: 1, ConsoleRole.ADMIN: 2}
-#: The enforcer admin role an operator acts with.
-_ADMIN_ROLE = {ConsoleRole.VIEWER: Role.VIEWER, ConsoleRole.REVIEWER: Role.OPERATOR, ConsoleRole.ADMIN: Role.ADMIN}
-
-
-@dataclass(frozen=True)
-class Operator:
-    name: str
-    role: ConsoleRole
-    #: Regions this operator may see; "*" is every region.
-    regions: frozenset[str]
-
-    def covers(self, region: str) -> bool:
-        return "*" in self.regions or region in self.regions
-
-    def at_least(self, role: ConsoleRole) -> bool:
-        return _RANK[self.role] >= _RANK[role]
 
 
 @dataclass(frozen=True)
@@ -295,6 +273,47 @@ class ActionHistory:
             pass
 
 
+#: How audit rows of the enforcers' admin API are named in `monitor_audit.what`.
+API_PREFIX = "api."
+
+
+async def store_audit_signals(pool: asyncpg.Pool, region: str, signals: Sequence[signals_pb2.SafeguardSignal]) -> int:
+    """Keep the SURFACE_ADMIN signals of other front doors (the enforcers' admin API)
+    in `monitor_audit`, once each (their ids join the processed-ids table, so a
+    redelivery adds nothing). The console's own (`console:` actors) are skipped: it
+    wrote its row when it acted. Returns the rows added."""
+    rows: dict[str, tuple] = {}
+    for sig in signals:
+        a = sig.audit
+        if a.actor.startswith(CONSOLE_ACTOR) or not sig.decision_id or len(sig.decision_id) > MAX_ID_CHARS:
+            continue
+        at = sig.time.ToDatetime(tzinfo=UTC) if sig.HasField("time") else datetime.now(UTC)
+        rows[sig.decision_id] = (
+            region,
+            at,
+            clean(a.actor, 256) or "(no valid token)",
+            clean(a.role, 32),
+            clean(API_PREFIX + a.method, 64),
+            clean(a.action_id or a.case_id or sig.tenant, 256),
+            clean(a.reason, MAX_REASON),
+            a.allowed,
+        )
+    if not rows:
+        return 0
+    async with pool.acquire() as conn, conn.transaction():
+        new = await conn.fetch(
+            "INSERT INTO monitor_processed (decision_id) SELECT unnest($1::text[]) "
+            "ON CONFLICT DO NOTHING RETURNING decision_id",
+            list(rows),
+        )
+        await conn.executemany(
+            "INSERT INTO monitor_audit (region, at, operator, role, what, target, reason, ok) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            [rows[r["decision_id"]] for r in new],
+        )
+    return len(new)
+
+
 class Operations:
     def __init__(
         self,
@@ -318,15 +337,14 @@ class Operations:
         return self.store.pool
 
     # ---- authorisation -------------------------------------------------------------------
-    def _check(self, op: Operator, role: ConsoleRole = ConsoleRole.VIEWER) -> None:
-        if not op.covers(self.region):
-            raise PermissionDenied(f"{op.name} has no access to region {self.region}")
-        if not op.at_least(role):
-            raise PermissionDenied(f"role {op.role.value} may not do this (needs {role.value})")
+    def _check(self, op: Operator, operation: Operation = Operation.READ) -> None:
+        authorize(op, operation, self.region)
 
     @staticmethod
-    def _caller(op: Operator) -> Caller:
-        return Caller(f"console:{op.name}", _ADMIN_ROLE[op.role])
+    def _caller(op: Operator) -> Operator:
+        """The operator as the admin domain names it: `console:<name>` (the consumer
+        does not store these SURFACE_ADMIN signals again: the console wrote its row)."""
+        return Operator(f"{CONSOLE_ACTOR}{op.name}", op.role, op.regions)
 
     # ---- audit ---------------------------------------------------------------------------
     async def record(
@@ -459,7 +477,7 @@ class Operations:
         note = _reason(note, "a note")
 
         async def run() -> CaseRow:
-            self._check(op, ConsoleRole.REVIEWER)
+            self._check(op, Operation.REVIEW_CASE)
             row = await self.store.set_case_status(case_id, status)
             self.admin.audit("ReviewCase", self._caller(op), row.tenant, "", note, True, case_id=case_id)
             return row
@@ -532,7 +550,7 @@ class Operations:
         async def run() -> ActionView:
             if code is None:
                 raise InvalidArgument(f"kind must be one of {', '.join(KINDS)}")
-            self._check(op, ConsoleRole.REVIEWER if code in ACCOUNT_KINDS else ConsoleRole.ADMIN)
+            self._check(op, action_operation(code))
             if ttl_seconds < 0:
                 raise InvalidArgument("the duration must not be negative")
             if case_id:
@@ -557,16 +575,20 @@ class Operations:
 
         return await self._audited(op, f"action.issue.{kind.lower()}"[:64], target, reason, run)
 
-    async def revoke(self, op: Operator, action_id: str, reason: str) -> None:
-        async def run() -> None:
+    async def revoke(self, op: Operator, action_id: str, reason: str) -> RevokeResult:
+        """Revoke an action in force; one already revoked answers `revoked=False` (with
+        the first revoke when this monitor made it) and changes nothing."""
+
+        async def run() -> RevokeResult:
             self._check(op)
             live = self.state.find(action_id) if action_id else None
-            if live is None:
+            if live is not None:
+                self._check(op, action_operation(live.action.kind))
+            elif not (self.admin.revocation(action_id) or self.state.was_revoked(action_id)):
                 raise NotFound(f"no action {action_id[:64]!r} in force in region {self.region}")
-            self._check(op, ConsoleRole.REVIEWER if live.action.kind in ACCOUNT_KINDS else ConsoleRole.ADMIN)
-            await self.admin.revoke(self._caller(op), action_id, reason)
+            return await self.admin.revoke(self._caller(op), action_id, reason)
 
-        await self._audited(op, "action.revoke", action_id, reason, run)
+        return await self._audited(op, "action.revoke", action_id, reason, run)
 
     # ---- charts and alerts ---------------------------------------------------------------
     async def block_rates(self, op: Operator, by: str, minutes: int = 60) -> list[SeriesPoint]:

@@ -18,23 +18,17 @@ import logging
 import time
 from datetime import datetime, timedelta
 
-from google.protobuf import timestamp_pb2
 from prometheus_client import CollectorRegistry, Counter
 from safeguards.v1 import monitor_pb2
 
 from services.common.kafka import Publisher
+from services.common.pbtime import timestamp
 from services.common.spool import Record
 from services.common.topics import ROLLUP_TOPIC
 from services.monitor.aggregates import WINDOWS
 from services.monitor.store import Store, utc
 
 log = logging.getLogger("safeguards.monitor.rollup")
-
-
-def _ts(when: datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(when)
-    return ts
 
 
 def rollup_record(
@@ -44,8 +38,8 @@ def rollup_record(
     rec = monitor_pb2.RollupRecord(
         region=region,
         window=window,
-        window_start=_ts(start),
-        window_end=_ts(start + timedelta(seconds=seconds)),
+        window_start=timestamp(start),
+        window_end=timestamp(start + timedelta(seconds=seconds)),
     )
     for tenant, category, action, count in counts:
         rec.counts.add(tenant=tenant, category=category, action=action, count=count)

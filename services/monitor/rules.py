@@ -46,7 +46,6 @@ from typing import Literal
 
 import asyncpg
 import yaml
-from google.protobuf import timestamp_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from safeguards.v1 import enforcement_pb2
@@ -54,6 +53,7 @@ from safeguards.v1 import enforcement_pb2
 from services.actions.keys import action_key
 from services.actions.sink import ActionSink
 from services.common.errors import ConfigError
+from services.common.pbtime import timestamp
 from services.common.reloader import ReloadingConfig, yaml_files
 from services.common.topics import actions_topic
 from services.monitor.decisions import ACTIONS, Decision
@@ -227,12 +227,6 @@ class RuleMetrics:
 
 
 # ---- the engine -----------------------------------------------------------------------------
-def _ts(seconds: float) -> timestamp_pb2.Timestamp:
-    t = timestamp_pb2.Timestamp()
-    t.FromNanoseconds(int(seconds * 1e9))
-    return t
-
-
 class RuleEngine:
     def __init__(
         self,
@@ -420,8 +414,8 @@ class RuleEngine:
                 f"rule {rule.name}: {what} in category {m.category or 'any'} "
                 f"within {rule.threshold.window_minutes:g} min (threshold {rule.threshold.count})"
             ),
-            issued_at=_ts(now),
-            expires_at=_ts(now + e.ttl_minutes * 60),
+            issued_at=timestamp(now),
+            expires_at=timestamp(now + e.ttl_minutes * 60),
             evidence=evidence,
             region=self.region,
         )

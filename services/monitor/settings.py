@@ -193,6 +193,12 @@ class MonitorSettings(ServiceSettings, KafkaSettings, ActionKeySettings):
     alert_webhook_retries: int = Field(
         2, ge=0, description="retries of a failed webhook POST before it waits for the next round"
     )
+    api_tokens: str = Field(
+        "",
+        description="YAML file of MonitorService bearer tokens (SHA-256 digests, name, role, regions: the enforcer's "
+        "--admin-tokens format), reloaded on change; empty: MonitorService refuses every call",
+    )
+    api_tokens_poll_seconds: float = Field(2.0, gt=0, description="how often the --api-tokens file is checked")
     console_listen: str = Field(
         "127.0.0.1:8054",
         description="operators' web console HTTP listen address HOST:PORT (port 0 picks a free port); "

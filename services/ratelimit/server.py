@@ -9,10 +9,10 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
-from google.protobuf import timestamp_pb2
 from safeguards.v1 import concurrency_pb2, concurrency_pb2_grpc
 
 from services.common.callers import ANY_CALLER, CallerTenants
+from services.common.pbtime import timestamp
 from services.common.server import ServiceBinding
 from services.common.tls import caller_identity
 from services.ratelimit.config import RateLimit, Unit
@@ -100,13 +100,6 @@ def _entries(msg) -> tuple[tuple[str, str], ...]:
     return tuple((e.key, e.value) for e in msg.entries)
 
 
-def _ts(unix: float) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    if unix:
-        ts.FromNanoseconds(int(unix * 1e9))
-    return ts
-
-
 class ConcurrencyServicer(concurrency_pb2_grpc.ConcurrencyLimitServiceServicer):
     def __init__(self, limiter: RateLimiter, guard: TenantGuard = ANY_TENANT_GUARD) -> None:
         self._limiter = limiter
@@ -122,7 +115,7 @@ class ConcurrencyServicer(concurrency_pb2_grpc.ConcurrencyLimitServiceServicer):
             lease_id=lease.lease_id,
             active=lease.active,
             max_concurrent=lease.max_concurrent,
-            expires_at=_ts(lease.expires_at),
+            expires_at=timestamp(lease.expires_at),
             rule=lease.rule,
             shadow_over_limit=lease.shadow_over_limit,
             degraded=lease.degraded,
@@ -133,7 +126,7 @@ class ConcurrencyServicer(concurrency_pb2_grpc.ConcurrencyLimitServiceServicer):
         renewed, expires = await self._limiter.renew(
             request.domain, _entries(request), request.lease_id, request.lease_ttl.ToTimedelta().total_seconds()
         )
-        return concurrency_pb2.RenewLeaseResponse(renewed=renewed, expires_at=_ts(expires))
+        return concurrency_pb2.RenewLeaseResponse(renewed=renewed, expires_at=timestamp(expires))
 
     async def ReleaseLease(self, request, context):
         self._guard.check(context, _entries(request))

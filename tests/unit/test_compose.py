@@ -14,6 +14,8 @@ import inspect
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,23 +161,34 @@ def test_topics_and_broker_settings():
     doc = compose_check.load_compose(COMPOSE_FILE, {"REGION": "ap-south-1"})
     brokers = {n: s for n, s in doc["services"].items() if s.get("image", "").startswith("apache/kafka:")}
     brokers.pop("kafka-init")
+    brokers.pop("kafka-certs")
     assert sorted(brokers) == ["kafka-1", "kafka-2", "kafka-3"]
     for name, broker in brokers.items():
         env = broker["environment"]
         assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
         assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
-        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{name}:9092"
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"SASL_SSL://{name}:9092,BROKER://{name}:9094"
+        assert compose_check._listener_protocols(env) == {
+            9092: ("SASL_SSL", "SASL_SSL"),
+            9093: ("CONTROLLER", "SSL"),
+            9094: ("BROKER", "SSL"),
+        }
+        assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "BROKER"
+        assert env["KAFKA_LISTENER_NAME_BROKER_SSL_CLIENT_AUTH"] == "required"
+        assert env["KAFKA_LISTENER_NAME_CONTROLLER_SSL_CLIENT_AUTH"] == "required"
+        assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+        assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
         assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"
         assert (env["KAFKA_DEFAULT_REPLICATION_FACTOR"], env["KAFKA_MIN_INSYNC_REPLICAS"]) == ("3", "2")
         assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "3"
         # Each broker keeps its log on its own volume.
-        assert broker["volumes"] == [f"{name}-data:/var/lib/kafka/data"]
+        assert broker["volumes"] == [f"{name}-data:/var/lib/kafka/data", "kafka-certs:/etc/kafka/secrets:ro"]
     assert sorted(b["environment"]["KAFKA_NODE_ID"] for b in brokers.values()) == ["1", "2", "3"]
     init = doc["services"]["kafka-init"]
     assert {d for d, c in init["depends_on"].items() if c["condition"] == "service_healthy"} == set(brokers)
     script = init["command"][0]
     assert init["environment"]["REGION"] == "ap-south-1"
-    assert "bs=kafka-1:9092,kafka-2:9092,kafka-3:9092" in script
+    assert "bs=kafka-1:9094,kafka-2:9094,kafka-3:9094" in script
     # One `kafka-topics.sh --create` per topic: (topic, its continuation lines).
     creates = {
         m.group(1): m.group(0)
@@ -526,7 +539,9 @@ def test_spool_on_a_named_volume_is_rejected_because_replicas_share_it(tmp_path)
 
     assert _broken(tmp_path, mutate) == [
         "service 'enforcer': ENFORCER_SPOOL_DIR /var/lib/safeguards/spool is on named volume 'enforcer-spool', "
-        "which every replica shares when scaled (use an anonymous volume: one per replica)"
+        "which every replica shares when scaled (use an anonymous volume: one per replica)",
+        "service 'enforcer': ENFORCER_ACTIONS_SNAPSHOT_FILE /var/lib/safeguards/spool/actions.snapshot is on named "
+        "volume 'enforcer-spool', which every replica shares when scaled (use an anonymous volume: one per replica)",
     ]
 
 
@@ -550,7 +565,9 @@ def test_spool_without_a_volume_is_rejected(tmp_path):
 
     assert _broken(tmp_path, mutate) == [
         "service 'enforcer': ENFORCER_SPOOL_DIR /var/lib/safeguards/spool is not on a volume: spooled records "
-        "are lost when the container is recreated (mount an anonymous volume there)"
+        "are lost when the container is recreated (mount an anonymous volume there)",
+        "service 'enforcer': ENFORCER_ACTIONS_SNAPSHOT_FILE /var/lib/safeguards/spool/actions.snapshot is not on a "
+        "volume: it is lost when the container is recreated (mount an anonymous volume there)",
     ]
 
 
@@ -641,3 +658,249 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_rejects_garbage(text):
     with pytest.raises(ValueError, match="not a duration"):
         compose_check.parse_duration(text)
+
+
+# ---------------------------------------------------------------------------------------
+# Signed actions and Kafka security
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["enforcer", "monitor"])
+def test_service_without_an_action_key_ring_is_rejected(tmp_path, name):
+    prefix = SAFEGUARDS_SERVICES[name].env_prefix
+
+    def mutate(doc):
+        del doc["services"][name]["environment"][f"{prefix}ACTION_KEYS_FILE"]
+
+    assert _broken(tmp_path, mutate) == [
+        f"service '{name}': no action key ring ({prefix}ACTION_KEYS_FILE or {prefix}ACTION_KEYS): the service "
+        f"refuses to start without one"
+    ]
+
+
+def test_the_public_development_action_key_is_rejected(tmp_path):
+    def mutate(doc):
+        env = doc["services"]["enforcer"]["environment"]
+        del env["ENFORCER_ACTION_KEYS_FILE"]
+        env["ENFORCER_INSECURE_DEV_ACTION_KEY"] = "true"
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'enforcer': ENFORCER_INSECURE_DEV_ACTION_KEY signs actions with the public development key "
+        "(anyone who reaches Kafka can forge them); give ENFORCER_ACTION_KEYS_FILE"
+    ]
+
+
+def test_key_files_on_no_volume_are_rejected(tmp_path):
+    def mutate(doc):
+        doc["services"]["monitor"]["volumes"] = [
+            v for v in doc["services"]["monitor"]["volumes"] if "safeguards-keys" not in str(v)
+        ]
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'monitor': MONITOR_HMAC_KEY_FILE /var/lib/safeguards/keys/hmac.key is on no volume of the service",
+        "service 'monitor': MONITOR_ACTION_KEYS_FILE /var/lib/safeguards/keys/action-keys is on no volume of the "
+        "service",
+    ]
+
+
+def test_kafka_client_speaking_another_protocol_than_the_listener_is_rejected(tmp_path):
+    def mutate(doc):
+        env = doc["services"]["enforcer"]["environment"]
+        for key in [k for k in env if k.startswith("ENFORCER_KAFKA_") and ("SASL" in k or "CA_FILE" in k)]:
+            del env[key]
+        env["ENFORCER_KAFKA_SECURITY_PROTOCOL"] = "PLAINTEXT"
+
+    assert _broken(tmp_path, mutate) == [
+        f"service 'enforcer': ENFORCER_KAFKA_SECURITY_PROTOCOL is PLAINTEXT but kafka-{n}:9092 is the SASL_SSL "
+        f"listener SASL_SSL of 'kafka-{n}'"
+        for n in (1, 2, 3)
+    ]
+
+
+def test_kafka_client_without_a_security_protocol_is_rejected(tmp_path):
+    """PLAINTEXT is the services' default: leaving the setting out is the same mistake."""
+
+    def mutate(doc):
+        del doc["services"]["monitor"]["environment"]["MONITOR_KAFKA_SECURITY_PROTOCOL"]
+
+    problems = _broken(tmp_path, mutate)
+    assert problems[0] == (
+        "service 'monitor': MONITOR_KAFKA_SECURITY_PROTOCOL is PLAINTEXT but kafka-1:9092 is the SASL_SSL "
+        "listener SASL_SSL of 'kafka-1'"
+    )
+    assert len(problems) == 3
+
+
+def test_kafka_client_on_the_mutual_tls_listener_is_rejected(tmp_path):
+    def mutate(doc):
+        env = doc["services"]["monitor"]["environment"]
+        env["MONITOR_KAFKA_BOOTSTRAP"] = "kafka-1:9094,kafka-2:9092,kafka-3:9092"
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'monitor': MONITOR_KAFKA_SECURITY_PROTOCOL is SASL_SSL but kafka-1:9094 is the SSL listener "
+        "BROKER of 'kafka-1'"
+    ]
+
+
+def test_kafka_bootstrap_on_no_listener_is_rejected(tmp_path):
+    def mutate(doc):
+        doc["services"]["enforcer"]["environment"]["ENFORCER_KAFKA_BOOTSTRAP"] = (
+            "kafka-1:9092,kafka-2:9092,kafka-3:29092"
+        )
+
+    assert _broken(tmp_path, mutate) == [
+        "service 'enforcer': ENFORCER_KAFKA_BOOTSTRAP names kafka-3:29092, which is no listener of 'kafka-3'"
+    ]
+
+
+def test_sasl_mechanism_the_brokers_do_not_enable_is_rejected(tmp_path):
+    def mutate(doc):
+        doc["services"]["enforcer"]["environment"]["ENFORCER_KAFKA_SASL_MECHANISM"] = "SCRAM-SHA-256"
+
+    assert _broken(tmp_path, mutate) == [
+        f"service 'enforcer': ENFORCER_KAFKA_SASL_MECHANISM SCRAM-SHA-256 is not enabled on 'kafka-{n}' "
+        f"(KAFKA_SASL_ENABLED_MECHANISMS=SCRAM-SHA-512)"
+        for n in (1, 2, 3)
+    ]
+
+
+def _shell_commands(script: str) -> list[str]:
+    """The script's commands, continuation lines joined."""
+    return [c.strip() for c in script.replace("\\\n", " ").splitlines() if c.strip()]
+
+
+def test_only_the_enforcer_and_the_monitor_may_write_the_actions_topic_and_each_has_its_scram_user():
+    doc = compose_check.load_compose(COMPOSE_FILE)
+    script = doc["services"]["kafka-init"]["command"][0]
+    writers: set[str] = set()
+    for cmd in _shell_commands(script):
+        if "--operation Write" in cmd and '--topic "safeguards.actions.${REGION}"' in cmd:
+            assert "--allow-principal" in cmd and "--deny-principal" not in cmd
+            writers |= set(re.findall(r"--allow-principal (\S+)", cmd))
+    assert writers == {"User:enforcer", "User:monitor"}
+    assert "for user in enforcer monitor; do" in script
+    env = {name: service_env(name) for name in ("enforcer", "monitor")}
+    for name, e in env.items():
+        prefix = SAFEGUARDS_SERVICES[name].env_prefix
+        assert e[f"{prefix}KAFKA_SASL_USERNAME"] == name
+        assert e[f"{prefix}KAFKA_SASL_PASSWORD_FILE"] == f"/var/lib/safeguards/kafka/{name}.password"
+    brokers = [s for n, s in doc["services"].items() if re.fullmatch(r"kafka-\d", n)]
+    for broker in brokers:  # ACLs are enforced: nothing is allowed without one
+        assert broker["environment"]["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+        assert broker["environment"]["KAFKA_SUPER_USERS"] == "User:kafka-broker;User:kafka-admin"
+
+
+def test_hmac_init_creates_the_action_key_ring_once_readable_by_the_services_only(tmp_path):
+    """The very script of compose.yaml (its keys folder mapped to a temporary one)."""
+    from services.actions.records import KeyRing
+
+    svc = compose_check.load_compose(COMPOSE_FILE)["services"]["hmac-init"]
+    assert svc["entrypoint"] == ["python", "-c"]
+    script = svc["command"][0].replace("/var/lib/safeguards/keys", str(tmp_path))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENFORCER_", "MONITOR_"))}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=30)
+    ring_file = tmp_path / "action-keys"
+    ring = KeyRing.parse(ring_file.read_text())
+    ((kid, secret),) = ring.keys
+    assert kid == "k1" and len(secret) == 32
+    st = ring_file.stat()
+    assert oct(st.st_mode & 0o777) == "0o600"
+    if os.geteuid() == 0:
+        assert (st.st_uid, st.st_gid) == (10001, 10001)  # the Safeguards image's user
+    assert len(bytes.fromhex((tmp_path / "hmac.key").read_text())) == 32
+    # Once: a second run keeps both keys.
+    before = ring_file.read_bytes(), (tmp_path / "hmac.key").read_bytes()
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=30)
+    assert (ring_file.read_bytes(), (tmp_path / "hmac.key").read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["action-keys", "hmac.key"]
+    # The services read it from the volume hmac-init writes.
+    for name in ("enforcer", "monitor"):
+        prefix = SAFEGUARDS_SERVICES[name].env_prefix
+        assert service_env(name)[f"{prefix}ACTION_KEYS_FILE"] == "/var/lib/safeguards/keys/action-keys"
+        assert "safeguards-keys:/var/lib/safeguards/keys:ro" in _raw()["services"][name]["volumes"]
+    assert svc["volumes"] == ["safeguards-keys:/var/lib/safeguards/keys"]
+
+
+@pytest.mark.skipif(shutil.which("keytool") is None, reason="keytool (a JRE) not installed")
+def test_kafka_certs_make_a_pki_the_services_verify_the_brokers_with(tmp_path):
+    """The very kafka-certs script (folders mapped), then a real TLS handshake: a server
+    with the brokers' keystore, requiring the admin's certificate, verified by a client
+    with the services' CA file for each broker host name, as aiokafka does."""
+    import socket
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    d, c = tmp_path / "secrets", tmp_path / "client"
+    d.mkdir()
+    c.mkdir()
+    svc = compose_check.load_compose(COMPOSE_FILE)["services"]["kafka-certs"]
+    script = svc["command"][0].replace("/etc/kafka/secrets", str(d)).replace("/var/lib/safeguards/kafka", str(c))
+    if os.geteuid() != 0:
+        script = script.replace("chown -R", ": chown -R")
+    subprocess.run(["/bin/bash", "-ec", script], check=True, capture_output=True, timeout=300)
+
+    password = (d / "keystore-password").read_text().encode()
+    pems = {}
+    for name in ("kafka-broker", "kafka-admin"):
+        key, cert, chain = pkcs12.load_key_and_certificates((d / f"{name}.p12").read_bytes(), password)
+        assert cert.subject.rfc4514_string() == f"CN={name}"
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert sans.get_values_for_type(x509.DNSName) == ["kafka-1", "kafka-2", "kafka-3", "localhost"]
+        pem = tmp_path / f"{name}.pem"
+        pem.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+            + cert.public_bytes(serialization.Encoding.PEM)
+        )
+        pems[name] = pem
+    assert not (d / "ca.p12").exists(), "the CA key is not kept"
+    assert "ssl.keystore.password=" + password.decode() in (d / "admin.properties").read_text()
+    assert "ScramLoginModule required;" in (d / "kafka_server_jaas.conf").read_text()
+    assert (c / "ca.crt").read_bytes() == (d / "ca.crt").read_bytes()
+    for user in ("enforcer", "monitor"):
+        assert re.fullmatch(r"[0-9a-f]{64}", (c / f"{user}.password").read_text())
+        assert oct((c / f"{user}.password").stat().st_mode & 0o777) == "0o600"
+    assert oct((d / "keystore-password").stat().st_mode & 0o777) == "0o600"
+
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(d / "ca.crt"))
+    server_ctx.load_cert_chain(pems["kafka-broker"])
+    server_ctx.verify_mode = ssl.CERT_REQUIRED  # the brokers' mutual-TLS listener
+
+    def serve(listener: socket.socket, seen: list) -> None:
+        conn, _ = listener.accept()
+        try:
+            with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                seen.append(tls.getpeercert()["subject"])
+        except (ssl.SSLError, OSError) as exc:
+            seen.append(exc)
+
+    def handshake(host: str) -> list:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            seen: list = []
+            thread = threading.Thread(target=serve, args=(listener, seen))
+            thread.start()
+            client_ctx = ssl.create_default_context(cafile=str(c / "ca.crt"))
+            client_ctx.load_cert_chain(pems["kafka-admin"])
+            try:
+                with socket.create_connection(listener.getsockname()) as raw:
+                    with client_ctx.wrap_socket(raw, server_hostname=host) as tls:
+                        tls.sendall(b"x")
+            finally:
+                thread.join(10)
+            return seen
+
+    for host in ("kafka-1", "kafka-3", "localhost"):
+        assert handshake(host) == [((("commonName", "kafka-admin"),),)]
+    # A host name outside the certificate fails verification.
+    with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
+        handshake("kafka-4")
+
+    # Once per volume: a second run keeps everything.
+    before = {p.name: p.read_bytes() for p in [*d.iterdir(), *c.iterdir()]}
+    subprocess.run(["/bin/bash", "-ec", script], check=True, capture_output=True, timeout=300)
+    assert {p.name: p.read_bytes() for p in [*d.iterdir(), *c.iterdir()]} == before

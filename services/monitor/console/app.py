@@ -46,7 +46,7 @@ from services.common.settings import split_host_port
 from services.monitor.console.sessions import Session, Sessions
 from services.monitor.console.users import Account, PasswordChecker
 from services.monitor.decisions import ACTIONS, SURFACES, VERDICTS
-from services.monitor.operations import ConsoleRole, Operations, Operator
+from services.monitor.operations import Operations, Operator
 from services.monitor.overview import MinuteTotals
 from services.monitor.store import CaseFilter
 
@@ -281,7 +281,7 @@ class Console:
         session: Session | None = request.get("session")
         html = self.templates.get_template(template).render(
             operator=operator,
-            can=lambda role: operator is not None and operator.at_least(ConsoleRole(role)),
+            can=lambda operation: operator is not None and operator.may(operation),
             csrf=session.csrf if session else "",
             region=self.region,
             static=lambda name: str(request.app.router["static"].url_for(filename=name)),

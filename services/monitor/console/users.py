@@ -6,7 +6,7 @@ hashes, never passwords:
     users:
       - name: alice
         password_hash: "scrypt$32768$8$1$<salt b64>$<hash b64>"
-        role: reviewer            # viewer | reviewer | admin (cumulative)
+        role: reviewer            # viewer | reviewer | admin (services.actions.authz's matrix)
         regions: [eu-west-1]      # region scope; "*" = every region
 
 `python -m services.monitor.console hash-password` prints a hash for a password
@@ -30,9 +30,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from services.actions.authz import Operator, Role, parse_role
 from services.common.errors import ConfigError, ResourceExhausted
 from services.common.yamlfile import load_model
-from services.monitor.operations import ConsoleRole, Operator
 
 #: scrypt cost: 2**15 x 8 x 1 needs 32 MiB and ~50-100 ms per hash (OWASP's floor is 2**17 x 8 x 1
 #: at 128 MiB; the parameters are stored with each hash, so raising them later re-hashes nothing).
@@ -69,8 +69,10 @@ class _UserEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
     password_hash: str
-    role: ConsoleRole
+    role: Role
     regions: list[str] = Field(min_length=1)
+
+    _role = field_validator("role", mode="before")(parse_role)
 
     @field_validator("name")
     @classmethod

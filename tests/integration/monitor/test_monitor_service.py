@@ -5,12 +5,17 @@ Proves: replaying the same signals changes no aggregate and no case; a monitor
 stopped mid-stream and started again counts everything exactly once; a
 ZERO_RETENTION tenant's cases hold no content; the global rollup holds nothing but
 counts; /metrics shows the aggregates with bounded tenant labels; bad query input
-is INVALID_ARGUMENT.
+is INVALID_ARGUMENT. MonitorService answers only a token of its --api-tokens file
+(the admin API's format) whose regions include the monitor's, audits every call
+(reads of cases too) in the operators' audit log, keeps the enforcers' admin audit
+signals there too, and throttles a caller's failures without locking out others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
 import urllib.request
 import uuid
@@ -23,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from safeguards.v1 import monitor_pb2, monitor_pb2_grpc
 from safeguards.v1 import safeguards_pb2 as spb
 
+from services.actions.authz import hash_token
 from tests.integration.monitor.monitor_support import KEY, admin_signal, make_signal, pg_database
 from tests.support import EmbeddedKafka, ServiceProcess, free_port
 from tools.run_mesh import create_topics
@@ -32,7 +38,19 @@ TOPIC = f"safeguards.signals.{REGION}"
 ROLLUP = "safeguards.rollup.global"
 MARKER = "okapi-marmalade-" + uuid.uuid4().hex[:8]  # must never be stored for ZERO_RETENTION
 ZERO_REQUEST_ID = "zero-req-" + uuid.uuid4().hex[:8]
+VIEWER = "mon-viewer-" + uuid.uuid4().hex[:8]
+ELSEWHERE = "mon-elsewhere-" + uuid.uuid4().hex[:8]  # a viewer of another region only
 OLD = time.time() - 1200  # 20 minutes ago: its 1m and 5m windows are closed
+
+
+def tokens_file(tmp) -> object:
+    f = tmp / "api-tokens.yaml"
+    f.write_text(
+        "tokens:\n"
+        f"  {hash_token(VIEWER)}: {{name: vic, role: viewer, regions: [{REGION}]}}\n"
+        f"  {hash_token(ELSEWHERE)}: {{name: elsa, role: admin, regions: [other-region]}}\n"
+    )
+    return f
 
 
 class Monitor:
@@ -47,6 +65,7 @@ class Monitor:
             "--metrics-refresh-seconds", "0.3", "--metrics-top-tenants", "2",
             "--rollup-interval-seconds", "0.5", "--rollup-grace-seconds", "1",
             "--spool-dir", str(tmp / "spool"), "--drain-grace-seconds", "2",
+            "--api-tokens", str(tokens_file(tmp)),
         ]  # fmt: skip
         self.proc: ServiceProcess | None = None
 
@@ -109,8 +128,20 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def stub(mon: Monitor) -> monitor_pb2_grpc.MonitorServiceStub:
-    return monitor_pb2_grpc.MonitorServiceStub(grpc.insecure_channel(mon.proc.address))
+class Authed:
+    """A MonitorService stub whose calls carry `authorization: Bearer <token>`."""
+
+    def __init__(self, address: str, token: str | None) -> None:
+        self._stub = monitor_pb2_grpc.MonitorServiceStub(grpc.insecure_channel(address))
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def __getattr__(self, name: str):
+        method = getattr(self._stub, name)
+        return lambda request, **kw: method(request, metadata=self._metadata, timeout=10, **kw)
+
+
+def stub(mon: Monitor, token: str | None = VIEWER, address: str = "") -> Authed:
+    return Authed(address or mon.proc.address, token)
 
 
 async def db_rows(db_url: str, sql: str, *args) -> list[asyncpg.Record]:
@@ -327,3 +358,106 @@ def test_a_consumer_restarted_mid_stream_loses_nothing(env) -> None:
     assert rows[0]["n"] == 120  # each counted exactly once
     cases = asyncio.run(db_rows(db_url, "SELECT count(*) AS n FROM monitor_cases WHERE tenant LIKE 'restart-%'"))
     assert cases[0]["n"] == 120
+
+
+def code_of(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    assert err.value.details()
+    return err.value.code()
+
+
+def audit_rows(db_url: str, what: str) -> list:
+    return asyncio.run(
+        db_rows(
+            db_url,
+            "SELECT operator, role, what, target, reason, ok FROM monitor_audit WHERE region = $1 AND what = $2 "
+            "ORDER BY id",
+            REGION,
+            what,
+        )
+    )
+
+
+def test_monitor_service_needs_a_token_of_this_region_and_audits_every_read(env) -> None:
+    _, db_url, mon = env
+    req = monitor_pb2.ListCasesRequest(tenant="acme")
+    assert code_of(lambda: stub(mon, None).ListCases(req)) == grpc.StatusCode.UNAUTHENTICATED
+    assert code_of(lambda: stub(mon, "not-a-token").ListCases(req)) == grpc.StatusCode.UNAUTHENTICATED
+    assert code_of(lambda: stub(mon, ELSEWHERE).ListCases(req)) == grpc.StatusCode.PERMISSION_DENIED
+    one = stub(mon).ListCases(req).cases[0]
+    assert stub(mon).GetCase(monitor_pb2.GetCaseRequest(case_id=one.case_id)).review_case == one
+    rows = [tuple(r.values()) for r in audit_rows(db_url, "api.GetCase")]
+    assert ("vic", "viewer", "api.GetCase", one.case_id, "", True) in rows
+    refused = [(r["operator"], r["ok"]) for r in audit_rows(db_url, "api.ListCases")]
+    assert ("(no valid token)", False) in refused and ("elsa", False) in refused and ("vic", True) in refused
+
+
+def test_admin_api_audit_signals_land_in_the_audit_log_once(env) -> None:
+    kafka, db_url, _ = env
+    sig = admin_signal(REGION, "acme")
+    sig.audit.action_id, sig.audit.reason = "act-" + uuid.uuid4().hex[:8], "abuse\x00 report 7"
+    asyncio.run(produce(kafka.bootstrap, encoded([sig, sig])))  # a redelivery adds nothing
+    wait_for(lambda: any(r["target"] == sig.audit.action_id for r in audit_rows(db_url, "api.IssueAction")))
+    time.sleep(1)
+    got = [tuple(r.values()) for r in audit_rows(db_url, "api.IssueAction") if r["target"] == sig.audit.action_id]
+    assert got == [("op@example", "admin", "api.IssueAction", sig.audit.action_id, "abuse report 7", True)]
+
+
+class SourceForwarder:
+    """A TCP forwarder whose connections to the target leave from `source` (another
+    loopback address): the server sees another caller."""
+
+    def __init__(self, target: str, source: str) -> None:
+        host, _, port = target.rpartition(":")
+        self.target, self.source = (host, int(port)), source
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target, source_address=(self.source, 0))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_flood_of_bad_tokens_is_throttled_without_locking_out_another_caller(env) -> None:
+    _, db_url, mon = env
+    attacker = SourceForwarder(mon.proc.address, "127.0.0.9")
+    try:
+        codes = [
+            code_of(lambda i=i: stub(mon, f"guess-{i}", attacker.address).ListCases(monitor_pb2.ListCasesRequest()))
+            for i in range(40)
+        ]
+        assert codes[:20] == [grpc.StatusCode.UNAUTHENTICATED] * 20
+        assert set(codes[20:]) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        # Even its valid token is refused from there, for now ...
+        refused = lambda: stub(mon, VIEWER, attacker.address).ListCases(monitor_pb2.ListCasesRequest())  # noqa: E731
+        assert code_of(refused) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # ... while another caller with a valid token is served.
+        assert stub(mon).ListCases(monitor_pb2.ListCasesRequest(tenant="acme")).cases
+    finally:
+        attacker.close()
+    assert len(audit_rows(db_url, "api.ListCases.throttled")) == 1

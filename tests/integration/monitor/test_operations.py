@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from safeguards.v1 import enforcement_pb2, signals_pb2
 
 from services.actions.admin import ActionAdmin
+from services.actions.authz import Operator, Role
 from services.actions.consumer import ActionsConsumer
 from services.actions.keys import action_key
 from services.actions.projection import ActionMetrics, ActionTable
@@ -33,7 +34,7 @@ from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.common.kafka import KafkaPublisher, ProducerConfig, PublisherMetrics
 from services.common.spool import Spool
 from services.monitor.decisions import decision_from_signal
-from services.monitor.operations import ActionHistory, ConsoleRole, Operations, Operator
+from services.monitor.operations import ActionHistory, Operations
 from services.monitor.store import CASE_ACTIONED, CASE_DISMISSED, CaseFilter, Retention, Store
 from tests.integration.monitor.monitor_support import KEY, make_signal, pg_database, read_topic
 from tests.support import EmbeddedKafka
@@ -44,10 +45,10 @@ DEV_KEYS = KeyRing.insecure_dev()
 ACTIONS = f"safeguards.actions.{REGION}"
 SIGNALS = f"safeguards.signals.{REGION}"
 RUN = uuid.uuid4().hex[:6]
-VIEWER = Operator("vera", ConsoleRole.VIEWER, frozenset({REGION}))
-REVIEWER = Operator("rita", ConsoleRole.REVIEWER, frozenset({REGION}))
-ADMIN = Operator("adam", ConsoleRole.ADMIN, frozenset({"*"}))
-OUTSIDER = Operator("otto", ConsoleRole.ADMIN, frozenset({"other-region"}))
+VIEWER = Operator("vera", Role.VIEWER, frozenset({REGION}))
+REVIEWER = Operator("rita", Role.REVIEWER, frozenset({REGION}))
+ADMIN = Operator("adam", Role.ADMIN, frozenset({"*"}))
+OUTSIDER = Operator("otto", Role.ADMIN, frozenset({"other-region"}))
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,7 @@ async def test_region_scope_and_roles(env) -> None:
         view = await ops.case(VIEWER, case_id)
         assert view.case.case_id == case_id and view.case.snippet  # STANDARD: a redacted snippet
 
-        with pytest.raises(PermissionDenied, match="role viewer may not do this"):
+        with pytest.raises(PermissionDenied, match="role viewer may not do"):
             await ops.issue(VIEWER, kind="SUSPEND_ACCOUNT", tenant=tenant, account="acct-s", reason="abuse")
         with pytest.raises(PermissionDenied, match="needs admin"):
             await ops.issue(REVIEWER, kind="KILL_SWITCH", tenant=tenant, reason="incident")
@@ -189,7 +190,7 @@ async def test_reviewer_suspends_from_a_case(env) -> None:
             )
         ]
         assert [(s.audit.actor, s.audit.role, s.audit.method, s.audit.allowed) for s in audits] == [
-            ("console:rita", "operator", "IssueAction", True)
+            ("console:rita", "reviewer", "IssueAction", True)
         ]
 
         # The account page: the suspension is live, and the history read back from the topic has it.
@@ -210,8 +211,12 @@ async def test_reviewer_suspends_from_a_case(env) -> None:
             ("revoked", action.action_id),
             ("issued", action.action_id),
         ]
+        # A second revoke changes nothing and keeps the first one's actor and reason.
+        again = await ops.revoke(ADMIN, action.action_id, "again")
+        assert not again.revoked
+        assert (again.original.actor, again.original.reason) == ("console:rita", "appeal granted")
         with pytest.raises(NotFound):
-            await ops.revoke(REVIEWER, action.action_id, "again")
+            await ops.revoke(REVIEWER, "no-such-action", "again")
 
     # A second monitor re-reads the topic from the start: nothing is added twice.
     async with operations(env) as again:

@@ -14,15 +14,22 @@ from prometheus_client import CollectorRegistry
 from safeguards.v1 import enforcement_pb2 as pb
 from safeguards.v1 import signals_pb2
 
-from services.actions.admin import ActionAdmin, Caller, IssueRequest, Role
+from services.actions.admin import ActionAdmin, IssueRequest
+from services.actions.authz import FailureThrottle, Operator, Role
 from services.actions.projection import ActionMetrics, ActionTable
-from services.common.errors import ConfigError, FailedPrecondition, InvalidArgument, PermissionDenied
+from services.common.errors import (
+    ConfigError,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from services.common.privacy import RegionalKey
 from services.common.reloader import ReloadingConfig
 from services.enforcer.admin import (
     EnforcementAdminServicer,
     TokenAuth,
-    Unauthenticated,
     bearer_token,
     hash_token,
     load_tokens,
@@ -45,7 +52,7 @@ def tokens_file(tmp_path: Path) -> Path:
 
 def test_tokens_file_maps_digests_to_callers(tmp_path) -> None:
     callers = load_tokens(tokens_file(tmp_path))
-    assert callers[hash_token(OPERATOR)].name == "otto" and callers[hash_token(OPERATOR)].role is Role.OPERATOR
+    assert callers[hash_token(OPERATOR)].name == "otto" and callers[hash_token(OPERATOR)].role is Role.REVIEWER
     assert len(callers) == 3
     assert VIEWER not in callers  # digests only
 
@@ -119,7 +126,7 @@ class RefusingSink:
     async def close(self) -> None: ...
 
 
-VERA, OTTO, ADA = Caller("vera", Role.VIEWER), Caller("otto", Role.OPERATOR), Caller("ada", Role.ADMIN)
+VERA, OTTO, ADA = Operator("vera", Role.VIEWER), Operator("otto", Role.REVIEWER), Operator("ada", Role.ADMIN)
 
 
 @pytest.fixture
@@ -141,7 +148,7 @@ async def test_roles(admin) -> None:
     assert await admin.list(VERA) == []
     assert await admin.list(ADA) == []
     assert await admin.list(OTTO) == []
-    with pytest.raises(PermissionDenied, match="role 'viewer' may not call IssueAction"):
+    with pytest.raises(PermissionDenied, match="role viewer may not do account_action"):
         await admin.issue(VERA, IssueRequest(kind=0, reason=""))
     with pytest.raises(PermissionDenied):
         await admin.revoke(VERA, "x", "r")
@@ -149,7 +156,7 @@ async def test_roles(admin) -> None:
     assert got == [
         ("ListActions", "vera", "viewer", True),
         ("ListActions", "ada", "admin", True),
-        ("ListActions", "otto", "operator", True),
+        ("ListActions", "otto", "reviewer", True),
         ("IssueAction", "vera", "viewer", False),
         ("RevokeAction", "vera", "viewer", False),
     ]
@@ -163,11 +170,15 @@ class Context:
     """The one thing the servicer reads of a gRPC context (real gRPC calls are in
     tests/e2e/test_enforcement_actions.py)."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, peer: str = "ipv4:10.0.0.1:40000") -> None:
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._peer = peer
 
     def invocation_metadata(self):
         return self.metadata
+
+    def peer(self) -> str:
+        return self._peer
 
 
 @pytest.fixture
@@ -234,7 +245,7 @@ SUSPEND, THROTTLE, FORCE, KILL = (
 )
 async def test_issue_validation(admin, req, message) -> None:
     with pytest.raises(InvalidArgument) as err:
-        await admin.issue(OTTO, IssueRequest(**req))
+        await admin.issue(ADA, IssueRequest(**req))
     assert message in err.value.message
     assert audits(admin)[-1].allowed is False
 
@@ -272,8 +283,8 @@ async def test_issue_only_produces_unless_told_to_apply_locally(admin, apply_loc
 
 async def test_a_revoke_names_the_action_it_revokes(admin) -> None:
     admin.sink, admin.apply_locally = CollectingSink(), True
-    action = await admin.issue(OTTO, IssueRequest(kind=KILL, model="bad", reason="incident"))
-    assert await admin.revoke(ADA, action.action_id, "resolved")
+    action = await admin.issue(ADA, IssueRequest(kind=KILL, model="bad", reason="incident"))
+    assert (await admin.revoke(ADA, action.action_id, "resolved")).revoked
     (_, key, value, revokes) = admin.sink.sent[-1]
     assert value is None and revokes == action.action_id and key == b"killswitch:model:bad"
     assert admin.table.actions() == []
@@ -283,3 +294,115 @@ async def test_a_revoke_names_the_action_it_revokes(admin) -> None:
         "resolved",
         action.action_id,
     )
+
+
+async def test_kill_switches_and_force_blocks_are_for_admins_only(admin) -> None:
+    """One role matrix (services.actions.authz): a reviewer suspends accounts but flips
+    no kill switch and force-blocks no category; an admin does both."""
+    admin.sink = CollectingSink()
+    for req in (
+        IssueRequest(kind=KILL, tenant="acme", reason="incident"),
+        IssueRequest(kind=FORCE, tenant="acme", category="jailbreak", reason="incident"),
+    ):
+        with pytest.raises(PermissionDenied, match="role reviewer may not do tenant_action"):
+            await admin.issue(OTTO, req)
+        assert (await admin.issue(ADA, req)).actor == "ada"
+    assert (await admin.issue(OTTO, IssueRequest(kind=SUSPEND, tenant="acme", account="a", reason="r"))).actor
+    assert len(admin.sink.sent) == 3
+
+
+async def test_region_scope_is_checked_before_the_role(admin) -> None:
+    elsewhere = Operator("eve", Role.ADMIN, frozenset({"other-region"}))
+    with pytest.raises(PermissionDenied, match="no access to region unit-1"):
+        await admin.list(elsewhere)
+    assert await admin.list(Operator("ann", Role.VIEWER, frozenset({"unit-1"}))) == []
+
+
+async def test_a_reviewer_cannot_revoke_a_kill_switch(admin) -> None:
+    admin.sink, admin.apply_locally = CollectingSink(), True
+    action = await admin.issue(ADA, IssueRequest(kind=KILL, tenant="acme", reason="incident"))
+    with pytest.raises(PermissionDenied):
+        await admin.revoke(OTTO, action.action_id, "not mine to lift")
+    assert [a.action_id for a in admin.table.actions()] == [action.action_id]
+
+
+async def test_a_second_revoke_answers_already_revoked_and_keeps_the_first(admin) -> None:
+    """Before the tombstone is read back (the enforcer does not apply locally) a second
+    revoke must not produce again nor answer revoked=True; the first revoke's actor
+    and reason are kept, each call audited with its own."""
+    admin.sink = CollectingSink()
+    action = await admin.issue(OTTO, IssueRequest(kind=SUSPEND, tenant="acme", account="a", reason="abuse"))
+    admin.table.apply(*admin.sink.sent[-1][1:3])  # read back from the topic
+    first = await admin.revoke(OTTO, action.action_id, "appeal accepted")
+    again = await admin.revoke(ADA, action.action_id, "cleanup")
+    assert first.revoked and not again.revoked
+    assert (again.original.actor, again.original.reason) == ("otto", "appeal accepted")
+    assert [s[3] for s in admin.sink.sent] == ["", action.action_id]  # one tombstone
+    admin.table.apply(admin.sink.sent[-1][1], None, revokes=action.action_id)
+    assert not (await admin.revoke(ADA, action.action_id, "later")).revoked
+    got = [(a.actor, a.reason, a.allowed) for a in audits(admin) if a.method == "RevokeAction"]
+    assert got == [("otto", "appeal accepted", True), ("ada", "cleanup", True), ("ada", "later", True)]
+
+
+async def test_a_revoke_seen_only_on_the_topic_answers_already_revoked(admin) -> None:
+    """Another replica's revoke: this one read the tombstone, knows no actor."""
+    action = pb.EnforcementAction(
+        action_id="a1", kind=SUSPEND, target=pb.EnforcementTarget(tenant="acme", account_hmac="f" * 64)
+    )
+    key = b"suspend:acme:" + b"f" * 64
+    admin.table.apply(key, action.SerializeToString())
+    admin.table.apply(key, None, revokes="a1")
+    result = await admin.revoke(OTTO, "a1", "again")
+    assert not result.revoked and result.original is None
+
+
+class Labels:
+    def __init__(self, *names: str) -> None:
+        self.names = frozenset(names)
+
+    async def categories(self) -> frozenset[str]:
+        return self.names
+
+
+async def test_a_force_block_of_an_unknown_category_is_refused_naming_the_valid_ones(admin) -> None:
+    admin.catalog = Labels("jailbreak", "injection")
+    with pytest.raises(InvalidArgument, match="unknown category 'jailbrek'.*injection, jailbreak"):
+        await admin.issue(ADA, IssueRequest(kind=FORCE, tenant="acme", category="jailbrek", reason="typo"))
+    assert audits(admin)[-1].allowed is False
+    admin.sink = CollectingSink()
+    await admin.issue(ADA, IssueRequest(kind=FORCE, tenant="acme", category="jailbreak", reason="incident"))
+    assert len(admin.sink.sent) == 1
+
+
+async def test_failed_calls_are_throttled_per_caller(admin, tmp_path) -> None:
+    tokens = ReloadingConfig(tokens_file(tmp_path), load_tokens)
+    tokens.load_initial()
+    servicer = EnforcementAdminServicer(admin, TokenAuth(tokens), FailureThrottle(max_failures=3, window_s=60))
+    attacker = "ipv4:10.9.9.9:5000"
+    for i in range(3):
+        with pytest.raises(Unauthenticated):
+            await servicer.ListActions(pb.ListActionsRequest(), Context(f"guess-{i}", attacker))
+    with pytest.raises(ResourceExhausted, match="too many failed calls"):
+        await servicer.ListActions(pb.ListActionsRequest(), Context("guess-x", "ipv4:10.9.9.9:5001"))
+    with pytest.raises(ResourceExhausted):  # the caller, whatever it sends now
+        await servicer.ListActions(pb.ListActionsRequest(), Context(VIEWER, attacker))
+    # Another caller with a valid token is not locked out.
+    await servicer.ListActions(pb.ListActionsRequest(), Context(VIEWER, "ipv4:10.0.0.2:4000"))
+    throttled = [a for a in audits(admin) if a.method.endswith(".throttled")]
+    assert len(throttled) == 1  # audited once, not at every refused call
+
+
+def test_failure_throttle_window_ends_and_keys_are_bounded() -> None:
+    now = [0.0]
+    t = FailureThrottle(max_failures=2, window_s=10, max_keys=3, clock=lambda: now[0])
+    keys = FailureThrottle.keys("ipv6:[::1]:1234", "tok")
+    assert keys[0] == "addr:::1"
+    t.failed(keys)
+    assert t.failed(keys) is True
+    with pytest.raises(ResourceExhausted, match="retry in 10s"):
+        t.check(keys)
+    now[0] = 10.0
+    t.check(keys)
+    for i in range(10):
+        t.failed((f"addr:10.0.0.{i}",))
+    assert len(t._keys) == 3

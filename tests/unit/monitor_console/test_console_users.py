@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from services.actions.authz import Operator, Role
 from services.common.errors import ConfigError, ResourceExhausted
 from services.monitor.console.users import (
     Account,
@@ -20,7 +21,6 @@ from services.monitor.console.users import (
     load_users,
     verify_password,
 )
-from services.monitor.operations import ConsoleRole, Operator
 from tests.support import ROOT
 
 # Cheap parameters for the tests that hash many times (the file loader requires N >= 2**14).
@@ -57,7 +57,7 @@ def test_users_file_parses_roles_and_regions(tmp_path) -> None:
         f'  - {{name: root, password_hash: "{h}", role: admin, regions: ["*"]}}\n',
     )
     users = load_users(f)
-    assert users["alice"].operator == Operator("alice", ConsoleRole.REVIEWER, frozenset({"eu", "us"}))
+    assert users["alice"].operator == Operator("alice", Role.REVIEWER, frozenset({"eu", "us"}))
     assert authenticate(users, "alice", "pw-a") == users["alice"].operator
     assert authenticate(users, "alice", "pw-b") is None
     assert authenticate(users, "nobody", "pw-a") is None
@@ -103,7 +103,7 @@ def test_example_users_file_holds_the_documented_dev_users() -> None:
     users = load_users(ROOT / "config" / "console-users.example.yaml")
     for role in ("admin", "reviewer", "viewer"):
         op = authenticate(users, f"dev-{role}", f"dev-{role}-password")
-        assert op is not None and op.role == ConsoleRole(role) and op.regions == frozenset({"*"})
+        assert op is not None and op.role == Role(role) and op.regions == frozenset({"*"})
 
 
 def _cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
@@ -134,7 +134,7 @@ def test_check_users_cli(tmp_path) -> None:
 
 
 async def test_the_password_checker_runs_a_bounded_few_and_refuses_the_rest_at_once() -> None:
-    users = {"ada": Account(Operator("ada", ConsoleRole.ADMIN, frozenset({"*"})), hash_password("pw", **FAST))}
+    users = {"ada": Account(Operator("ada", Role.ADMIN, frozenset({"*"})), hash_password("pw", **FAST))}
     checker = PasswordChecker(concurrency=1, queue=1)
     try:
         results = await asyncio.gather(
