@@ -47,30 +47,26 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from bench import h2load, system
-from bench.results import RESULTS, write_results
+from bench import h2load, harness, system
+from bench.harness import REPO, log
+from bench.reports.enforcer import Step, render
+from bench.results import RESULTS, publish
 from services.common.topics import signals_topic
 
-REPO = Path(__file__).resolve().parent.parent
 SECTION = "## Enforcer"
 REGION = "bench"
 SCREEN = "/safeguards.v1.SafeguardsService/ScreenPrompt"
 CLASSIFY = "/safeguards.v1.ClassifierService/Classify"
 CHECK = "/envoy.service.auth.v3.Authorization/Check"
-OWN_TARGET_P99_MS = 2.0
-E2E_TARGET_P99_MS = 50.0
 BREAKER_OPEN_S = 2.5  # the enforcer's --breaker-open-seconds (2 s) plus a margin
 RATELIMIT_CONFIG = """\
 # bench.enforcer: the llm domain of config/ratelimit with limits no bench run reaches,
@@ -83,10 +79,6 @@ descriptors:
       - key: model
         rate_limit: {name: tenant-model-tps, unit: second, requests_per_unit: 1000000000}
 """
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", flush=True)
 
 
 # ---- the prompt mix ------------------------------------------------------------------------------------------------
@@ -192,59 +184,13 @@ def check_body(tenant: str, tag: str, text: str) -> bytes:
 # ---- the mesh ------------------------------------------------------------------------------------------------------
 
 
-class Proc:
-    """`python -m <module>` in its own process group; waits for '... listening on'."""
-
-    def __init__(self, name: str, module: str, args: list[str], workdir: Path) -> None:
-        self.name = name
-        self.argv = [sys.executable, "-m", module, *args]
-        self.log_path = workdir / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-        self.address = ""
-
-    def start(self, timeout_s: float = 90) -> Proc:
-        self.address = ""
-        err = open(self.log_path, "a")  # noqa: SIM115 (lives as long as the process)
-        self.proc = subprocess.Popen(
-            self.argv, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True
-        )
-        ready = threading.Event()
-
-        def pump() -> None:
-            assert self.proc and self.proc.stdout
-            for line in self.proc.stdout:
-                if " listening on " in line and not self.address:
-                    self.address = line.split(" listening on ", 1)[1].split()[0]
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        if not ready.wait(timeout_s) or not self.address:
-            self.stop()
-            raise RuntimeError(f"{self.name} did not start; log:\n{self.log_path.read_text()[-3000:]}")
-        return self
-
-    @property
-    def pids(self) -> list[int]:
-        return [self.proc.pid, *system.children(self.proc.pid)] if self.proc else []
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 class Mesh:
     def __init__(self, workdir: Path, redis_url: str) -> None:
         self.workdir = workdir
         self.redis_url = redis_url
         self.prefix = f"bench:enf:{uuid.uuid4().hex[:8]}:"
         self.kafka = None
-        self.procs: dict[str, Proc] = {}
+        self.procs: dict[str, harness.Process] = {}
         self.metrics_port = 0
 
     def start(self) -> None:
@@ -267,17 +213,17 @@ class Mesh:
         log(f"kafka (embedded Tansu) on {self.kafka.bootstrap}; redis {self.redis_url} prefix {self.prefix}")
         common = ["--plaintext", "--log-level", "WARNING"]
         any_port = ["--listen", "127.0.0.1:0"]
-        self.procs["ratelimit"] = Proc("ratelimit", "services.ratelimit", [
+        self.procs["ratelimit"] = self._proc("ratelimit", [
             *common, *any_port, "--metrics-listen", "", "--config", str(w / "ratelimit"),
             "--redis-url", self.redis_url, "--key-prefix", self.prefix,
         ], w).start()  # fmt: skip
         # A fixed port, so that a restarted classifier is found by the enforcer's channel.
-        self.procs["classifier"] = Proc("classifier", "services.classifier", [
+        self.procs["classifier"] = self._proc("classifier", [
             *common, "--listen", f"127.0.0.1:{free_port()}", "--metrics-listen", "",
             "--models", str(REPO / "build" / "models"),
         ], w).start()  # fmt: skip
         self.metrics_port = free_port()
-        self.procs["enforcer"] = Proc("enforcer", "services.enforcer", [
+        self.procs["enforcer"] = self._proc("enforcer", [
             *common, *any_port, "--upstream-plaintext", "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
             "--region", REGION, "--classifier-addr", self.procs["classifier"].address,
             "--ratelimit-addr", self.procs["ratelimit"].address, "--kafka-bootstrap", self.kafka.bootstrap,
@@ -286,6 +232,27 @@ class Mesh:
         ], w).start()  # fmt: skip
         for name, p in self.procs.items():
             log(f"{name} on {p.address}")
+
+    def _proc(self, name: str, args: list[str]) -> harness.Process:
+        argv = [sys.executable, "-m", f"services.{name}", *args]
+        return harness.Process(name, argv, self.workdir / f"{name}.log", stop_s=20)
+
+    def cpu_groups(self) -> dict[str, list[int]]:
+        """Every process of the mesh by name, Redis and Tansu: a load step's CPU groups."""
+        groups = {name: p.pids for name, p in self.procs.items()}
+        groups["redis"] = system.pids_named("redis-server")
+        groups["kafka"] = [self.kafka.proc.pid] if self.kafka and self.kafka.proc else []
+        return groups
+
+    def revive_classifier(self) -> bool:
+        """Restart the classifier (same port) when it stopped answering; True if it had to.
+        A dead classifier would turn every later step into fail-open decisions."""
+        if self.classifier_answers():
+            return False
+        self.procs["classifier"].stop()
+        self.procs["classifier"].start()
+        time.sleep(BREAKER_OPEN_S)
+        return True
 
     def classifier_answers(self) -> bool:
         """Both models the policies use answer a direct Classify."""
@@ -317,65 +284,33 @@ class Mesh:
             log(f"could not delete bench keys under {self.prefix}: {exc}")
 
 
-def scrape(port: int) -> dict[str, float]:
-    from prometheus_client.parser import text_string_to_metric_families
+def _pick(s) -> str | None:
+    if s.name == "grpc_server_handled_total":
+        return f"code:{s.labels.get('grpc_method')}:{s.labels.get('grpc_code')}"
+    return {
+        "enforcer_decisions_total": "decisions",
+        "enforcer_degraded_decisions_total": "degraded",
+        "kafka_records_spooled_total": "spooled",
+    }.get(s.name)
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = collections.defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "grpc_server_handled_total":
-                out[f"code:{s.labels.get('grpc_method')}:{s.labels.get('grpc_code')}"] += s.value
-            elif s.name == "enforcer_decisions_total":
-                out["decisions"] += s.value
-            elif s.name == "enforcer_degraded_decisions_total":
-                out["degraded"] += s.value
-            elif s.name == "kafka_records_spooled_total":
-                out["spooled"] += s.value
-    return dict(out)
+
+def scrape(port: int) -> dict[str, float]:
+    """gRPC codes by method, decisions, degraded decisions and spooled records."""
+    return harness.scrape(port, _pick)
 
 
 def dependency_failures(port: int) -> dict[str, float]:
     """enforcer_dependency_failures_total by 'dependency/reason'."""
-    from prometheus_client.parser import text_string_to_metric_families
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "enforcer_dependency_failures_total":
-                out[f"{s.labels['dependency']}/{s.labels['reason']}"] = s.value
-    return out
+    def pick(s) -> str | None:
+        if s.name == "enforcer_dependency_failures_total":
+            return f"{s.labels['dependency']}/{s.labels['reason']}"
+        return None
+
+    return harness.scrape(port, pick)
 
 
 # ---- one load step -------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Step:
-    part: str  # own | e2e | classifier | authz
-    label: str  # step tag: request ids of its signals start with it
-    target_rps: int  # 0: closed loop (saturation)
-    duration_s: float
-    req_per_s: float = 0.0
-    count: int = 0
-    p50_ms: float = float("nan")
-    p99_ms: float = float("nan")
-    max_ms: float = float("nan")
-    failures: int = 0  # h2load failed/errored/timeouts + gRPC non-OK (server side)
-    decisions: int = 0
-    degraded: int = 0
-    cpu: dict[str, float] = field(default_factory=dict)
-    own: dict[str, float] = field(default_factory=dict)  # from signals: own / tier0 / classifier p50, p99
-
-    @property
-    def clean(self) -> bool:
-        return self.failures == 0 and self.degraded == 0
-
-    def cpu_us(self, group: str = "enforcer") -> float:
-        if not self.req_per_s or group not in self.cpu:
-            return float("nan")
-        return self.cpu[group] / 100 * 1e6 / self.req_per_s
 
 
 class Runner:
@@ -425,26 +360,16 @@ class Runner:
     def step(self, part: str, rate: int, duration_s: float | None = None) -> Step:
         d = duration_s or self.args.duration
         self.idle_cpu.append(self.settle())
-        if not self.mesh.classifier_answers():
-            # A classifier that stopped answering would turn every later step into
-            # fail-open decisions; restart it (same port) and say so in the report.
-            log(f"classifier stopped answering after {self.steps[-1].label if self.steps else 'start'}: restarting it")
-            self.restarts.append(self.steps[-1].label if self.steps else "start")
-            self.mesh.procs["classifier"].stop()
-            self.mesh.procs["classifier"].start()
-            time.sleep(BREAKER_OPEN_S)
+        if self.mesh.revive_classifier():  # the report says after which step
+            after = self.steps[-1].label if self.steps else "start"
+            log(f"classifier stopped answering after {after}: restarted it")
+            self.restarts.append(after)
         label = f"{part}-{rate or 'max'}-{next(self._ids)}"
         st = Step(part, label, rate, d)
         target = self.mesh.procs["classifier" if part == "classifier" else "enforcer"]
         method = {"classifier": CLASSIFY, "authz": CHECK}.get(part, SCREEN)
         url = f"http://{target.address}{method}"
-        groups = {name: p.pids for name, p in self.mesh.procs.items()}
-        groups["redis"] = system.pids_named("redis-server")
-        groups["kafka"] = [self.mesh.kafka.proc.pid] if self.mesh.kafka and self.mesh.kafka.proc else []
-        before = scrape(self.mesh.metrics_port)
-        meter = system.CpuMeter(groups)
-        ru = os.times()
-        meter.start()
+        window = harness.Window(self.mesh.cpu_groups(), lambda: scrape(self.mesh.metrics_port)).start()
         runs = []
         for pc, body in self.bodies(part, label):
             if rate:
@@ -453,33 +378,18 @@ class Runner:
             else:
                 runs.append(h2load.start(self.h2, url, body, clients=1, streams=self.args.sat_streams, duration_s=d))
         results = [h2load.finish(p, f, r, timeout_s=d + 60) for p, f, r in runs]
-        ru1 = os.times()
-        cpu = meter.stop(
-            loadgen_cpu_s=(ru1.children_user + ru1.children_system) - (ru.children_user + ru.children_system)
-        )
-        # CpuMeter counts only its "service" and "redis" groups as ours: take every metered
-        # process of the mesh out of "other" too.
-        mesh_pct = sum(v for g, v in cpu.groups.items() if g not in ("service", "redis", "loadgen"))
-        st.cpu = {g: round(v) for g, v in cpu.groups.items()} | {
-            "loadgen": round(cpu.loadgen),
-            "other": round(max(0.0, cpu.other - mesh_pct)),
-        }
-        after = scrape(self.mesh.metrics_port)
-        diff = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(before) | set(after)}
+        st.cpu = harness.mesh_cpu(window.stop())
+        diff = window.metrics_delta()
         lat = sorted(x for r in results for x in r.latencies_us)
         st.count = len(lat)
         st.req_per_s = sum(r.req_per_s for r in results)
-        st.p50_ms = h2load.percentile(lat, 50) / 1000
-        st.p99_ms = h2load.percentile(lat, 99) / 1000
+        st.p50_ms = harness.percentile(lat, 50) / 1000
+        st.p99_ms = harness.percentile(lat, 99) / 1000
         st.max_ms = lat[-1] / 1000 if lat else float("nan")
-        st.failures = sum(r.failed + r.errored + r.timeouts + r.non_2xx for r in results)
+        st.failures = sum(r.client_failures for r in results)
         if part != "classifier":
-            name = method.rsplit("/", 1)[1]
-            codes = {k.rsplit(":", 1)[1]: v for k, v in diff.items() if k.startswith(f"code:{name}:") and v}
-            # h2load resets the streams still open when its time is up: the server counts
-            # those CANCELLED; up to one per open stream is that artifact, not a failure.
-            cancelled = min(codes.get("CANCELLED", 0), 64 * len(results))
-            st.failures += int(sum(v for k, v in codes.items() if k != "OK") - cancelled)
+            codes = harness.codes_of(diff, f"code:{method.rsplit('/', 1)[1]}:")
+            st.failures += harness.not_ok(codes, 64 * len(results))
             st.decisions = int(diff.get("decisions", 0))
             st.degraded = int(diff.get("degraded", 0))
         for r in results:
@@ -536,7 +446,7 @@ def breakdown(rows: list[tuple[float, float, float, float]]) -> dict[str, float]
     own = sorted((t - max(c, r)) * 1000 for t, _t0, c, r in rows)
     tier0 = sorted(t0 * 1000 for _t, t0, _c, _r in rows)
     cl = sorted(c * 1000 for _t, _t0, c, _r in rows)
-    p = h2load.percentile
+    p = harness.percentile
     return {
         "n": len(rows),
         "own_p50": p(own, 50),
@@ -546,122 +456,6 @@ def breakdown(rows: list[tuple[float, float, float, float]]) -> dict[str, float]
         "cl_p50": p(cl, 50),
         "cl_p99": p(cl, 99),
     }
-
-
-# ---- the report ----------------------------------------------------------------------------------------------------
-
-
-def _f(v: float, digits: int = 2) -> str:
-    return "n/a" if v != v else f"{v:,.{digits}f}"
-
-
-def _cpu(st: Step) -> str:
-    c = st.cpu
-    return "/".join(
-        str(c.get(g, 0)) for g in ("enforcer", "classifier", "ratelimit", "redis", "kafka", "loadgen", "other")
-    )
-
-
-def render(run: dict) -> str:
-    steps: list[Step] = run["steps"]
-    m = run["machine"]
-    mix = ", ".join(f"{pc.name} {pc.weight:.0%} ({len(pc.text):,} chars)" for pc in prompt_mix())
-    lines = [
-        f"Run: {m['date']}, {m['nproc']} cores ({m['cpu']}), {m['memory']}, Linux {m['kernel']}, "
-        f"Python {m['python']}, {run['h2load']}. Load average before / after: {run['load_before']} / "
-        f"{m['loadavg']}. Mode: {'quick' if run['quick'] else 'full'}, {run['duration']:g} s per step.",
-        "",
-        f"Prompt mix (one h2load process per class, running together): {mix}. CPU columns are % of one core, "
-        "in the order enforcer/classifier/ratelimit/redis/kafka/h2load/other (other = the rest of the box).",
-        "",
-    ]
-    own = [s for s in steps if s.part == "own"]
-    lines += [
-        f"### (a) The enforcer's own work, open loop (target: p99 < {OWN_TARGET_P99_MS:g} ms at 1,000 req/s)",
-        "",
-        "Tenant `bench-fast` (default policy, n-gram model). *Own* = the decision's total minus the longer of its "
-        "classifier and rate-limit calls, from each decision's signal; it excludes gRPC framing, which the client "
-        "latency and CPU/decision include. The enforcer is one process (one event loop): when its CPU column "
-        f"nears 100 the rate is beyond what it can take on this box. With no load it used {_f(run['idle_cpu'], 0)}% "
-        "of a core (Kafka consumer and producer loops, metrics), which the CPU/decision figures include.",
-        "",
-        "| target req/s | achieved req/s | client p50 ms | client p99 ms | own p50 ms | own p99 ms | tier-0 p99 ms "
-        "| classifier call p50 / p99 ms | enforcer CPU µs/decision | failures | degraded* | CPU |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    nan = float("nan")
-    for s in own:
-        o = collections.defaultdict(lambda: nan, s.own)
-        lines.append(
-            f"| {s.target_rps:,} | {s.req_per_s:,.0f} | {_f(s.p50_ms)} | {_f(s.p99_ms)} | {_f(o['own_p50'])} "
-            f"| **{_f(o['own_p99'])}** ({_f(o['own_p99'] / OWN_TARGET_P99_MS)}× target) | {_f(o['tier0_p99'])} "
-            f"| {_f(o['cl_p50'])} / {_f(o['cl_p99'])} | {_f(s.cpu_us(), 0)} | {s.failures} | {s.degraded} | {_cpu(s)} |"
-        )
-
-    def table(part: str, title: str, note: str) -> list[str]:
-        rows = [s for s in steps if s.part == part]
-        if not rows:
-            return []
-        out = [title, "", note, "",
-               "| rate | achieved req/s | p50 ms | p99 ms | max ms | decisions | degraded* | failures | CPU |",
-               "|---|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
-        for s in rows:
-            rate = f"{s.target_rps:,}/s" if s.target_rps else f"saturation ({run['sat_streams'] * 4} in flight)"
-            dec = str(s.decisions) if part != "classifier" else "–"
-            out.append(
-                f"| {rate} | {s.req_per_s:,.0f} | {_f(s.p50_ms)} | {_f(s.p99_ms)} | {_f(s.max_ms)} | {dec} | "
-                f"{s.degraded} | {s.failures} | {_cpu(s)} |"
-            )
-        ok = [s for s in rows if s.target_rps and s.clean and s.p99_ms < E2E_TARGET_P99_MS]
-        if part != "classifier":
-            best = max(ok, key=lambda s: s.target_rps) if ok else None
-            found = f"**{best.target_rps:,}/s** (p99 {_f(best.p99_ms)} ms)." if best else "**none of the rates tried**."
-            out += [
-                "",
-                f"Highest rate with p99 < {E2E_TARGET_P99_MS:g} ms and no degraded decision or failure: {found}",
-            ]
-        return out + [""]
-
-    lines.append("")
-    lines += table("e2e", "### (b) ScreenPrompt end to end, shipped default policy (cascade classifier)",
-                   "Tenant `bench` → config/policies/default.yaml (50 ms budget; a classifier answer later than "
-                   "that is a degraded, fail-open decision).")  # fmt: skip
-    lines += table("classifier", "### (c) The classifier alone (Classify, model `prompt_guard`, same prompts)",
-                   "The slowest dependency on its own; the enforcer's overhead is the difference below.")  # fmt: skip
-    e2e = {s.target_rps: s for s in steps if s.part == "e2e"}
-    cls = {s.target_rps: s for s in steps if s.part == "classifier"}
-    common = [r for r in e2e if r in cls]
-    if common:
-        lines += ["#### Overhead the enforcer adds over the classifier alone", "",
-                  "| rate | p50 ms: enforcer − classifier | p99 ms: enforcer − classifier "
-                  "| throughput enforcer / classifier |", "|---|---:|---:|---:|"]  # fmt: skip
-        for r in sorted(common, key=lambda x: (x == 0, x)):
-            a, b = e2e[r], cls[r]
-            name = f"{r:,}/s" if r else "saturation"
-            ratio = a.req_per_s / b.req_per_s if b.req_per_s else float("nan")
-            lines.append(f"| {name} | {_f(a.p50_ms - b.p50_ms)} | {_f(a.p99_ms - b.p99_ms)} | {_f(ratio)} |")
-        lines.append("")
-    lines += table("authz", "### (d) ext_authz Check (Envoy CheckRequest, Anthropic-style JSON body)",
-                   "Same tenant and policy as (b); identity from x-safeguards-tenant / -account.")  # fmt: skip
-    failures = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(run["failures"].items())) or "none"
-    lines += [
-        "\\* degraded: fail-open decisions counted per failed dependency, so one decision can count twice.",
-        "",
-        f"Dependency failures the enforcer counted over the whole run (incl. warm-up): {failures}.",
-        "",
-    ]
-    if run["restarts"]:
-        lines += [
-            f"**The classifier stopped answering and was restarted {len(run['restarts'])}× "
-            f"(after steps {', '.join(run['restarts'])}); the steps before each restart that show degraded "
-            "decisions were measured with a dead classifier.**",
-            "",
-        ]
-    lines += [
-        "Reproduce: `make bench-enforcer` (or `.venv/bin/python -m bench.enforcer [--quick]`). Processes' logs "
-        "stay in the printed work folder when a step fails.",
-    ]
-    return "\n".join(lines)
 
 
 # ---- main ----------------------------------------------------------------------------------------------------------
@@ -730,13 +524,9 @@ def main(argv: list[str] | None = None) -> int:
             "idle_cpu": sorted(runner.idle_cpu)[len(runner.idle_cpu) // 2] if runner.idle_cpu else float("nan"),
             "sat_streams": args.sat_streams,
             "h2load": h2load.version(h2),
+            "mix": [(pc.name, pc.weight, len(pc.text)) for pc in runner.mix],
         }
-        block = render(run)
-        if args.no_write:
-            print(block)
-        else:
-            write_results(RESULTS, SECTION, "enforcer", block)
-            log(f"wrote the '{SECTION}' section of {RESULTS.relative_to(REPO)}")
+        publish(render(run), SECTION, "enforcer", no_write=args.no_write, path=RESULTS, log=log)
         ok = True
     finally:
         mesh.stop()
@@ -748,4 +538,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -32,17 +32,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
-from bench import system
-from bench.h2load import percentile
-from bench.results import RESULTS, write_results
+from bench import harness, system
+from bench.reports.envoy import Step, render_block
+from bench.results import RESULTS, publish
 
 SECTION = "## Envoy gateway"
 POLICY = """
@@ -78,24 +75,12 @@ LIMITS = {
 SUBJECTS = ["river", "mountain", "city", "lake", "island", "forest", "bridge", "museum", "garden", "harbour"]
 
 
-def log(msg: str) -> None:
-    print(f"[bench.envoy {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+log = harness.stamped_log("bench.envoy")
 
 
 def body(i: int) -> bytes:
     prompt = f"Name a {SUBJECTS[i % len(SUBJECTS)]} you like, number {i}."
     return json.dumps({"model": "bench", "messages": [{"role": "user", "content": prompt}]}).encode()
-
-
-@dataclass
-class Step:
-    target: str
-    rate: float
-    latencies_ms: list[float] = field(default_factory=list)
-    errors: dict[str, int] = field(default_factory=dict)
-
-    def p(self, q: float) -> float:
-        return percentile(sorted(self.latencies_ms), q)
 
 
 async def load(url: str, headers: dict[str, str], rate: float, duration_s: float, offset: int) -> Step:
@@ -198,41 +183,6 @@ def run(rates: list[float], duration_s: float) -> dict:
     return {"steps": steps, "machine": system.machine(), "duration_s": duration_s}
 
 
-def render_block(res: dict) -> str:
-    steps: list[Step] = res["steps"]
-    by = {(s.target, s.rate): s for s in steps}
-    rates = sorted({s.rate for s in steps})
-    m = res["machine"]
-    lines = [
-        f"{m['date']}. Machine: {m['cpu']}, {m['nproc']} cores, load average at the end {m['loadavg']}; everything "
-        "on this one machine (client, Envoy "
-        f"--concurrency 1, enforcer, classifier, rate limiter, Redis, Tansu, upstream). {res['duration_s']:.0f} s per "
-        "step, open loop, OpenAI Chat Completions non-streamed, a different benign prompt per request.",
-        "",
-        "| rate (req/s) | direct p50 / p99 (ms) | Envoy, filters off | Envoy, filters on "
-        "| added by the filters | filters on, n-gram tier only | added (n-gram only) | errors (on) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rates:
-        d, off, on, fast = (by[(t, r)] for t in ("direct", "bypass", "screened", "screened-fast"))
-        errs = ", ".join(f"{k}: {v}" for k, v in {**on.errors, **fast.errors}.items()) or "0"
-        lines.append(
-            f"| {r:.0f} | {d.p(50):.2f} / {d.p(99):.2f} | {off.p(50):.2f} / {off.p(99):.2f} | "
-            f"{on.p(50):.2f} / {on.p(99):.2f} | **{on.p(50) - off.p(50):.2f} / {on.p(99) - off.p(99):.2f}** | "
-            f"{fast.p(50):.2f} / {fast.p(99):.2f} | **{fast.p(50) - off.p(50):.2f} / {fast.p(99) - off.p(99):.2f}** "
-            f"| {errs} |"
-        )
-    lines += [
-        "",
-        "Anchors: Envoy's ext_proc with every phase on costs about 3 ms per request in its own tests "
-        "(envoyproxy/envoy#16905); an Istio sidecar adds about 2.65 ms at p90 (Istio's published performance "
-        "figures). The filters here do more than either: the added time includes the screening decision itself "
-        "(tier-0 detectors, the classifier cascade, the tenant's rate-limit call, the signal), not just the "
-        "callout.",
-    ]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.envoy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", default="10,25,50", help="comma-separated request rates (default: 10,25,50)")
@@ -241,13 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     rates = [float(r) for r in ns.rates.split(",") if r.strip()]
     res = run(rates, ns.duration)
-    block = render_block(res)
-    print(block)
-    if not ns.no_write:
-        write_results(RESULTS, SECTION, "envoy", block)
-        log(f"written to {RESULTS}")
+    publish(render_block(res), SECTION, "envoy", no_write=ns.no_write, path=RESULTS, echo=True, log=log)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

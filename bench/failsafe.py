@@ -66,33 +66,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from bench import system
-from bench.enforcer import BREAKER_OPEN_S, REGION, REPO, SCREEN, Mesh, log, scrape
-from bench.h2load import percentile
-from bench.results import RESULTS, write_results
+from bench import harness, system
+from bench.enforcer import REGION, SCREEN, Mesh, scrape
+from bench.harness import REPO, log
+from bench.reports.failsafe import BUDGET_MS, CLASSES, Step, false_blocks, render
+from bench.results import RESULTS, publish
 
 SECTION = "## Fail-safe screening (adversarial mix)"
 HARNESS = "failsafe"
-NONE_AIM = 0.01  # share of decisions without any classifier verdict
-RECALL_AIM_PTS = 5.0  # attack recall under load vs at rest, percentage points
-BUDGET_MS = 50.0  # config/policies/default.yaml deadline_ms (checked at start)
-SATURATION_P99_MS = 1000.0
-SATURATION_BOX_CPU = 0.95  # share of all cores
 CALL_TIMEOUT_S = 10.0
-
-# class -> (tenant, share of the offered rate); the two long classes share 10% and are bursty.
-CLASSES = {
-    "attack": ("bench-attack", 0.30),
-    "benign": ("bench-benign", 0.60),
-    "long": ("bench-long", 0.10),  # long benign documents and long-attack together
-    "long-attack": ("bench-long-attack", 0.0),
-}
 LAST_RUN = Path(tempfile.gettempdir()) / "bench-failsafe-last-run.json"
 LONG_SIZES = 12  # documents, 4,096..16,000 characters; every third hides an attack
 
@@ -120,6 +106,13 @@ def prompts(seed: int = 20261124) -> dict[str, list[str]]:
         else:
             out["long"].append(doc)
     return out
+
+
+def prompt_facts() -> dict:
+    """What the report says of the prompts: how many per class, the long ones' sizes."""
+    texts = prompts()
+    long_sizes = sorted(len(t) for t in texts["long"] + texts["long-attack"])
+    return {"prompt_counts": {c: len(v) for c, v in texts.items()}, "long_sizes": [long_sizes[0], long_sizes[-1]]}
 
 
 def schedule(rate: float, duration_s: float, burst_period_s: float, burst_len_s: float, seed: int) -> list:
@@ -242,13 +235,7 @@ async def drive(spec: dict) -> dict:
 
 def drive_main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
-    try:
-        import uvloop
-
-        result = uvloop.run(drive(spec))
-    except ImportError:
-        result = asyncio.run(drive(spec))
-    Path(spec["out"]).write_text(json.dumps(result))
+    Path(spec["out"]).write_text(json.dumps(harness.run_async(drive(spec))))
     return 0
 
 
@@ -257,27 +244,23 @@ def drive_main(spec_path: str) -> int:
 
 def counters(port: int) -> dict[str, float]:
     """The fail-safe counters of the enforcer (bench.enforcer.scrape has the gRPC codes)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     out: dict[str, float] = collections.defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            lb = s.labels
-            if s.name == "enforcer_decisions_total":
-                out[f"decisions:{lb['tenant']}:{lb['action']}"] += s.value
-            elif s.name == "enforcer_verdicts_total":
-                out[f"verdict:{lb['verdict']}"] += s.value
-                if lb["verdict"] != "full":
-                    out[f"reason:{lb['verdict']}:{lb['reason'] or '-'}"] += s.value
-            elif s.name == "enforcer_retro_jobs_total":
-                out[f"retro:{lb['result']}"] += s.value
-            elif s.name == "enforcer_retro_queue_depth":
-                out["retro_depth"] = s.value
-            elif s.name == "enforcer_breaker_open":
-                out[f"breaker:{lb['dependency']}"] = s.value
-            elif s.name == "enforcer_dependency_failures_total":
-                out[f"depfail:{lb['dependency']}/{lb['reason']}"] += s.value
+    for s in harness.samples(port):
+        lb = s.labels
+        if s.name == "enforcer_decisions_total":
+            out[f"decisions:{lb['tenant']}:{lb['action']}"] += s.value
+        elif s.name == "enforcer_verdicts_total":
+            out[f"verdict:{lb['verdict']}"] += s.value
+            if lb["verdict"] != "full":
+                out[f"reason:{lb['verdict']}:{lb['reason'] or '-'}"] += s.value
+        elif s.name == "enforcer_retro_jobs_total":
+            out[f"retro:{lb['result']}"] += s.value
+        elif s.name == "enforcer_retro_queue_depth":
+            out["retro_depth"] = s.value
+        elif s.name == "enforcer_breaker_open":
+            out[f"breaker:{lb['dependency']}"] = s.value
+        elif s.name == "enforcer_dependency_failures_total":
+            out[f"depfail:{lb['dependency']}/{lb['reason']}"] += s.value
     return dict(out)
 
 
@@ -322,94 +305,6 @@ def breaker_events(lines: list[dict], t_end: float) -> dict[str, tuple[int, floa
 # ---- one step ------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Step:
-    label: str
-    rate: float  # offered req/s; 0 = at rest (one at a time)
-    duration_s: float
-    records: list[list] = field(default_factory=list, repr=False)
-    shed: int = 0
-    elapsed_s: float = 0.0
-    diff: dict[str, float] = field(default_factory=dict)
-    codes: dict[str, float] = field(default_factory=dict)
-    breakers: dict[str, tuple[int, float]] = field(default_factory=dict)
-    log_errors: collections.Counter = field(default_factory=collections.Counter)
-    retro_left: float = 0.0  # retro jobs still queued when the step was closed
-    cpu: dict[str, float] = field(default_factory=dict)
-    restarted: bool = False
-
-    # -- from the answers --
-    def of(self, *classes: str) -> list[list]:
-        return [r for r in self.records if r[0] in classes] if classes else self.records
-
-    @property
-    def sent(self) -> int:
-        return len(self.records)
-
-    @property
-    def errors(self) -> int:
-        return sum(1 for r in self.records if r[5] != "OK")
-
-    def share(self, classes: tuple[str, ...], col: int, value: str) -> float:
-        rows = self.of(*classes)
-        return sum(1 for r in rows if r[col] == value) / len(rows) if rows else float("nan")
-
-    def lat(self, q: float, *classes: str) -> float:
-        return percentile(sorted(r[4] for r in self.of(*classes) if r[5] == "OK"), q)
-
-    @property
-    def answered_per_s(self) -> float:
-        return sum(1 for r in self.records if r[5] == "OK") / self.elapsed_s if self.elapsed_s else float("nan")
-
-    @property
-    def late_p99_ms(self) -> float:
-        return percentile(sorted(r[3] for r in self.records), 99)
-
-    # -- from the enforcer's counters --
-    def blocked(self, cls: str) -> float:
-        return self.diff.get(f"decisions:{CLASSES[cls][0]}:BLOCK", 0.0)
-
-    def decided(self, cls: str) -> float:
-        tenant = CLASSES[cls][0]
-        return sum(v for k, v in self.diff.items() if k.startswith(f"decisions:{tenant}:"))
-
-    def recall(self, cls: str = "attack") -> float:
-        """Blocked (enforcer counter) / sent (driver)."""
-        n = len(self.of(cls))
-        return self.blocked(cls) / n if n else float("nan")
-
-    @property
-    def decisions(self) -> float:
-        return sum(self.diff.get(f"verdict:{v}", 0.0) for v in ("full", "partial", "none"))
-
-    def verdict_share(self, v: str) -> float:
-        return self.diff.get(f"verdict:{v}", 0.0) / self.decisions if self.decisions else float("nan")
-
-    def carried(self, cores: int) -> bool:
-        """The mesh kept up: few failures, median within the budget, short prompts' p99
-        under 1 s, the driver on schedule, and CPU left on the box."""
-        bad = self.errors + self.shed
-        return (
-            self.sent > 0 and bad <= 0.01 * (self.sent + self.shed) and self.lat(50) <= BUDGET_MS
-            and self.lat(99, "attack", "benign") <= SATURATION_P99_MS and self.late_p99_ms <= 50
-            and self.box_cpu < SATURATION_BOX_CPU * 100 * cores
-        )  # fmt: skip
-
-    @property
-    def box_cpu(self) -> float:
-        """% of one core the whole box used (every group, the driver and the rest)."""
-        return float(sum(self.cpu.values()))
-
-    def to_json(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        return d | {"breakers": {k: list(v) for k, v in self.breakers.items()}, "log_errors": dict(self.log_errors)}
-
-    @classmethod
-    def from_json(cls, d: dict) -> Step:
-        d = d | {"breakers": {k: tuple(v) for k, v in d["breakers"].items()}}
-        return cls(**d | {"log_errors": collections.Counter(d["log_errors"])})
-
-
 class Runner:
     def __init__(self, args: argparse.Namespace, mesh: Mesh, workdir: Path) -> None:
         self.args = args
@@ -443,13 +338,10 @@ class Runner:
         label = f"{name or f'r{rate:g}'}-{self._n}"
         self._n += 1
         st = Step(label, rate, d)
-        if not self.mesh.classifier_answers():
-            log(f"classifier stopped answering before {label}: restarting it")
+        if self.mesh.revive_classifier():
+            log(f"classifier stopped answering before {label}: restarted it")
             self.restarts.append(label)
             st.restarted = True
-            self.mesh.procs["classifier"].stop()
-            self.mesh.procs["classifier"].start()
-            time.sleep(BREAKER_OPEN_S)
         spec = {
             "target": self.mesh.procs["enforcer"].address,
             "label": label,
@@ -467,25 +359,12 @@ class Runner:
         _, self.log_offset = read_log(enf_log, self.log_offset)  # skip what came before
         before = counters(self.mesh.metrics_port)
         codes0 = scrape(self.mesh.metrics_port)
-        ru0 = os.times()
+        # The driver is a waited-for child: the window counts its CPU as the load generator's.
+        window = harness.Window(self.mesh.cpu_groups()).start()
         driver = subprocess.Popen([sys.executable, "-m", "bench.failsafe", "--drive", str(spec_path)], cwd=REPO)
-        groups = {n: p.pids for n, p in self.mesh.procs.items()}
-        groups["redis"] = system.pids_named("redis-server")
-        groups["kafka"] = [self.mesh.kafka.proc.pid] if self.mesh.kafka and self.mesh.kafka.proc else []
-        meter = system.CpuMeter(groups)
-        meter.start()
         driver.wait(timeout=d + CALL_TIMEOUT_S + 120 if sequence is None else None)
-        ru1 = os.times()
-        # The driver is a waited-for child: its CPU is in our children's times.
-        cpu = meter.stop(
-            loadgen_cpu_s=(ru1.children_user + ru1.children_system) - (ru0.children_user + ru0.children_system)
-        )
+        st.cpu = harness.mesh_cpu(window.stop())
         t_end = time.time()
-        mesh_pct = sum(v for g, v in cpu.groups.items() if g not in ("service", "redis", "loadgen"))
-        st.cpu = {g: round(v) for g, v in cpu.groups.items()} | {
-            "loadgen": round(cpu.loadgen),
-            "other": round(max(0.0, cpu.other - mesh_pct)),
-        }
         if driver.returncode != 0:
             raise RuntimeError(f"driver failed (rc={driver.returncode}) in {label}")
         result = json.loads(Path(spec["out"]).read_text())
@@ -493,11 +372,8 @@ class Runner:
         st.retro_left = self.settle(self.args.retro_drain)
         after = counters(self.mesh.metrics_port)
         codes1 = scrape(self.mesh.metrics_port)
-        st.diff = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(before) | set(after)}
-        st.codes = {
-            k.rsplit(":", 1)[1]: codes1.get(k, 0) - codes0.get(k, 0)
-            for k in codes1 if k.startswith("code:ScreenPrompt:") and codes1.get(k, 0) - codes0.get(k, 0)
-        }  # fmt: skip
+        st.diff = harness.delta(before, after)
+        st.codes = harness.codes_of(harness.delta(codes0, codes1), "code:ScreenPrompt:")
         lines, self.log_offset = read_log(enf_log, self.log_offset)
         st.breakers = breaker_events(lines, t_end)
         for ln in lines:
@@ -515,7 +391,7 @@ class Runner:
             f"p50 {st.lat(50):.0f} p99 {st.lat(99):.0f} ms late p99 {st.late_p99_ms:.0f} ms | "
             f"full {st.verdict_share('full'):.1%} partial {st.verdict_share('partial'):.1%} "
             f"none {st.verdict_share('none'):.1%} | recall {st.recall():.1%} hidden {st.recall('long-attack'):.1%} "
-            f"fp {_false_blocks(st):.1%} | breakers {br} | retro q{st.diff.get('retro:queued', 0):.0f} "
+            f"fp {false_blocks(st):.1%} | breakers {br} | retro q{st.diff.get('retro:queued', 0):.0f} "
             f"d{st.diff.get('retro:dropped', 0):.0f} c{st.diff.get('retro:caught', 0):.0f} left {st.retro_left:.0f}"
             f" | codes {st.codes} | cpu {st.cpu} | log errors {sum(st.log_errors.values())}"
         )
@@ -524,182 +400,6 @@ class Runner:
             ans = sum(1 for r in st.of(cls) if r[6] == "BLOCK")
             if ans != st.blocked(cls):
                 log(f"    note: {cls} blocked per counter {st.blocked(cls):.0f}, per answers {ans}")
-
-
-def _false_blocks(st: Step) -> float:
-    n = len(st.of("benign", "long"))
-    return (st.blocked("benign") + st.blocked("long")) / n if n else float("nan")
-
-
-# ---- the report ----------------------------------------------------------------------------------------------------
-
-
-def _pct(v: float, digits: int = 1) -> str:
-    return "n/a" if v != v else f"{v * 100:.{digits}f}%"
-
-
-def _ms(v: float) -> str:
-    return "n/a" if v != v else f"{v:,.0f}"
-
-
-def saturation(ladder: list[Step], cores: int) -> float | None:
-    """The highest offered rate carried, every lower rate carried too."""
-    best = None
-    for st in sorted(ladder, key=lambda s: s.rate):
-        if not st.carried(cores):
-            break
-        best = st.rate
-    return best
-
-
-def render(run: dict) -> str:
-    rest: list[Step] = run["rest"]
-    ladder: list[Step] = run["ladder"]
-    m = run["machine"]
-    cores = int(m["nproc"])
-    sat = saturation(ladder, cores)
-    # The reference is the pass before the ladder; the pass after it shows whether the mesh
-    # came back (its retro-screening backlog, if any, competes with live requests).
-    rest_recall = rest[0].recall() if rest else float("nan")
-    texts = prompts()
-    long_sizes = sorted(len(t) for t in texts["long"] + texts["long-attack"])
-    lines = [
-        f"Run: {m['date']}, {m['nproc']} cores ({m['cpu']}), {m['memory']}, Linux {m['kernel']}, Python "
-        f"{m['python']}. Load average before / after: {run['load_before']} / {m['loadavg']} (`uptime`; the box is "
-        f"shared: busiest other processes at the start: {run['busy_before']}). Mode: "
-        f"{'quick' if run['quick'] else 'full'}, {run['duration']:g} s per rate. Git: {run['git']}.",
-        "",
-        "**How measured.** The whole mesh as processes (bench/enforcer.py's `Mesh`: Tansu, rate limiter, "
-        "classifier with build/models, enforcer with the shipped default policy: 50 ms budget, cascade "
-        "classifier, partial verdicts decided on their scores with FLAG in the uncertain band). An open-loop "
-        "asyncio gRPC driver in its own process (h2load sends one body per process and cannot burst) sends "
-        f"ScreenPrompt: 30% short attacks ({len(texts['attack'])} jailbreaks, injections and harmful requests "
-        f"from tests/e2e/failsafe_prompts.py, tenant `bench-attack`), 60% short benign chat "
-        f"({len(texts['benign'])} prompts, `bench-benign`), 10% long prompts of {long_sizes[0]:,}–"
-        f"{long_sizes[-1]:,} characters ({len(texts['long'])} benign documents, `bench-long`, and "
-        f"{len(texts['long-attack'])} with a short attack hidden in the middle, `bench-long-attack`) arriving in "
-        f"bursts: each {run['burst_period']:g} s, that period's long prompts within {run['burst_length']:g} s. "
-        "Verdict shares are the deltas of `enforcer_verdicts_total`, recall and false blocks those of "
-        '`enforcer_decisions_total{tenant,action="BLOCK"}` over what the driver sent (the driver reads every '
-        "answer too; both agree unless noted). Retro counts are taken once the step's retro queue drained. "
-        "Breaker opens from the enforcer's log. *At rest*: the same prompts one at a time, nothing else of "
-        f"the mesh running (attacks ×{run['rest_repeat']}); measured before the ladder and again after it. "
-        "*Saturation*: the highest offered rate still carried: ≤ 1% failed or shed, client p50 within the "
-        f"{BUDGET_MS:g} ms budget, short prompts' p99 ≤ {SATURATION_P99_MS:,.0f} ms, the driver on schedule "
-        f"(lateness p99 ≤ 50 ms) and the box's CPU under {SATURATION_BOX_CPU:.0%} of its {cores} cores (all "
-        "processes, other sessions' included; answered req/s alone would not do, since failing open keeps up "
-        "with any rate): " + (f"**{sat:g} req/s**." if sat is not None else "**none of the rates tried**."),
-        "",
-        f"Aims (issue 11), at every rate up to saturation: **none ≤ {NONE_AIM:.0%}** of decisions without any "
-        f"classifier verdict (ratio to the limit in brackets); **attack recall within {RECALL_AIM_PTS:g} points "
-        f"of at rest** ({_pct(rest_recall)}, the pass before the ladder; Δ in points, ratio "
-        "to the allowance in brackets). Rates past "
-        "saturation are shown in italics and not held to the aims.",
-        "",
-        "| offered req/s | answered req/s | decisions | full | partial | none (aim ≤ 1%) | attack recall "
-        "(Δ vs rest, aim ≤ 5 pts) | hidden-attack recall (long) | benign false blocks | p50 / p99 ms "
-        "(short) | p99 ms (long) | breaker opens (s open) | retro queued / dropped / caught / cleared | "
-        "failed / shed | CPU |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    misses: list[str] = []
-    for st in [*rest[:1], *ladder, *rest[1:]]:
-        if st.rate == 0:
-            name = "at rest (before)" if st is rest[0] else "at rest (after)"
-        else:
-            name = f"{st.rate:g}"
-        past = st.rate > 0 and (sat is None or st.rate > sat)
-        none = st.verdict_share("none")
-        rec = st.recall()
-        delta = (rec - rest_recall) * 100
-        none_s = f"{_pct(none, 2)} ({none / NONE_AIM:.2f}×)" if none == none else "n/a"
-        rec_s = f"{_pct(rec)}" + (
-            f" ({delta:+.1f} pts, {abs(min(0.0, delta)) / RECALL_AIM_PTS:.2f}×)"
-            if st is not rest[0] and delta == delta
-            else ""
-        )
-        if st.rate and not past:
-            if none > NONE_AIM:
-                misses.append(f"{name} req/s: {_pct(none, 2)} without a verdict")
-            if delta < -RECALL_AIM_PTS:
-                misses.append(f"{name} req/s: recall {delta:+.1f} pts")
-        br = sum(n for n, _ in st.breakers.values())
-        br_s = sum(s for _, s in st.breakers.values())
-        br_txt = f"{br} ({br_s:.1f})" + (
-            " [" + ", ".join(f"{d} {n}" for d, (n, _) in st.breakers.items() if n) + "]" if br else ""
-        )
-        d = st.diff
-        retro = "/".join(f"{d.get(f'retro:{k}', 0):.0f}" for k in ("queued", "dropped", "caught", "cleared"))
-        if st.retro_left:
-            retro += f" ({st.retro_left:.0f} left)"
-        cpu = "/".join(str(st.cpu.get(g, 0)) for g in ("enforcer", "classifier", "ratelimit", "loadgen", "other"))
-        answered = f"{st.answered_per_s:,.1f}" if st.rate else "–"
-        row = (
-            f"| {name} | {answered} | {st.decisions:,.0f} | {_pct(st.verdict_share('full'))} | "
-            f"{_pct(st.verdict_share('partial'))} | **{none_s}** | **{rec_s}** | {_pct(st.recall('long-attack'))} | "
-            f"{_pct(_false_blocks(st))} | {_ms(st.lat(50, 'attack', 'benign'))} / {_ms(st.lat(99, 'attack', 'benign'))}"
-            f" | {_ms(st.lat(99, 'long', 'long-attack'))} | {br_txt} | {retro} | {st.errors} / {st.shed} | {cpu} |"
-        )
-        if past:
-            row = "| " + " | ".join(f"*{c.strip()}*" if c.strip() else c for c in row.strip("|").split("|")) + " |"
-        lines.append(row)
-    in_scope = [s for s in ladder if sat is not None and s.rate <= sat]
-    if sat is None:
-        verdict = "**Aims not assessable: no rate tried was carried.**"
-    elif misses:
-        verdict = f"**Aims not met** up to saturation ({sat:g} req/s): " + "; ".join(misses) + "."
-    else:
-        verdict = f"**Both aims met** at every rate up to saturation ({', '.join(f'{s.rate:g}' for s in in_scope)})."
-    lines += [
-        "",
-        verdict,
-        "",
-        "CPU: % of one core, enforcer/classifier/ratelimit/loadgen/other (other = the rest of the box, e.g. "
-        "other sessions' jobs). Latency is the driver's, per answered call. A FLAG (uncertain band of a partial "
-        "verdict) counts as not blocked. Retro *(N left)*: jobs still queued when the wait for the queue "
-        f"({run['retro_drain']:g} s) ran out; their results count in the next row, and they compete with its "
-        "live requests.",
-        "",
-        "Per class (from the answers): verdict full / partial / none, share blocked and flagged, latency.",
-        "",
-        "| offered req/s | class | sent | full / partial / none | BLOCK | FLAG | p50 / p99 ms | non-full reasons "
-        "| answered by |",
-        "|---|---|---:|---|---:|---:|---:|---|---|",
-    ]
-    for st in [*rest[:1], *ladder, *rest[1:]]:
-        name = f"{st.rate:g}" if st.rate else ("rest (before)" if st is rest[0] else "rest (after)")
-        for cls in CLASSES:
-            rows = st.of(cls)
-            if not rows:
-                continue
-            v = "/".join(_pct(st.share((cls,), 7, x), 0) for x in ("FULL", "PARTIAL", "NONE"))
-            reasons = collections.Counter(r[8] or r[5] for r in rows if r[7] != "FULL")
-            rs = ", ".join(f"{k or '?'} {n}" for k, n in reasons.most_common(3)) or "–"
-            by = collections.Counter(r[9] for r in rows if r[9])
-            bs = ", ".join(f"{k} {n}" for k, n in by.most_common(2)) or "–"
-            lines.append(
-                f"| {name} | {cls} | {len(rows)} | {v} | {_pct(st.share((cls,), 6, 'BLOCK'))} | "
-                f"{_pct(st.share((cls,), 6, 'FLAG'))} | {_ms(st.lat(50, cls))} / {_ms(st.lat(99, cls))} | {rs} | {bs} |"
-            )
-    lat_ok = [s for s in ladder if s.sent]
-    late = max((s.late_p99_ms for s in lat_ok), default=float("nan"))
-    fails = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(run["failures"].items()) if v) or "none"
-    lines += [
-        "",
-        f"Driver schedule lateness p99, worst step: {_ms(late)} ms. Dependency failures the enforcer counted "
-        f"over the whole run: {fails}.",
-    ]
-    if run["restarts"]:
-        lines.append(f"**The classifier stopped answering and was restarted before: {', '.join(run['restarts'])}.**")
-    if run["errors"]:
-        top = "; ".join(f"{k} ×{v}" for k, v in run["errors"].most_common(4))
-        lines.append(f"Enforcer log errors: {top}.")
-    lines += [
-        "",
-        "Reproduce: `make bench-failsafe` (or `.venv/bin/python -m bench.failsafe [--quick] [--duration S] "
-        f"[--rates ...] [--no-write]`; this run: `{run['command']}`).",
-    ]
-    return "\n".join(lines)
 
 
 # ---- main ----------------------------------------------------------------------------------------------------------
@@ -714,17 +414,10 @@ def _git() -> str:
     return head.stdout.strip()[:7] + (" (services/ has uncommitted changes)" if dirty.stdout.strip() else "")
 
 
-def publish(run: dict, no_write: bool) -> None:
-    block = render(run)
-    if no_write:
-        print(block)
-    else:
-        write_results(RESULTS, SECTION, HARNESS, block)
-        log(f"wrote the '{SECTION}' section of {RESULTS.relative_to(REPO)}")
-
-
 def load_run(path: Path) -> dict:
     run = json.loads(path.read_text())
+    if "prompt_counts" not in run:  # saved before the report was its own module
+        run |= prompt_facts()
     return run | {
         "rest": [Step.from_json(s) for s in run["rest"]],
         "ladder": [Step.from_json(s) for s in run["ladder"]],
@@ -753,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-run", type=Path, help="render a saved run (see the log) instead of measuring")
     args = p.parse_args(argv)
     if args.from_run:
-        publish(load_run(args.from_run), args.no_write)
+        publish(render(load_run(args.from_run)), SECTION, HARNESS, no_write=args.no_write, path=RESULTS, log=log)
         return 0
     args.duration = args.duration or (6.0 if args.quick else 30.0)
     args.rest_repeat = args.rest_repeat or (1 if args.quick else 3)
@@ -808,12 +501,13 @@ def main(argv: list[str] | None = None) -> int:
             "errors": runner.error_samples,
             "failures": failures,
             "git": git,
-            "command": " ".join([".venv/bin/python -m bench.failsafe", *argv]),
+            "command": harness.command_line("bench.failsafe", argv),
+            **prompt_facts(),
         }
         saved = {**run, "rest": [s.to_json() for s in rest], "ladder": [s.to_json() for s in ladder]}
         LAST_RUN.write_text(json.dumps(saved | {"errors": dict(runner.error_samples)}))
         log(f"run data saved to {LAST_RUN} (re-render with --from-run)")
-        publish(run, args.no_write)
+        publish(render(run), SECTION, HARNESS, no_write=args.no_write, path=RESULTS, log=log)
         ok = True
     finally:
         mesh.stop()
@@ -825,4 +519,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import json
 import sys
-import time
 
 import grpc
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
+
+from bench import harness
 
 METHOD = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
 
@@ -48,49 +48,26 @@ async def drive(args: argparse.Namespace) -> dict:
     ]
     for ch in channels:
         await asyncio.wait_for(ch.channel_ready(), 10)
-    latencies: list[float] = []
-    errors: collections.Counter[str] = collections.Counter()
     not_ok = 0
-    counter = 0
     ok_code = rls_pb2.RateLimitResponse.OK
-    stop_at = 0.0
 
-    async def worker(w: int) -> None:
-        nonlocal counter, not_ok
-        call = calls[w % len(calls)]
-        while True:
-            now = time.perf_counter()
-            if now >= stop_at:
-                return
-            i = counter
-            counter += 1
-            try:
-                resp = await call(bodies[i % len(bodies)], timeout=5)
-            except grpc.aio.AioRpcError as exc:
-                errors[exc.code().name] += 1
-                continue
-            latencies.append(time.perf_counter() - now)
-            if resp.overall_code != ok_code:
-                not_ok += 1
+    def check(resp: rls_pb2.RateLimitResponse) -> None:
+        nonlocal not_ok
+        not_ok += resp.overall_code != ok_code
+
+    def reset() -> None:
+        nonlocal not_ok
+        not_ok = 0
 
     # Short warm-up (connections, first Redis keys), then the measured window.
-    stop_at = time.perf_counter() + min(1.0, args.duration / 5)
-    await asyncio.gather(*(worker(w) for w in range(args.concurrency)))
-    latencies.clear()
-    errors.clear()
-    not_ok = 0
-    start = time.perf_counter()
-    stop_at = start + args.duration
-    await asyncio.gather(*(worker(w) for w in range(args.concurrency)))
-    elapsed = time.perf_counter() - start
+    latencies, errors, elapsed = await harness.closed_loop(
+        calls, bodies, args.concurrency, min(1.0, args.duration / 5), args.duration, check, reset, timeout_s=5
+    )
     for ch in channels:
         await ch.close()
-    latencies.sort()
 
     def pct(q: float) -> float:
-        if not latencies:
-            return float("nan")
-        return latencies[min(len(latencies) - 1, max(0, round(q / 100 * len(latencies) + 0.5) - 1))] * 1000
+        return harness.percentile(latencies, q) * 1000
 
     return {
         "count": len(latencies),
@@ -115,13 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels", type=int, default=2, help="HTTP/2 connections")
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds (after a short warm-up)")
     args = p.parse_args(argv)
-    try:
-        import uvloop
-
-        result = uvloop.run(drive(args))
-    except ImportError:
-        result = asyncio.run(drive(args))
-    json.dump(result, sys.stdout)
+    json.dump(harness.run_async(drive(args)), sys.stdout)
     print()
     return 0
 

@@ -33,7 +33,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench.results import RESULTS, write_results
+from bench.reports.linear import render
+from bench.results import RESULTS, publish
 from bench.system import machine
 from services.common.errors import InvalidArgument
 from services.enforcer.detectors import Blocklist, run_tier0, warm_up
@@ -226,48 +227,15 @@ def measure(quick: bool) -> list[tuple[Shape, list[float]]]:
     return rows
 
 
-def render(rows: list[tuple[Shape, list[float]]], m: dict[str, str], quick: bool) -> str:
-    head = " | ".join(f"{kb} KB" for kb in SIZES_KB)
-    lines = [
-        f"Run: {m['date']}, {m['nproc']} cores ({m['cpu']}), {m['memory']}, Linux {m['kernel']}, "
-        f"Python {m['python']}; load average after: {m['loadavg']}. Mode: {'quick' if quick else 'full'}.",
-        "",
-        "### µs per KB, by shape",
-        "",
-        "µs of CPU per KB of input (best of several samples; `time.process_time`), through the entry points "
-        "the enforcer calls per request: `run_tier0` with a 2,000-term blocklist (normalisation, decoders, PII, "
-        "blocklist), `parse_chat_body`, and `SSEDecoder.feed` + `text_of` (4 KB reads unless stated). "
-        "*256/1* = µs/KB at 256 KB over µs/KB at 1 KB: ≈1 means linear (below 1: a fixed per-call cost "
-        "dominates 1 KB); a quadratic step would show ~256.",
-        "",
-        f"| shape | entry | {head} | 256/1 |",
-        "|---|---|" + "---:|" * (len(SIZES_KB) + 1),
-    ]
-    for shape, per_kb in rows:
-        cells = " | ".join(f"{v:,.1f}" for v in per_kb)
-        lines.append(f"| {shape.name} | {shape.entry} | {cells} | {per_kb[-1] / per_kb[0]:.2f} |")
-    worst = max(rows, key=lambda r: r[1][-1] / r[1][0])
-    lines += [
-        "",
-        f"Largest 256/1 ratio: {worst[1][-1] / worst[1][0]:.2f} ({worst[0].name}). "
-        "Reproduce: `make bench-linear` (or `.venv/bin/python -m bench.linear [--quick]`).",
-    ]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer, shorter samples (checks the harness works)")
     p.add_argument("--no-write", action="store_true", help="print the section instead of writing bench/RESULTS.md")
     args = p.parse_args(argv)
     print(f"{'shape (µs per KB at ' + ', '.join(f'{kb}' for kb in SIZES_KB) + ' KB)':<44}{'256/1':>53}")
-    rows = measure(args.quick)
-    block = render(rows, machine(), args.quick)
-    if args.no_write:
-        print(block)
-    else:
-        write_results(RESULTS, SECTION, "linear", block)
-        print(f"wrote {RESULTS}")
+    rows = [(shape.name, shape.entry, per_kb) for shape, per_kb in measure(args.quick)]
+    run = {"rows": rows, "machine": machine(), "quick": args.quick, "sizes_kb": SIZES_KB}
+    publish(render(run), SECTION, "linear", no_write=args.no_write, path=RESULTS)
     return 0
 
 

@@ -9,6 +9,7 @@ knob / floor / profile tables, a box that never went quiet...).
 from __future__ import annotations
 
 import collections
+import json
 from pathlib import Path
 
 import pytest
@@ -162,8 +163,14 @@ def classifier(Step, RawResult, quiet: bool = False) -> dict:  # noqa: N803
         st(ngram, "h2load", 1, 1, 2500.0, batch={}, queue_ms={}, infer_ms={}),
         st(ngram, "h2load", 4, 64, 7000.0),
         st(
-            cascade, "h2load", 1, 1, 2300.0,
-            batch={ngram: 1.0, minilm: 1.0}, queue_ms={ngram: 0.1, minilm: 0.3}, infer_ms={ngram: 0.2, minilm: 15.0},
+            cascade,
+            "h2load",
+            1,
+            1,
+            2300.0,
+            batch={ngram: 1.0, minilm: 1.0},
+            queue_ms={ngram: 0.1, minilm: 0.3},
+            infer_ms={ngram: 0.2, minilm: 15.0},
             answered_by={ngram: 11500},
         ),  # fmt: skip
         st(cascade, "h2load", 4, 64, 6200.0, answered_by={ngram: 31000}),
@@ -295,15 +302,42 @@ def monitor(with_trigger: bool = True) -> dict:
         "throughput": {
             "prefill_s": 1.2,
             "drain": {
-                "n": 5000.0, "seconds": 2.5, "rate": 2000.0, "cpu_pct": 95.0, "cpu_ms_per_1k": 475.0, "pg_pct": 40.0,
-                "kafka_pct": 20.0, "complete": with_trigger, "new": 5000.0, "duplicate": 0.0, "invalid": 0.0,
+                "n": 5000.0,
+                "seconds": 2.5,
+                "rate": 2000.0,
+                "cpu_pct": 95.0,
+                "cpu_ms_per_1k": 475.0,
+                "pg_pct": 40.0,
+                "kafka_pct": 20.0,
+                "complete": with_trigger,
+                "new": 5000.0,
+                "duplicate": 0.0,
+                "invalid": 0.0,
                 "batches": 11.0,
             },  # fmt: skip
             "steps": [
-                {"target": 1000, "produced_rate": 999.0, "consumed_rate": 990.0, "backlog_end": 12.0,
-                 "lag_gauge_end": 3.0, "lag_max": 480.0, "cpu_pct": 50.0, "cpu_ms_per_1k": 500.0, "flat": True},
-                {"target": 2000, "produced_rate": 1990.0, "consumed_rate": 1500.0, "backlog_end": 2400.0,
-                 "lag_gauge_end": 2400.0, "lag_max": 2500.0, "cpu_pct": 99.0, "cpu_ms_per_1k": 470.0, "flat": False},
+                {
+                    "target": 1000,
+                    "produced_rate": 999.0,
+                    "consumed_rate": 990.0,
+                    "backlog_end": 12.0,
+                    "lag_gauge_end": 3.0,
+                    "lag_max": 480.0,
+                    "cpu_pct": 50.0,
+                    "cpu_ms_per_1k": 500.0,
+                    "flat": True,
+                },
+                {
+                    "target": 2000,
+                    "produced_rate": 1990.0,
+                    "consumed_rate": 1500.0,
+                    "backlog_end": 2400.0,
+                    "lag_gauge_end": 2400.0,
+                    "lag_max": 2500.0,
+                    "cpu_pct": 99.0,
+                    "cpu_ms_per_1k": 470.0,
+                    "flat": False,
+                },
             ],  # fmt: skip
         },
     }
@@ -336,10 +370,10 @@ def failsafe(Step, counts: dict[str, int], long_sizes: list[int]) -> dict:  # no
 
     def diff(rec, full, partial, none):
         d = {
-            f"decisions:bench-attack:BLOCK": float(sum(1 for r in rec if r[0] == "attack" and r[6] == "BLOCK")),
-            f"decisions:bench-attack:ALLOW": float(sum(1 for r in rec if r[0] == "attack" and r[6] != "BLOCK")),
-            f"decisions:bench-benign:BLOCK": 1.0,
-            f"decisions:bench-long-attack:BLOCK": 1.0,
+            "decisions:bench-attack:BLOCK": float(sum(1 for r in rec if r[0] == "attack" and r[6] == "BLOCK")),
+            "decisions:bench-attack:ALLOW": float(sum(1 for r in rec if r[0] == "attack" and r[6] != "BLOCK")),
+            "decisions:bench-benign:BLOCK": 1.0,
+            "decisions:bench-long-attack:BLOCK": 1.0,
             "verdict:full": float(full),
             "verdict:partial": float(partial),
             "verdict:none": float(none),
@@ -411,6 +445,13 @@ def linear() -> dict:
     return {"rows": rows, "machine": MACHINE, "quick": True, "sizes_kb": (1, 4, 16, 64, 256)}
 
 
+# What bench.enforcer's prompt_mix() and bench.failsafe's prompts() give (name, weight, characters;
+# prompts per class; shortest and longest long prompt): the reports take them from the run.
+ENFORCER_MIX = [("chat", 0.4, 38), ("1kb", 0.25, 1030), ("4kb", 0.2, 4047), ("attack", 0.15, 302)]
+FAILSAFE_COUNTS = {"attack": 28, "benign": 28, "long": 8, "long-attack": 4}
+FAILSAFE_LONG_SIZES = [4096, 16000]
+
+
 # ---- the tests -----------------------------------------------------------------------------------------------------
 
 GOLDEN = Path(__file__).with_name("bench_reports")
@@ -439,3 +480,58 @@ def test_classifier_report_renders_the_committed_tables(quiet):
 
     run = classifier(report.Step, report.RawResult, quiet=quiet)
     assert report.render(run) == golden("classifier_quiet" if quiet else "classifier")
+
+
+@pytest.mark.parametrize("restarts", [True, False])
+def test_enforcer_report_renders_the_committed_tables(restarts):
+    from bench.reports import enforcer as report
+
+    run = enforcer(report.Step, ENFORCER_MIX, restarts=restarts)
+    assert report.render(run) == golden("enforcer" if restarts else "enforcer_clean")
+
+
+def test_failsafe_report_renders_the_committed_tables():
+    from bench.reports import failsafe as report
+
+    run = failsafe(report.Step, FAILSAFE_COUNTS, FAILSAFE_LONG_SIZES)
+    assert report.render(run) == golden("failsafe")
+
+
+def test_failsafe_steps_survive_the_saved_run_format():
+    """--from-run re-renders a run saved as JSON: a step's round trip changes nothing."""
+    from bench.reports import failsafe as report
+
+    run = failsafe(report.Step, FAILSAFE_COUNTS, FAILSAFE_LONG_SIZES)
+    saved = json.loads(json.dumps({**run, "rest": [s.to_json() for s in run["rest"]],
+                                   "ladder": [s.to_json() for s in run["ladder"]]}))  # fmt: skip
+    again = run | {"rest": [report.Step.from_json(s) for s in saved["rest"]],
+                   "ladder": [report.Step.from_json(s) for s in saved["ladder"]]}  # fmt: skip
+    assert report.render(again) == golden("failsafe")
+
+
+@pytest.mark.parametrize("with_trigger", [True, False])
+def test_monitor_report_renders_the_committed_tables(with_trigger):
+    from bench.reports import monitor as report
+
+    assert report.render(monitor(with_trigger)) == golden("monitor" if with_trigger else "monitor_no_trigger")
+
+
+def test_envoy_report_renders_the_committed_table():
+    from bench.reports import envoy as report
+
+    assert report.render_block(envoy(report.Step)) == golden("envoy")
+
+
+def test_linear_report_renders_the_committed_table():
+    from bench.reports import linear as report
+
+    assert report.render(linear()) == golden("linear")
+
+
+def test_the_samples_describe_the_harnesses_own_prompts():
+    """The reports take the prompt facts from the run; the samples carry the harnesses' real ones."""
+    from bench.enforcer import prompt_mix
+    from bench.failsafe import prompt_facts
+
+    assert [(pc.name, pc.weight, len(pc.text)) for pc in prompt_mix()] == ENFORCER_MIX
+    assert prompt_facts() == {"prompt_counts": FAILSAFE_COUNTS, "long_sizes": FAILSAFE_LONG_SIZES}
