@@ -21,12 +21,14 @@ import base64
 import copy
 import ipaddress
 import json
+import re
 import secrets
 import subprocess
 import sys
 import sysconfig
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,8 @@ AUDIENCE = "safeguards-mesh"
 PROVIDER = "gateway"
 #: Prefix of the route that bypasses every filter (rendered only for the benchmark).
 BYPASS_PREFIX = "/bypass/"
+#: The observe-only ext_proc filter (deploy/envoy/envoy.yaml), enabled per route.
+OBSERVE_FILTER = "safeguards.observe"
 
 
 def envoy_binary() -> str:
@@ -208,13 +212,15 @@ def render(
     authz_status_on_error: int = 503,
     extproc_failure_mode_allow: bool = False,
     bypass_route: bool = False,
+    observe_tenants: Sequence[str] = (),
     template: Path = TEMPLATE,
 ) -> dict[str, Any]:
     """deploy/envoy/envoy.yaml with this run's addresses. `upstream` is HOST:PORT of a
     plain-HTTP model API (the development upstream) or https://HOST[:PORT] (TLS);
     `extproc` sends ext_proc to another address than ext_authz (tests of its failure
     mode); `bypass_route` adds BYPASS_PREFIX, a route with every filter off (the
-    benchmark's baseline)."""
+    benchmark's baseline); `observe_tenants` get the observe-only route: their requests are
+    screened by a copy (ext_proc in observability mode), never held or refused."""
     doc = copy.deepcopy(yaml.safe_load(template.read_text()))
     doc["static_resources"]["listeners"][0]["address"] = _socket(listen)
     doc["admin"]["address"] = _socket(admin)
@@ -245,6 +251,26 @@ def render(
     authz = http_filter(doc, "envoy.filters.http.ext_authz")
     authz["status_on_error"] = {"code": authz_status_on_error}
     http_filter(doc, "envoy.filters.http.ext_proc")["failure_mode_allow"] = extproc_failure_mode_allow
+    if observe_tenants:
+        routes = _hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]
+        screened = next(r for r in routes if r["match"] == {"prefix": "/"})
+        observe = copy.deepcopy(screened)
+        names = "|".join(re.escape(t) for t in observe_tenants)
+        observe["match"] = {
+            "prefix": "/",
+            "headers": [{"name": "x-safeguards-tenant", "string_match": {"safe_regex": {"regex": f"^({names})$"}}}],
+        }
+        observe["typed_per_filter_config"] = {
+            "envoy.filters.http.ext_authz": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+                "disabled": True,
+            },
+            "envoy.filters.http.ext_proc": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+                "disabled": True,
+            },
+        }
+        routes.insert(routes.index(screened), observe)
     if bypass_route:
         routes = _hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]
         off = {
@@ -257,6 +283,10 @@ def render(
                 "disabled": True,
             },
             "envoy.filters.http.ext_proc": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+                "disabled": True,
+            },
+            OBSERVE_FILTER: {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
                 "disabled": True,
             },

@@ -49,6 +49,8 @@ class Decided:
     prompt_decision_id: str = ""
     #: The tenant's candidate policy's would-be decision (shadow.py), if it has one.
     shadow: ShadowOutcome | None = None
+    #: Decided for an observe-only processor: recorded, not enforced.
+    observe_only: bool = False
     #: Path-specific log fields (counts and flags only).
     log_fields: dict[str, Any] = field(default_factory=dict)
 
@@ -103,6 +105,7 @@ class DecisionRecorder:
                 prompt_decision_id=d.prompt_decision_id,
                 trace_id=tracing.current_trace_id(),
                 shadow=d.shadow,
+                observe_only=d.observe_only,
             ),
             self.key,
             self.snippet_chars,
@@ -121,6 +124,7 @@ class DecisionRecorder:
                 "verdict": outcome.verdict.name,
                 "latency_ms": round(d.latencies.get("total", 0.0) * 1000, 3),
                 "policy_version": d.policy.version,
+                **({"observe_only": True} if d.observe_only else {}),
                 **({"prompt_decision_id": d.prompt_decision_id} if d.prompt_decision_id else {}),
                 **d.log_fields,
             },

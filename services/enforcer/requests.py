@@ -35,6 +35,9 @@ class PromptRequest:
     #: Who sent it, as the transport proved (mTLS SANs): checked against the tenants that
     #: caller may speak for (services/common/callers.py).
     caller: CallerIdentity = field(default_factory=CallerIdentity)
+    #: Seen by an observe-only processor (Envoy's ext_proc observability mode): decided
+    #: and recorded as usual, but nobody enforces the answer; the signal says so.
+    observe_only: bool = False
 
 
 @dataclass(frozen=True)

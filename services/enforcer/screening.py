@@ -131,6 +131,7 @@ class Screener:
         max_bytes: int = 0,
         caller_remaining: Callable[[], float | None] | None = None,
         caller: CallerIdentity | None = None,
+        observe_only: bool = False,
     ) -> CompletionSession:
         """A session screening one streamed completion (services/enforcer/streaming.py):
         the tenant's policy as of now, the account pseudonymised once."""
@@ -146,6 +147,7 @@ class Screener:
             prompt_decision_id=prompt_decision_id,
             max_bytes=max_bytes,
             caller_remaining=caller_remaining,
+            observe_only=observe_only,
         )
 
     def admit(self, identity: Identity, caller: CallerIdentity) -> None:
@@ -237,6 +239,7 @@ class Screener:
             classify_text=classify_text,
             tier0=tier0,
             shadow=shadow,
+            observe_only=req.observe_only,
         )
         self.recorder.record(decided, forced_categories=forced)
         self.recorder.shadow_models(decided, forced_categories=forced, ratelimit=rl, enforcement=verdict)

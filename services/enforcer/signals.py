@@ -69,6 +69,7 @@ class SignalInput:
     prompt_decision_id: str = ""
     trace_id: str = ""
     shadow: ShadowOutcome | None = None
+    observe_only: bool = False
     #: Follow-ups (SURFACE_RETRO_SCREEN, SURFACE_SHADOW_MODEL): the decision screened again, and its action.
     retro_of_decision_id: str = ""
     original_action: int = 0
@@ -96,6 +97,7 @@ def build_signal(s: SignalInput, key: RegionalKey, snippet_chars: int) -> signal
         failed_dependencies=list(s.outcome.failed_dependencies),
         request_id="" if zero else s.request_id,
         trace_id="" if zero else s.trace_id,
+        observe_only=s.observe_only,
         prompt_decision_id=s.prompt_decision_id,
         verdict=VERDICT_TO_PB[s.outcome.verdict],
         verdict_reason=s.outcome.verdict_reason,

@@ -138,6 +138,7 @@ class CompletionSession:
         prompt_decision_id: str = "",
         max_bytes: int = 0,
         caller_remaining: Callable[[], float | None] | None = None,
+        observe_only: bool = False,
     ) -> None:
         self._scorer = scorer
         self._recorder = recorder
@@ -150,6 +151,7 @@ class CompletionSession:
         self.decision_id = uuid.uuid4().hex
         self._max_bytes = max_bytes
         self._caller_remaining = caller_remaining
+        self.observe_only = observe_only
         self._parts: list[str] = []
         self._length = 0  # characters
         self._bytes = 0
@@ -363,6 +365,7 @@ class CompletionSession:
                 # in the background (the classifier part only: tier 0 saw every window).
                 classify_text=text,
                 prompt_decision_id=self.prompt_decision_id,
+                observe_only=self.observe_only,
                 log_fields={
                     "cut": outcome.action is Action.BLOCK,
                     "abandoned": ending is ABANDONED,

@@ -106,8 +106,10 @@ def test_jailbreak_raises_the_sdks_permission_error_with_a_provider_shaped_body(
         gpt(gateway).chat.completions.create(model="gpt-4o", messages=ask(JAILBREAK))
     assert exc2.value.status_code == 403 and exc2.value.code == "content_policy_violation"
     decision_id_in(exc2.value.message)
-    # Nothing of the refused prompt reached the model.
-    assert not [r for r in gateway.upstream_requests() if "DAN" in r["body"]]
+    # Nothing of the refused prompt reached the model (tests/envoy/test_observe.py sends
+    # one for an observe-only tenant on purpose).
+    refused = [r for r in gateway.upstream_requests() if "DAN" in r["body"]]
+    assert not [r for r in refused if {k.lower(): v for k, v in r["headers"].items()}["x-safeguards-tenant"] == "acme"]
 
 
 def test_over_the_tenant_limit_raises_the_sdks_rate_limit_error_with_retry_after(gateway) -> None:

@@ -172,6 +172,8 @@ class HttpExchange:
         self, screener: Screener, config: ExtProcConfig, caller_remaining=None, caller: CallerIdentity | None = None
     ) -> None:
         self._caller = caller or CallerIdentity()
+        #: Set when Envoy runs this processor in observability mode (decided, not enforced).
+        self.observe_only = False
         self._screener = screener
         self._config = config
         self._remaining = caller_remaining
@@ -254,9 +256,10 @@ class HttpExchange:
             model=chat.model,
             request_id=h.get(self._config.headers.request_id, "")[:128],
         )
-        if self._config.after_authz:
+        if self._config.after_authz and not self.observe_only:
             # ext_authz earlier in the chain screened (and counted) this prompt and set
-            # its decision id on the request; screen only the completion here.
+            # its decision id on the request; screen only the completion here. (An
+            # observe-only route runs without ext_authz: its processor screens both.)
             try:
                 self._screener.admit(identity, self._caller)
             except ServiceError as exc:
@@ -280,6 +283,7 @@ class HttpExchange:
                     estimated_tokens=estimated_tokens(chat),
                     surface=signals_pb2.SURFACE_EXT_PROC_REQUEST,
                     caller=self._caller,
+                    observe_only=self.observe_only,
                 ),
                 self._remaining() if self._remaining else None,
             )
@@ -332,6 +336,7 @@ class HttpExchange:
                 max_bytes=self._config.max_completion_bytes,
                 caller_remaining=self._remaining,
                 caller=self._caller,
+                observe_only=self.observe_only,
             )
             if self._sse:
                 self._format = stream_format(self.chat.flavor)
@@ -488,6 +493,12 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):
         exchange = HttpExchange(self._screener, self._config, context.time_remaining, caller_identity(context))
         try:
             async for req in request_iterator:
+                if req.observability_mode:
+                    # Envoy's observability mode: it sends copies and waits for nothing;
+                    # decide and record as usual, answer nothing.
+                    exchange.observe_only = True
+                    await exchange.handle(req)
+                    continue
                 yield await exchange.handle(req)
         finally:
             exchange.close()
