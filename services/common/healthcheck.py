@@ -1,8 +1,8 @@
 """`python -m services.common.healthcheck HOST:PORT [SERVICE]`: exit 0 when the
 server's grpc.health.v1 status is SERVING (for container healthchecks; no extra
 binary such as grpc_health_probe needed in the image). Against a server that requires
-mutual TLS, give --ca-file, --cert-file and --key-file (Kubernetes' own gRPC probes
-speak plaintext only: deploy/k8s/components/mtls probes with this instead)."""
+mutual TLS, give --ca-file, --cert-file and --key-file (or probe the plaintext
+health-only listener, --health-listen, as deploy/k8s/components/mtls does)."""
 
 from __future__ import annotations
 

@@ -140,16 +140,19 @@ def test_probes_ports_and_scrape_annotations_match_the_listen_addresses(path):
         assert ports["grpc"] == grpc_port and ports["metrics"] == metrics_port
         annotations = dep["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/port"] == str(metrics_port)
+        # The kubelet's gRPC probes speak plaintext: with TLS on the serving port they
+        # must call the plaintext health-only listener.
+        health = env.get(f"{prefix}HEALTH_LISTEN", "")
+        if f"{prefix}TLS_CERT_FILE" in env:
+            assert health, f"{service}: serves TLS but has no {prefix}HEALTH_LISTEN for its probes"
+        probe_port = _port(health) if health else grpc_port
+        if health:
+            assert health.startswith("0.0.0.0:"), "the kubelet probes the pod IP"
+            assert ports["health"] == probe_port and probe_port not in (grpc_port, metrics_port)
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             spec = c[probe]
-            if "grpc" in spec:
-                assert spec["grpc"]["port"] == grpc_port
-            else:  # mutual TLS: our healthcheck module with the pod's certificate
-                cmd = spec["exec"]["command"]
-                assert cmd[:3] == ["python", "-m", "services.common.healthcheck"]
-                assert cmd[3] == f"127.0.0.1:{grpc_port}"
-                assert f"{prefix}TLS_CERT_FILE" in env and env[f"{prefix}TLS_CERT_FILE"] in cmd
-                assert spec["timeoutSeconds"] >= 3, "a Python start does not fit the default 1 s"
+            assert "exec" not in spec, f"{service}: {probe} starts a process per probe"
+            assert spec["grpc"] == {"port": probe_port}, f"{service}: {probe}"
         svc = services[service]
         assert svc["spec"]["selector"] == {"app.kubernetes.io/name": service}
         for p in svc["spec"]["ports"]:
@@ -210,7 +213,10 @@ def test_files_the_services_read_or_write_are_mounted(path):
         for var, value in env.items():
             field = var.removeprefix(prefix)
             volume = k8s.mounted_volume(spec, c, value) if value.startswith("/") else None
-            if field == "SPOOL_DIR":
+            if field == "ACTIONS_SNAPSHOT_FILE":  # this pod's own state, next to its spool
+                assert volume and "emptyDir" in volume, f"{var}: the snapshot must be writable"
+                assert volume is k8s.mounted_volume(spec, c, env[f"{prefix}SPOOL_DIR"])
+            elif field == "SPOOL_DIR":
                 assert volume and "emptyDir" in volume, f"{var}: the spool must be writable"
                 limit = volume["emptyDir"]["sizeLimit"]
                 assert int(env[f"{prefix}SPOOL_MAX_BYTES"]) < _bytes(limit), f"{var}: spool limit over {limit}"
@@ -219,8 +225,13 @@ def test_files_the_services_read_or_write_are_mounted(path):
                 assert volume["secret"]["defaultMode"] == 0o440
             elif field == "MODELS":
                 assert volume and ("persistentVolumeClaim" in volume or "image" in volume)
-        for required in ("HMAC_KEY_FILE",) if service in ("enforcer", "monitor") else ():
+        for required in ("HMAC_KEY_FILE", "ACTION_KEYS_FILE") if service in ("enforcer", "monitor") else ():
             assert f"{prefix}{required}" in env, f"{service}: no {prefix}{required}"
+        if service in ("enforcer", "monitor"):  # one region-wide key ring, never the public one
+            ring = k8s.mounted_volume(spec, c, env[f"{prefix}ACTION_KEYS_FILE"])
+            assert ring["secret"]["secretName"] == "safeguards-action-keys"
+            assert env.get(f"{prefix}INSECURE_DEV_ACTION_KEY", "false") == "false"
+            assert f"{prefix}ACTION_KEYS" not in env, "keys belong in the Secret file, not in the pod spec"
     enforcer = next(c for _, _, c, s in containers(path) if s == "enforcer")
     assert "ENFORCER_ADMIN_TOKENS" in k8s.env_values(path, enforcer)
 
@@ -286,6 +297,32 @@ def test_overlays_speak_mutual_tls_between_services(path):
                 assert f"enforcer.safeguards-{path.name}.svc" in allowed
         if service == "enforcer":
             assert "ENFORCER_UPSTREAM_PLAINTEXT" not in env and env["ENFORCER_UPSTREAM_CA_FILE"]
+
+
+@pytest.mark.parametrize("path", OVERLAYS, ids=_ids(OVERLAYS))
+def test_overlays_reach_kafka_over_sasl_ssl_each_service_as_its_own_user(path):
+    """The Kafka clients' settings validate (test_env_vars_and_flags_are_settings_of_the_service)
+    and the CA and password come from Secrets (test_files_the_services_read_or_write_are_mounted);
+    here: every Kafka client of every overlay is encrypted and authenticated, as itself."""
+    users = {}
+    for _, spec, c, service in containers(path):
+        prefix = k8s.settings_class(service).model_config["env_prefix"]
+        env = k8s.env_values(path, c)
+        if f"{prefix}KAFKA_BOOTSTRAP" not in env:
+            continue
+        assert env[f"{prefix}KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", service
+        assert env[f"{prefix}KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512", service
+        assert env[f"{prefix}KAFKA_CA_FILE"] and env[f"{prefix}KAFKA_SASL_PASSWORD_FILE"]
+        assert f"{prefix}KAFKA_SASL_PASSWORD" not in env
+        secret = k8s.mounted_volume(spec, c, env[f"{prefix}KAFKA_SASL_PASSWORD_FILE"])["secret"]["secretName"]
+        users[service] = (env[f"{prefix}KAFKA_SASL_USERNAME"], secret)
+        settings = k8s.settings_class(service)(**{"plaintext": True, **_kafka_fields(env, prefix)})
+        assert settings.kafka_security().protocol == "SASL_SSL"
+    assert users == {"enforcer": ("enforcer", "enforcer-kafka"), "monitor": ("monitor", "monitor-kafka")}
+
+
+def _kafka_fields(env: dict[str, str], prefix: str) -> dict[str, str]:
+    return {k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(f"{prefix}KAFKA_")}
 
 
 def test_gpu_variant_of_the_classifier():

@@ -1,28 +1,28 @@
-"""The mTLS variant's probe works: a server of the project's bootstrap with mutual TLS
-and a SAN allow-list answers `python -m services.common.healthcheck` run with the very
-argv of the rendered exec probe (paths mapped to a throwaway PKI), presenting the pod's
-own certificate; without a client certificate, or with one whose SAN is not allowed,
-the probe fails (Kubernetes' native gRPC probe, plaintext only, could never pass)."""
+"""The mTLS variant's probes work: a server of the project's bootstrap, configured with the
+rendered overlay's own env (mutual TLS, a SAN allow-list, the health-only listener; paths
+mapped to a throwaway PKI, ports to free ones), answers the kubelet's probe, a plaintext
+grpc.health.v1 Check on the probe's port, with SERVING; the same plaintext probe on the
+serving port fails (which is why the probes do not go there), and a certificate the
+allow-list does not name is still refused on the serving port."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import subprocess
-import sys
 
+import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from services.common.server import App, GrpcServer
 from services.ratelimit.settings import RatelimitSettings
 from tests.certs import Pki
 from tests.deploy import k8s
-from tests.deploy.metrics import ROOT
 
 TLS_DIR = "/var/run/secrets/safeguards/tls"
 
@@ -56,14 +56,19 @@ def _service_cert(pki: Pki, name: str, sans: list[str]):
     return folder
 
 
-def _probe_argv(service: str) -> list[str]:
+def _rendered(service: str) -> tuple[dict, dict[str, str]]:
     overlay = k8s.OVERLAYS[0]
-    dep = k8s.objects(overlay, "Deployment")[service]
-    return dep["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]
+    container = k8s.objects(overlay, "Deployment")[service]["spec"]["template"]["spec"]["containers"][0]
+    return container, k8s.env_values(overlay, container)
 
 
-async def _run(argv: list[str]) -> subprocess.CompletedProcess:
-    return await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=30, cwd=ROOT)
+def _kubelet_probe(port: int) -> grpc.StatusCode | int:
+    """What the kubelet's `grpc:` probe does: plaintext Check of service ''."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        try:
+            return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        except grpc.RpcError as exc:
+            return exc.code()
 
 
 @pytest.fixture
@@ -72,53 +77,51 @@ async def ratelimit_server(tmp_path):
     pki = Pki(tmp_path)
     own = _service_cert(pki, "ratelimit", ["ratelimit", f"ratelimit.{namespace}.svc"])
     stranger = _service_cert(pki, "monitor", ["monitor", f"monitor.{namespace}.svc"])
-    settings = RatelimitSettings(
-        listen="127.0.0.1:0",
-        metrics_listen="",
-        tls_cert_file=str(own / "tls.crt"),
-        tls_key_file=str(own / "tls.key"),
-        tls_client_ca_file=str(own / "ca.crt"),
-        allowed_client_sans=[f"enforcer.{namespace}.svc", f"ratelimit.{namespace}.svc"],
-    )
+    container, env = _rendered("ratelimit")
+    fields = {
+        k.removeprefix("RATELIMIT_").lower(): v.replace(TLS_DIR, str(own))
+        for k, v in env.items()
+        if k.startswith("RATELIMIT_") and k.removeprefix("RATELIMIT_") in _SERVING_FIELDS
+    }
+    assert fields["tls_client_ca_file"] and fields["allowed_client_sans"], "the overlay requires mutual TLS"
+    probe_port = container["readinessProbe"]["grpc"]["port"]
+    assert fields["health_listen"] == f"0.0.0.0:{probe_port}"
+    fields.update(listen="127.0.0.1:0", metrics_listen="", health_listen="127.0.0.1:0")
+    settings = RatelimitSettings(**fields)
     server = GrpcServer("ratelimit", settings, App(bindings=[]), CollectorRegistry())
     port = await server.start()
     try:
-        yield port, own, stranger
+        yield server, port, own, stranger
     finally:
         await server.drain()
 
 
-def _mapped(argv: list[str], port: int, certs) -> list[str]:
-    out = [sys.executable if a == "python" else a.replace(TLS_DIR, str(certs)) for a in argv]
-    out[3] = f"127.0.0.1:{port}"
-    return out
+_SERVING_FIELDS = {"TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CLIENT_CA_FILE", "ALLOWED_CLIENT_SANS", "HEALTH_LISTEN"}
 
 
-async def test_the_rendered_mtls_probe_passes_with_the_pods_own_certificate(ratelimit_server):
-    port, own, _ = ratelimit_server
-    argv = _probe_argv("ratelimit")
-    assert argv[3] == "127.0.0.1:50053"
-    out = await _run(_mapped(argv, port, own))
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "SERVING"
+async def test_the_rendered_probe_passes_in_plaintext_on_the_health_port(ratelimit_server):
+    server, port, _, _ = ratelimit_server
+    assert await asyncio.to_thread(_kubelet_probe, server.health_port) == health_pb2.HealthCheckResponse.SERVING
+    # On the serving port the same probe could never pass.
+    assert await asyncio.to_thread(_kubelet_probe, port) == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_the_probe_fails_without_a_client_certificate(ratelimit_server):
-    port, own, _ = ratelimit_server
-    argv = _mapped(_probe_argv("ratelimit"), port, own)
-    i = argv.index("--cert-file")
-    del argv[i : i + 4]  # --cert-file X --key-file Y
-    out = await _run(argv)
-    assert out.returncode == 1
-    assert "unhealthy: UNAVAILABLE" in out.stderr
+async def test_the_serving_port_still_refuses_a_certificate_the_allow_list_does_not_name(ratelimit_server):
+    _, port, own, stranger = ratelimit_server
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(own / "ca.crt").read_bytes(),
+        private_key=(stranger / "tls.key").read_bytes(),
+        certificate_chain=(stranger / "tls.crt").read_bytes(),
+    )
+    options = [("grpc.ssl_target_name_override", "ratelimit")]
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=options) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_the_probe_fails_with_a_certificate_the_allow_list_does_not_name(ratelimit_server):
-    port, own, stranger = ratelimit_server
-    argv = _mapped(_probe_argv("ratelimit"), port, own)
-    for flag in ("--cert-file", "--key-file"):
-        i = argv.index(flag)
-        argv[i + 1] = argv[i + 1].replace(str(own), str(stranger))
-    out = await _run(argv)
-    assert out.returncode == 1
-    assert "unhealthy: PERMISSION_DENIED" in out.stderr
+async def test_the_health_port_turns_not_serving_when_the_drain_starts(ratelimit_server):
+    server, _, _, _ = ratelimit_server
+    await server.health.enter_graceful_shutdown()  # what drain() does first on SIGTERM
+    status = await asyncio.to_thread(_kubelet_probe, server.health_port)
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
