@@ -46,9 +46,7 @@ import itertools
 import json
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -481,59 +479,53 @@ def main(argv: list[str] | None = None) -> int:
     if not (REPO / "build" / "models" / "prompt_guard").exists():
         log("no classifier models in build/models: run `make setup` (or `make models`) first")
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="bench-enforcer-"))
-    load_before = system.loadavg()
-    mesh = Mesh(workdir, args.redis_url)
-    ok = False
-    try:
-        mesh.start()
-        runner = Runner(args, h2, mesh, workdir)
-        log("warm-up")
-        runner.step("e2e", 20, 2.0)
-        runner.step("own", 100, 2.0)
-        runner.steps.clear()
-        own_rates = [int(r) for r in args.own_rates.split(",") if r]
-        log(f"(a) own work at {own_rates} req/s")
-        for r in own_rates:
-            runner.step("own", r)
-        log("(b) ScreenPrompt, default policy")
-        runner.step("e2e", 0)
-        for r in rates:
-            runner.step("e2e", r)
-        log("(c) classifier alone")
-        runner.step("classifier", 0)
-        for r in rates:
-            runner.step("classifier", r)
-        if not args.no_authz:
-            log("(d) ext_authz Check")
+    with harness.work_folder("bench-enforcer-", log=log) as workdir:
+        load_before = system.loadavg()
+        mesh = Mesh(workdir, args.redis_url)
+        try:
+            mesh.start()
+            runner = Runner(args, h2, mesh, workdir)
+            log("warm-up")
+            runner.step("e2e", 20, 2.0)
+            runner.step("own", 100, 2.0)
+            runner.steps.clear()
+            own_rates = [int(r) for r in args.own_rates.split(",") if r]
+            log(f"(a) own work at {own_rates} req/s")
+            for r in own_rates:
+                runner.step("own", r)
+            log("(b) ScreenPrompt, default policy")
+            runner.step("e2e", 0)
             for r in rates:
-                runner.step("authz", r)
-        log("reading the decisions' latency breakdown from the signals topic")
-        signals = asyncio.run(read_signals(mesh.kafka.bootstrap))
-        for st in runner.steps:
-            st.own = breakdown(signals.get(st.label, []))
-        run = {
-            "steps": runner.steps,
-            "machine": system.machine(),
-            "load_before": load_before,
-            "quick": args.quick,
-            "duration": args.duration,
-            "own_rates": own_rates,
-            "restarts": runner.restarts,
-            "failures": dependency_failures(mesh.metrics_port),
-            "idle_cpu": sorted(runner.idle_cpu)[len(runner.idle_cpu) // 2] if runner.idle_cpu else float("nan"),
-            "sat_streams": args.sat_streams,
-            "h2load": h2load.version(h2),
-            "mix": [(pc.name, pc.weight, len(pc.text)) for pc in runner.mix],
-        }
-        publish(render(run), SECTION, "enforcer", no_write=args.no_write, path=RESULTS, log=log)
-        ok = True
-    finally:
-        mesh.stop()
-        if ok:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            log(f"logs kept in {workdir}")
+                runner.step("e2e", r)
+            log("(c) classifier alone")
+            runner.step("classifier", 0)
+            for r in rates:
+                runner.step("classifier", r)
+            if not args.no_authz:
+                log("(d) ext_authz Check")
+                for r in rates:
+                    runner.step("authz", r)
+            log("reading the decisions' latency breakdown from the signals topic")
+            signals = asyncio.run(read_signals(mesh.kafka.bootstrap))
+            for st in runner.steps:
+                st.own = breakdown(signals.get(st.label, []))
+            run = {
+                "steps": runner.steps,
+                "machine": system.machine(),
+                "load_before": load_before,
+                "quick": args.quick,
+                "duration": args.duration,
+                "own_rates": own_rates,
+                "restarts": runner.restarts,
+                "failures": dependency_failures(mesh.metrics_port),
+                "idle_cpu": sorted(runner.idle_cpu)[len(runner.idle_cpu) // 2] if runner.idle_cpu else float("nan"),
+                "sat_streams": args.sat_streams,
+                "h2load": h2load.version(h2),
+                "mix": [(pc.name, pc.weight, len(pc.text)) for pc in runner.mix],
+            }
+            publish(render(run), SECTION, "enforcer", no_write=args.no_write, path=RESULTS, log=log)
+        finally:
+            mesh.stop()
     return 0
 
 

@@ -61,7 +61,6 @@ import datetime
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -458,63 +457,59 @@ def main(argv: list[str] | None = None) -> int:
     if not (REPO / "build" / "models" / "prompt_guard").exists():
         log("no classifier models in build/models: run `make setup` (or `make models`) first")
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="bench-failsafe-"))
-    load_before = system.loadavg()
-    git = _git()  # the code the mesh runs: others may commit while it runs
-    busy = ", ".join(f"{n} {c:.0f}%" for n, c in system.busy_processes({os.getpid()}, top=3)) or "none"
-    mesh = Mesh(workdir, args.redis_url)
-    ok = False
-    try:
-        mesh.start()
-        runner = Runner(args, mesh, workdir)
-        texts = prompts()
-        everything = [(c, i) for c in CLASSES for i in range(len(texts[c]))]
-        log("warm-up: every prompt once, then 10 req/s")
-        runner.run(0, sequence=everything, name="warmup")
-        runner.run(10, duration_s=3, name="warmup")
-        runner.steps.clear()
-        rest_seq = [("attack", i) for _ in range(args.rest_repeat) for i in range(len(texts["attack"]))]
-        rest_seq += [(c, i) for c in ("benign", "long", "long-attack") for i in range(len(texts[c]))]
-        log("at rest (before)")
-        rest = [runner.run(0, sequence=rest_seq, name="rest")]
-        ladder = []
-        for r in rates:
-            log(f"offered {r:g} req/s")
-            ladder.append(runner.run(r))
-        left = runner.settle(args.retro_drain)
-        log(f"at rest (after){f': {left:.0f} retro jobs still queued' if left else ''}")
-        rest.append(runner.run(0, sequence=rest_seq, name="rest"))
-        failures = {k.split(":", 1)[1]: v for k, v in counters(mesh.metrics_port).items() if k.startswith("depfail:")}
-        run = {
-            "rest": rest,
-            "ladder": ladder,
-            "machine": system.machine(),
-            "load_before": load_before,
-            "busy_before": busy,
-            "quick": args.quick,
-            "duration": args.duration,
-            "burst_period": args.burst_period,
-            "burst_length": args.burst_length,
-            "rest_repeat": args.rest_repeat,
-            "retro_drain": args.retro_drain,
-            "restarts": runner.restarts,
-            "errors": runner.error_samples,
-            "failures": failures,
-            "git": git,
-            "command": harness.command_line("bench.failsafe", argv),
-            **prompt_facts(),
-        }
-        saved = {**run, "rest": [s.to_json() for s in rest], "ladder": [s.to_json() for s in ladder]}
-        LAST_RUN.write_text(json.dumps(saved | {"errors": dict(runner.error_samples)}))
-        log(f"run data saved to {LAST_RUN} (re-render with --from-run)")
-        publish(render(run), SECTION, HARNESS, no_write=args.no_write, path=RESULTS, log=log)
-        ok = True
-    finally:
-        mesh.stop()
-        if ok and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            log(f"logs kept in {workdir}")
+    with harness.work_folder("bench-failsafe-", log=log, keep=args.keep) as workdir:
+        load_before = system.loadavg()
+        git = _git()  # the code the mesh runs: others may commit while it runs
+        busy = ", ".join(f"{n} {c:.0f}%" for n, c in system.busy_processes({os.getpid()}, top=3)) or "none"
+        mesh = Mesh(workdir, args.redis_url)
+        try:
+            mesh.start()
+            runner = Runner(args, mesh, workdir)
+            texts = prompts()
+            everything = [(c, i) for c in CLASSES for i in range(len(texts[c]))]
+            log("warm-up: every prompt once, then 10 req/s")
+            runner.run(0, sequence=everything, name="warmup")
+            runner.run(10, duration_s=3, name="warmup")
+            runner.steps.clear()
+            rest_seq = [("attack", i) for _ in range(args.rest_repeat) for i in range(len(texts["attack"]))]
+            rest_seq += [(c, i) for c in ("benign", "long", "long-attack") for i in range(len(texts[c]))]
+            log("at rest (before)")
+            rest = [runner.run(0, sequence=rest_seq, name="rest")]
+            ladder = []
+            for r in rates:
+                log(f"offered {r:g} req/s")
+                ladder.append(runner.run(r))
+            left = runner.settle(args.retro_drain)
+            log(f"at rest (after){f': {left:.0f} retro jobs still queued' if left else ''}")
+            rest.append(runner.run(0, sequence=rest_seq, name="rest"))
+            failures = {
+                k.split(":", 1)[1]: v for k, v in counters(mesh.metrics_port).items() if k.startswith("depfail:")
+            }
+            run = {
+                "rest": rest,
+                "ladder": ladder,
+                "machine": system.machine(),
+                "load_before": load_before,
+                "busy_before": busy,
+                "quick": args.quick,
+                "duration": args.duration,
+                "burst_period": args.burst_period,
+                "burst_length": args.burst_length,
+                "rest_repeat": args.rest_repeat,
+                "retro_drain": args.retro_drain,
+                "restarts": runner.restarts,
+                "errors": runner.error_samples,
+                "failures": failures,
+                "git": git,
+                "command": harness.command_line("bench.failsafe", argv),
+                **prompt_facts(),
+            }
+            saved = {**run, "rest": [s.to_json() for s in rest], "ladder": [s.to_json() for s in ladder]}
+            LAST_RUN.write_text(json.dumps(saved | {"errors": dict(runner.error_samples)}))
+            log(f"run data saved to {LAST_RUN} (re-render with --from-run)")
+            publish(render(run), SECTION, HARNESS, no_write=args.no_write, path=RESULTS, log=log)
+        finally:
+            mesh.stop()
     return 0
 
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -286,3 +289,19 @@ def run_async(main: Awaitable[Any]) -> Any:
     except ImportError:
         return asyncio.run(main)  # type: ignore[arg-type]
     return uvloop.run(main)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def work_folder(prefix: str, log: Callable[[str], None] = log, keep: bool = False) -> Iterator[Path]:
+    """A temporary folder for a run's files and processes' logs: removed after a good run,
+    kept (and its path logged) when the run failed or `keep`."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    except BaseException:
+        log(f"logs kept in {path}")
+        raise
+    if keep:
+        log(f"logs kept in {path}")
+    else:
+        shutil.rmtree(path, ignore_errors=True)

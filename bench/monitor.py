@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -423,14 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     args.step = args.step or (5.0 if args.quick else 20.0)
     args.rounds = args.rounds or (3 if args.quick else 10)
     args.fractions = [float(f) for f in (args.fractions or ("0.5,1" if args.quick else "0.25,0.5,0.75,1")).split(",")]
-    workdir = Path(tempfile.mkdtemp(prefix="bench-monitor-"))
-    load_before = system.loadavg()
-    busy = ", ".join(f"{n} {c:.0f}%" for n, c in system.busy_processes(set(), top=3))
-    run = {"machine": system.machine(), "load_before": load_before, "busy_before": busy, "quick": args.quick}
-    run["step"] = args.step
-    run["n_jailbreaks"] = N_JAILBREAKS
-    ok = False
-    try:
+    with harness.work_folder("bench-monitor-", log=log) as workdir:
+        load_before = system.loadavg()
+        busy = ", ".join(f"{n} {c:.0f}%" for n, c in system.busy_processes(set(), top=3))
+        run = {"machine": system.machine(), "load_before": load_before, "busy_before": busy, "quick": args.quick}
+        run["step"] = args.step
+        run["n_jailbreaks"] = N_JAILBREAKS
         if args.only != "trigger":
             run["throughput"] = throughput(args, workdir)
         if args.only != "throughput":
@@ -438,12 +434,6 @@ def main(argv: list[str] | None = None) -> int:
             run["trigger"] = trigger_to_block(args, workdir)
         run["load_after"] = system.loadavg()
         publish(render(run), SECTION, "monitor", no_write=args.no_write, path=RESULTS, log=log)
-        ok = True
-    finally:
-        if ok:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            log(f"work folder kept: {workdir}")
     return 0
 
 

@@ -319,6 +319,23 @@ class Runner:
     def url(self, svc: Service | FloorService) -> str:
         return f"http://{svc.address}{METHOD}"
 
+    def _new_step(self, svc: Service | FloorService, kind: str, loadgen: str, clients: int, streams: int, **kw) -> Step:
+        c = svc.cfg
+        return Step(
+            kind=kind,
+            service=svc.label,
+            workers=c.workers,
+            event_loop=c.event_loop,
+            inflight=c.inflight,
+            loadgen=loadgen,
+            python=c.python_label or platform.python_version(),
+            gc_freeze=c.gc_freeze,
+            clients=clients,
+            streams=streams,
+            duration_s=self.args.duration,
+            **kw,
+        )
+
     def h2load_step(
         self,
         svc: Service | FloorService,
@@ -328,22 +345,8 @@ class Runner:
         rps_total: int = 0,
         during: Callable[[], None] | None = None,
     ) -> Step:
-        c = svc.cfg
         d = self.args.duration
-        step = Step(
-            kind=kind,
-            service=svc.label,
-            workers=c.workers,
-            event_loop=c.event_loop,
-            inflight=c.inflight,
-            loadgen="h2load",
-            clients=clients,
-            streams=streams,
-            target_rps=rps_total,
-            gc_freeze=c.gc_freeze,
-        )
-        step.duration_s = d
-        step.python = c.python_label or platform.python_version()
+        step = self._new_step(svc, kind, "h2load", clients, streams, target_rps=rps_total)
         self._quiet(svc, step)
         window = _window(svc)
         per_client = max(1, round(rps_total / clients)) if rps_total else None
@@ -365,20 +368,7 @@ class Runner:
         return step
 
     def python_step(self, svc: Service, tenants: int, concurrency: int) -> Step:
-        c = svc.cfg
-        step = Step(
-            kind="tenants",
-            service=c.label,
-            workers=c.workers,
-            event_loop=c.event_loop,
-            inflight=c.inflight,
-            loadgen="python",
-            clients=concurrency,
-            streams=1,
-            tenants=tenants,
-            python=c.python_label or platform.python_version(),
-        )
-        step.duration_s = self.args.duration
+        step = self._new_step(svc, "tenants", "python", concurrency, 1, tenants=tenants)
         cmd = [
             sys.executable,
             "-m",

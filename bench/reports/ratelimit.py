@@ -61,6 +61,10 @@ class Step:
             return float("nan")
         return self.cpu["service"] / 100 * 1e6 / self.decisions_per_s
 
+    def default_settings(self, python: str) -> bool:
+        """The service's default settings (uvloop, 4 pipelines in flight, no gc.freeze) under `python`."""
+        return self.event_loop == "uvloop" and self.inflight == 4 and not self.gc_freeze and self.python == python
+
     @property
     def level(self) -> str:
         if self.loadgen == "python":
@@ -135,17 +139,7 @@ def render(run: dict) -> str:
         ws = [
             s
             for s in steps
-            if s.workers == w
-            and (
-                s.kind == "sweep"
-                or (
-                    s.kind == "knob"
-                    and s.event_loop == "uvloop"
-                    and s.inflight == 4
-                    and not s.gc_freeze
-                    and s.python == m["python"]
-                )
-            )
+            if s.workers == w and (s.kind == "sweep" or (s.kind == "knob" and s.default_settings(m["python"])))
         ]
         b = best_clean(ws)
         rates = {s.target_rps: s for s in steps if s.kind == "rate" and s.workers == w}
@@ -272,10 +266,7 @@ def render(run: dict) -> str:
                 for s in steps
                 if s.kind in ("sweep", "knob")
                 and s.workers == f.workers
-                and s.event_loop == "uvloop"
-                and s.inflight == 4
-                and not s.gc_freeze
-                and s.python == m["python"]
+                and s.default_settings(m["python"])
                 and (s.clients, s.streams) == (f.clients, f.streams)
             ]
             svc = same[-1] if same else None
