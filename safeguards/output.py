@@ -159,7 +159,11 @@ def list_actions(r: enforcement_pb2.ListActionsResponse) -> list[str]:
 
 
 def revoke_action(r: enforcement_pb2.RevokeActionResponse) -> list[str]:
-    return ["revoked" if r.revoked else "nothing revoked (no such action in force)"]
+    if r.revoked:
+        return ["revoked"]
+    if r.revoked_by:
+        return [f"already revoked by {r.revoked_by}: {r.revoke_reason}"]
+    return ["already revoked (nothing changed)"]
 
 
 def case_summary(c: monitor_pb2.ReviewCase) -> str:

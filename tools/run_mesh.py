@@ -133,6 +133,7 @@ def mesh_services(
                 "MONITOR_RULES": str(ROOT / "config" / "monitor-rules"),
                 "MONITOR_HMAC_KEY_FILE": str(hmac_key_file(region)),
                 "MONITOR_CONSOLE_USERS": str(DEV_CONSOLE_USERS),
+                "MONITOR_API_TOKENS": str(DEV_ADMIN_TOKENS),
                 "MONITOR_INSECURE_DEV_ACTION_KEY": "true",
             },
         ),
@@ -368,6 +369,8 @@ def summary(mesh: Mesh, *, region: str, upstream: str, token: str, database: str
         )
     if "enforcer" in a and "ENFORCER_ADMIN_TOKENS" not in os.environ:
         lines.append(f"enforcer admin API: authorization: Bearer {DEV_ADMIN_TOKEN}  ({rel(DEV_ADMIN_TOKENS)})")
+    if "monitor" in a and "MONITOR_API_TOKENS" not in os.environ:
+        lines.append(f"monitor MonitorService: authorization: Bearer {DEV_ADMIN_TOKEN}  ({rel(DEV_ADMIN_TOKENS)})")
     if "monitor" in a and "MONITOR_CONSOLE_USERS" not in os.environ:
         lines.append(
             "monitor console: sign in as dev-reviewer / dev-reviewer-password (or dev-admin, dev-viewer; "

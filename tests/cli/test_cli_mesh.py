@@ -49,8 +49,13 @@ def arg_of(proc: ServiceProcess, flag: str) -> str:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory) -> Iterator[dict[str, str]]:
     tmp = tmp_path_factory.mktemp("cli")
-    admin = ["--admin-tokens", str(ROOT / "config" / "admin-tokens.example.yaml")]
-    with pg_database("moncli") as db_url, monitored_mesh(tmp, REGION, db_url, enforcer_args=admin) as m:
+    tokens = str(ROOT / "config" / "admin-tokens.example.yaml")
+    with (
+        pg_database("moncli") as db_url,
+        monitored_mesh(
+            tmp, REGION, db_url, enforcer_args=["--admin-tokens", tokens], monitor_args=["--api-tokens", tokens]
+        ) as m,
+    ):
         (tmp / "policies" / "strict.yaml").write_text(STRICT_POLICY)  # reloaded within a second
         enforcer = m["enforcer"]
         yield {
@@ -180,6 +185,8 @@ def test_issue_list_and_revoke_an_action(mesh) -> None:
     assert d["action"] == "ACTION_BLOCK" and d["reasons"][0]["code"] == "enforcement.suspended"
     revoke = ["actions", "revoke", issued["action_id"], "--reason", "appeal granted"]
     assert ok(client(mesh, *revoke, SAFEGUARDS_TOKEN=ADMIN_TOKEN)).strip() == "revoked"
+    again = ok(client(mesh, "actions", "revoke", issued["action_id"], "--reason", "again", "--token", ADMIN_TOKEN))
+    assert again.strip() == "already revoked by dev-admin: appeal granted"
 
 
 def test_admin_errors_are_one_line_with_the_status(mesh) -> None:
@@ -194,6 +201,9 @@ def test_admin_errors_are_one_line_with_the_status(mesh) -> None:
 
 def test_cases_list_show_and_aggregates(mesh) -> None:
     tenant = "cli-" + uuid.uuid4().hex[:8]
+    out = client(mesh, "cases", "list", "--tenant", tenant)  # MonitorService needs a token
+    assert out.returncode == 1 and "UNAUTHENTICATED" in out.stderr and "--token" in out.stderr
+    mesh = {**mesh, "SAFEGUARDS_TOKEN": VIEWER_TOKEN}
     d = as_json(client(mesh, "screen", "--json", "--tenant", tenant, "--account", "a-1", JAILBREAK))["decision"]
     assert d["action"] == "ACTION_BLOCK"
     deadline = time.monotonic() + 30
