@@ -152,11 +152,16 @@ SHAPES: tuple[Shape, ...] = (
 )
 
 
-def _blocklist() -> Blocklist:
+def blocklist_terms() -> list[str]:
+    """2,000 seeded blocklist terms (1,900 words, 100 two-word phrases), as bench.tier0 uses too."""
     rng = random.Random(1)
     terms = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(4, 10))) for _ in range(1900)]
     terms += [f"{a} {b}" for a, b in zip(terms[:100], terms[100:200], strict=True)]
-    return Blocklist(terms)
+    return terms
+
+
+def _blocklist() -> Blocklist:
+    return Blocklist(blocklist_terms())
 
 
 def _runner(entry: str, blocklist: Blocklist) -> Callable[[object], object]:

@@ -1,9 +1,12 @@
-"""Fixed sample runs for the bench report renderers (tests/unit/test_bench_reports.py).
+"""Every bench report renders byte-identical markdown for the same run.
 
-Each builder takes the classes a report renders (its Step and result types) and returns
-a `run` as the harness hands it to `render`: made-up but plausible numbers, chosen to
-reach every branch of each renderer (missing values, past-saturation rows, restarts,
-knob / floor / profile tables, a box that never went quiet...).
+bench/reports/ holds one pure `render(run)` per RESULTS.md block. The builders below
+make fixed sample runs (made-up but plausible numbers, chosen to reach every branch of
+each renderer: missing values, past-saturation rows, restarts, knob / floor / profile
+tables, a box that never went quiet...); tests/unit/bench_reports/*.md are what the
+renderers gave for them when they still lived inside the harness modules, so a change
+to a report's wording or numbers shows here as a diff to review (and, when meant, the
+golden file is rewritten with it).
 """
 
 from __future__ import annotations
