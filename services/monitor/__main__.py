@@ -30,7 +30,7 @@ from services.monitor.console.users import PasswordChecker, load_users
 from services.monitor.consumer import ConsumerMetrics, SignalConsumer
 from services.monitor.detectors import AlertConfig, LagWatch, StuckWatch
 from services.monitor.health import ConsumerHealth
-from services.monitor.operations import ActionHistory, Operations
+from services.monitor.operations import ActionHistory, Operations, StoredCategories
 from services.monitor.queries import Queries
 from services.monitor.retention import Purger
 from services.monitor.rollup import Rollup, RollupMetrics
@@ -158,7 +158,13 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
         observer=history.observe,
     )
     admin = ActionAdmin(
-        region=settings.region, key=key, table=state, sink=sink, publisher=publisher, apply_locally=True
+        region=settings.region,
+        key=key,
+        table=state,
+        sink=sink,
+        publisher=publisher,
+        apply_locally=True,
+        catalog=StoredCategories(store.pool, settings.region),
     )
     operations = Operations(store=store, state=state, admin=admin, key=key, alerts=list_alerts)
     on_start = [

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -314,6 +315,33 @@ async def store_audit_signals(pool: asyncpg.Pool, region: str, signals: Sequence
     return len(new)
 
 
+class StoredCategories:
+    """The monitor's `Catalog` (services.actions.admin): what a force-block issued from
+    the console may name, the categories the classifier scored in this region's stored
+    cases (a case's scores name every category its policy evaluated), cached for
+    `ttl_s`. The monitor has no classifier connection: a label never scored in a case
+    here is not offered (issue it through an enforcer's admin API)."""
+
+    def __init__(self, pool: asyncpg.Pool, region: str, ttl_s: float = 60.0) -> None:
+        self.pool = pool
+        self.region = region
+        self.ttl_s = ttl_s
+        self._cached: tuple[float, frozenset[str]] | None = None
+
+    async def categories(self) -> frozenset[str]:
+        now = time.monotonic()
+        if self._cached is not None and now - self._cached[0] < self.ttl_s:
+            return self._cached[1]
+        rows = await self.pool.fetch(
+            "SELECT DISTINCT s->>0 AS category FROM (SELECT scores FROM monitor_cases WHERE region = $1 "
+            "ORDER BY decided_at DESC LIMIT 5000) r, jsonb_array_elements(r.scores) s",
+            self.region,
+        )
+        found = frozenset(r["category"] for r in rows if r["category"])
+        self._cached = (now, found)
+        return found
+
+
 class Operations:
     def __init__(
         self,
@@ -524,6 +552,11 @@ class Operations:
         return AccountView(tenant, account_hmac, cases, self._live_for(tenant, account_hmac), history, decisions)
 
     # ---- actions ---------------------------------------------------------------------------
+    async def categories(self, op: Operator) -> list[str]:
+        """What a force-block may name here (the console's dropdown)."""
+        self._check(op)
+        return sorted(await self.admin.catalog.categories())
+
     async def live_actions(self, op: Operator, tenant: str = "") -> list[ActionView]:
         self._check(op)
         return [ActionView.of(a) for a in self.state.actions(tenant)]

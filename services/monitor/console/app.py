@@ -444,7 +444,10 @@ class Console:
         live = await self.ops.live_actions(request["operator"])
         switches = [a for a in live if a.kind in ("KILL_SWITCH", "FORCE_BLOCK_CATEGORY")]
         accounts = [a for a in live if a.kind not in ("KILL_SWITCH", "FORCE_BLOCK_CATEGORY")]
-        return self._render(request, "switches.html", {"switches": switches, "accounts": accounts})
+        categories = await self.ops.categories(request["operator"])
+        return self._render(
+            request, "switches.html", {"switches": switches, "accounts": accounts, "categories": categories}
+        )
 
     async def switch(self, request: web.Request) -> web.StreamResponse:
         form = request["form"]

@@ -34,7 +34,7 @@ from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.common.kafka import KafkaPublisher, ProducerConfig, PublisherMetrics
 from services.common.spool import Spool
 from services.monitor.decisions import decision_from_signal
-from services.monitor.operations import ActionHistory, Operations
+from services.monitor.operations import ActionHistory, Operations, StoredCategories
 from services.monitor.store import CASE_ACTIONED, CASE_DISMISSED, CaseFilter, Retention, Store
 from tests.integration.monitor.monitor_support import KEY, make_signal, pg_database, read_topic
 from tests.support import EmbeddedKafka
@@ -79,7 +79,15 @@ async def operations(env, key=KEY):
         Spool(Path(tmp) / f"spool-{uuid.uuid4().hex[:6]}.db", 1 << 20),
         PublisherMetrics(registry),
     )
-    admin = ActionAdmin(region=REGION, key=key, table=state, sink=sink, publisher=publisher, apply_locally=True)
+    admin = ActionAdmin(
+        region=REGION,
+        key=key,
+        table=state,
+        sink=sink,
+        publisher=publisher,
+        apply_locally=True,
+        catalog=StoredCategories(store.pool, REGION, ttl_s=0),
+    )
     await publisher.start()
     await history.start()
     await consumer.start()
@@ -320,3 +328,18 @@ async def _audit_signals(bootstrap: str, action_id: str) -> list:
 async def _with_history(ops: Operations, tenant: str, account: str, n: int):
     view = await ops.account(VIEWER, tenant, account)
     return view if len(view.history) >= n else None
+
+
+async def test_a_console_force_block_names_a_category_scored_here(env) -> None:
+    """The console's catalog: categories the classifier scored in this region's cases
+    (the dropdown's options); a typo is refused naming them, nothing is produced."""
+    tenant = f"force-{RUN}"
+    async with operations(env) as ops:
+        await open_case(ops, tenant, "acct-f")
+        assert "jailbreak" in await ops.categories(VIEWER)
+        with pytest.raises(InvalidArgument, match="unknown category 'jailbrek'.*jailbreak"):
+            await ops.issue(ADMIN, kind="FORCE_BLOCK_CATEGORY", tenant=tenant, category="jailbrek", reason="typo")
+        assert not [a for a in await ops.live_actions(VIEWER) if a.category == "jailbrek"]
+        forced = await ops.issue(ADMIN, kind="FORCE_BLOCK_CATEGORY", tenant=tenant, category="jailbreak", reason="r")
+        assert forced.category == "jailbreak"
+        await ops.revoke(ADMIN, forced.action_id, "done")
