@@ -213,6 +213,7 @@ def render(
     extproc_failure_mode_allow: bool = False,
     bypass_route: bool = False,
     observe_tenants: Sequence[str] = (),
+    otlp: str = "",
     template: Path = TEMPLATE,
 ) -> dict[str, Any]:
     """deploy/envoy/envoy.yaml with this run's addresses. `upstream` is HOST:PORT of a
@@ -220,7 +221,10 @@ def render(
     `extproc` sends ext_proc to another address than ext_authz (tests of its failure
     mode); `bypass_route` adds BYPASS_PREFIX, a route with every filter off (the
     benchmark's baseline); `observe_tenants` get the observe-only route: their requests are
-    screened by a copy (ext_proc in observability mode), never held or refused."""
+    screened by a copy (ext_proc in observability mode), never held or refused; `otlp`
+    (HOST:PORT of an OpenTelemetry collector, OTLP/gRPC) turns Envoy's tracing on: every
+    request starts (or joins, from a client's traceparent) a trace that Envoy's calls to
+    the enforcer and the rate limiter carry on, as the services do with --otlp-endpoint."""
     doc = copy.deepcopy(yaml.safe_load(template.read_text()))
     doc["static_resources"]["listeners"][0]["address"] = _socket(listen)
     doc["admin"]["address"] = _socket(admin)
@@ -271,6 +275,25 @@ def render(
             },
         }
         routes.insert(routes.index(screened), observe)
+    if otlp:
+        collector = copy.deepcopy(
+            next(c for c in doc["static_resources"]["clusters"] if c["name"] == "safeguards_enforcer")
+        )
+        collector["name"] = collector["load_assignment"]["cluster_name"] = "otel_collector"
+        doc["static_resources"]["clusters"].append(collector)
+        _set_cluster(doc, "otel_collector", otlp)["type"] = "STATIC" if _is_ip(_split(otlp)[0]) else "STRICT_DNS"
+        _hcm(doc)["tracing"] = {
+            "provider": {
+                "name": "envoy.tracers.opentelemetry",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                    "grpc_service": {"envoy_grpc": {"cluster_name": "otel_collector"}, "timeout": "1s"},
+                    "service_name": "safeguards-gateway",
+                },
+            },
+            "random_sampling": {"value": 100},
+            "spawn_upstream_span": True,
+        }
     if bypass_route:
         routes = _hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]
         off = {
