@@ -1,0 +1,66 @@
+"""The fault suite (issue 14): under steady load through the whole mesh, one fault at a
+time — SIGKILL (then started again on the same port), or SIGSTOP then SIGCONT, of
+Redis, the Kafka broker, the classifier, the rate limiter, one of two enforcer
+replicas; PostgreSQL made unavailable or stalled; the spool's disk full — and after
+each heals, with nothing else restarted, the invariants of tests/e2e/faultmesh.py
+hold: every request got a decision, every decision has exactly one signal (counted
+exactly once by the monitor), the operator's action issued during the fault is in
+force everywhere and written once, the rate-limited account got at most its limit
+plus the counted fail-open decisions, every degraded decision says why.
+
+Short phases keep the suite within minutes; bench/faults.py runs the same scenarios
+longer and writes the table in bench/RESULTS.md. No timing is asserted."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.faultmesh import FAULTS, Fault, FaultMesh, run_scenario
+
+pytestmark = pytest.mark.slow
+
+WARM_S, FAULT_S, RPS = 1.5, 4.0, 16
+
+# Real defects the suite found; each scenario fails until its defect is fixed.
+KNOWN = {
+    "redis-kill": "the rate limiter answers OK on its own when Redis is unavailable (its --fail-mode open) and "
+    "does not say so in the answer: the enforcer's decisions are not marked degraded, carry no reason, and "
+    "the tenant policy's ratelimit fail_mode is never applied (only ratelimit_degraded_decisions_total counts them)",
+    "kafka-pause": "IssueAction answers UNAVAILABLE ('nothing was changed') when the broker does not acknowledge "
+    "in time, but the record it already wrote to the stalled broker lands on resume: the operator's retry "
+    "writes the action a second time (no idempotency key on IssueAction)",
+}
+KNOWN["redis-pause"] = KNOWN["redis-kill"]
+# Not strict: whether it shows depends on whether a consumer rejoins (and resets) before it fetches.
+FLAKY = {
+    "kafka-kill": "Tansu keeps its log in memory, so a killed broker comes back with every partition at offset 0; "
+    "a consumer that keeps its old position (the monitor's signal consumer, an enforcer's actions consumer, "
+    "when they do not rejoin first) skips the new log's first records until its old offset is passed: "
+    "signals replayed from the spools are not stored, an action issued right after the restart is not applied"
+}
+
+
+def _marks(name: str) -> list:
+    if name in KNOWN:
+        return [pytest.mark.xfail(strict=True, reason=KNOWN[name])]
+    if name in FLAKY:
+        return [pytest.mark.xfail(strict=False, reason=FLAKY[name])]
+    return []
+
+
+CASES = [pytest.param(f, id=f.name, marks=_marks(f.name)) for f in FAULTS]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    with FaultMesh(tmp_path_factory.mktemp("faults")) as m:
+        yield m
+
+
+@pytest.mark.parametrize("fault", CASES)
+def test_invariants_hold_through_the_fault(mesh: FaultMesh, fault: Fault) -> None:
+    report = run_scenario(mesh, fault, warm_s=WARM_S, fault_s=FAULT_S, rps=RPS)
+    print(f"\n{report}")
+    assert report.decisions > 0
+    assert report.problems == []
+    assert report.lost == 0
