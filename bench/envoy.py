@@ -20,7 +20,10 @@ answered from a cache):
             cascade, the tenant's rate limit, a signal), ext_proc (request body and
             the response screened as a completion);
 - screened-fast: the same with a tenant whose policy uses only the n-gram tier
-            (sub-millisecond), so what remains is mostly the callouts themselves.
+            (sub-millisecond), so what remains is mostly the callouts themselves;
+- observe:  an observe-only tenant (the rendered observe route: no ext_authz, ext_proc
+            in Envoy's observability mode): the enforcer gets copies, Envoy waits for
+            nothing, so what it adds is JWT + the gateway rate limit + sending copies.
 The load is open loop (requests start on schedule whatever the answers; latency is
 counted from the scheduled start, so a stall is not hidden) from an aiohttp client in
 this process; the servers are other processes. "Added by the filters" is screened
@@ -123,6 +126,8 @@ def run(rates: list[float], duration_s: float) -> dict:
     # The same policy with only the n-gram tier (sub-millisecond): what the callouts cost
     # when the decision itself is cheap.
     fast = POLICY.replace("tenant: default", "tenant: bench-fast").replace("[prompt_guard]", "[prompt_guard_ngram]")
+    observe = POLICY.replace("tenant: default", "tenant: bench-observe")
+    (tmp / "policies" / "bench-observe.yaml").write_text(observe)
     (tmp / "policies" / "bench-fast.yaml").write_text(fast)
     (tmp / "rl").mkdir()
     for name, text in LIMITS.items():
@@ -150,6 +155,7 @@ def run(rates: list[float], duration_s: float) -> dict:
             upstream=upstream.address,
             jwks_path=creds.jwks_path,
             bypass_route=True,
+            observe_tenants=["bench-observe"],
         )
         with EnvoyGateway(config, tmp / "envoy", concurrency=1) as envoy:
             token = creds.token("bench", "acct-bench", ttl_s=3600)
@@ -164,6 +170,10 @@ def run(rates: list[float], duration_s: float) -> dict:
                 "screened-fast": (
                     f"http://{envoy.address}/v1/chat/completions",
                     {**base, "authorization": f"Bearer {creds.token('bench-fast', 'acct-bench', ttl_s=3600)}"},
+                ),
+                "observe": (
+                    f"http://{envoy.address}/v1/chat/completions",
+                    {**base, "authorization": f"Bearer {creds.token('bench-observe', 'acct-bench', ttl_s=3600)}"},
                 ),
             }
             log("warm-up")

@@ -24,6 +24,7 @@ def render_block(res: dict) -> str:
     by = {(s.target, s.rate): s for s in steps}
     rates = sorted({s.rate for s in steps})
     m = res["machine"]
+    observed = any(s.target == "observe" for s in steps)  # runs before observe-only existed have none
     lines = [
         f"{m['date']}. Machine: {m['cpu']}, {m['nproc']} cores, load average at the end {m['loadavg']}; everything "
         "on this one machine (client, Envoy "
@@ -31,8 +32,9 @@ def render_block(res: dict) -> str:
         "step, open loop, OpenAI Chat Completions non-streamed, a different benign prompt per request.",
         "",
         "| rate (req/s) | direct p50 / p99 (ms) | Envoy, filters off | Envoy, filters on "
-        "| added by the filters | filters on, n-gram tier only | added (n-gram only) | errors (on) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| added by the filters | filters on, n-gram tier only | added (n-gram only) | errors (on) |"
+        + (" observe-only (copies, no wait) | added (observe-only) |" if observed else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|" if observed else ""),
     ]
     for r in rates:
         d, off, on, fast = (by[(t, r)] for t in ("direct", "bypass", "screened", "screened-fast"))
@@ -43,6 +45,9 @@ def render_block(res: dict) -> str:
             f"{fast.p(50):.2f} / {fast.p(99):.2f} | **{fast.p(50) - off.p(50):.2f} / {fast.p(99) - off.p(99):.2f}** "
             f"| {errs} |"
         )
+        if observed:
+            o = by[("observe", r)]
+            lines[-1] += f" {o.p(50):.2f} / {o.p(99):.2f} | **{o.p(50) - off.p(50):.2f} / {o.p(99) - off.p(99):.2f}** |"
     lines += [
         "",
         "Anchors: Envoy's ext_proc with every phase on costs about 3 ms per request in its own tests "
