@@ -116,9 +116,8 @@ async def load(url: str, headers: dict[str, str], rate: float, duration_s: float
 
 
 def run(rates: list[float], duration_s: float) -> dict:
-    from tests.e2e.meshes import backends
-    from tests.support import ServiceProcess
-    from tools.envoy_gateway import BYPASS_PREFIX, DevCredentials, EnvoyGateway, render
+    from tests.e2e.meshes import backends, gateway_parts
+    from tools.envoy_gateway import BYPASS_PREFIX, EnvoyGateway
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-envoy-"))
     (tmp / "policies").mkdir()
@@ -135,29 +134,17 @@ def run(rates: list[float], duration_s: float) -> dict:
     (tmp / "hmac.key").write_bytes(b"bench-envoy-hmac-key-" + b"z" * 40)
     steps: list[Step] = []
     with backends(tmp, tmp / "rl", topics_region="bench-envoy") as b:
-        enforcer = ServiceProcess(
-            "services.enforcer",
-            [
-                *b.enforcer_args(region="bench-envoy", policies=tmp / "policies", key=tmp / "hmac.key"),
-                "--extproc-after-authz",
-            ],
-            env={"ENFORCER_INSECURE_DEV_ACTION_KEY": "true"},
-        ).start(timeout=60)
-        b.procs.append(enforcer)
-        upstream = ServiceProcess("tools.dev_upstream", ["--listen", "127.0.0.1:0"]).start()
-        b.procs.append(upstream)
-        creds = DevCredentials(tmp / "creds")
-        config = render(
-            listen="127.0.0.1:0",
-            admin="127.0.0.1:0",
-            enforcer=enforcer.address,
-            ratelimit=b.ratelimit.address,
-            upstream=upstream.address,
-            jwks_path=creds.jwks_path,
+        parts = gateway_parts(
+            b,
+            tmp,
+            region="bench-envoy",
+            policies=tmp / "policies",
+            key=tmp / "hmac.key",
             bypass_route=True,
             observe_tenants=["bench-observe"],
         )
-        with EnvoyGateway(config, tmp / "envoy", concurrency=1) as envoy:
+        upstream, creds = parts.upstream, parts.creds
+        with EnvoyGateway(parts.config, tmp / "envoy", concurrency=1) as envoy:
             token = creds.token("bench", "acct-bench", ttl_s=3600)
             base = {"content-type": "application/json"}
             targets = {

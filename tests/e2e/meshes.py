@@ -12,6 +12,7 @@ import asyncio
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -19,6 +20,7 @@ from aiokafka import AIOKafkaConsumer
 from safeguards.v1 import signals_pb2
 
 from tests.support import ROOT, EmbeddedKafka, ServiceProcess, free_port
+from tools.envoy_gateway import DevCredentials, render
 from tools.run_mesh import create_topics
 
 REGION = "e2e-1"
@@ -235,3 +237,41 @@ def find_signal(records: list[tuple[bytes, bytes]], decision_id: str) -> signals
         if sig.decision_id == decision_id:
             return sig
     raise AssertionError(f"no signal for decision {decision_id}")
+
+
+@dataclass
+class GatewayParts:
+    """An enforcer (--extproc-after-authz) and the development upstream started on
+    `Backends`, and the config of an Envoy in front of them (not started)."""
+
+    enforcer: ServiceProcess
+    upstream: ServiceProcess
+    creds: DevCredentials
+    config: dict
+
+
+def gateway_parts(
+    b: Backends, tmp: Path, *, region: str, policies: Path, key: Path, enforcer_args: Sequence[str] = (), **render_kw
+) -> GatewayParts:
+    """What tests/envoy, bench.envoy and the trace test put behind a real Envoy: the
+    enforcer (with the development action key) and the stand-in model API, both stopped
+    with `b`, and deploy/envoy/envoy.yaml rendered for them (`render_kw`: render()'s options)."""
+    enforcer = ServiceProcess(
+        "services.enforcer",
+        [*b.enforcer_args(region=region, policies=policies, key=key), "--extproc-after-authz", *enforcer_args],
+        env={"ENFORCER_INSECURE_DEV_ACTION_KEY": "true"},
+    ).start(timeout=60)
+    b.procs.append(enforcer)
+    upstream = ServiceProcess("tools.dev_upstream", ["--listen", "127.0.0.1:0"]).start()
+    b.procs.append(upstream)
+    creds = DevCredentials(tmp / "creds")
+    config = render(
+        listen="127.0.0.1:0",
+        admin="127.0.0.1:0",
+        enforcer=enforcer.address,
+        ratelimit=b.ratelimit.address,
+        upstream=upstream.address,
+        jwks_path=creds.jwks_path,
+        **render_kw,
+    )
+    return GatewayParts(enforcer, upstream, creds, config)

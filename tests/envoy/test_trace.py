@@ -16,11 +16,10 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as ts_grpc
 from safeguards.v1 import signals_pb2
 
-from tests.e2e.meshes import REGION, backends, read_signals, write_config
+from tests.e2e.meshes import REGION, backends, gateway_parts, read_signals, write_config
 from tests.e2e.test_tracing import Collector
-from tests.envoy.conftest import DEV_ENV, GATEWAY_LIMITS
-from tests.support import ServiceProcess
-from tools.envoy_gateway import DevCredentials, EnvoyGateway, render
+from tests.envoy.conftest import GATEWAY_LIMITS
+from tools.envoy_gateway import EnvoyGateway
 
 SERVICES = {"safeguards-gateway", "safeguards-enforcer", "safeguards-classifier", "safeguards-ratelimit"}
 MARKER = "trace-marker-" + os.urandom(4).hex()
@@ -44,27 +43,10 @@ def traced(tmp_path_factory):
     (rl / "gateway.yaml").write_text(GATEWAY_LIMITS)
     try:
         with backends(tmp, rl) as b:
-            enforcer = ServiceProcess(
-                "services.enforcer",
-                [*b.enforcer_args(region=REGION, policies=policies, key=key), "--extproc-after-authz"],
-                env=DEV_ENV,
-            ).start(timeout=60)
-            b.procs.append(enforcer)
-            upstream = ServiceProcess("tools.dev_upstream", ["--listen", "127.0.0.1:0"]).start()
-            b.procs.append(upstream)
-            creds = DevCredentials(tmp / "creds")
-            config = render(
-                listen="127.0.0.1:0",
-                admin="127.0.0.1:0",
-                enforcer=enforcer.address,
-                ratelimit=b.ratelimit.address,
-                upstream=upstream.address,
-                jwks_path=creds.jwks_path,
-                otlp=f"127.0.0.1:{port}",
-            )
-            envoy = EnvoyGateway(config, tmp / "envoy").start()
+            parts = gateway_parts(b, tmp, region=REGION, policies=policies, key=key, otlp=f"127.0.0.1:{port}")
+            envoy = EnvoyGateway(parts.config, tmp / "envoy").start()
             try:
-                yield {"collector": collector, "envoy": envoy, "creds": creds, "kafka": b.kafka}
+                yield {"collector": collector, "envoy": envoy, "creds": parts.creds, "kafka": b.kafka}
             finally:
                 envoy.stop()
     finally:
