@@ -486,7 +486,7 @@ class FaultMesh:
             "services.ratelimit",
             ["--plaintext", "--listen", f"127.0.0.1:{rl_port}",
              "--metrics-listen", f"127.0.0.1:{self.ratelimit_metrics}", "--config", str(tmp / "rl"),
-             "--redis-url", self.redis.url, "--redis-timeout-ms", "200"],
+             "--redis-url", self.redis.url, "--redis-timeout-ms", "1000"],
         )  # fmt: skip
         self.parts["classifier"] = ServicePart(
             "classifier",
