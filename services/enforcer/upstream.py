@@ -19,6 +19,7 @@ from envoy.type.v3 import ratelimit_unit_pb2
 from safeguards.v1 import classifier_pb2, classifier_pb2_grpc
 
 from services.common.clients import BreakerOpen, Budget, CircuitBreaker, call_in_budget
+from services.common.wire import RLS_DEGRADED_KEY
 from services.enforcer.decision import ClassifierOutcome, RateLimitOutcome
 from services.enforcer.policy import RateLimitRule
 
@@ -291,6 +292,10 @@ class RateLimitCaller:
         except Exception as exc:
             return RateLimitOutcome(failed=_why(exc))
         if response.overall_code != rls_pb2.RateLimitResponse.OVER_LIMIT:
+            if RLS_DEGRADED_KEY in response.dynamic_metadata.fields:
+                # The rate limiter answered without its store: as if it had not answered,
+                # so the tenant policy's fail mode decides and the decision says why.
+                return RateLimitOutcome(failed="store_unavailable")
             return RateLimitOutcome()
         over = [s for s in response.statuses if s.code == rls_pb2.RateLimitResponse.OVER_LIMIT]
         rule_name = over[0].current_limit.name if over else ""

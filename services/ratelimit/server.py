@@ -15,6 +15,7 @@ from services.common.callers import ANY_CALLER, CallerTenants
 from services.common.pbtime import timestamp
 from services.common.server import ServiceBinding
 from services.common.tls import caller_identity
+from services.common.wire import RLS_DEGRADED_KEY
 from services.ratelimit.config import RateLimit, Unit
 from services.ratelimit.limiter import Code, Decision, Descriptor, RateLimiter
 
@@ -58,6 +59,10 @@ def decision_to_pb(decision: Decision) -> rls_pb2.RateLimitResponse:
             st.duration_until_reset.FromNanoseconds(round(s.reset_after_s * 1e9))
     for key, value in decision.response_headers():
         resp.response_headers_to_add.append(base_pb2.HeaderValue(key=key, value=value))
+    if decision.degraded:
+        # Decided without Redis (--fail-mode): say so, so a caller that has a fail mode
+        # of its own (the enforcer's tenant policy) applies it and records why.
+        resp.dynamic_metadata.update({RLS_DEGRADED_KEY: True})
     return resp
 
 

@@ -23,14 +23,10 @@ WARM_S, FAULT_S, RPS = 1.5, 4.0, 16
 
 # Real defects the suite found; each scenario fails until its defect is fixed.
 KNOWN = {
-    "redis-kill": "the rate limiter answers OK on its own when Redis is unavailable (its --fail-mode open) and "
-    "does not say so in the answer: the enforcer's decisions are not marked degraded, carry no reason, and "
-    "the tenant policy's ratelimit fail_mode is never applied (only ratelimit_degraded_decisions_total counts them)",
     "kafka-pause": "IssueAction answers UNAVAILABLE ('nothing was changed') when the broker does not acknowledge "
     "in time, but the record it already wrote to the stalled broker lands on resume: the operator's retry "
     "writes the action a second time (no idempotency key on IssueAction)",
 }
-KNOWN["redis-pause"] = KNOWN["redis-kill"]
 # Not strict: whether it shows depends on whether a consumer rejoins (and resets) before it fetches.
 FLAKY = {
     "kafka-kill": "Tansu keeps its log in memory, so a killed broker comes back with every partition at offset 0; "

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from services.common.wire import RLS_DEGRADED_KEY as DEGRADED_KEY
 from tests.integration.ratelimit.conftest import OK, OVER, RlsClient, degraded_count, descriptor, wait_until
 from tests.support import PrivateRedis, free_port
 
@@ -31,14 +32,19 @@ def test_redis_down_then_back(start_ratelimit, mode: str) -> None:
     client = RlsClient(svc.address)
     try:
         # Exhaust the bucket while Redis is up: the answer is a real OVER_LIMIT.
-        codes = [client.check(descriptor(("tenant", "r"))).overall_code for _ in range(11)]
-        assert codes[-1] == OVER
+        answers = [client.check(descriptor(("tenant", "r"))) for _ in range(11)]
+        assert answers[-1].overall_code == OVER
+        assert not any(DEGRADED_KEY in a.dynamic_metadata.fields for a in answers)
 
         redis.stop()
         expected = OK if mode == "open" else OVER
         t0 = time.monotonic()
         for value in ("r", "fresh"):
-            assert client.check(descriptor(("tenant", value))).overall_code == expected
+            answer = client.check(descriptor(("tenant", value)))
+            assert answer.overall_code == expected
+            # The answer says it was made without Redis (the enforcer then applies its
+            # tenant's own fail mode and records why, instead of trusting an OK).
+            assert answer.dynamic_metadata.fields[DEGRADED_KEY].bool_value is True
         # Degraded answers come within the Redis timeout budget, not hang.
         assert time.monotonic() - t0 < 2.0
         assert degraded_count(metrics_port, mode) >= 2
