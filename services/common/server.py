@@ -249,7 +249,10 @@ def run(
         return asyncio.run(main())
     except ConfigError as exc:  # bad config at start: one clear line, exit 2, no traceback
         log.error("cannot start", extra={"error": str(exc)})
-        print(settings.error_line(str(exc)), file=sys.stderr)
+        # One write of the whole line: the log pipeline's thread writes to stderr too, and
+        # print() writes the text and its newline separately (a JSON line landed between).
+        sys.stderr.write(settings.error_line(str(exc)) + "\n")
+        sys.stderr.flush()
         return 2
     finally:
         tracing.shutdown()  # export the buffered spans
