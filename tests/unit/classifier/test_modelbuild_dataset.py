@@ -6,11 +6,11 @@ from collections import defaultdict
 
 import pytest
 
-from services.classifier.modelbuild.attacks import LABEL_MAP
-from services.classifier.modelbuild.dataset import HIDDEN_SOURCE, build_dataset
-from services.classifier.modelbuild.examples import LABELS, Example
-from services.classifier.modelbuild.grouping import assign_splits, cluster
-from services.classifier.modelbuild.sources import DEBIAN_DOC_DIR, stdlib_dir
+from modelbuild.attacks import LABEL_MAP
+from modelbuild.dataset import HIDDEN_SOURCE, build_dataset
+from modelbuild.examples import LABELS, Example
+from modelbuild.grouping import assign_splits, cluster
+from modelbuild.sources import DEBIAN_DOC_DIR, stdlib_dir
 from tests.unit.classifier.builtmodels import CACHE_DIR
 
 ALLOWED_SOURCE_PREFIXES = (

@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.classifier.modelbuild.cascade import run_cascade
-from services.classifier.modelbuild.metrics import (
+from modelbuild.cascade import run_cascade
+from modelbuild.metrics import (
     choose_thresholds,
     recall_at_fpr,
     roc_auc,

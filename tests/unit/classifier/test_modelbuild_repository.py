@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
-from services.classifier.modelbuild import build
-from services.classifier.modelbuild.manifest import ENCODER, ENCODER_INT8, MODELS, NGRAM
-from services.classifier.modelbuild.scoring import ModelRunner
+from modelbuild import build
+from modelbuild.manifest import ENCODER, ENCODER_INT8, MODELS, NGRAM
+from modelbuild.scoring import ModelRunner
 from tests.unit.classifier.builtmodels import BUILD_TIMEOUT_S, CACHE_DIR
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(BUILD_TIMEOUT_S)]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from services.classifier.modelbuild import ngram_onnx
-from services.classifier.modelbuild.scoring import session
+from modelbuild import ngram_onnx
+from modelbuild.scoring import session
 from services.classifier.tokenize import char_windows
 from tests.unit.classifier.builtmodels import BUILD_TIMEOUT_S
 

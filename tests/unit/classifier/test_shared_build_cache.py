@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from services.classifier.modelbuild import manifest
-from services.classifier.modelbuild.build import (
+from modelbuild import manifest
+from modelbuild.build import (
     KEEP_SHARED,
     STAMP,
     is_up_to_date,

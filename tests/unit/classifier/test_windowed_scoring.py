@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
+from modelbuild.scoring import ModelRunner, run_rows
 from services.classifier import tokenize
-from services.classifier.modelbuild.scoring import ModelRunner, run_rows
 from tests.unit.classifier.builtmodels import BUILD_TIMEOUT_S
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(BUILD_TIMEOUT_S)]

@@ -120,7 +120,7 @@ def test_the_built_models_manifests_parse() -> None:
     root = Path(__file__).resolve().parents[3] / "build" / "models"
     dirs = [d for d in sorted(root.glob("*")) if (d / "manifest.yaml").is_file()] if root.is_dir() else []
     if not dirs:
-        pytest.skip("no built models in build/models (python -m services.classifier.modelbuild --out build/models)")
+        pytest.skip("no built models in build/models (python -m modelbuild --out build/models)")
     for d in dirs:
         m = mf.load(d)
         assert m.name == d.name

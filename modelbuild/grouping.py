@@ -22,7 +22,6 @@ from dataclasses import replace
 
 from .examples import Example, rank
 
-SPLITS = ("train", "val", "test")
 # Fraction of each source's groups that go to validation (thresholds) and test (metrics).
 VAL_FRACTION = 0.15
 TEST_FRACTION = 0.20

@@ -1,4 +1,4 @@
-"""CLI: ``python -m services.classifier.modelbuild --out DIR [--cache DIR] [--force]``."""
+"""CLI: ``python -m modelbuild --out DIR [--cache DIR] [--force]``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .build import DEFAULT_CACHE, DEFAULT_OUT, DEFAULT_SHARED, build
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m services.classifier.modelbuild",
+        prog="python -m modelbuild",
         description="Build the default classifier models (deterministic; a no-op when inputs are unchanged).",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="model repository (default: %(default)s)")

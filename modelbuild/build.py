@@ -274,7 +274,7 @@ def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool, sh
     lap("models moved into place")
 
     if run_eval:
-        from services.classifier import eval as evaluation
+        from modelbuild import eval as evaluation
 
         evaluation.evaluate(out, cache_dir, dataset=ds)
         lap("evaluated on the test split, wrote model cards")

@@ -199,7 +199,3 @@ def train_linear(
             opt.step([gw, g.sum(axis=0)], lr_scale)
             step += 1
     return w, b
-
-
-def linear_predict(x: SparseRows, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return _softmax(x.matmul(w) + b)

