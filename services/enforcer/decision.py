@@ -113,6 +113,14 @@ class Outcome:
         return self.verdict.name.lower(), self.verdict_reason.split(",", 1)[0][:32]
 
 
+def compare_actions(live: Action, other: Action) -> str:
+    """ "same", "stricter" or "looser": another decision's action (a shadow policy's, a
+    shadow model's) against the live one."""
+    if other == live:
+        return "same"
+    return "stricter" if other > live else "looser"
+
+
 def decide(
     policy: Policy,
     tier0: Tier0Result,

@@ -53,6 +53,7 @@ from services.enforcer.decision import (
     Outcome,
     RateLimitOutcome,
     Verdict,
+    compare_actions,
     decide,
 )
 from services.enforcer.detectors import Tier0Result
@@ -291,29 +292,15 @@ class BackgroundScreener:
             job.text, job.policy.classifier_models, self.timeout_s, tenant=job.tenant
         )
         outcome = decide(job.policy, job.tier0, cl, None, forced_categories=job.forced_categories)
-        signal = build_signal(
-            SignalInput(
-                decision_id=uuid.uuid4().hex,
-                time_s=time.time(),
-                region=self._region,
-                tenant=job.tenant,
-                account_hmac=job.account_hmac,
-                project=job.project,
-                model=job.model,
-                request_id=job.request_id,
-                surface=signals_pb2.SURFACE_RETRO_SCREEN,
-                text=job.raw_text,
-                messages=job.messages,
-                findings=job.tier0.findings,
-                outcome=outcome,
-                policy=job.policy,
-                latencies={"classifier": time.perf_counter() - started},
-                model_versions=dict(cl.model_versions),
-                retro_of_decision_id=job.decision_id,
-                original_action=int(job.original.action),
-            ),
-            self._key,
-            self._snippet_chars,
+        signal = self._follow_up(
+            job,
+            signals_pb2.SURFACE_RETRO_SCREEN,
+            outcome,
+            cl,
+            started,
+            text=job.raw_text,
+            messages=job.messages,
+            findings=job.tier0.findings,
         )
         self._publisher.publish(signal_record(signal))
         if outcome.verdict is not Verdict.FULL:
@@ -337,6 +324,41 @@ class BackgroundScreener:
         )
         return signal
 
+    def _follow_up(
+        self,
+        job: RetroJob | ShadowModelJob,
+        surface: int,
+        outcome: Outcome,
+        cl: ClassifierOutcome,
+        started: float,
+        **content,
+    ) -> signals_pb2.SafeguardSignal:
+        """The follow-up signal of a background screen: the decision it screened again,
+        that decision's identity and action, the new outcome and model versions, and
+        `content` (text, messages, findings; the shadow model) as the kind allows."""
+        return build_signal(
+            SignalInput(
+                decision_id=uuid.uuid4().hex,
+                time_s=time.time(),
+                region=self._region,
+                tenant=job.tenant,
+                account_hmac=job.account_hmac,
+                project=job.project,
+                model=job.model,
+                request_id=job.request_id,
+                surface=surface,
+                outcome=outcome,
+                policy=job.policy,
+                latencies={"classifier": time.perf_counter() - started},
+                model_versions=dict(cl.model_versions),
+                retro_of_decision_id=job.decision_id,
+                original_action=int(job.original.action),
+                **content,
+            ),
+            self._key,
+            self._snippet_chars,
+        )
+
     async def shadow(self, job: ShadowModelJob) -> signals_pb2.SafeguardSignal:
         """Classify one sampled decision's text with a shadow model and publish what
         the live policy would have done on its scores (SURFACE_SHADOW_MODEL, no content)."""
@@ -350,39 +372,23 @@ class BackgroundScreener:
             forced_categories=job.forced_categories,
             enforcement=job.enforcement,
         )
-        signal = build_signal(
-            SignalInput(
-                decision_id=uuid.uuid4().hex,
-                time_s=time.time(),
-                region=self._region,
-                tenant=job.tenant,
-                account_hmac=job.account_hmac,
-                project=job.project,
-                model=job.model,
-                request_id=job.request_id,
-                surface=signals_pb2.SURFACE_SHADOW_MODEL,
-                text="",
-                messages=0,
-                findings=(),
-                outcome=outcome,
-                policy=job.policy,
-                latencies={"classifier": time.perf_counter() - started},
-                model_versions=dict(cl.model_versions),
-                retro_of_decision_id=job.decision_id,
-                original_action=int(job.original.action),
-                shadow_model=job.shadow_model,
-            ),
-            self._key,
-            self._snippet_chars,
+        signal = self._follow_up(
+            job,
+            signals_pb2.SURFACE_SHADOW_MODEL,
+            outcome,
+            cl,
+            started,
+            text="",
+            messages=0,
+            findings=(),
+            shadow_model=job.shadow_model,
         )
         signal.ClearField("content")  # the decision's signal carried what the data policy allows
         self._publisher.publish(signal_record(signal))
         if outcome.verdict is not Verdict.FULL:
             result = "incomplete"
-        elif outcome.action == job.original.action:
-            result = "same"
         else:
-            result = "stricter" if outcome.action > job.original.action else "looser"
+            result = compare_actions(job.original.action, outcome.action)
         self.stats.shadow_jobs.labels(result).inc()
         log.info(
             "shadow model verdict",

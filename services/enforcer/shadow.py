@@ -33,6 +33,7 @@ from services.enforcer.decision import (
     EnforcementVerdict,
     Outcome,
     RateLimitOutcome,
+    compare_actions,
     decide,
 )
 from services.enforcer.detectors import Tier0Result
@@ -47,9 +48,7 @@ class ShadowOutcome:
 
     def compared_to(self, live: Outcome) -> str:
         """ "same", "stricter" or "looser": the candidate's action against the live one."""
-        if self.outcome.action == live.action:
-            return "same"
-        return "stricter" if self.outcome.action > live.action else "looser"
+        return compare_actions(live.action, self.outcome.action)
 
 
 @dataclass(frozen=True)
