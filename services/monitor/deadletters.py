@@ -39,6 +39,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from safeguards.v1 import signals_pb2
 
+from services.monitor.commands import command_settings
 from services.monitor.outbox import Flushed, Outbox
 
 log = logging.getLogger("safeguards.monitor.deadletters")
@@ -189,8 +190,6 @@ async def _run(command: str, ids: list[int], settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from services.monitor.settings import MonitorSettings
-
     parser = argparse.ArgumentParser(
         prog="python -m services.monitor.deadletters",
         description="List, replay (after a fix) or discard the signal records the monitor parked; "
@@ -201,10 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command == "discard" and not args.ids:
         parser.error("discard needs the ids of the dead letters (see list)")
-    if not any(a.startswith(("--plaintext", "--tls-")) for a in rest):
-        rest.append("--plaintext")  # this command serves nothing: the service's TLS flags do not apply
-    settings = MonitorSettings.parse(rest)
-    return asyncio.run(_run(args.command, args.ids, settings))
+    return asyncio.run(_run(args.command, args.ids, command_settings(rest)))
 
 
 if __name__ == "__main__":

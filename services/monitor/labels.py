@@ -40,7 +40,6 @@ The counts (`ExportCounts`) are printed as one JSON object on stdout when it is 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections import Counter
@@ -52,9 +51,8 @@ from typing import TextIO
 import asyncpg
 from safeguards.v1 import signals_pb2
 
-from services.common.errors import InvalidArgument
+from services.monitor.commands import command_settings, parse_since, run_against_database
 from services.monitor.decisions import ACTIONS, METADATA_ONLY, STANDARD, ZERO_RETENTION
-from services.monitor.promotion import parse_since
 from services.monitor.store import CASE_ACTIONED, CASE_DISMISSED
 
 BENIGN = "benign"
@@ -173,8 +171,6 @@ async def _run(args: argparse.Namespace, settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from services.monitor.settings import MonitorSettings
-
     parser = argparse.ArgumentParser(
         prog="python -m services.monitor.labels",
         description="Export reviewers' verdicts on review cases as labelled JSONL (approve: the category that "
@@ -186,17 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--since", default="", help="reviewed since: 24h, 7d or an ISO 8601 time (default: all)")
     parser.add_argument("--tenant", default="", help="one tenant only")
     args, rest = parser.parse_known_args(argv)
-    if not any(a.startswith(("--plaintext", "--tls-")) for a in rest):
-        rest.append("--plaintext")  # this command serves nothing: the service's TLS flags do not apply
-    settings = MonitorSettings.parse(rest)
-    try:
-        return asyncio.run(_run(args, settings))
-    except InvalidArgument as exc:
-        parser.error(exc.message)
-        return 2
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"cannot read the monitor's database at --database-url: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    return run_against_database(parser, _run(args, command_settings(rest)))
 
 
 if __name__ == "__main__":

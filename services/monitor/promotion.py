@@ -28,9 +28,7 @@ Read only; nothing here changes what the enforcers do.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,28 +37,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from services.common.errors import InvalidArgument
+from services.monitor.commands import command_settings, parse_since, run_against_database
 from services.monitor.decisions import ACTIONS, MAX_ID_CHARS, SHADOW_MODEL_KIND, SHADOW_POLICY_KIND
 
 ALLOW, BLOCK = 1, 5  # safeguards.v1.Action
-_AGO = re.compile(r"^(\d{1,6})([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_AGO = timedelta(days=400)
-
-
-def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """ "24h", "30m", "7d", "90s" ago, or an ISO 8601 time (UTC when it names no zone)."""
-    now = now or datetime.now(UTC)
-    m = _AGO.match(text.strip())
-    if m:
-        ago = timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
-        if ago > MAX_AGO:
-            raise InvalidArgument(f"--since {text!r} is further back than {MAX_AGO.days} days")
-        return now - ago
-    try:
-        at = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise InvalidArgument(f"--since {text!r}: give a duration (24h, 30m, 7d) or an ISO 8601 time") from None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -251,8 +231,6 @@ async def _run(args: argparse.Namespace, settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from services.monitor.settings import MonitorSettings
-
     parser = argparse.ArgumentParser(
         prog="python -m services.monitor.promotion",
         description="Compare a shadow (candidate policy or shadow model) with live over recent decisions, per "
@@ -267,17 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tenant", default="", help="one tenant only")
     parser.add_argument("--json", action="store_true", help="JSON instead of a table")
     args, rest = parser.parse_known_args(argv)
-    if not any(a.startswith(("--plaintext", "--tls-")) for a in rest):
-        rest.append("--plaintext")  # this command serves nothing: the service's TLS flags do not apply
-    settings = MonitorSettings.parse(rest)
-    try:
-        return asyncio.run(_run(args, settings))
-    except InvalidArgument as exc:
-        parser.error(exc.message)
-        return 2
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"cannot read the monitor's database at --database-url: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    return run_against_database(parser, _run(args, command_settings(rest)))
 
 
 if __name__ == "__main__":
