@@ -7,19 +7,12 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 from safeguards.v1 import classifier_pb2, safeguards_pb2, signals_pb2
 
-from services.common.privacy import RegionalKey
-from services.common.reloader import ReloadingConfig
-from services.enforcer import policy
 from services.enforcer.decision import ClassifierOutcome, EnforcementVerdict, Verdict
 from services.enforcer.policy import Action
-from services.enforcer.requests import Identity, Limits, PromptRequest
-from services.enforcer.retro import BackgroundScreener, RetroStats
-from services.enforcer.screening import Screener
-from services.enforcer.stats import ScreenStats
-from tests.unit.enforcer_stream.helpers import ListPublisher
+from services.enforcer.requests import Identity, PromptRequest
+from tests.unit.enforcer_stream.helpers import screener_with_background
 
 POLICY = """
 tenant: default
@@ -53,42 +46,11 @@ class StagedClassifier:
         return self.full
 
 
-class NoRateLimit:
-    async def check(self, *args, **kw):
-        raise AssertionError("no rate limits in this policy")
-
-
 def make(tmp: Path, cl: StagedClassifier, *, data_policy: str = "STANDARD", max_jobs: int = 100):
     d = tmp / f"policies-{data_policy}-{max_jobs}"
     d.mkdir()
     (d / "default.yaml").write_text(POLICY.format(data_policy=data_policy))
-    policies = ReloadingConfig(d, policy.load)
-    policies.load_initial()
-    pub = ListPublisher()
-    key = RegionalKey.from_bytes("unit", b"k" * 32)
-    registry = CollectorRegistry()
-    retro = BackgroundScreener(
-        classifier=cl,
-        publisher=pub,
-        key=key,
-        region="unit",
-        snippet_chars=40,
-        stats=RetroStats(registry),
-        max_jobs=max_jobs,
-        timeout_s=7.0,
-    )
-    screener = Screener(
-        region="unit",
-        policies=policies,
-        key=key,
-        classifier=cl,
-        ratelimit=NoRateLimit(),
-        publisher=pub,
-        stats=ScreenStats(registry),
-        limits=Limits(max_prompt_bytes=100_000, max_messages=10, classifier_max_chars=1000, snippet_chars=40),
-        retro=retro,
-    )
-    return screener, retro, pub, registry
+    return screener_with_background(d, cl, max_jobs=max_jobs)
 
 
 PARTIAL_LOW = ClassifierOutcome(

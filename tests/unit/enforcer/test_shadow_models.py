@@ -9,21 +9,14 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 from safeguards.v1 import classifier_pb2, safeguards_pb2, signals_pb2
 
 from services.common.errors import ConfigError
-from services.common.privacy import RegionalKey
-from services.common.reloader import ReloadingConfig
-from services.enforcer import policy
 from services.enforcer.decision import ClassifierOutcome
 from services.enforcer.policy import Action, parse_policy
-from services.enforcer.requests import Identity, Limits, PromptRequest
-from services.enforcer.retro import BackgroundScreener, RetroStats
-from services.enforcer.screening import Screener
-from services.enforcer.stats import ScreenStats
-from tests.unit.enforcer.test_retro import FULL_BENIGN, FULL_HARMFUL, PARTIAL_LOW, THRESHOLDS, NoRateLimit, wait_for
-from tests.unit.enforcer_stream.helpers import ListPublisher
+from services.enforcer.requests import Identity, PromptRequest
+from tests.unit.enforcer.test_retro import FULL_BENIGN, FULL_HARMFUL, PARTIAL_LOW, THRESHOLDS, wait_for
+from tests.unit.enforcer_stream.helpers import screener_with_background
 
 POLICY = """
 tenant: default
@@ -61,34 +54,7 @@ def make(tmp: Path, cl, *, rate: float = 1.0, data_policy: str = "STANDARD", ret
     d = tmp / f"policies-{rate}-{data_policy}-{retro_jobs}-{shadow_jobs}"
     d.mkdir()
     (d / "default.yaml").write_text(POLICY.format(data_policy=data_policy, rate=rate))
-    policies = ReloadingConfig(d, policy.load)
-    policies.load_initial()
-    pub = ListPublisher()
-    key = RegionalKey.from_bytes("unit", b"k" * 32)
-    registry = CollectorRegistry()
-    background = BackgroundScreener(
-        classifier=cl,
-        publisher=pub,
-        key=key,
-        region="unit",
-        snippet_chars=40,
-        stats=RetroStats(registry),
-        max_jobs=retro_jobs,
-        shadow_max_jobs=shadow_jobs,
-        timeout_s=7.0,
-    )
-    screener = Screener(
-        region="unit",
-        policies=policies,
-        key=key,
-        classifier=cl,
-        ratelimit=NoRateLimit(),
-        publisher=pub,
-        stats=ScreenStats(registry),
-        limits=Limits(max_prompt_bytes=100_000, max_messages=10, classifier_max_chars=1000, snippet_chars=40),
-        retro=background,
-    )
-    return screener, background, pub, registry
+    return screener_with_background(d, cl, max_jobs=retro_jobs, shadow_max_jobs=shadow_jobs)
 
 
 def request(text: str) -> PromptRequest:

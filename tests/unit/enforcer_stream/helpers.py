@@ -14,6 +14,7 @@ from services.common.reloader import ReloadingConfig
 from services.enforcer import policy
 from services.enforcer.decision import ClassifierOutcome
 from services.enforcer.requests import Identity, Limits
+from services.enforcer.retro import BackgroundScreener, RetroStats
 from services.enforcer.screening import Screener
 from services.enforcer.stats import ScreenStats
 
@@ -62,8 +63,43 @@ class ListPublisher:
 
 
 class NoRateLimit:
-    async def check(self, *args):  # the completion path must never call it
-        raise AssertionError("completion screening must not call the rate limiter")
+    async def check(self, *args, **kw):  # these policies have no limits: never called
+        raise AssertionError("this screening must not call the rate limiter")
+
+
+def screener_with_background(
+    policies_dir: Path, cl, **background
+) -> tuple[Screener, BackgroundScreener, ListPublisher, CollectorRegistry]:
+    """A Screener over the policy files in `policies_dir` with a real BackgroundScreener
+    (retro-screening and shadow-model jobs) on classifier `cl`; `background` sets its
+    queue bounds (max_jobs, shadow_max_jobs)."""
+    policies = ReloadingConfig(policies_dir, policy.load)
+    policies.load_initial()
+    pub = ListPublisher()
+    key = RegionalKey.from_bytes("unit", b"k" * 32)
+    registry = CollectorRegistry()
+    retro = BackgroundScreener(
+        classifier=cl,
+        publisher=pub,
+        key=key,
+        region="unit",
+        snippet_chars=40,
+        stats=RetroStats(registry),
+        timeout_s=7.0,
+        **background,
+    )
+    screener = Screener(
+        region="unit",
+        policies=policies,
+        key=key,
+        classifier=cl,
+        ratelimit=NoRateLimit(),
+        publisher=pub,
+        stats=ScreenStats(registry),
+        limits=Limits(max_prompt_bytes=100_000, max_messages=10, classifier_max_chars=1000, snippet_chars=40),
+        retro=retro,
+    )
+    return screener, retro, pub, registry
 
 
 def make_screener(
