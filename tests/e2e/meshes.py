@@ -239,6 +239,10 @@ def find_signal(records: list[tuple[bytes, bytes]], decision_id: str) -> signals
     raise AssertionError(f"no signal for decision {decision_id}")
 
 
+#: The local run's development action-signing key (never in production).
+DEV_ENV = {"ENFORCER_INSECURE_DEV_ACTION_KEY": "true"}
+
+
 @dataclass
 class GatewayParts:
     """An enforcer (--extproc-after-authz) and the development upstream started on
@@ -251,15 +255,27 @@ class GatewayParts:
 
 
 def gateway_parts(
-    b: Backends, tmp: Path, *, region: str, policies: Path, key: Path, enforcer_args: Sequence[str] = (), **render_kw
+    b: Backends,
+    tmp: Path,
+    *,
+    region: str,
+    policies: Path,
+    key: Path,
+    enforcer_args: Sequence[str] = (),
+    metrics_listen: str = "",
+    **render_kw,
 ) -> GatewayParts:
     """What tests/envoy, bench.envoy and the trace test put behind a real Envoy: the
     enforcer (with the development action key) and the stand-in model API, both stopped
     with `b`, and deploy/envoy/envoy.yaml rendered for them (`render_kw`: render()'s options)."""
     enforcer = ServiceProcess(
         "services.enforcer",
-        [*b.enforcer_args(region=region, policies=policies, key=key), "--extproc-after-authz", *enforcer_args],
-        env={"ENFORCER_INSECURE_DEV_ACTION_KEY": "true"},
+        [
+            *b.enforcer_args(region=region, policies=policies, key=key, metrics_listen=metrics_listen),
+            "--extproc-after-authz",
+            *enforcer_args,
+        ],
+        env=DEV_ENV,
     ).start(timeout=60)
     b.procs.append(enforcer)
     upstream = ServiceProcess("tools.dev_upstream", ["--listen", "127.0.0.1:0"]).start()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.meshes import REGION, Backends, backends, write_config
+from tests.e2e.meshes import REGION, Backends, backends, gateway_parts, write_config
 from tests.support import ServiceProcess, free_port
 from tools.envoy_gateway import DevCredentials, EnvoyGateway, render
 
@@ -36,10 +36,6 @@ descriptors:
   - key: remote_address
     rate_limit: {unit: second, requests_per_unit: 10000}
 """
-
-
-#: The local run's development action-signing key (never in production).
-DEV_ENV = {"ENFORCER_INSECURE_DEV_ACTION_KEY": "true"}
 
 
 @dataclass
@@ -92,31 +88,10 @@ def gateway(tmp_path_factory) -> Iterator[Gateway]:
         f.write("  - key: tenant\n    value: tiny2\n    rate_limit: {unit: hour, requests_per_unit: 2}\n")
     with backends(tmp, rl) as b:
         metrics = free_port()
-        enforcer = ServiceProcess(
-            "services.enforcer",
-            [
-                *b.enforcer_args(region=REGION, policies=policies, key=key, metrics_listen=f"127.0.0.1:{metrics}"),
-                "--extproc-after-authz",
-            ],
-            env=DEV_ENV,
-        ).start(timeout=60)
-        b.procs.append(enforcer)
-        enforcer.metrics_port = metrics  # type: ignore[attr-defined]
-        upstream = ServiceProcess("tools.dev_upstream", ["--listen", "127.0.0.1:0"]).start()
-        b.procs.append(upstream)
-        creds = DevCredentials(tmp / "creds")
-        envoy = EnvoyGateway(
-            render(
-                listen="127.0.0.1:0",
-                admin="127.0.0.1:0",
-                enforcer=enforcer.address,
-                ratelimit=b.ratelimit.address,
-                upstream=upstream.address,
-                jwks_path=creds.jwks_path,
-            ),
-            tmp / "envoy",
-        ).start()
-        gw = Gateway(tmp, b, enforcer, upstream, creds, envoy, policies, key)
+        parts = gateway_parts(b, tmp, region=REGION, policies=policies, key=key, metrics_listen=f"127.0.0.1:{metrics}")
+        parts.enforcer.metrics_port = metrics  # type: ignore[attr-defined]
+        envoy = EnvoyGateway(parts.config, tmp / "envoy").start()
+        gw = Gateway(tmp, b, parts.enforcer, parts.upstream, parts.creds, envoy, policies, key)
         try:
             yield gw
         finally:

@@ -20,8 +20,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.e2e.meshes import REGION
-from tests.envoy.conftest import DEV_ENV
+from tests.e2e.meshes import DEV_ENV, REGION
 from tests.envoy.test_sdks import ask
 from tests.support import ServiceProcess, free_port
 from tools.dev_upstream import ECHO
