@@ -101,9 +101,16 @@ def test_a_normal_prompt_is_answered_while_256_kb_adversarial_ones_are_processed
         results = [f.result() for f in bigs]
     assert all(d.action == pb.ACTION_ALLOW for d in normal)
     assert all(d.verdict != classifier_pb2.VERDICT_COMPLETENESS_NONE for d in normal)
-    for d in results:  # the large ones are decided too, and say they were screened in part
-        assert d.decision_id and d.verdict == classifier_pb2.VERDICT_COMPLETENESS_PARTIAL
-        assert "oversize" in d.verdict_reason
+    for d in results:  # the large ones are decided too, and say they were not fully screened
+        assert d.decision_id
+        if d.verdict == classifier_pb2.VERDICT_COMPLETENESS_PARTIAL:
+            assert "oversize" in d.verdict_reason
+        else:
+            # On a loaded box (CI's 2 cores, three 256 KB bodies at once) decoding and
+            # windowing can spend the whole budget before any classifier stage answers:
+            # then no verdict at all, said so and FLAGged for review, never a silent ALLOW.
+            assert d.verdict == classifier_pb2.VERDICT_COMPLETENESS_NONE, d
+            assert d.action == pb.ACTION_FLAG and d.verdict_reason == "deadline_exceeded", d
 
 
 def test_under_8_concurrent_callers_no_attack_blocked_at_rest_is_silently_allowed(mesh) -> None:
