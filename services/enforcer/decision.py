@@ -207,8 +207,9 @@ def decide(
     if ratelimit is not None:
         if ratelimit.failed:
             failed.append("ratelimit")
-            assert policy.ratelimit is not None
-            if policy.ratelimit.fail_mode is FailMode.CLOSED:
+            # No ratelimit section: the account throttle alone (screening's throttle
+            # domain), which fails open.
+            if policy.ratelimit is not None and policy.ratelimit.fail_mode is FailMode.CLOSED:
                 actions.append(Action.THROTTLE)
                 reasons.append(Reason("dependency.ratelimit", f"fail closed: {ratelimit.failed}"))
                 retry_after = max(retry_after, 1.0)

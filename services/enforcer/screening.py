@@ -271,13 +271,10 @@ class Screener:
             return await self.ratelimit.check(policy.ratelimit, context, tokens, budget, account_rpm=rpm)
         if rpm is None or not self.throttle_domain:
             return None
-        # A throttled account of a tenant without limits: the throttle alone, failing open.
+        # A throttled account of a tenant without limits: the throttle alone, failing
+        # open; a failure is counted by the caller and marks the decision degraded.
         rule = RateLimitRule(self.throttle_domain, FailMode.OPEN, ())
-        result = await self.ratelimit.check(rule, context, tokens, budget, account_rpm=rpm)
-        if result.failed:
-            self.stats.dependency_failures.labels("ratelimit", result.failed).inc()
-            return None
-        return result
+        return await self.ratelimit.check(rule, context, tokens, budget, account_rpm=rpm)
 
     @staticmethod
     async def _timed(latencies: dict[str, float], name: str, coro):
