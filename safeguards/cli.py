@@ -306,6 +306,13 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--rpm", type=int, default=0, help="requests per minute (throttle-account)")
     p.add_argument("--evidence", action="append", default=[], help="decision id that justifies it; repeatable")
+    p.add_argument(
+        "--idempotency-key",
+        default="",
+        metavar="KEY",
+        help="retry key: the same key issues the action once (default: a new random key, printed when the call "
+        "fails in a way that a retry should repeat)",
+    )
     p = command("list", cmd_list_actions, "list actions in force", asub)
     p.add_argument("--tenant", default="", help="only this tenant's")
     p = command("revoke", cmd_revoke, "revoke an action", asub)
@@ -452,12 +459,22 @@ def cmd_issue(args: argparse.Namespace) -> Iterator[Message]:
         reason=args.reason,
         requests_per_minute=args.rpm,
         evidence=args.evidence,
+        idempotency_key=args.idempotency_key or uuid.uuid4().hex,
     )
     if args.ttl is not None:
         request.ttl.CopyFrom(seconds_pb(args.ttl))
     with conn.channel() as ch:
         stub = enforcement_pb2_grpc.EnforcementAdminServiceStub(ch)
-        yield stub.IssueAction(request, timeout=conn.timeout_s, metadata=conn.metadata())
+        try:
+            yield stub.IssueAction(request, timeout=conn.timeout_s, metadata=conn.metadata())
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                print(
+                    f"{args.prog}: to retry without risk of issuing the action twice, "
+                    f"repeat the command with --idempotency-key {request.idempotency_key}",
+                    file=sys.stderr,
+                )
+            raise
 
 
 def cmd_list_actions(args: argparse.Namespace) -> Iterator[Message]:

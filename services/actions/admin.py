@@ -17,6 +17,7 @@ before anything leaves this module.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -31,7 +32,7 @@ from services.actions.authz import Operation, Operator, action_operation, author
 from services.actions.keys import KIND_NAMES, action_key
 from services.actions.projection import ActionTable
 from services.actions.sink import ActionSink
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.common.kafka import Publisher
 from services.common.pbtime import timestamp
 from services.common.privacy import RegionalKey, is_pseudonym
@@ -46,7 +47,11 @@ MAX_REASON = 1024
 MAX_EVIDENCE = 100
 #: Revokes remembered per process (their actor and reason answer a second revoke).
 MAX_REVOCATIONS = 10_000
+#: Idempotency keys remembered per process, with the action each issued.
+MAX_IDEMPOTENCY_KEYS = 10_000
+MAX_IDEMPOTENCY_KEY = 128
 _CATEGORY = re.compile(r"^[a-z0-9_.-]+$")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]+$")
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,18 @@ class IssueRequest:
     ttl_s: float = 0.0
     requests_per_minute: int = 0
     evidence: tuple[str, ...] = ()
+    #: The caller's key for retries: the same key issues the same action once.
+    idempotency_key: str = ""
+
+
+@dataclass
+class _Issued:
+    """What one idempotency key issued here: the request's fingerprint and the action
+    record (sent again, byte for byte, by a retry until the broker acknowledged it)."""
+
+    fingerprint: str
+    action: enforcement_pb2.EnforcementAction
+    acknowledged: bool = False
 
 
 class ActionAdmin:
@@ -123,6 +140,8 @@ class ActionAdmin:
         self._clock = clock
         #: action id -> its revoke, this process's own (bounded, oldest forgotten).
         self._revocations: OrderedDict[str, Revocation] = OrderedDict()
+        #: (actor, idempotency key) -> what it issued here (bounded, oldest forgotten).
+        self._issued: OrderedDict[tuple[str, str], _Issued] = OrderedDict()
 
     def authorise(self, caller: Operator, operation: Operation) -> None:
         """The one role matrix and this region's scope (services.actions.authz)."""
@@ -204,14 +223,62 @@ class ActionAdmin:
                     raise InvalidArgument(
                         f"unknown category {req.category[:64]!r}: a force-block names one of {', '.join(sorted(known))}"
                     )
+            issued = self._idempotent(caller, req, action) if req.idempotency_key else None
+            if issued is not None:
+                action = issued.action
+                if issued.acknowledged:  # a retry of a call that succeeded: nothing to write
+                    return action, action.action_id
             key = action_key(action.kind, action.target).encode()
             value = action.SerializeToString()
             await self.sink.send(self.topic, key, value)
+            if issued is not None:
+                issued.acknowledged = True
             if self.apply_locally:
                 self.table.apply(key, value)
             return action, action.action_id
 
         return await self._audited("IssueAction", caller, req.tenant, req.reason, run)  # type: ignore[return-value]
+
+    def _idempotent(self, caller: Operator, req: IssueRequest, built: enforcement_pb2.EnforcementAction) -> _Issued:
+        """The action an idempotency key stands for. Its id is derived from the region,
+        the caller and the key, so a retry on another replica writes the same action_id
+        (the projection replaces the record on its key; the fault suite counts one
+        action); on this replica the retry resends the first try's record unchanged, or
+        nothing once the broker acknowledged it. A key reused for a different action is
+        refused, and so is the key of an action since revoked (it is not brought back)."""
+        digest = hashlib.sha256(
+            b"\0".join(v.encode() for v in ("safeguards.action.v1", self.region, caller.name, req.idempotency_key))
+        )
+        action_id = digest.hexdigest()[:32]
+        probe = enforcement_pb2.EnforcementAction()
+        probe.CopyFrom(built)
+        for field in ("action_id", "issued_at", "expires_at"):
+            probe.ClearField(field)
+        # What was asked for: the action without its instants, and the lifetime asked.
+        fingerprint = hashlib.sha256(probe.SerializeToString(deterministic=True) + repr(req.ttl_s).encode()).hexdigest()
+        if action_id in self._revocations or self.table.was_revoked(action_id):
+            raise FailedPrecondition(
+                "the action issued with this idempotency key was revoked since; issue a new one with a new key"
+            )
+        slot = (caller.name, req.idempotency_key)
+        issued = self._issued.get(slot)
+        if issued is None:
+            built.action_id = action_id
+            issued = _Issued(fingerprint, built)
+            live = self.table.find(action_id)
+            if live is not None:  # issued through another replica and read back from the topic
+                issued.action, issued.acknowledged = live.action, True
+                if not _same_action(live.action, built):
+                    issued.fingerprint = ""
+            self._issued[slot] = issued
+            while len(self._issued) > MAX_IDEMPOTENCY_KEYS:
+                self._issued.popitem(last=False)
+        if issued.fingerprint != fingerprint:
+            raise AlreadyExists(
+                "this idempotency key already issued a different action "
+                f"({issued.action.action_id}); use a new key for a new action"
+            )
+        return issued
 
     def _build(self, caller: Operator, req: IssueRequest) -> enforcement_pb2.EnforcementAction:
         kind = req.kind
@@ -259,6 +326,12 @@ class ActionAdmin:
             raise InvalidArgument("ttl must not be negative")
         if len(req.evidence) > MAX_EVIDENCE or any(len(e) > MAX_FIELD for e in req.evidence):
             raise InvalidArgument(f"evidence: at most {MAX_EVIDENCE} ids of at most {MAX_FIELD} characters")
+        if req.idempotency_key and not (
+            len(req.idempotency_key) <= MAX_IDEMPOTENCY_KEY and _IDEMPOTENCY_KEY.match(req.idempotency_key)
+        ):
+            raise InvalidArgument(
+                f"idempotency_key: at most {MAX_IDEMPOTENCY_KEY} printable ASCII characters, no spaces (a UUID)"
+            )
         now = self._clock()
         action = enforcement_pb2.EnforcementAction(
             action_id=uuid.uuid4().hex,
@@ -336,3 +409,16 @@ class ActionAdmin:
             return RevokeResult(True), action_id
 
         return await self._audited("RevokeAction", caller, tenant, reason, run)  # type: ignore[return-value]
+
+
+def _same_action(a: enforcement_pb2.EnforcementAction, b: enforcement_pb2.EnforcementAction) -> bool:
+    """The same action asked for, whenever it was issued (what an idempotent retry on
+    another replica compares against the one read back from the topic)."""
+    return (
+        a.kind == b.kind
+        and a.target == b.target
+        and a.reason == b.reason
+        and a.requests_per_minute == b.requests_per_minute
+        and list(a.evidence) == list(b.evidence)
+        and a.HasField("expires_at") == b.HasField("expires_at")
+    )

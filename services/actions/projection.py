@@ -75,7 +75,8 @@ class ActionMetrics:
         self.refused = Counter(
             f"{prefix}_actions_refused",
             "Records of the actions topic refused and not applied, by reason: unsigned, unknown_key, "
-            "bad_signature, malformed_header, stale_revoke (a revoke of an action no longer in force).",
+            "bad_signature, malformed_header, stale_revoke (a revoke of an action no longer in force), revoked "
+            "(a late copy of an action revoked since).",
             ["reason"],
             registry=registry,
         )
@@ -228,6 +229,12 @@ class ActionTable:
             return self._malformed("action is for another region", key, value)
         if action.kind == K.ENFORCEMENT_KIND_THROTTLE_ACCOUNT and action.requests_per_minute <= 0:
             return self._malformed("throttle without requests_per_minute", key, value)
+        if action.action_id in self._revoked:
+            # A late copy of an action revoked since (an idempotent retry's first try,
+            # held by a stalled broker): a revoke is final, nothing brings it back.
+            self.metrics.refused.labels("revoked").inc()
+            log.warning("record of an action revoked since ignored", extra={"key_bytes": len(skey)})
+            return False
         expires = action.expires_at.ToNanoseconds() / 1e9 if action.HasField("expires_at") else 0.0
         self._remove(skey)
         live = LiveAction(skey, action, expires)

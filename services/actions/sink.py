@@ -90,15 +90,24 @@ class KafkaActionSink:
         all_headers = list(headers or ())
         if self.keys is not None:
             all_headers += sign(self.keys, topic, key, value, revokes)
+        connected = False
         try:
             async with asyncio.timeout(self.timeout_s):
                 producer = await self._get()
+                connected = True
                 await producer.send_and_wait(topic, value, key=key, headers=all_headers or None)
         except (TimeoutError, KafkaError, OSError) as exc:
             await self.close()
+            if not connected:
+                raise Unavailable(
+                    f"Kafka is not reachable ({type(exc).__name__}): nothing was written, retry when it is"
+                ) from None
+            # Sent, not acknowledged: the broker may hold the record and append it on
+            # recovery. Never "nothing was changed": the caller retries idempotently.
             raise Unavailable(
-                f"the topic did not acknowledge the record ({type(exc).__name__}); nothing was changed, "
-                "retry when Kafka is reachable"
+                f"the actions topic did not acknowledge the record in time ({type(exc).__name__}): it may "
+                "still be written when the broker recovers. Retry when Kafka is reachable (an IssueAction "
+                "with the same idempotency_key, so that the action is issued once)"
             ) from None
 
     async def close(self) -> None:

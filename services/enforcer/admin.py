@@ -110,6 +110,7 @@ class EnforcementAdminServicer(enforcement_pb2_grpc.EnforcementAdminServiceServi
             ttl_s=request.ttl.ToNanoseconds() / 1e9 if request.HasField("ttl") else 0.0,
             requests_per_minute=request.requests_per_minute,
             evidence=tuple(request.evidence),
+            idempotency_key=request.idempotency_key,
         )
 
         async def run(caller: Operator):

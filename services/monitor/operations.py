@@ -576,6 +576,7 @@ class Operations:
         requests_per_minute: int = 0,
         evidence: Sequence[str] = (),
         case_id: str = "",
+        idempotency_key: str = "",
     ) -> ActionView:
         code = KINDS.get(kind)
         target = case_id or account_hmac or tenant or model
@@ -600,6 +601,7 @@ class Operations:
                 ttl_s=float(int(ttl_seconds)),
                 requests_per_minute=requests_per_minute,
                 evidence=tuple(evidence),
+                idempotency_key=idempotency_key,
             )
             action = await self.admin.issue(self._caller(op), req)
             if case_id:

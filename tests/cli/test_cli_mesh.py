@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ import pytest
 from tests.certs import Pki
 from tests.e2e.meshes import JAILBREAK, monitored_mesh
 from tests.integration.monitor.monitor_support import pg_database
-from tests.support import ROOT, ServiceProcess
+from tests.support import ROOT, ServiceProcess, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -187,6 +188,26 @@ def test_issue_list_and_revoke_an_action(mesh) -> None:
     assert ok(client(mesh, *revoke, SAFEGUARDS_TOKEN=ADMIN_TOKEN)).strip() == "revoked"
     again = ok(client(mesh, "actions", "revoke", issued["action_id"], "--reason", "again", "--token", ADMIN_TOKEN))
     assert again.strip() == "already revoked by dev-admin: appeal granted"
+
+
+def test_an_issue_retried_with_its_idempotency_key_is_issued_once(mesh) -> None:
+    tenant = "cli-" + uuid.uuid4().hex[:8]
+    issue = ["actions", "issue", "--kind", "suspend-account", "--tenant", tenant, "--account", "u-1"]
+    key = ["--idempotency-key", uuid.uuid4().hex, "--reason", "abuse", "--json"]
+    first = as_json(client(mesh, *issue, *key, SAFEGUARDS_TOKEN=ADMIN_TOKEN))["action"]
+    again = as_json(client(mesh, *issue, *key, SAFEGUARDS_TOKEN=ADMIN_TOKEN))["action"]
+    assert again == first
+    other = client(
+        mesh,
+        *["actions", "issue", "--kind", "suspend-account", "--tenant", tenant, "--account", "u-2", *key],
+        SAFEGUARDS_TOKEN=ADMIN_TOKEN,
+    )
+    assert other.returncode == 1 and "ALREADY_EXISTS" in other.stderr and first["action_id"] in other.stderr
+    # Without a key each call is a new action; a call that cannot reach the enforcer
+    # prints the key to retry with.
+    out = client({**mesh, "SAFEGUARDS_ENFORCER": f"127.0.0.1:{free_port()}"}, *issue, "--reason", "x", "--timeout", "2")
+    assert out.returncode == 1 and "UNAVAILABLE" in out.stderr
+    assert re.search(r"repeat the command with --idempotency-key [0-9a-f]{32}$", out.stderr, re.M)
 
 
 def test_admin_errors_are_one_line_with_the_status(mesh) -> None:

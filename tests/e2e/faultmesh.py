@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
 import signal
 import threading
@@ -912,8 +913,14 @@ def _wait_clean(
 
 
 def _issue(mesh: FaultMesh, replica: str, victim: str, reason: str, attempts: list[str]) -> str:
+    """One try of the operator's action. Every try of one action carries the same
+    idempotency key (the reason is unique per scenario), as the CLI's retry advice says."""
     req = enforcement_pb2.IssueActionRequest(
-        kind=enforcement_pb2.ENFORCEMENT_KIND_SUSPEND_ACCOUNT, tenant="victims", account=victim, reason=reason
+        kind=enforcement_pb2.ENFORCEMENT_KIND_SUSPEND_ACCOUNT,
+        tenant="victims",
+        account=victim,
+        reason=reason,
+        idempotency_key=hashlib.sha256(reason.encode()).hexdigest()[:32],
     )
     try:
         action = mesh.admin(replica, "IssueAction", req).action

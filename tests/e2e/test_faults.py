@@ -21,12 +21,10 @@ pytestmark = pytest.mark.slow
 
 WARM_S, FAULT_S, RPS = 1.5, 4.0, 16
 
-# Real defects the suite found; each scenario fails until its defect is fixed.
-KNOWN = {
-    "kafka-pause": "IssueAction answers UNAVAILABLE ('nothing was changed') when the broker does not acknowledge "
-    "in time, but the record it already wrote to the stalled broker lands on resume: the operator's retry "
-    "writes the action a second time (no idempotency key on IssueAction)",
-}
+# Real defects the suite found; each scenario fails until its defect is fixed. (The
+# kafka-pause one, an IssueAction retried after UNAVAILABLE writing the action twice, is
+# fixed by IssueAction's idempotency key.)
+KNOWN: dict[str, str] = {}
 # Not strict: whether it shows depends on whether a consumer rejoins (and resets) before it fetches.
 FLAKY = {
     "kafka-kill": "Tansu keeps its log in memory, so a killed broker comes back with every partition at offset 0; "

@@ -23,6 +23,7 @@ import ipaddress
 import logging
 import math
 import secrets
+import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,7 @@ from aiohttp import web
 from safeguards.v1 import monitor_pb2, signals_pb2
 
 from services.common.errors import (
+    AlreadyExists,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -79,12 +81,20 @@ TICK_MINUTES = 10
 LANDING = "/overview"
 ERROR_STATUS: dict[type[ServiceError], int] = {
     InvalidArgument: 400,
+    AlreadyExists: 409,
     PermissionDenied: 403,
     NotFound: 404,
     ResourceExhausted: 429,
     Unavailable: 503,
 }
-TITLES = {400: "Bad request", 403: "Forbidden", 404: "Not found", 405: "Method not allowed", 429: "Too many requests"}
+TITLES = {
+    400: "Bad request",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    429: "Too many requests",
+}
 
 OPERATOR = web.AppKey("operator", Operator)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -287,6 +297,7 @@ class Console:
             static=lambda name: str(request.app.router["static"].url_for(filename=name)),
             account_url=account_url,
             path=request.path_qs,
+            new_idempotency_key=lambda: uuid.uuid4().hex,
             **context,
         )
         return web.Response(text=html, content_type="text/html", status=status)
@@ -397,6 +408,7 @@ class Console:
             ttl_seconds=_minutes(form) * 60,
             evidence=[case_id],
             case_id=case_id,
+            idempotency_key=_idempotency_key(form),
         )
         return see_other(f"/cases/{quote(case_id)}")
 
@@ -431,6 +443,7 @@ class Console:
             reason=_reason(form),
             ttl_seconds=_minutes(form) * 60,
             requests_per_minute=_int(form, "requests_per_minute") if kind == "THROTTLE_ACCOUNT" else 0,
+            idempotency_key=_idempotency_key(form),
         )
         return see_other(account_url(m["tenant"], m["account_hmac"]))
 
@@ -462,6 +475,7 @@ class Console:
             category=str(form.get("category", "")).strip(),
             reason=_reason(form),
             ttl_seconds=_minutes(form) * 60,
+            idempotency_key=_idempotency_key(form),
         )
         return see_other("/switches")
 
@@ -640,6 +654,11 @@ def _reason(form, field: str = "reason") -> str:
     if not reason:
         raise InvalidArgument(f"a {field} is required")
     return reason
+
+
+def _idempotency_key(form) -> str:
+    """The form's own key (macros.idempotency_field); empty from a client without one."""
+    return str(form.get("idempotency_key", "")).strip()
 
 
 def _int(form, field: str) -> int:

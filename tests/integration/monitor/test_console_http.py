@@ -591,5 +591,5 @@ async def test_kafka_down_answers_503_and_changes_nothing(console) -> None:
         await b.signin("rita")
         await b.get(f"/cases/{case_id}")
         status, page, _ = await b.post(f"/cases/{case_id}/suspend", {"reason": "abuse"})
-        assert status == 503 and "nothing was changed" in page
+        assert status == 503 and "nothing was written" in page
     assert await case_status(console["db"], case_id) == 1

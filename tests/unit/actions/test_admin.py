@@ -18,12 +18,14 @@ from services.actions.admin import ActionAdmin, IssueRequest
 from services.actions.authz import FailureThrottle, Operator, Role
 from services.actions.projection import ActionMetrics, ActionTable
 from services.common.errors import (
+    AlreadyExists,
     ConfigError,
     FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
+    Unavailable,
 )
 from services.common.privacy import RegionalKey
 from services.common.reloader import ReloadingConfig
@@ -406,3 +408,82 @@ def test_failure_throttle_window_ends_and_keys_are_bounded() -> None:
     for i in range(10):
         t.failed((f"addr:10.0.0.{i}",))
     assert len(t._keys) == 3
+
+
+class UnacknowledgingSink(CollectingSink):
+    """Writes the record, then answers as a broker that acknowledged too late: the
+    record is on the topic, the caller got UNAVAILABLE (the kafka-pause fault)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def send(self, topic, key, value, headers=None, *, revokes="") -> None:
+        await super().send(topic, key, value, headers, revokes=revokes)
+        if self.failures:
+            self.failures -= 1
+            raise Unavailable("the actions topic did not acknowledge the record in time")
+
+
+def suspend(key: str, account: str = "a", reason: str = "abuse", ttl_s: float = 0.0) -> IssueRequest:
+    return IssueRequest(kind=SUSPEND, tenant="acme", account=account, reason=reason, ttl_s=ttl_s, idempotency_key=key)
+
+
+async def test_a_retry_with_the_same_idempotency_key_issues_the_same_action_once(admin) -> None:
+    admin.sink = UnacknowledgingSink(failures=1)
+    with pytest.raises(Unavailable):
+        await admin.issue(OTTO, suspend("k-1", ttl_s=3600))
+    first = pb.EnforcementAction.FromString(admin.sink.sent[0][2])
+    admin._clock = lambda: 2e9  # the retry comes later: the record it sends does not change
+    action = await admin.issue(OTTO, suspend("k-1", ttl_s=3600))
+    assert action == first and len(admin.sink.sent) == 2 and admin.sink.sent[1] == admin.sink.sent[0]
+    # Acknowledged now: a third try answers the same action and writes nothing.
+    assert await admin.issue(OTTO, suspend("k-1", ttl_s=3600)) == first and len(admin.sink.sent) == 2
+    # Without a key, every call is a new action.
+    a = await admin.issue(OTTO, suspend(""))
+    b = await admin.issue(OTTO, suspend(""))
+    assert a.action_id != b.action_id
+
+
+async def test_an_idempotency_key_gives_the_same_action_id_on_every_replica(admin) -> None:
+    """Another replica (or a restarted one) knows nothing of the first try: the id is
+    derived from region, caller and key, so the topic holds one action id; and when
+    the first try was read back already, the retry answers it and writes nothing."""
+    admin.sink = UnacknowledgingSink(failures=1)
+    with pytest.raises(Unavailable):
+        await admin.issue(OTTO, suspend("k-2"))
+    other = ActionAdmin(
+        region="unit-1",
+        key=admin.key,
+        table=ActionTable("unit-1", ActionMetrics(CollectorRegistry())),
+        sink=CollectingSink(),
+        publisher=CollectingPublisher(),
+    )
+    retried = await other.issue(OTTO, suspend("k-2"))
+    assert retried.action_id == pb.EnforcementAction.FromString(admin.sink.sent[0][2]).action_id
+    assert (await admin.issue(ADA, suspend("k-2"))).action_id != retried.action_id  # keys are per caller
+    third = ActionAdmin(
+        region="unit-1", key=admin.key, table=other.table, sink=RefusingSink(), publisher=CollectingPublisher()
+    )
+    other.table.apply(*admin.sink.sent[0][1:3])  # the first try, read back from the topic
+    assert (await third.issue(OTTO, suspend("k-2"))).action_id == retried.action_id  # nothing produced
+    with pytest.raises(AlreadyExists):
+        await third.issue(OTTO, suspend("k-2", account="someone-else"))
+
+
+async def test_an_idempotency_key_reused_for_another_action_or_after_a_revoke_is_refused(admin) -> None:
+    admin.sink, admin.apply_locally = CollectingSink(), True
+    action = await admin.issue(OTTO, suspend("k-3"))
+    for other in (suspend("k-3", account="b"), suspend("k-3", reason="other"), suspend("k-3", ttl_s=60)):
+        with pytest.raises(AlreadyExists, match=action.action_id):
+            await admin.issue(OTTO, other)
+    await admin.revoke(OTTO, action.action_id, "mistake")
+    with pytest.raises(FailedPrecondition, match="revoked"):
+        await admin.issue(OTTO, suspend("k-3"))
+    assert admin.table.actions() == []  # a revoked action is never brought back by a retry
+
+
+@pytest.mark.parametrize("key", ["x" * 129, "has space", "tab\t", "ünïcode", "nul\x00"])
+async def test_bad_idempotency_keys_are_refused_before_anything_is_produced(admin, key) -> None:
+    with pytest.raises(InvalidArgument, match="idempotency_key"):
+        await admin.issue(OTTO, suspend(key))

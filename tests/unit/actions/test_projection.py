@@ -220,3 +220,14 @@ def test_a_revoke_removes_only_the_action_it_names(state, registry) -> None:
     assert registry.get_sample_value("enforcer_actions_refused_total", {"reason": "stale_revoke"}) == 1
     assert state.apply(key, None, revokes="second")
     assert state.blocking("acme", "h1", "") is None
+
+
+def test_a_late_copy_of_a_revoked_action_is_not_applied(state, registry) -> None:
+    """An idempotent retry's first try, held by a stalled broker, lands after the
+    action was revoked: a revoke is final."""
+    key, value = record(action(pb.ENFORCEMENT_KIND_SUSPEND_ACCOUNT, action_id="once", tenant="acme", account_hmac="h1"))
+    assert state.apply(key, value)
+    assert state.apply(key, None, revokes="once")
+    assert state.apply(key, value) is False
+    assert state.blocking("acme", "h1", "") is None
+    assert registry.get_sample_value("enforcer_actions_refused_total", {"reason": "revoked"}) == 1
