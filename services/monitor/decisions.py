@@ -274,7 +274,8 @@ def decision_from_signal(sig: signals_pb2.SafeguardSignal, fallback_time_s: floa
         ),
         content=content_allowed(sig),
         # A re-screen opens no case of its own: it is attached to the decision it
-        # re-screened, and the automated rules act on catches.
+        # re-screened (a catch opens the case there: store.catch_cases), and the
+        # automated rules act on catches.
         needs_case=sig.action in CASE_ACTIONS and not enforced_only and not follow_up,
         failed_dependencies=dependencies_of(sig),
         verdict=verdict_of(sig),

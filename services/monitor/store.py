@@ -4,12 +4,15 @@ alerts read, the per-tenant and per-account minutes the overview reads), review
 cases, the decisions operators may open (`monitor_decisions`), and which rollup
 windows were sent.
 
-A retro follow-up (SURFACE_RETRO_SCREEN) is not a decision: it adds to no bucket,
-no decision count and opens no case; it counts as a retro screen (and a retro
-catch) in the overview minutes and is written onto the decision it re-screened
-when that decision is stored. A shadow model's follow-up (SURFACE_SHADOW_MODEL) is not
-a decision either: it adds only to the shadow minutes (`monitor_shadow_minutes`, with
-the candidate policies that decisions carry), which the promotion report reads.
+A retro follow-up (SURFACE_RETRO_SCREEN) is not a decision: it adds to no bucket
+and no decision count; it counts as a retro screen (and a retro catch) in the
+overview minutes and is written onto the decision it re-screened when that decision
+is stored. A retro catch that calls for FLAG or BLOCK opens a review case on the
+decision it re-screened (case id = that decision's id, so the case page shows how it
+was decided and what the full verdict said), unless that decision has one already.
+A shadow model's follow-up (SURFACE_SHADOW_MODEL) is not a decision either: it adds
+only to the shadow minutes (`monitor_shadow_minutes`, with the candidate policies
+that decisions carry), which the promotion report reads.
 
 Idempotence lives here. `apply()` runs one transaction per batch: it inserts the
 batch's decision ids into `monitor_processed` (ON CONFLICT DO NOTHING RETURNING),
@@ -21,6 +24,7 @@ therefore changes nothing, and a batch is all or nothing.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -33,7 +37,7 @@ import asyncpg
 
 from services.common.errors import ConfigError, InvalidArgument, NotFound
 from services.monitor import deadletters
-from services.monitor.decisions import BLOCK, FULL, METADATA_ONLY, STANDARD, ZERO_RETENTION, Decision
+from services.monitor.decisions import BLOCK, CASE_ACTIONS, FULL, METADATA_ONLY, STANDARD, ZERO_RETENTION, Decision
 from services.monitor.overview import BUCKETS, MinuteTotals, account_tally, tally
 from services.monitor.schema import migrate
 
@@ -307,7 +311,7 @@ class Store:
             await self._apply_overview(conn, [d for d in new if not d.shadow_of])
             await self._apply_shadows(conn, new)
             await self._apply_decisions(conn, counted, [d for d in new if d.is_retro])
-            cases = [d for d in counted if d.needs_case]
+            cases = [d for d in counted if d.needs_case] + catch_cases(new)
             if cases:
                 await conn.executemany(
                     "INSERT INTO monitor_cases (case_id, region, tenant, account_hmac, model, action, categories, "
@@ -800,3 +804,14 @@ def _decode_token(token: str) -> tuple[datetime, str]:
         return parsed, case_id
     except (ValueError, TypeError, json.JSONDecodeError) as exc:
         raise InvalidArgument("page_token is not one this service issued") from exc
+
+
+def catch_cases(new: Sequence[Decision]) -> list[Decision]:
+    """The review cases retro catches open: one per re-screened decision whose full
+    verdict calls for FLAG or BLOCK, filed under that decision's id with the re-screen's
+    reasons, scores and the content its data policy kept."""
+    return [
+        dataclasses.replace(d, decision_id=d.retro_of)
+        for d in new
+        if d.retro_catch and d.action in CASE_ACTIONS
+    ]

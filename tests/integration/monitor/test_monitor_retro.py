@@ -26,6 +26,7 @@ from safeguards.v1 import classifier_pb2, enforcement_pb2, safeguards_pb2, signa
 
 from services.actions.records import KeyRing
 from services.actions.sink import KafkaActionSink
+from services.common.errors import NotFound
 from services.monitor.decisions import NO_VERDICT, PARTIAL, decision_from_signal
 from services.monitor.rules import RuleEngine, RuleMetrics, RuleSet, parse_rules
 from services.monitor.store import Retention, Store, minute_of, utc
@@ -101,8 +102,15 @@ async def test_a_retro_follow_up_counts_as_no_decision_and_updates_the_decision_
     result = await store.apply(decided([original]))
     assert result.verdicts == {PARTIAL: 1} and result.retro_catches == {}
     result = await store.apply(decided([caught]))
-    assert (result.new, result.cases) == (1, 0)  # the follow-up's BLOCK opens no case of its own
+    # The catch opens one review case, on the decision it re-screened (not one of its own).
+    assert (result.new, result.cases) == (1, 1)
     assert result.retro_catches == {"acme": 1} and result.verdicts == {}
+    case = await store.get_case(original.decision_id)
+    assert case.action == safeguards_pb2.ACTION_BLOCK and case.status == 1 and case.tenant == "acme"
+    assert case.account_hmac == original.account_hmac and "jailbreak" in case.categories
+    with pytest.raises(NotFound):
+        await store.get_case(caught.decision_id)
+    assert (await store.apply(decided([caught]))).cases == 0  # redelivered: nothing new
 
     buckets = await store.pool.fetch("SELECT category, action, count FROM monitor_buckets")
     assert [tuple(r) for r in buckets] == [("none", safeguards_pb2.ACTION_ALLOW, 1)]  # the decision only
@@ -285,7 +293,9 @@ async def test_a_dry_run_retro_rule_records_and_produces_nothing(db_url, kafka) 
         assert [tuple(r) for r in rows] == [("retro-dry", "dry_run", None)]
         assert await engine.flush(store.pool) == 0
         assert await read_topic(kafka.bootstrap, f"safeguards.actions.{region}") == []
-        assert await store.pool.fetchval("SELECT count(*) FROM monitor_cases WHERE region = $1", region) == 0
+        # The only cases are the catches' own review cases (on the re-screened decisions).
+        cases = await store.pool.fetch("SELECT case_id FROM monitor_cases WHERE region = $1", region)
+        assert sorted(r["case_id"] for r in cases) == sorted(p.decision_id for p in partial)
         assert (
             registry.get_sample_value("safeguards_monitor_rule_matches_total", {"rule": "retro-dry", "mode": "dry_run"})
             == 1
