@@ -82,6 +82,12 @@ class ConsumerMetrics:
         self.committed = Counter(
             "safeguards_monitor_batches_committed", "Batches applied and their offsets committed.", registry=registry
         )
+        self.rewinds = Counter(
+            "safeguards_monitor_partition_rewinds",
+            "Partitions found shorter than what was consumed (recreated, or the broker lost its log) and read "
+            "again from their beginning (the processed-ids table drops what was applied already).",
+            registry=registry,
+        )
         self.verdicts = Counter(
             "safeguards_monitor_decisions_by_verdict",
             "Decisions consumed, by the completeness of the classifier verdict they rest on (full, partial, none).",
@@ -276,6 +282,7 @@ class SignalConsumer:
                 await asyncio.sleep(0.5)
                 continue
             if not batches:
+                await self._rewind_truncated(consumer)
                 self._update_lag()
                 continue
             items = []
@@ -300,6 +307,25 @@ class SignalConsumer:
                 # records again and the processed-ids table drops the replays.
                 log.warning("commit refused after a rebalance", extra={"error": type(exc).__name__})
             self._update_lag()
+
+    async def _rewind_truncated(self, consumer: AIOKafkaConsumer) -> None:
+        """A partition whose end (the high-water mark of the last fetch) lies before
+        what was consumed was recreated or lost its log (a broker that keeps it in
+        memory, an unclean leader election). A broker that answers such a fetch with
+        nothing instead of OFFSET_OUT_OF_RANGE would leave the consumer waiting for its
+        old offset while new signals land below it: read the partition again from its
+        beginning instead."""
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            done = self._positions.get(tp)
+            if high is not None and done is not None and high < done:
+                log.warning(
+                    "signals partition is shorter than what was consumed: re-reading it",
+                    extra={"partition": tp.partition, "end_offset": high, "consumed": done},
+                )
+                self.metrics.rewinds.inc()
+                del self._positions[tp]
+                await consumer.seek_to_beginning(tp)
 
     @property
     def lag(self) -> int:

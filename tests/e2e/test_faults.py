@@ -27,10 +27,12 @@ WARM_S, FAULT_S, RPS = 1.5, 4.0, 16
 KNOWN: dict[str, str] = {}
 # Not strict: whether it shows depends on whether a consumer rejoins (and resets) before it fetches.
 FLAKY = {
-    "kafka-kill": "Tansu keeps its log in memory, so a killed broker comes back with every partition at offset 0; "
-    "a consumer that keeps its old position (the monitor's signal consumer, an enforcer's actions consumer, "
-    "when they do not rejoin first) skips the new log's first records until its old offset is passed: "
-    "signals replayed from the spools are not stored, an action issued right after the restart is not applied"
+    "kafka-kill": "Tansu keeps its log in memory, so a killed broker comes back with empty, recreated topics. "
+    "Consumers re-read a partition found shorter than what they consumed (the monitor's signals, the enforcers' "
+    "actions), but an actions partition that grew back to the old length before the probe looked (the retried "
+    "action lands at offset 0 of a topic whose old log held one record) cannot be told from the old one by "
+    "offsets: Apache Kafka detects it with leader epochs (KIP-320), which aiokafka does not implement, and does "
+    "not lose its log on a restart"
 }
 
 
