@@ -74,14 +74,25 @@ class RevokeResult:
 
 class Catalog(Protocol):
     """What actions may name, as the front door knows it: the categories a
-    force-block may name (the classifier's labels and the policies' categories). An
-    empty set: not known, nothing is checked against it."""
+    force-block may name (the classifier's labels and the policies' categories), the
+    tenants and the models of this region. An empty set: not known, nothing is checked
+    against it."""
 
     async def categories(self) -> frozenset[str]: ...
+
+    async def tenants(self) -> frozenset[str]: ...
+
+    async def models(self) -> frozenset[str]: ...
 
 
 class NoCatalog:
     async def categories(self) -> frozenset[str]:
+        return frozenset()
+
+    async def tenants(self) -> frozenset[str]:
+        return frozenset()
+
+    async def models(self) -> frozenset[str]:
         return frozenset()
 
 
@@ -217,12 +228,7 @@ class ActionAdmin:
                 )
             self.authorise(caller, action_operation(req.kind))
             action = self._build(caller, req)
-            if req.kind == K.ENFORCEMENT_KIND_FORCE_BLOCK_CATEGORY:
-                known = await self.catalog.categories()
-                if known and req.category not in known:
-                    raise InvalidArgument(
-                        f"unknown category {req.category[:64]!r}: a force-block names one of {', '.join(sorted(known))}"
-                    )
+            await self._check_names(req)
             issued = self._idempotent(caller, req, action) if req.idempotency_key else None
             if issued is not None:
                 action = issued.action
@@ -238,6 +244,23 @@ class ActionAdmin:
             return action, action.action_id
 
         return await self._audited("IssueAction", caller, req.tenant, req.reason, run)  # type: ignore[return-value]
+
+    async def _check_names(self, req: IssueRequest) -> None:
+        """The category, tenant and model an action names exist here, as far as the
+        catalog knows (a typo would otherwise be shown as in force and act on nothing)."""
+        checks = (
+            ("category", req.category, self.catalog.categories),
+            ("tenant", req.tenant, self.catalog.tenants),
+            ("model", req.model, self.catalog.models),
+        )
+        for what, name, known_of in checks:
+            if not name:
+                continue
+            known = await known_of()
+            if known and name not in known:
+                listed = sorted(known)
+                shown = ", ".join(listed[:20]) + (f" and {len(listed) - 20} more" if len(listed) > 20 else "")
+                raise InvalidArgument(f"unknown {what} {name[:64]!r} in region {self.region}: known are {shown}")
 
     def _idempotent(self, caller: Operator, req: IssueRequest, built: enforcement_pb2.EnforcementAction) -> _Issued:
         """The action an idempotency key stands for. Its id is derived from the region,

@@ -53,7 +53,10 @@ class TokenAuth(authz.TokenAuth):
 
 class EnforcerCatalog:
     """What a force-block may name here: the classifier's labels (ListModels; asked
-    again while unknown) and every tenant policy's categories."""
+    again while unknown) and every tenant policy's categories. Tenants and models are
+    not known to an enforcer (a tenant on the default policy has no file of its own; a
+    replica knows only what it served since it started): not checked here. The
+    monitor's console checks them against the region's stored decisions."""
 
     def __init__(self, classifier: ClassifierCaller, policies: ReloadingConfig[PolicySet]) -> None:
         self._classifier = classifier
@@ -68,6 +71,12 @@ class EnforcerCatalog:
             for p in (ps.default, *ps.policies.values()):
                 out.update(p.categories)
         return frozenset(out)
+
+    async def tenants(self) -> frozenset[str]:
+        return frozenset()
+
+    async def models(self) -> frozenset[str]:
+        return frozenset()
 
 
 # ---- gRPC -----------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from services.monitor.console.users import PasswordChecker, load_users
 from services.monitor.consumer import ConsumerMetrics, SignalConsumer
 from services.monitor.detectors import AlertConfig, LagWatch, StuckWatch
 from services.monitor.health import ConsumerHealth
-from services.monitor.operations import ActionHistory, Operations, StoredCategories
+from services.monitor.operations import ActionHistory, Operations, StoredCatalog
 from services.monitor.queries import Queries
 from services.monitor.retention import Purger
 from services.monitor.rollup import Rollup, RollupMetrics
@@ -164,7 +164,7 @@ async def build(settings: MonitorSettings, registry: CollectorRegistry) -> App:
         sink=sink,
         publisher=publisher,
         apply_locally=True,
-        catalog=StoredCategories(store.pool, settings.region),
+        catalog=StoredCatalog(store.pool, settings.region),
     )
     operations = Operations(store=store, state=state, admin=admin, key=key, alerts=list_alerts)
     on_start = [

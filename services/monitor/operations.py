@@ -315,31 +315,47 @@ async def store_audit_signals(pool: asyncpg.Pool, region: str, signals: Sequence
     return len(new)
 
 
-class StoredCategories:
-    """The monitor's `Catalog` (services.actions.admin): what a force-block issued from
-    the console may name, the categories the classifier scored in this region's stored
-    cases (a case's scores name every category its policy evaluated), cached for
-    `ttl_s`. The monitor has no classifier connection: a label never scored in a case
-    here is not offered (issue it through an enforcer's admin API)."""
+class StoredCatalog:
+    """The monitor's `Catalog` (services.actions.admin): what an action issued from the
+    console may name, from this region's stored data, each cached for `ttl_s`:
+    categories the classifier scored in stored cases (a case's scores name every
+    category its policy evaluated), and the tenants and models of the decisions in the
+    aggregate buckets (kept for the buckets' retention). The monitor has no classifier
+    connection: a label never scored in a case here is not offered (issue it through an
+    enforcer's admin API)."""
+
+    QUERIES = {
+        "categories": "SELECT DISTINCT s->>0 AS name FROM (SELECT scores FROM monitor_cases WHERE region = $1 "
+        "ORDER BY decided_at DESC LIMIT 5000) r, jsonb_array_elements(r.scores) s",
+        "tenants": "SELECT DISTINCT tenant AS name FROM monitor_buckets WHERE region = $1",
+        "models": "SELECT DISTINCT model AS name FROM monitor_buckets WHERE region = $1",
+    }
 
     def __init__(self, pool: asyncpg.Pool, region: str, ttl_s: float = 60.0) -> None:
         self.pool = pool
         self.region = region
         self.ttl_s = ttl_s
-        self._cached: tuple[float, frozenset[str]] | None = None
+        self._cached: dict[str, tuple[float, frozenset[str]]] = {}
+
+    async def _names(self, what: str) -> frozenset[str]:
+        now = time.monotonic()
+        cached = self._cached.get(what)
+        if cached is not None and now - cached[0] < self.ttl_s:
+            return cached[1]
+        rows = await self.pool.fetch(self.QUERIES[what], self.region)
+        found = frozenset(r["name"] for r in rows if r["name"])
+        if found:  # nothing known yet (a new region) is asked again next time
+            self._cached[what] = (now, found)
+        return found
 
     async def categories(self) -> frozenset[str]:
-        now = time.monotonic()
-        if self._cached is not None and now - self._cached[0] < self.ttl_s:
-            return self._cached[1]
-        rows = await self.pool.fetch(
-            "SELECT DISTINCT s->>0 AS category FROM (SELECT scores FROM monitor_cases WHERE region = $1 "
-            "ORDER BY decided_at DESC LIMIT 5000) r, jsonb_array_elements(r.scores) s",
-            self.region,
-        )
-        found = frozenset(r["category"] for r in rows if r["category"])
-        self._cached = (now, found)
-        return found
+        return await self._names("categories")
+
+    async def tenants(self) -> frozenset[str]:
+        return await self._names("tenants")
+
+    async def models(self) -> frozenset[str]:
+        return await self._names("models")
 
 
 class Operations:
@@ -556,6 +572,11 @@ class Operations:
         """What a force-block may name here (the console's dropdown)."""
         self._check(op)
         return sorted(await self.admin.catalog.categories())
+
+    async def names(self, op: Operator) -> tuple[list[str], list[str]]:
+        """The tenants and models an action may name here (the console's suggestions)."""
+        self._check(op)
+        return sorted(await self.admin.catalog.tenants()), sorted(await self.admin.catalog.models())
 
     async def live_actions(self, op: Operator, tenant: str = "") -> list[ActionView]:
         self._check(op)

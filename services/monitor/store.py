@@ -810,8 +810,4 @@ def catch_cases(new: Sequence[Decision]) -> list[Decision]:
     """The review cases retro catches open: one per re-screened decision whose full
     verdict calls for FLAG or BLOCK, filed under that decision's id with the re-screen's
     reasons, scores and the content its data policy kept."""
-    return [
-        dataclasses.replace(d, decision_id=d.retro_of)
-        for d in new
-        if d.retro_catch and d.action in CASE_ACTIONS
-    ]
+    return [dataclasses.replace(d, decision_id=d.retro_of) for d in new if d.retro_catch and d.action in CASE_ACTIONS]

@@ -458,8 +458,17 @@ class Console:
         switches = [a for a in live if a.kind in ("KILL_SWITCH", "FORCE_BLOCK_CATEGORY")]
         accounts = [a for a in live if a.kind not in ("KILL_SWITCH", "FORCE_BLOCK_CATEGORY")]
         categories = await self.ops.categories(request["operator"])
+        tenants, models = await self.ops.names(request["operator"])
         return self._render(
-            request, "switches.html", {"switches": switches, "accounts": accounts, "categories": categories}
+            request,
+            "switches.html",
+            {
+                "switches": switches,
+                "accounts": accounts,
+                "categories": categories,
+                "tenants": tenants,
+                "models": models,
+            },
         )
 
     async def switch(self, request: web.Request) -> web.StreamResponse:

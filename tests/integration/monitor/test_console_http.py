@@ -411,6 +411,17 @@ async def test_a_form_submitted_twice_suspends_once(console) -> None:
         assert status == 409 and "idempotency key" in page
 
 
+async def test_the_switch_forms_suggest_and_check_the_tenants_seen_here(console) -> None:
+    await open_case(console["kafka"].bootstrap, console["db"])  # a decision of tenant acme
+    async with Browser(console["url"]) as b:
+        await b.signin("ada")
+        _, page, _ = await b.get("/switches")
+        known = page[page.index('<datalist id="known-tenants">') :]
+        assert '<option value="acme">' in known[: known.index("</datalist>")]
+        status, page, _ = await b.post("/switches", {"kind": "KILL_SWITCH", "tenant": "acme-typo", "reason": "x"})
+        assert status == 400 and "unknown tenant &#39;acme-typo&#39;" in page and "acme" in page
+
+
 async def test_a_us_reviewer_gets_403_on_the_eu_consoles_case_page(console) -> None:
     secret = "okapi-" + uuid.uuid4().hex[:8]
     case_id = await open_case(console["kafka"].bootstrap, console["db"], snippet=f"jailbreak {secret} now")

@@ -34,7 +34,7 @@ from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.common.kafka import KafkaPublisher, ProducerConfig, PublisherMetrics
 from services.common.spool import Spool
 from services.monitor.decisions import decision_from_signal
-from services.monitor.operations import ActionHistory, Operations, StoredCategories
+from services.monitor.operations import ActionHistory, Operations, StoredCatalog
 from services.monitor.store import CASE_ACTIONED, CASE_DISMISSED, CaseFilter, Retention, Store
 from tests.integration.monitor.monitor_support import KEY, make_signal, pg_database, read_topic
 from tests.support import EmbeddedKafka
@@ -86,7 +86,7 @@ async def operations(env, key=KEY):
         sink=sink,
         publisher=publisher,
         apply_locally=True,
-        catalog=StoredCategories(store.pool, REGION, ttl_s=0),
+        catalog=StoredCatalog(store.pool, REGION, ttl_s=0),
     )
     await publisher.start()
     await history.start()
@@ -343,3 +343,20 @@ async def test_a_console_force_block_names_a_category_scored_here(env) -> None:
         forced = await ops.issue(ADMIN, kind="FORCE_BLOCK_CATEGORY", tenant=tenant, category="jailbreak", reason="r")
         assert forced.category == "jailbreak"
         await ops.revoke(ADMIN, forced.action_id, "done")
+
+
+async def test_a_console_action_names_a_tenant_and_a_model_seen_here(env) -> None:
+    """Tenants and models of this region's decisions (the forms' suggestions); a typo
+    is refused naming them, nothing is produced."""
+    tenant = f"names-{RUN}"
+    async with operations(env) as ops:
+        await open_case(ops, tenant, "acct-n")
+        tenants, models = await ops.names(VIEWER)
+        assert tenant in tenants and "model-a" in models
+        with pytest.raises(InvalidArgument, match=f"unknown tenant '{tenant}x' in region {REGION}: known are"):
+            await ops.issue(ADMIN, kind="KILL_SWITCH", tenant=tenant + "x", reason="typo")
+        with pytest.raises(InvalidArgument, match="unknown model 'model-x'.*model-a"):
+            await ops.issue(ADMIN, kind="KILL_SWITCH", tenant="", model="model-x", reason="typo")
+        assert not [a for a in await ops.live_actions(VIEWER) if a.tenant == tenant + "x" or a.model == "model-x"]
+        killed = await ops.issue(ADMIN, kind="KILL_SWITCH", tenant=tenant, reason="incident")
+        await ops.revoke(ADMIN, killed.action_id, "done")

@@ -359,11 +359,18 @@ async def test_a_revoke_seen_only_on_the_topic_answers_already_revoked(admin) ->
 
 
 class Labels:
-    def __init__(self, *names: str) -> None:
+    def __init__(self, *names: str, tenants: tuple[str, ...] = (), models: tuple[str, ...] = ()) -> None:
         self.names = frozenset(names)
+        self.known_tenants, self.known_models = frozenset(tenants), frozenset(models)
 
     async def categories(self) -> frozenset[str]:
         return self.names
+
+    async def tenants(self) -> frozenset[str]:
+        return self.known_tenants
+
+    async def models(self) -> frozenset[str]:
+        return self.known_models
 
 
 async def test_a_force_block_of_an_unknown_category_is_refused_naming_the_valid_ones(admin) -> None:
@@ -374,6 +381,23 @@ async def test_a_force_block_of_an_unknown_category_is_refused_naming_the_valid_
     admin.sink = CollectingSink()
     await admin.issue(ADA, IssueRequest(kind=FORCE, tenant="acme", category="jailbreak", reason="incident"))
     assert len(admin.sink.sent) == 1
+
+
+async def test_tenants_and_models_the_catalog_does_not_know_are_refused(admin) -> None:
+    admin.catalog = Labels("jailbreak", tenants=("acme", "globex"), models=("claude",))
+    for req, message in (
+        (IssueRequest(kind=KILL, tenant="acme-typo", reason="r"), "unknown tenant 'acme-typo'.*acme, globex"),
+        (IssueRequest(kind=KILL, model="claud", reason="r"), "unknown model 'claud'.*claude"),
+        (IssueRequest(kind=SUSPEND, tenant="initech", account="a", reason="r"), "unknown tenant 'initech'"),
+    ):
+        with pytest.raises(InvalidArgument, match=message):
+            await admin.issue(ADA, req)  # RefusingSink: nothing produced
+    admin.sink = CollectingSink()
+    await admin.issue(ADA, IssueRequest(kind=KILL, model="claude", reason="incident"))
+    await admin.issue(OTTO, IssueRequest(kind=SUSPEND, tenant="globex", account="a", reason="abuse"))
+    admin.catalog = Labels()  # nothing known (a fresh monitor): nothing checked
+    await admin.issue(ADA, IssueRequest(kind=KILL, tenant="anyone", reason="incident"))
+    assert len(admin.sink.sent) == 3
 
 
 async def test_failed_calls_are_throttled_per_caller(admin, tmp_path) -> None:
