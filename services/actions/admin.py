@@ -31,6 +31,7 @@ from safeguards.v1 import enforcement_pb2, signals_pb2
 from services.actions.authz import Operation, Operator, action_operation, authorize
 from services.actions.keys import KIND_NAMES, action_key
 from services.actions.projection import ActionTable
+from services.actions.records import Revocation
 from services.actions.sink import ActionSink
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.common.kafka import Publisher
@@ -55,18 +56,9 @@ _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]+$")
 
 
 @dataclass(frozen=True)
-class Revocation:
-    """Who revoked an action, why and when (kept for a second revoke's answer)."""
-
-    actor: str
-    reason: str
-    at: float
-
-
-@dataclass(frozen=True)
 class RevokeResult:
-    """`revoked` False: the action had been revoked already (by `original`, when this
-    process saw that revoke; None when another replica or front door did)."""
+    """`revoked` False: the action had been revoked already, by `original` (from this
+    process's memory or the tombstone's signed headers; None when neither says)."""
 
     revoked: bool
     original: Revocation | None = None
@@ -386,8 +378,9 @@ class ActionAdmin:
 
     # ---- RevokeAction ----
     def revocation(self, action_id: str) -> Revocation | None:
-        """This process's revoke of `action_id`, if it made one (and still remembers)."""
-        return self._revocations.get(action_id)
+        """Who revoked `action_id`: this process (while it remembers), else the
+        tombstone any front door wrote, as read back from the topic."""
+        return self._revocations.get(action_id) or self.table.revocation(action_id)
 
     async def revoke(self, caller: Operator, action_id: str, reason: str) -> RevokeResult:
         """Revoke an action in force. Idempotent: an action already revoked answers
@@ -405,7 +398,7 @@ class ActionAdmin:
                 raise InvalidArgument("reason is required")
             if len(reason) > MAX_REASON:
                 raise InvalidArgument(f"reason is longer than {MAX_REASON} characters")
-            original = self._revocations.get(action_id)
+            original = self.revocation(action_id)
             if original is not None or (live is None and self.table.was_revoked(action_id)):
                 if live is not None:
                     self.authorise(caller, action_operation(live.action.kind))
@@ -422,13 +415,13 @@ class ActionAdmin:
                 self._revocations.popitem(last=False)
             key = live.key.encode()
             try:
-                await self.sink.send(self.topic, key, None, revokes=live.action.action_id)
+                await self.sink.send(self.topic, key, None, revokes=live.action.action_id, revocation=mine)
             except BaseException:
                 if self._revocations.get(action_id) is mine:
                     del self._revocations[action_id]
                 raise
             if self.apply_locally:
-                self.table.apply(key, None, revokes=live.action.action_id)
+                self.table.apply(key, None, revokes=live.action.action_id, revocation=mine)
             return RevokeResult(True), action_id
 
         return await self._audited("RevokeAction", caller, tenant, reason, run)  # type: ignore[return-value]

@@ -37,7 +37,7 @@ from tenacity import wait_exponential_jitter
 
 from services.actions import snapshot
 from services.actions.projection import ActionTable
-from services.actions.records import KeyRing, Refused, verify
+from services.actions.records import KeyRing, Refused, Revocation, verify
 from services.common.kafka import KafkaSecurity, stop_within
 from services.common.topics import actions_topic
 
@@ -54,6 +54,8 @@ class ObservedRecord:
     timestamp_ms: int
     key: str
     action: enforcement_pb2.EnforcementAction | None
+    #: A tombstone's who, why and when (None when it did not say).
+    revocation: Revocation | None = None
 
 
 class ActionsConsumer:
@@ -191,13 +193,17 @@ class ActionsConsumer:
                 extra={"reason": exc.reason, "partition": tp.partition, "offset": r.offset},
             )
             return
-        if not self._target.apply(r.key, r.value, verified.revokes):
+        if not self._target.apply(r.key, r.value, verified.revokes, verified.revocation):
             return
         self._dirty = True
         if self.observer is not None:
             skey = r.key.decode()  # apply() accepted it: a usable key
             live = self._target.get(skey) if r.value is not None else None
-            self.observer(ObservedRecord(tp.partition, r.offset, r.timestamp, skey, live.action if live else None))
+            self.observer(
+                ObservedRecord(
+                    tp.partition, r.offset, r.timestamp, skey, live.action if live else None, verified.revocation
+                )
+            )
 
     # ---- the consumer -------------------------------------------------------------------
     async def _close_consumer(self) -> None:

@@ -29,6 +29,7 @@ from services.actions.keys import (
     suspend_key,
     throttle_key,
 )
+from services.actions.records import Revocation
 
 log = logging.getLogger("safeguards.actions")
 
@@ -37,7 +38,7 @@ K = enforcement_pb2
 SUSPENDED = "enforcement.suspended"
 KILL_SWITCH = "enforcement.kill_switch"
 _NO_CATEGORIES: frozenset[str] = frozenset()
-#: Revoked action ids remembered (`was_revoked`).
+#: Revoked action ids remembered, with who revoked them when the tombstone said (`revocation`).
 MAX_REVOKED = 10_000
 
 
@@ -119,7 +120,7 @@ class ActionTable:
         self._forced: dict[str, dict[str, LiveAction]] = {}
         #: Ids of actions revoked by a tombstone this table applied (bounded): a second
         #: revoke answers "already revoked" rather than "not found".
-        self._revoked: OrderedDict[str, None] = OrderedDict()
+        self._revoked: OrderedDict[str, Revocation | None] = OrderedDict()
 
     # ---- lookups (the request path) -------------------------------------------------
     def _in_force(self, key: str, now: float) -> LiveAction | None:
@@ -171,6 +172,11 @@ class ActionTable:
     def was_revoked(self, action_id: str) -> bool:
         return action_id in self._revoked
 
+    def revocation(self, action_id: str) -> Revocation | None:
+        """Who revoked `action_id`, why and when, as its tombstone said (None: not
+        revoked, forgotten, or a tombstone written without them)."""
+        return self._revoked.get(action_id)
+
     def get(self, key: str) -> LiveAction | None:
         return self._by_key.get(key)
 
@@ -190,7 +196,9 @@ class ActionTable:
         self.metrics.live.set(len(self._by_key))
 
     # ---- applying records -------------------------------------------------------------
-    def apply(self, key: bytes | None, value: bytes | None, revokes: str = "") -> bool:
+    def apply(
+        self, key: bytes | None, value: bytes | None, revokes: str = "", revocation: Revocation | None = None
+    ) -> bool:
         """Apply one record; False (logged, counted) when malformed or a stale revoke.
         `revokes`: a tombstone's signed `sg-revokes` header, the action it removes
         (empty: whatever is on the key). Never logs content: only sizes and what is wrong."""
@@ -207,7 +215,7 @@ class ActionTable:
                 log.warning("revoke of an action no longer in force ignored", extra={"key_bytes": len(skey)})
                 return False
             if live is not None:
-                self._revoked[live.action.action_id] = None
+                self._revoked[live.action.action_id] = revocation
                 while len(self._revoked) > MAX_REVOKED:
                     self._revoked.popitem(last=False)
             self._remove(skey)

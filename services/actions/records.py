@@ -9,7 +9,10 @@ Every record (an action, or a revoke's tombstone) carries two headers:
 
 A tombstone also carries `sg-revokes`: the id of the action it revokes, so a copy of
 an old revoke produced again cannot lift a later action on the same target (the
-projection removes the action only when its id matches). Binding the topic stops a
+projection removes the action only when its id matches); and the revoke's own
+`sg-revoked-by`, `sg-revoke-reason` and `sg-revoked-at` (milliseconds), signed too
+(appended to the signed encoding when present, so tombstones written before them still
+verify), so every replica and the monitor's history know who revoked it and why. Binding the topic stops a
 record signed for another topic (alerts share the producer) from being replayed here.
 
 Keys come as a ring, `kid:base64[,kid:base64...]`: the first signs, every one
@@ -33,6 +36,10 @@ from services.common.errors import ConfigError
 HEADER_KID = "sg-kid"
 HEADER_SIG = "sg-sig"
 HEADER_REVOKES = "sg-revokes"
+HEADER_REVOKED_BY = "sg-revoked-by"
+HEADER_REVOKE_REASON = "sg-revoke-reason"
+HEADER_REVOKED_AT = "sg-revoked-at"
+_REVOKE_HEADERS = (HEADER_REVOKED_BY, HEADER_REVOKE_REASON, HEADER_REVOKED_AT)
 _DOMAIN = b"safeguards.actions.v1"
 _KID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MIN_KEY_BYTES = 32
@@ -44,6 +51,15 @@ REASONS = ("unsigned", "unknown_key", "bad_signature", "malformed_header")
 #: started without a key ring and without that flag refuses to start.
 DEV_KEY_ID = "insecure-dev"
 DEV_KEY = b"safeguards-INSECURE-development-action-key-never-in-production"
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """Who revoked an action, why and when (unix seconds)."""
+
+    actor: str
+    reason: str
+    at: float
 
 
 class Refused(Exception):
@@ -115,8 +131,19 @@ class KeyRing:
         return hmac.new(key, payload, hashlib.sha256).hexdigest() if key is not None else None
 
 
-def _message(kid: str, topic: str, key: bytes, value: bytes | None, revokes: str) -> bytes:
+def _revocation_headers(r: Revocation) -> list[tuple[str, bytes]]:
+    return [
+        (HEADER_REVOKED_BY, r.actor.encode()),
+        (HEADER_REVOKE_REASON, r.reason.encode()),
+        (HEADER_REVOKED_AT, str(int(r.at * 1000)).encode()),
+    ]
+
+
+def _message(
+    kid: str, topic: str, key: bytes, value: bytes | None, revokes: str, details: list[tuple[str, bytes]] = ()
+) -> bytes:
     parts = [_DOMAIN, kid.encode(), topic.encode(), key, b"" if value is None else value, revokes.encode()]
+    parts += [raw for _, raw in details]
     out = bytearray()
     for i, part in enumerate(parts):
         # A tombstone's value has no length (all ones), so it differs from an empty value.
@@ -125,22 +152,33 @@ def _message(kid: str, topic: str, key: bytes, value: bytes | None, revokes: str
     return bytes(out)
 
 
-def sign(ring: KeyRing, topic: str, key: bytes, value: bytes | None, revokes: str = "") -> list[tuple[str, bytes]]:
-    """The headers that authenticate one record (with the ring's first key)."""
+def sign(
+    ring: KeyRing,
+    topic: str,
+    key: bytes,
+    value: bytes | None,
+    revokes: str = "",
+    revocation: Revocation | None = None,
+) -> list[tuple[str, bytes]]:
+    """The headers that authenticate one record (with the ring's first key); a
+    tombstone's `revocation` (who, why, when) travels in signed headers."""
     kid = ring.signing_kid
-    sig = ring.mac(kid, _message(kid, topic, key, value, revokes))
+    details = _revocation_headers(revocation) if revocation is not None else []
+    sig = ring.mac(kid, _message(kid, topic, key, value, revokes, details))
     assert sig is not None
     headers = [(HEADER_KID, kid.encode()), (HEADER_SIG, sig.encode())]
     if revokes:
         headers.append((HEADER_REVOKES, revokes.encode()))
-    return headers
+    return headers + details
 
 
 @dataclass(frozen=True)
 class Verified:
     kid: str
-    #: For a tombstone: the id of the action it revokes.
+    #: For a tombstone: the id of the action it revokes ...
     revokes: str
+    #: ... and who revoked it, why and when (None: a tombstone written without them).
+    revocation: Revocation | None = None
 
 
 def verify(
@@ -149,21 +187,34 @@ def verify(
     """Check a record's signature; raises Refused (never applied) when it fails."""
     found: dict[str, bytes] = {}
     for name, raw in headers or ():
-        if name in (HEADER_KID, HEADER_SIG, HEADER_REVOKES):
+        if name in (HEADER_KID, HEADER_SIG, HEADER_REVOKES, *_REVOKE_HEADERS):
             if name in found:
                 raise Refused("malformed_header")  # two of one: which would count?
             found[name] = raw or b""
     if HEADER_KID not in found or HEADER_SIG not in found:
         raise Refused("unsigned")
+    present = [name for name in _REVOKE_HEADERS if name in found]
+    if present and (len(present) != len(_REVOKE_HEADERS) or value is not None):
+        raise Refused("malformed_header")  # all three, and on a tombstone only
+    details = [(name, found[name]) for name in present]
     try:
         kid = found[HEADER_KID].decode("ascii")
         sig = found[HEADER_SIG].decode("ascii")
         revokes = found.get(HEADER_REVOKES, b"").decode("utf-8")
-    except UnicodeDecodeError:
+        revocation = (
+            Revocation(
+                found[HEADER_REVOKED_BY].decode("utf-8"),
+                found[HEADER_REVOKE_REASON].decode("utf-8"),
+                int(found[HEADER_REVOKED_AT].decode("ascii")) / 1000,
+            )
+            if present
+            else None
+        )
+    except (UnicodeDecodeError, ValueError):
         raise Refused("malformed_header") from None
-    expected = ring.mac(kid, _message(kid, topic, key or b"", value, revokes))
+    expected = ring.mac(kid, _message(kid, topic, key or b"", value, revokes, details))
     if expected is None:
         raise Refused("unknown_key")
     if not hmac.compare_digest(expected, sig):
         raise Refused("bad_signature")
-    return Verified(kid, revokes)
+    return Verified(kid, revokes, revocation)

@@ -15,7 +15,7 @@ from typing import Protocol
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from services.actions.records import KeyRing, sign
+from services.actions.records import KeyRing, Revocation, sign
 from services.common.errors import Unavailable
 from services.common.kafka import KafkaSecurity, stop_within
 
@@ -29,9 +29,11 @@ class ActionSink(Protocol):
         headers: list[tuple[str, bytes]] | None = None,
         *,
         revokes: str = "",
+        revocation: Revocation | None = None,
     ) -> None:
         """Deliver one record and return only once the broker acknowledged it (else
-        raise Unavailable). `revokes`: for a tombstone, the id of the action it revokes."""
+        raise Unavailable). For a tombstone: `revokes`, the id of the action it revokes,
+        and `revocation`, who revoked it and why (signed headers)."""
 
     async def close(self) -> None: ...
 
@@ -86,10 +88,11 @@ class KafkaActionSink:
         headers: list[tuple[str, bytes]] | None = None,
         *,
         revokes: str = "",
+        revocation: Revocation | None = None,
     ) -> None:
         all_headers = list(headers or ())
         if self.keys is not None:
-            all_headers += sign(self.keys, topic, key, value, revokes)
+            all_headers += sign(self.keys, topic, key, value, revokes, revocation)
         connected = False
         try:
             async with asyncio.timeout(self.timeout_s):

@@ -123,6 +123,17 @@ class HistoryRow:
     at: datetime
     event: str  # "issued" | "revoked"
     action: ActionView
+    #: Who did it and why: the issuer's for "issued", the revoke's own for "revoked"
+    #: (empty when the tombstone did not say).
+    actor: str = ""
+    reason: str = ""
+
+    @classmethod
+    def of(cls, r: asyncpg.Record) -> HistoryRow:
+        action = ActionView.of(_history_action(r))
+        if r["event"] == "revoked":
+            return cls(r["at"], r["event"], action, r["revoked_by"] or "", r["revoke_reason"] or "")
+        return cls(r["at"], r["event"], action, action.actor, action.reason)
 
 
 @dataclass(frozen=True)
@@ -231,6 +242,8 @@ class ActionHistory:
                 target.model,
                 target.category,
                 record,
+                rec.revocation.actor if rec.revocation else None,
+                rec.revocation.reason if rec.revocation else None,
             )
         )
 
@@ -241,8 +254,8 @@ class ActionHistory:
         try:
             await self.pool.executemany(
                 "INSERT INTO monitor_action_history (region, partition, record_offset, digest, at, event, action_id, "
-                "kind, tenant, account_hmac, model, category, record) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING",
+                "kind, tenant, account_hmac, model, category, record, revoked_by, revoke_reason) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT DO NOTHING",
                 rows,
             )
         except (OSError, asyncpg.PostgresError):
@@ -556,14 +569,14 @@ class Operations:
         account_hmac = self.pseudonym(tenant, account)
         cases = await self.store.account_cases(tenant, account_hmac, 50)
         rows = await self.pool.fetch(
-            "SELECT at, event, record, action_id, kind, tenant, account_hmac, model, category "
-            "FROM monitor_action_history WHERE region = $1 AND tenant = $2 AND account_hmac = $3 "
+            "SELECT at, event, record, action_id, kind, tenant, account_hmac, model, category, revoked_by, "
+            "revoke_reason FROM monitor_action_history WHERE region = $1 AND tenant = $2 AND account_hmac = $3 "
             "ORDER BY at DESC, record_offset DESC LIMIT 100",
             self.region,
             tenant,
             account_hmac,
         )
-        history = [HistoryRow(r["at"], r["event"], ActionView.of(_history_action(r))) for r in rows]
+        history = [HistoryRow.of(r) for r in rows]
         decisions = await self.store.account_decisions(tenant, account_hmac, 50)
         return AccountView(tenant, account_hmac, cases, self._live_for(tenant, account_hmac), history, decisions)
 

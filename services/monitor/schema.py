@@ -367,11 +367,19 @@ CREATE TABLE monitor_shadow_minutes (
 CREATE INDEX monitor_shadow_minutes_minute ON monitor_shadow_minutes (minute);
 """
 
+# A revoke's own actor and reason (signed tombstone headers), shown in the history
+# instead of the revoked action's.
+REVOKE_DETAILS = """
+ALTER TABLE monitor_action_history ADD COLUMN IF NOT EXISTS revoked_by text;
+ALTER TABLE monitor_action_history ADD COLUMN IF NOT EXISTS revoke_reason text;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline", BASELINE),
     Migration(2, "dead letters", DEAD_LETTERS),
     Migration(3, "sign-in counters", SIGNIN_COUNTERS),
     Migration(4, "detection loop: review times, shadow minutes", DETECTION_LOOP),
+    Migration(5, "action history: a revoke's own actor and reason", REVOKE_DETAILS),
 )
 
 

@@ -219,6 +219,11 @@ async def test_reviewer_suspends_from_a_case(env) -> None:
             ("revoked", action.action_id),
             ("issued", action.action_id),
         ]
+        # Each row says who did it and why: the revoke its own, from the signed tombstone.
+        assert [(h.actor, h.reason) for h in acct.history] == [
+            ("console:rita", "appeal granted"),
+            ("console:rita", "repeated jailbreaks"),
+        ]
         # A second revoke changes nothing and keeps the first one's actor and reason.
         again = await ops.revoke(ADMIN, action.action_id, "again")
         assert not again.revoked

@@ -16,7 +16,9 @@ from safeguards.v1 import signals_pb2
 
 from services.actions.admin import ActionAdmin, IssueRequest
 from services.actions.authz import FailureThrottle, Operator, Role
+from services.actions.keys import action_key
 from services.actions.projection import ActionMetrics, ActionTable
+from services.actions.records import Revocation
 from services.common.errors import (
     AlreadyExists,
     ConfigError,
@@ -122,7 +124,7 @@ class CollectingPublisher:
 class RefusingSink:
     """Validation and authorisation must reject before anything is produced."""
 
-    async def send(self, topic, key, value, headers=None, *, revokes="") -> None:
+    async def send(self, topic, key, value, headers=None, *, revokes="", revocation=None) -> None:
         raise AssertionError("nothing may be produced for a rejected call")
 
     async def close(self) -> None: ...
@@ -265,7 +267,7 @@ class CollectingSink:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes | None, str]] = []
 
-    async def send(self, topic, key, value, headers=None, *, revokes="") -> None:
+    async def send(self, topic, key, value, headers=None, *, revokes="", revocation=None) -> None:
         self.sent.append((topic, key, value, revokes))
 
     async def close(self) -> None: ...
@@ -344,6 +346,26 @@ async def test_a_second_revoke_answers_already_revoked_and_keeps_the_first(admin
     assert not (await admin.revoke(ADA, action.action_id, "later")).revoked
     got = [(a.actor, a.reason, a.allowed) for a in audits(admin) if a.method == "RevokeAction"]
     assert got == [("otto", "appeal accepted", True), ("ada", "cleanup", True), ("ada", "later", True)]
+
+
+async def test_a_second_revoke_on_another_replica_names_the_first(admin) -> None:
+    """The tombstone carries who revoked and why: a replica that only read it answers
+    a second revoke with the first one's actor and reason."""
+    admin.sink, admin.apply_locally = CollectingSink(), True
+    action = await admin.issue(OTTO, IssueRequest(kind=SUSPEND, tenant="acme", account="a", reason="abuse"))
+    key, value = action_key(action.kind, action.target).encode(), action.SerializeToString()
+    other = ActionAdmin(
+        region="unit-1",
+        key=admin.key,
+        table=ActionTable("unit-1", ActionMetrics(CollectorRegistry())),
+        sink=RefusingSink(),
+        publisher=CollectingPublisher(),
+    )
+    other.table.apply(key, value)
+    first = Revocation("otto", "appeal granted", 1_700_000_000.0)
+    other.table.apply(key, None, revokes=action.action_id, revocation=first)  # read from the topic
+    result = await other.revoke(ADA, action.action_id, "again")
+    assert not result.revoked and result.original == first
 
 
 async def test_a_revoke_seen_only_on_the_topic_answers_already_revoked(admin) -> None:
@@ -442,7 +464,7 @@ class UnacknowledgingSink(CollectingSink):
         super().__init__()
         self.failures = failures
 
-    async def send(self, topic, key, value, headers=None, *, revokes="") -> None:
+    async def send(self, topic, key, value, headers=None, *, revokes="", revocation=None) -> None:
         await super().send(topic, key, value, headers, revokes=revokes)
         if self.failures:
             self.failures -= 1

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from services.actions import snapshot
-from services.actions.records import DEV_KEY_ID, KeyRing, Refused, sign, verify
+from services.actions.records import DEV_KEY_ID, KeyRing, Refused, Revocation, sign, verify
 from services.common.errors import ConfigError
 from services.enforcer.settings import EnforcerSettings
 from tests.support import ROOT
@@ -54,6 +54,26 @@ def test_tampered_unsigned_or_unknown_records_are_refused(change, reason) -> Non
     with pytest.raises(Refused) as err:
         verify(r, TOPIC, k, v, h)
     assert err.value.reason == reason
+
+
+def test_a_tombstone_carries_its_revoke_signed_and_old_tombstones_still_verify() -> None:
+    r = ring(("k1", K1))
+    who = Revocation("ada", "appeal granted", 1_700_000_000.25)
+    tomb = sign(r, TOPIC, b"suspend:a:b", None, revokes="act-1", revocation=who)
+    assert verify(r, TOPIC, b"suspend:a:b", None, tomb).revocation == who
+    assert verify(r, TOPIC, b"suspend:a:b", None, sign(r, TOPIC, b"suspend:a:b", None, "act-1")).revocation is None
+    for name, forged in (("sg-revoked-by", b"mallory"), ("sg-revoke-reason", b"other"), ("sg-revoked-at", b"1")):
+        with pytest.raises(Refused, match="bad_signature"):  # who and why are signed
+            verify(r, TOPIC, b"suspend:a:b", None, [(n, forged if n == name else v) for n, v in tomb])
+    partial = [(n, v) for n, v in tomb if n != "sg-revoke-reason"]
+    with pytest.raises(Refused, match="malformed_header"):  # all three or none
+        verify(r, TOPIC, b"suspend:a:b", None, partial)
+    bad_time = [(n, b"soon" if n == "sg-revoked-at" else v) for n, v in tomb]
+    with pytest.raises(Refused, match="malformed_header"):
+        verify(r, TOPIC, b"suspend:a:b", None, bad_time)
+    details = [h for h in tomb if h[0].startswith("sg-revoke")]
+    with pytest.raises(Refused, match="malformed_header"):  # revoke details on an action record
+        verify(r, TOPIC, b"suspend:a:b", b"value", sign(r, TOPIC, b"suspend:a:b", b"value") + details)
 
 
 def test_an_empty_value_and_a_tombstone_sign_differently() -> None:
