@@ -155,6 +155,9 @@ class _Completion(_Strict):
     every_chars: int = Field(200, ge=1)
     window_chars: int = Field(2000, ge=1)
     replacement: str = "I can't continue with this response."
+    #: The classifier models that screen completion windows (a model trained on model
+    #: output); unset: the prompt's `classifier.models`.
+    models: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
 
 
 class _PolicyFile(_Strict):
@@ -212,6 +215,8 @@ class CompletionRule:
     every_chars: int
     window_chars: int
     replacement: str
+    #: The models that screen completion windows (and their background re-screens).
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -300,7 +305,12 @@ def parse_policy(text: str, source: str) -> Policy:
         pii_block_kinds=frozenset(f.pii.block),
         blocklist=Blocklist(f.blocklist.terms) if f.blocklist.terms else None,
         blocklist_action=Action[f.blocklist.action],
-        completion=CompletionRule(f.completion.every_chars, f.completion.window_chars, f.completion.replacement),
+        completion=CompletionRule(
+            f.completion.every_chars,
+            f.completion.window_chars,
+            f.completion.replacement,
+            tuple(f.completion.models or f.classifier.models),
+        ),
         shadow_models=tuple(ShadowModelRule(m.name, m.sample_rate) for m in f.classifier.shadow_models),
     )
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from safeguards.v1 import signals_pb2
+
 from services.common import tracing
 from services.common.kafka import Publisher
 from services.common.privacy import RegionalKey
@@ -154,6 +156,7 @@ class DecisionRecorder:
                 policy=d.policy,
                 original=outcome,
                 forced_categories=forced_categories,
+                models=d.policy.completion.models if d.surface in COMPLETION_SURFACES else d.policy.classifier_models,
             )
         )
 
@@ -197,3 +200,5 @@ class DecisionRecorder:
 
 
 _NO_TIER0 = Tier0Result((), (), frozenset())
+#: Surfaces whose text is model output: screened with the policy's completion models.
+COMPLETION_SURFACES = frozenset({signals_pb2.SURFACE_SCREEN_COMPLETION, signals_pb2.SURFACE_EXT_PROC_RESPONSE})

@@ -86,6 +86,8 @@ class RetroJob:
     policy: Policy
     original: Outcome
     forced_categories: frozenset[str]
+    #: The models to screen with: the policy's prompt or completion models.
+    models: tuple[str, ...] = ()
     enqueued: float = 0.0
 
     @property
@@ -289,7 +291,7 @@ class BackgroundScreener:
         """Screen one job with the full cascade and publish its follow-up signal."""
         started = time.perf_counter()
         cl = await self._classifier.classify_whole(
-            job.text, job.policy.classifier_models, self.timeout_s, tenant=job.tenant
+            job.text, job.models or job.policy.classifier_models, self.timeout_s, tenant=job.tenant
         )
         outcome = decide(job.policy, job.tier0, cl, None, forced_categories=job.forced_categories)
         signal = self._follow_up(

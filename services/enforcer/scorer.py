@@ -35,10 +35,14 @@ class Scorer:
             return run_tier0(text, blocklist, pii_kinds)
         return await asyncio.get_running_loop().run_in_executor(self._tier0_pool, run_tier0, text, blocklist, pii_kinds)
 
-    async def classify(self, text: str, policy: Policy, budget: Budget, *, tenant: str) -> ClassifierOutcome:
-        """The policy's classifier models on `text` within `budget`; a call that did not
-        answer is counted here, once, whatever path asked."""
-        outcome = await self.classifier.classify(text, policy.classifier_models, budget, tenant=tenant)
+    async def classify(
+        self, text: str, policy: Policy, budget: Budget, *, tenant: str, completion: bool = False
+    ) -> ClassifierOutcome:
+        """The policy's classifier models (its completion models for a `completion`
+        window) on `text` within `budget`; a call that did not answer is counted here,
+        once, whatever path asked."""
+        models = policy.completion.models if completion else policy.classifier_models
+        outcome = await self.classifier.classify(text, models, budget, tenant=tenant)
         if outcome.failed:
             self._stats.dependency_failures.labels("classifier", outcome.failed).inc()
         return outcome

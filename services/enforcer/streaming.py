@@ -306,7 +306,11 @@ class CompletionSession:
         classified = await asyncio.gather(
             *(
                 self._scorer.classify(
-                    (t0r.normalized.text if t0r.normalized else t)[-limit:], policy, budget, tenant=ident.tenant
+                    (t0r.normalized.text if t0r.normalized else t)[-limit:],
+                    policy,
+                    budget,
+                    tenant=ident.tenant,
+                    completion=True,
                 )
                 for t, t0r in zip(texts, tier0s, strict=True)
             )

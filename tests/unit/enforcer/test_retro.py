@@ -22,6 +22,7 @@ deadline_ms: 200
 classifier: {{models: [prompt_guard], fail_mode: open}}
 categories:
   harmful: {{threshold: 0.5, action: BLOCK}}
+completion: {{every_chars: 10, window_chars: 40, models: [output_guard]}}
 """
 THRESHOLDS = {"harmful": 0.5}
 
@@ -34,6 +35,7 @@ class StagedClassifier:
         self.hot, self.full, self.gate = hot, full, gate
         self.hot_calls: list[str] = []
         self.whole_calls: list[tuple[str, float]] = []
+        self.whole_models: list[tuple[str, ...]] = []
 
     async def classify(self, text, models, budget, *, tenant: str = "") -> ClassifierOutcome:
         self.hot_calls.append(text)
@@ -43,6 +45,7 @@ class StagedClassifier:
         if self.gate is not None:
             await self.gate.wait()
         self.whole_calls.append((text, timeout_s))
+        self.whole_models.append(tuple(models))
         return self.full
 
 
@@ -96,6 +99,21 @@ async def test_a_partial_allow_is_rescreened_and_a_stricter_full_verdict_is_a_re
     assert follow_up.tenant == "acme" and follow_up.account_hmac == decision.account_hmac
     assert cl.whole_calls == [("a long text with something hidden in it", 7.0)]
     assert registry.get_sample_value("enforcer_retro_jobs_total", {"result": "caught"}) == 1
+
+
+async def test_a_completion_is_rescreened_with_the_completion_models(tmp_path) -> None:
+    cl = StagedClassifier(PARTIAL_LOW, FULL_BENIGN)
+    screener, retro, pub, _registry = make(tmp_path, cl)
+    retro.start()
+    try:
+        await screener.screen_prompt(request("a prompt"))
+        s = screener.open_completion(request("x").identity, surface=signals_pb2.SURFACE_SCREEN_COMPLETION)
+        await s.feed("a completion long enough to be screened")
+        await s.finish()
+        await wait_for(lambda: len(pub.signals()) == 4)
+    finally:
+        await retro.stop()
+    assert sorted(cl.whole_models) == [("output_guard",), ("prompt_guard",)]
 
 
 async def test_a_cleared_rescreen_is_not_a_catch(tmp_path) -> None:

@@ -28,7 +28,7 @@ categories:
   harmful: {{threshold: 0.5, action: BLOCK}}
 pii: {{action: REDACT, kinds: [EMAIL], block: [PRIVATE_KEY]}}
 blocklist: {{action: BLOCK, terms: [plutonium recipe]}}
-completion: {{every_chars: {every}, window_chars: {window}, replacement: "[cut]"}}
+completion: {{every_chars: {every}, window_chars: {window}, replacement: "[cut]"{completion_models}}}
 """
 
 
@@ -37,10 +37,12 @@ class RecordingClassifier:
 
     def __init__(self, fail: str = "") -> None:
         self.texts: list[str] = []
+        self.models: list[tuple[str, ...]] = []
         self.fail = fail
 
     async def classify(self, text, models, budget, *, tenant: str = "") -> ClassifierOutcome:
         self.texts.append(text)
+        self.models.append(tuple(models))
         if self.fail:
             return ClassifierOutcome(failed=self.fail, unreachable=self.fail == "unavailable")
         score = 0.9 if "HARMFUL" in text else 0.1
@@ -110,10 +112,14 @@ def make_screener(
     fail: str = "open",
     data_policy: str = "STANDARD",
     classifier: RecordingClassifier | None = None,
+    completion_models: tuple[str, ...] = (),
 ) -> tuple[Screener, RecordingClassifier, ListPublisher]:
-    d = tmp / f"policies-{every}-{window}-{fail}-{data_policy}"
+    d = tmp / f"policies-{every}-{window}-{fail}-{data_policy}-{'-'.join(completion_models)}"
     d.mkdir()
-    (d / "default.yaml").write_text(POLICY.format(every=every, window=window, fail=fail, data_policy=data_policy))
+    extra = f", models: [{', '.join(completion_models)}]" if completion_models else ""
+    (d / "default.yaml").write_text(
+        POLICY.format(every=every, window=window, fail=fail, data_policy=data_policy, completion_models=extra)
+    )
     policies = ReloadingConfig(d, policy.load)
     policies.load_initial()
     cl = classifier or RecordingClassifier()

@@ -11,6 +11,7 @@ from safeguards.v1 import signals_pb2
 
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.enforcer.policy import Action
+from services.enforcer.requests import PromptRequest
 from services.enforcer.streaming import window_ends
 from tests.unit.enforcer_stream.helpers import IDENT, RecordingClassifier, make_screener
 
@@ -177,6 +178,19 @@ async def test_classifier_verdict_cuts_at_the_window_that_sees_it(tmp_path) -> N
     assert not (await s.feed("HARMF")).cut  # not due yet (5 < 10 new chars): not screened
     v = await s.feed("UL stuff!!")
     assert v.cut and "classifier.harmful" in [r.code for r in v.result.outcome.reasons]
+
+
+async def test_completion_windows_are_screened_with_the_completion_models(tmp_path) -> None:
+    """`completion.models` (a model trained on model output) screens completion windows;
+    prompts keep `classifier.models`; unset, completions use the prompt's models."""
+    screener, cl, _pub = make_screener(tmp_path, every=10, window=30, completion_models=("output_guard",))
+    s = screener.open_completion(IDENT, surface=signals_pb2.SURFACE_SCREEN_COMPLETION)
+    await s.feed("a perfectly fine sentence")
+    await screener.screen_prompt(PromptRequest(identity=IDENT, messages=(("user", "hello"),)))
+    assert cl.models == [("output_guard",), ("prompt_guard",)]
+    plain, cl2, _ = make_screener(tmp_path, every=10, window=30)
+    await plain.open_completion(IDENT, surface=signals_pb2.SURFACE_SCREEN_COMPLETION).feed("a fine sentence")
+    assert cl2.models == [("prompt_guard",)]
 
 
 @pytest.mark.parametrize(("fail", "cut"), [("open", False), ("closed", True)])
