@@ -144,6 +144,17 @@ def admin():
     )
 
 
+def another_replica(admin: ActionAdmin, sink) -> ActionAdmin:
+    """The admin domain of another replica of the same region: same key, its own table."""
+    return ActionAdmin(
+        region=admin.region,
+        key=admin.key,
+        table=ActionTable(admin.region, ActionMetrics(CollectorRegistry())),
+        sink=sink,
+        publisher=CollectingPublisher(),
+    )
+
+
 def audits(admin) -> list[signals_pb2.AdminAudit]:
     return [signals_pb2.SafeguardSignal.FromString(r.value).audit for r in admin.publisher.records]
 
@@ -354,13 +365,7 @@ async def test_a_second_revoke_on_another_replica_names_the_first(admin) -> None
     admin.sink, admin.apply_locally = CollectingSink(), True
     action = await admin.issue(OTTO, IssueRequest(kind=SUSPEND, tenant="acme", account="a", reason="abuse"))
     key, value = action_key(action.kind, action.target).encode(), action.SerializeToString()
-    other = ActionAdmin(
-        region="unit-1",
-        key=admin.key,
-        table=ActionTable("unit-1", ActionMetrics(CollectorRegistry())),
-        sink=RefusingSink(),
-        publisher=CollectingPublisher(),
-    )
+    other = another_replica(admin, RefusingSink())
     other.table.apply(key, value)
     first = Revocation("otto", "appeal granted", 1_700_000_000.0)
     other.table.apply(key, None, revokes=action.action_id, revocation=first)  # read from the topic
@@ -498,13 +503,7 @@ async def test_an_idempotency_key_gives_the_same_action_id_on_every_replica(admi
     admin.sink = UnacknowledgingSink(failures=1)
     with pytest.raises(Unavailable):
         await admin.issue(OTTO, suspend("k-2"))
-    other = ActionAdmin(
-        region="unit-1",
-        key=admin.key,
-        table=ActionTable("unit-1", ActionMetrics(CollectorRegistry())),
-        sink=CollectingSink(),
-        publisher=CollectingPublisher(),
-    )
+    other = another_replica(admin, CollectingSink())
     retried = await other.issue(OTTO, suspend("k-2"))
     assert retried.action_id == pb.EnforcementAction.FromString(admin.sink.sent[0][2]).action_id
     assert (await admin.issue(ADA, suspend("k-2"))).action_id != retried.action_id  # keys are per caller
