@@ -164,6 +164,13 @@ def connection(args: argparse.Namespace, service: str) -> Connection:
     return Connection(service, getattr(args, service), tls, args.token, args.timeout)
 
 
+def unary(args: argparse.Namespace, service: str, stub: Callable[[grpc.Channel], Any], method: str, request) -> Message:
+    """One unary call to `service` (its address, TLS, token and deadline from `args`)."""
+    conn = connection(args, service)
+    with conn.channel() as ch:
+        return getattr(stub(ch), method)(request, timeout=conn.timeout_s, metadata=conn.metadata())
+
+
 # ---- the parser -------------------------------------------------------------------------
 
 
@@ -387,13 +394,10 @@ def chat_messages(args: argparse.Namespace) -> list[safeguards_pb2.ChatMessage]:
 
 
 def cmd_screen(args: argparse.Namespace) -> Iterator[Message]:
-    conn = connection(args, "enforcer")
     request = safeguards_pb2.ScreenPromptRequest(
         context=request_context(args), messages=chat_messages(args), estimated_tokens=args.estimated_tokens
     )
-    with conn.channel() as ch:
-        stub = safeguards_pb2_grpc.SafeguardsServiceStub(ch)
-        yield stub.ScreenPrompt(request, timeout=conn.timeout_s, metadata=conn.metadata())
+    yield unary(args, "enforcer", safeguards_pb2_grpc.SafeguardsServiceStub, "ScreenPrompt", request)
 
 
 def cmd_stream(args: argparse.Namespace) -> Iterator[Message]:
@@ -417,7 +421,6 @@ def cmd_stream(args: argparse.Namespace) -> Iterator[Message]:
 
 
 def cmd_ratelimit(args: argparse.Namespace) -> Iterator[Message]:
-    conn = connection(args, "ratelimit")
     request = rls_pb2.RateLimitRequest(
         domain=args.domain,
         descriptors=[
@@ -428,28 +431,20 @@ def cmd_ratelimit(args: argparse.Namespace) -> Iterator[Message]:
         ],
         hits_addend=args.hits,
     )
-    with conn.channel() as ch:
-        stub = rls_pb2_grpc.RateLimitServiceStub(ch)
-        yield stub.ShouldRateLimit(request, timeout=conn.timeout_s, metadata=conn.metadata())
+    yield unary(args, "ratelimit", rls_pb2_grpc.RateLimitServiceStub, "ShouldRateLimit", request)
 
 
 def cmd_models(args: argparse.Namespace) -> Iterator[Message]:
-    conn = connection(args, "classifier")
-    with conn.channel() as ch:
-        stub = classifier_pb2_grpc.ClassifierServiceStub(ch)
-        yield stub.ListModels(classifier_pb2.ListModelsRequest(), timeout=conn.timeout_s, metadata=conn.metadata())
+    request = classifier_pb2.ListModelsRequest()
+    yield unary(args, "classifier", classifier_pb2_grpc.ClassifierServiceStub, "ListModels", request)
 
 
 def cmd_classify(args: argparse.Namespace) -> Iterator[Message]:
-    conn = connection(args, "classifier")
     request = classifier_pb2.ClassifyRequest(texts=args.texts, models=args.model, tenant=args.tenant)
-    with conn.channel() as ch:
-        stub = classifier_pb2_grpc.ClassifierServiceStub(ch)
-        yield stub.Classify(request, timeout=conn.timeout_s, metadata=conn.metadata())
+    yield unary(args, "classifier", classifier_pb2_grpc.ClassifierServiceStub, "Classify", request)
 
 
 def cmd_issue(args: argparse.Namespace) -> Iterator[Message]:
-    conn = connection(args, "enforcer")
     request = enforcement_pb2.IssueActionRequest(
         kind=KINDS[args.kind],
         tenant=args.tenant,
@@ -463,38 +458,26 @@ def cmd_issue(args: argparse.Namespace) -> Iterator[Message]:
     )
     if args.ttl is not None:
         request.ttl.CopyFrom(seconds_pb(args.ttl))
-    with conn.channel() as ch:
-        stub = enforcement_pb2_grpc.EnforcementAdminServiceStub(ch)
-        try:
-            yield stub.IssueAction(request, timeout=conn.timeout_s, metadata=conn.metadata())
-        except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                print(
-                    f"{args.prog}: to retry without risk of issuing the action twice, "
-                    f"repeat the command with --idempotency-key {request.idempotency_key}",
-                    file=sys.stderr,
-                )
-            raise
+    try:
+        yield unary(args, "enforcer", enforcement_pb2_grpc.EnforcementAdminServiceStub, "IssueAction", request)
+    except grpc.RpcError as exc:
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            print(
+                f"{args.prog}: to retry without risk of issuing the action twice, "
+                f"repeat the command with --idempotency-key {request.idempotency_key}",
+                file=sys.stderr,
+            )
+        raise
 
 
 def cmd_list_actions(args: argparse.Namespace) -> Iterator[Message]:
-    conn = connection(args, "enforcer")
-    with conn.channel() as ch:
-        stub = enforcement_pb2_grpc.EnforcementAdminServiceStub(ch)
-        yield stub.ListActions(
-            enforcement_pb2.ListActionsRequest(tenant=args.tenant), timeout=conn.timeout_s, metadata=conn.metadata()
-        )
+    request = enforcement_pb2.ListActionsRequest(tenant=args.tenant)
+    yield unary(args, "enforcer", enforcement_pb2_grpc.EnforcementAdminServiceStub, "ListActions", request)
 
 
 def cmd_revoke(args: argparse.Namespace) -> Iterator[Message]:
-    conn = connection(args, "enforcer")
-    with conn.channel() as ch:
-        stub = enforcement_pb2_grpc.EnforcementAdminServiceStub(ch)
-        yield stub.RevokeAction(
-            enforcement_pb2.RevokeActionRequest(action_id=args.action_id, reason=args.reason),
-            timeout=conn.timeout_s,
-            metadata=conn.metadata(),
-        )
+    request = enforcement_pb2.RevokeActionRequest(action_id=args.action_id, reason=args.reason)
+    yield unary(args, "enforcer", enforcement_pb2_grpc.EnforcementAdminServiceStub, "RevokeAction", request)
 
 
 def cmd_list_cases(args: argparse.Namespace) -> Iterator[Message]:
@@ -518,16 +501,11 @@ def cmd_list_cases(args: argparse.Namespace) -> Iterator[Message]:
 
 
 def cmd_show_case(args: argparse.Namespace) -> Iterator[Message]:
-    conn = connection(args, "monitor")
-    with conn.channel() as ch:
-        stub = monitor_pb2_grpc.MonitorServiceStub(ch)
-        yield stub.GetCase(
-            monitor_pb2.GetCaseRequest(case_id=args.case_id), timeout=conn.timeout_s, metadata=conn.metadata()
-        )
+    request = monitor_pb2.GetCaseRequest(case_id=args.case_id)
+    yield unary(args, "monitor", monitor_pb2_grpc.MonitorServiceStub, "GetCase", request)
 
 
 def cmd_aggregates(args: argparse.Namespace) -> Iterator[Message]:
-    conn = connection(args, "monitor")
     request = monitor_pb2.QueryAggregatesRequest(
         window=WINDOWS[args.window],
         tenant=args.tenant,
@@ -535,9 +513,7 @@ def cmd_aggregates(args: argparse.Namespace) -> Iterator[Message]:
         action=ACTIONS[args.action] if args.action else 0,
         model=args.model,
     )
-    with conn.channel() as ch:
-        stub = monitor_pb2_grpc.MonitorServiceStub(ch)
-        yield stub.QueryAggregates(request, timeout=conn.timeout_s, metadata=conn.metadata())
+    yield unary(args, "monitor", monitor_pb2_grpc.MonitorServiceStub, "QueryAggregates", request)
 
 
 def seconds_pb(seconds: float) -> duration_pb2.Duration:
