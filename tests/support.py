@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -15,7 +16,7 @@ from pathlib import Path
 from tools.embedded import EmbeddedKafka, EmbeddedRedis, die_with_parent, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
-__all__ = ["ROOT", "EmbeddedKafka", "PrivateRedis", "ServiceProcess", "free_port", "wait_port"]
+__all__ = ["ROOT", "EmbeddedKafka", "PrivateRedis", "ServiceProcess", "SourceForwarder", "free_port", "wait_port"]
 
 
 class ServiceProcess:
@@ -101,3 +102,42 @@ class ServiceProcess:
 class PrivateRedis(EmbeddedRedis):
     """A redis-server of our own on a free port, which a test may stop and restart
     (never the machine's shared one)."""
+
+
+class SourceForwarder:
+    """A TCP forwarder whose connections to the target leave from `source` (another
+    loopback address): the server sees another caller."""
+
+    def __init__(self, target: str, source: str) -> None:
+        host, _, port = target.rpartition(":")
+        self.target, self.source = (host, int(port)), source
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target, source_address=(self.source, 0))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()

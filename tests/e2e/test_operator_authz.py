@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import html
 import re
-import socket
-import threading
 import time
 import uuid
 
@@ -33,7 +31,7 @@ from services.actions.authz import hash_token
 from services.monitor.console.users import hash_password
 from tests.e2e.meshes import JAILBREAK, monitored_mesh
 from tests.integration.monitor.monitor_support import pg_database
-from tests.support import ROOT, ServiceProcess, free_port
+from tests.support import ROOT, ServiceProcess, SourceForwarder, free_port
 
 REGION = "e2e-authz"
 TOKENS = ROOT / "config" / "admin-tokens.example.yaml"
@@ -231,44 +229,6 @@ def test_monitor_service_needs_a_token_of_its_region_and_case_reads_are_audited(
     )
     assert re.search(rf"dev-viewer.*?api\.GetCase.*?{decision.decision_id}", page, re.S)
     assert re.search(rf"far.*?api\.GetCase.*?{decision.decision_id}", page, re.S)  # refused, audited too
-
-
-class SourceForwarder:
-    """A TCP forwarder whose connections leave from another loopback address."""
-
-    def __init__(self, target: str, source: str) -> None:
-        host, _, port = target.rpartition(":")
-        self.target, self.source = (host, int(port)), source
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target, source_address=(self.source, 0))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def test_a_flood_of_bad_tokens_is_throttled_without_locking_out_another_caller(mesh) -> None:

@@ -14,8 +14,6 @@ signals there too, and throttles a caller's failures without locking out others.
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 import urllib.request
 import uuid
@@ -30,7 +28,7 @@ from safeguards.v1 import safeguards_pb2 as spb
 
 from services.actions.authz import hash_token
 from tests.integration.monitor.monitor_support import KEY, admin_signal, make_signal, pg_database
-from tests.support import EmbeddedKafka, ServiceProcess, free_port
+from tests.support import EmbeddedKafka, ServiceProcess, SourceForwarder, free_port
 from tools.run_mesh import create_topics
 
 REGION = "mon-1"
@@ -402,45 +400,6 @@ def test_admin_api_audit_signals_land_in_the_audit_log_once(env) -> None:
     time.sleep(1)
     got = [tuple(r.values()) for r in audit_rows(db_url, "api.IssueAction") if r["target"] == sig.audit.action_id]
     assert got == [("op@example", "admin", "api.IssueAction", sig.audit.action_id, "abuse report 7", True)]
-
-
-class SourceForwarder:
-    """A TCP forwarder whose connections to the target leave from `source` (another
-    loopback address): the server sees another caller."""
-
-    def __init__(self, target: str, source: str) -> None:
-        host, _, port = target.rpartition(":")
-        self.target, self.source = (host, int(port)), source
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target, source_address=(self.source, 0))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def test_a_flood_of_bad_tokens_is_throttled_without_locking_out_another_caller(env) -> None:
