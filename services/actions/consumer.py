@@ -12,7 +12,9 @@ waits for as long as it takes, so the server does not listen before). The server
 only reports SERVING after its start hooks, so a fresh replica does not allow traffic
 that a suspension already on the topic would block. When Kafka goes away later the
 last state stays in force and the consumer reconnects with backoff, resuming at the
-offsets it had reached.
+offsets it had reached. A partition found shorter than what was read, or whose last
+record read is no longer at its offset (a broker that came back without its log, and
+the log grew back meanwhile), is read again from its beginning on top of that state.
 
 Snapshot (`snapshot_path`): the state is written to a local file (`snapshot`) once
 caught up and then whenever it changed (at most every `snapshot_interval_s`) and at
@@ -38,7 +40,7 @@ from tenacity import wait_exponential_jitter
 from services.actions import snapshot
 from services.actions.projection import ActionTable
 from services.actions.records import KeyRing, Refused, Revocation, verify
-from services.common.kafka import KafkaSecurity, stop_within
+from services.common.kafka import KafkaSecurity, log_replaced, record_digest, stop_within
 from services.common.topics import actions_topic
 
 log = logging.getLogger("safeguards.actions.consumer")
@@ -91,6 +93,8 @@ class ActionsConsumer:
         #: after a snapshot was loaded, a fresh one that then replaces it.
         self._target = table
         self._positions: dict[TopicPartition, int] = {}
+        #: Per partition, the offset and digest of the last record read (`_rewind_replaced`).
+        self._last_read: dict[TopicPartition, tuple[int, bytes]] = {}
         self._caught_up = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -261,6 +265,8 @@ class ActionsConsumer:
                 for r in records:
                     self._apply_record(tp, r)
                     self._positions[tp] = r.offset + 1
+                if records:
+                    self._last_read[tp] = (records[-1].offset, record_digest(records[-1]))
             if not self._caught_up.is_set() and await self._reached(consumer, end):
                 self._set_caught_up()
             if self._dirty and time.monotonic() - self._last_write >= self.snapshot_interval_s:
@@ -270,6 +276,7 @@ class ActionsConsumer:
                 # measures the lag; a failure raises and reconnects with backoff.
                 end = await self._end_offsets(consumer, partitions)
                 await self._rewind_truncated(consumer, end)
+                await self._rewind_replaced(consumer, end)
                 lag = 0
                 for tp in partitions:
                     lag += max(0, end[tp] - await _position(consumer, tp))
@@ -290,7 +297,31 @@ class ActionsConsumer:
                     extra={"partition": tp.partition, "end_offset": offset},
                 )
                 self._positions.pop(tp, None)
+                self._last_read.pop(tp, None)
                 await consumer.seek_to_beginning(tp)
+
+    async def _rewind_replaced(self, consumer: AIOKafkaConsumer, end: dict) -> None:
+        """A partition read to its end whose last record read is no longer the record
+        at that offset was recreated and grew back to (or past) its old length before
+        the probe saw it shorter (a broker that lost its log; offsets alone cannot tell).
+        Read it again from its beginning, on top of the state built. The record looked
+        at is the partition's newest, which compaction never removes."""
+        for tp, (offset, digest) in list(self._last_read.items()):
+            position = await _position(consumer, tp)
+            if end.get(tp) != position or position != offset + 1:
+                continue  # not caught up (or shorter: `_rewind_truncated`)
+            replaced = await log_replaced(consumer, tp, offset, digest, position)
+            if replaced is None:
+                return  # no answer: the broker is away or slow; the next probe looks again
+            if not replaced:
+                continue
+            log.warning(
+                "actions partition was replaced by a new log: re-reading it",
+                extra={"partition": tp.partition, "end_offset": end.get(tp)},
+            )
+            self._positions.pop(tp, None)
+            del self._last_read[tp]
+            await consumer.seek_to_beginning(tp)
 
     async def _partitions(self, consumer: AIOKafkaConsumer, wait: bool = True) -> list[TopicPartition]:
         """The topic's partitions; a topic that does not exist yet holds no actions,

@@ -21,6 +21,7 @@ from the `--kafka-*` flags of `KafkaSettings`, which each service's settings inc
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import OrderedDict, deque
@@ -375,6 +376,32 @@ class KafkaPublisher:
             self._to_spool(failed + [r for r, _ in self._queue])
             self._queue.clear()
             raise KafkaError(f"{len(failed)} records not acknowledged")
+
+
+def record_digest(r: Any) -> bytes:
+    """What tells one consumed record from another at the same offset: key, value
+    (a tombstone apart from an empty value) and headers."""
+    h = hashlib.sha256()
+    for part in (r.key or b"", b"\x00" if r.value is None else b"\x01" + r.value):
+        h.update(len(part).to_bytes(8, "big") + part)
+    for name, raw in r.headers or ():
+        h.update(len(name).to_bytes(8, "big") + name.encode() + len(raw or b"").to_bytes(8, "big") + (raw or b""))
+    return h.digest()
+
+
+async def log_replaced(consumer: Any, tp: Any, offset: int, digest: bytes, resume_at: int) -> bool | None:
+    """Whether the record at `offset` of `tp` is no longer the one consumed there
+    (`digest`): the partition was recreated and grew back past where it had been read,
+    as after a broker that lost its log, which offsets alone cannot tell. Fetches that
+    one record; unless replaced, leaves the consumer at `resume_at`. None: no answer
+    within a second (a broker away or slow: look again later)."""
+    consumer.seek(tp, offset)
+    batch = await consumer.getmany(tp, timeout_ms=1000, max_records=1)
+    first = next(iter(batch.get(tp, ())), None)
+    if first is None or (first.offset == offset and record_digest(first) == digest):
+        consumer.seek(tp, resume_at)
+        return None if first is None else False
+    return True
 
 
 class _RetryState:

@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from safeguards.v1 import signals_pb2
 
 from services.common.errors import InvalidArgument
-from services.common.kafka import KafkaSecurity
+from services.common.kafka import KafkaSecurity, log_replaced, record_digest
 from services.common.metrics import BoundedLabels
 from services.common.topics import signals_topic
 from services.monitor import deadletters
@@ -120,8 +120,10 @@ class SignalConsumer:
         wait_ms: int = 200,
         rules: RuleEngine | None = None,
         security: KafkaSecurity | None = None,
+        probe_interval_s: float = 5.0,
     ) -> None:
         self.bootstrap = bootstrap
+        self.probe_interval_s = probe_interval_s
         self.security = security or KafkaSecurity()
         self.region = region
         self.group_id = group_id
@@ -134,6 +136,9 @@ class SignalConsumer:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._positions: dict[TopicPartition, int] = {}
+        #: Per partition, the offset and digest of the last record applied (`_rewind_replaced`).
+        self._last_read: dict[TopicPartition, tuple[int, bytes]] = {}
+        self._next_probe = 0.0
         self._applying_since: float | None = None
         #: SURFACE_ADMIN signals of the batch in hand (kept in the audit log).
         self._audits: list[signals_pb2.SafeguardSignal] = []
@@ -275,6 +280,9 @@ class SignalConsumer:
         assert self._consumer is not None
         consumer = self._consumer
         while not self._stopping:
+            if time.monotonic() >= self._next_probe:  # between batches: nothing in hand
+                self._next_probe = time.monotonic() + self.probe_interval_s
+                await self._rewind_replaced(consumer)
             try:
                 batches = await consumer.getmany(timeout_ms=self.wait_ms, max_records=self.max_records)
             except KafkaError as exc:
@@ -299,6 +307,9 @@ class SignalConsumer:
             # concurrent rebalance).
             offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
             self._positions.update(offsets)
+            self._last_read.update(
+                {tp: (records[-1].offset, record_digest(records[-1])) for tp, records in batches.items() if records}
+            )
             try:
                 await consumer.commit(offsets)
                 self.metrics.committed.inc()
@@ -325,6 +336,34 @@ class SignalConsumer:
                 )
                 self.metrics.rewinds.inc()
                 del self._positions[tp]
+                self._last_read.pop(tp, None)
+                await consumer.seek_to_beginning(tp)
+
+    async def _rewind_replaced(self, consumer: AIOKafkaConsumer) -> None:
+        """A partition whose last record applied is no longer the record at that offset
+        was recreated and grew back past where it had been read (a broker that lost its
+        log, then the enforcers' spools replayed into it): read it again from its
+        beginning. Looked at every `probe_interval_s`, between batches."""
+        for tp in consumer.assignment():
+            mark = self._last_read.get(tp)
+            done = self._positions.get(tp)
+            if mark is None or done is None:
+                continue
+            try:
+                replaced = await log_replaced(consumer, tp, mark[0], mark[1], done)
+            except (KafkaError, IllegalStateError) as exc:  # reassigned meanwhile: its new owner looks
+                log.info("partition check skipped", extra={"error": type(exc).__name__})
+                continue
+            if replaced is None:
+                return  # no answer: the broker is away or slow; the next probe looks again
+            if replaced:
+                log.warning(
+                    "signals partition was replaced by a new log: re-reading it",
+                    extra={"partition": tp.partition, "consumed": done},
+                )
+                self.metrics.rewinds.inc()
+                del self._positions[tp]
+                del self._last_read[tp]
                 await consumer.seek_to_beginning(tp)
 
     @property

@@ -28,11 +28,10 @@ KNOWN: dict[str, str] = {}
 # Not strict: whether it shows depends on whether a consumer rejoins (and resets) before it fetches.
 FLAKY = {
     "kafka-kill": "Tansu keeps its log in memory, so a killed broker comes back with empty, recreated topics. "
-    "Consumers re-read a partition found shorter than what they consumed (the monitor's signals, the enforcers' "
-    "actions), but an actions partition that grew back to the old length before the probe looked (the retried "
-    "action lands at offset 0 of a topic whose old log held one record) cannot be told from the old one by "
-    "offsets: Apache Kafka detects it with leader epochs (KIP-320), which aiokafka does not implement, and does "
-    "not lose its log on a restart"
+    "The consumers re-read a partition found shorter than what they read, or whose last record read is no longer "
+    "at its offset (the enforcers' actions: fixed), but the monitor's signal consumer can still skip the new log's "
+    "first signals when the enforcers' spools refill it past the old offsets and it reads and commits past them "
+    "before it looks (a race, so not strict). Apache Kafka keeps its log across a restart"
 }
 
 

@@ -1,7 +1,7 @@
 """`python -m services.monitor.console`: hash a console password, check a users file.
 
-    python -m services.monitor.console hash-password < password-file
-    python -m services.monitor.console check-users config/console-users.example.yaml
+python -m services.monitor.console hash-password < password-file
+python -m services.monitor.console check-users config/console-users.example.yaml
 """
 
 from __future__ import annotations
