@@ -133,6 +133,26 @@ class RateCap(logging.Filter):
         return False
 
 
+class CallerGone(logging.Filter):
+    """grpc's aio server logs an ERROR with a traceback ("ExecuteBatchError raised in
+    core by servicer method [...]") when it cannot send a reply because the caller went
+    away first (its deadline passed, it cancelled): routine under load, not an error of
+    ours. Such a record becomes one INFO line naming the method, without the traceback;
+    any other record of that logger passes unchanged."""
+
+    LOGGER = "grpc._cython.cygrpc"
+    _PREFIX = "ExecuteBatchError raised in core by servicer method"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(self._PREFIX):
+            method = record.args[0] if isinstance(record.args, tuple) and record.args else ""
+            record.msg, record.args = "reply not delivered: the caller had gone", None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+            record.__dict__["grpc_method"] = str(method)[:200]
+        return True
+
+
 class DroppingQueueHandler(logging.handlers.QueueHandler):
     """A QueueHandler that never waits: a full queue drops the record (counted).
 
@@ -299,6 +319,9 @@ def configure(
     root.setLevel(level.upper())
     # aiokafka and grpc are chatty at INFO about reconnects we already report.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    grpc_core = logging.getLogger(CallerGone.LOGGER)
+    if not any(isinstance(f, CallerGone) for f in grpc_core.filters):
+        grpc_core.addFilter(CallerGone())
     for previous in replaced:
         previous.stop()
     return pipeline

@@ -218,3 +218,24 @@ def test_a_clean_exit_writes_every_queued_line(tmp_path: Path) -> None:
     assert out.returncode == 0 and float(out.stdout) == 0
     lines = [json.loads(line) for line in err.read_text().splitlines()]
     assert [rec["i"] for rec in lines if rec["msg"] == "line"] == list(range(5000))
+
+
+def test_a_reply_to_a_caller_that_had_gone_is_one_info_line_without_a_traceback(tmp_path: Path) -> None:
+    """grpc's aio server logs ExecuteBatchError with a traceback when the caller went
+    away before the reply (routine under load): configure() turns it into one INFO line."""
+    out = tmp_path / "log.jsonl"
+    with out.open("w") as stream:
+        pipeline, logger, _ = pipeline_logger(stream, name=logs.CallerGone.LOGGER)
+        logger.addFilter(logs.CallerGone())
+        try:
+            raise RuntimeError('Failed "execute_batch"')
+        except RuntimeError:
+            logger.exception(
+                "ExecuteBatchError raised in core by servicer method [%s]", "/safeguards.v1.ClassifierService/Classify"
+            )
+        logger.error("something else went wrong")
+        assert pipeline.stop(timeout=HANG) is True
+    gone, other = (json.loads(line) for line in out.read_text().splitlines())
+    assert gone["level"] == "INFO" and gone["msg"] == "reply not delivered: the caller had gone"
+    assert gone["grpc_method"] == "/safeguards.v1.ClassifierService/Classify" and "exc" not in json.dumps(gone)
+    assert other["level"] == "ERROR"
