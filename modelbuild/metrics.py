@@ -124,6 +124,28 @@ def choose_thresholds(
         per *= 0.85
 
 
+def choose_slice_thresholds(
+    scores: np.ndarray,
+    y: list[str],
+    slices: list[str],
+    labels: list[str],
+    targets: dict[str, float],
+    benign: str = "benign",
+) -> dict[str, float]:
+    """Per-label thresholds such that *every* benign slice meets its own false-positive
+    target: the union rule of :func:`choose_thresholds` applied to each slice alone, then
+    the strictest threshold per label.  Slices absent from ``scores`` are skipped."""
+    y_arr, s_arr = np.asarray(y), np.asarray(slices)
+    out = choose_thresholds(scores, y, labels, min(targets.values(), default=TARGET_FPR), benign)
+    for name, target in sorted(targets.items()):
+        sel = (y_arr == benign) & (s_arr == name)
+        if not sel.any():
+            continue
+        th = choose_thresholds(scores[sel], [benign] * int(sel.sum()), labels, target, benign)
+        out = {k: max(out[k], th[k]) for k in out}
+    return out
+
+
 def flags(scores: np.ndarray, labels: list[str], thresholds: dict[str, float]) -> np.ndarray:
     """Boolean ``[texts, labels]`` decisions; the benign column is never flagged."""
     out = np.zeros(scores.shape, bool)
