@@ -74,7 +74,10 @@ class EmbeddingCache:
         if path.is_file():
             try:
                 with np.load(path) as z:
-                    self.table = dict(zip((bytes(k) for k in z["keys"]), z["values"], strict=True))
+                    keys = z["keys"]
+                    if keys.dtype != np.uint8 or keys.ndim != 2:
+                        raise ValueError("old key format")  # fixed-width bytes lost trailing zeros
+                    self.table = dict(zip((k.tobytes() for k in keys), z["values"], strict=True))
             except (OSError, ValueError, KeyError):
                 self.table = {}
 
@@ -101,7 +104,9 @@ class EmbeddingCache:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp.npz")
-        keys = np.array(list(self.table), dtype="S20")
+        # Keys as raw uint8 rows: a fixed-width bytes dtype ("S20") drops trailing zero
+        # bytes, so a digest ending in 0x00 would never be found again.
+        keys = np.frombuffer(b"".join(self.table), dtype=np.uint8).reshape(len(self.table), 20)
         np.savez(tmp, keys=keys, values=np.stack(list(self.table.values())))
         tmp.replace(self.path)
         self.dirty = False
