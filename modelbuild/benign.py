@@ -242,9 +242,11 @@ def task_prompts_with_benign_input(
 
 def chatterbot(wheel: Wheel, cap_per_language: int = CAP_CHATTERBOT_PER_LANGUAGE) -> list[Example]:
     """Statements of the chatterbot-corpus dialogues (English and 27 other languages: small
-    talk, questions about history, science, health, money, computers), grouped per file
-    (one topic in one language). English sits in its own source; the others are
-    ``chatterbot-corpus/<language>`` and form the non-English benign slice."""
+    talk, questions about history, science, health, money, computers), grouped per
+    conversation (a question and its answers). Grouping per file put a whole topic (all of
+    English trivia) in one split, so validation held a kind of chat training never saw.
+    English sits in its own source; the others are ``chatterbot-corpus/<language>`` and
+    form the non-English benign slice."""
     per_lang: dict[str, list[tuple[str, str]]] = {}
     for name in wheel.names(CHATTERBOT_DIR):
         if not name.endswith((".yml", ".yaml")):
@@ -255,12 +257,12 @@ def chatterbot(wheel: Wheel, cap_per_language: int = CAP_CHATTERBOT_PER_LANGUAGE
         except yaml.YAMLError:
             continue
         seen = set()
-        for conv in data.get("conversations") or []:
+        for ci, conv in enumerate(data.get("conversations") or []):
             for stmt in conv or []:
                 text = str(stmt).strip()
                 if len(text) >= 2 and text not in seen:
                     seen.add(text)
-                    per_lang.setdefault(lang, []).append((topic, text))
+                    per_lang.setdefault(lang, []).append((f"{topic}:{ci}", text))
     out = []
     for lang in sorted(per_lang):
         cap = None if lang == "english" else cap_per_language

@@ -98,9 +98,12 @@ def build_dataset(cache_dir: Path, stdlib: Path, doc_dir: Path) -> Dataset:
         *benign.stdlib_questions(stdlib),
         *chatterbot_rows,
         *generated.benign(),
+        *generated.trivia_and_friends(),
     ]
     rows = assign_splits([*attack_rows, *benign_rows], salt=f"split:{SEED}")
     rows = _dedupe(rows)
+    known = {r.text for r in rows}
+    rows += [r for r in _dedupe(generated.harmful_reframed(rows)) if r.text not in known]
     composites = []
     for split in ("train", "val", "test"):
         pool = [r for r in rows if r.split == split and r.label != "benign"]

