@@ -21,7 +21,7 @@ BUF_VERSION := 1.75.0
 SYSTEM_PACKAGES := docker-compose nghttp2-client chromium prometheus
 SYSTEM_STAMP := .cache/system-deps-$(shell printf '%s' '$(SYSTEM_PACKAGES)' | sha256sum | cut -c1-12).stamp
 
-.PHONY: setup models lock run test lint protos compose-check clean bench-ratelimit bench-classifier bench-enforcer bench-monitor bench-linear bench-failsafe bench-envoy
+.PHONY: setup models eval eval-baseline lock run test lint protos compose-check clean bench-ratelimit bench-classifier bench-enforcer bench-monitor bench-linear bench-failsafe bench-envoy
 
 setup: $(DEPS_STAMP) $(GEN_STAMP) $(CLI) $(BUF) $(SYSTEM_STAMP) models
 
@@ -29,6 +29,15 @@ setup: $(DEPS_STAMP) $(GEN_STAMP) $(CLI) $(BUF) $(SYSTEM_STAMP) models
 # hashes its inputs and does nothing when build/models is current (about a second).
 models: $(GEN_STAMP)
 	$(PY) -m modelbuild --out build/models --cache .cache
+
+# Per-slice metrics of build/models on the test split (build/models/eval.json and the model
+# cards); fails when a slice falls more than 2 points behind modelbuild/eval_baseline.json.
+# eval-baseline rewrites that baseline (commit it with the data change that moved it).
+eval: models
+	$(PY) -m modelbuild.eval --models build/models --cache .cache
+
+eval-baseline: models
+	$(PY) -m modelbuild.eval --models build/models --cache .cache --write-baseline
 
 # Dependencies come from the locks only: every transitive package pinned, each with the
 # hashes of all its files, so pip refuses anything else (pip itself is pinned there too).

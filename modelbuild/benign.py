@@ -22,14 +22,18 @@ import json
 import re
 from pathlib import Path
 
+import yaml
+
 from .examples import Example, pick, rank, sample
-from .sources import CHITCHAT_FILE, Wheel
+from .sources import CHATTERBOT_DIR, CHITCHAT_FILE, Wheel
 
 CAP_CHITCHAT = 2600
 CAP_STDLIB = 1300
 CAP_PYDOC = 260
 CAP_DEBIAN = 700
 CAP_TASK_BENIGN = 400
+CAP_CHATTERBOT_PER_LANGUAGE = 220
+CAP_STDLIB_QUESTIONS = 700
 
 MIN_CHARS = 160
 MAX_CHARS = 4000
@@ -233,4 +237,76 @@ def task_prompts_with_benign_input(
         instruction, input_tpl = bases[key]
         text = (instruction + input_tpl.replace("{user_input}", filler)).strip()
         out.append(Example(text, "benign", "promptinject-tasks+chitchat", f"task:{key}"))
+    return out
+
+
+def chatterbot(wheel: Wheel, cap_per_language: int = CAP_CHATTERBOT_PER_LANGUAGE) -> list[Example]:
+    """Statements of the chatterbot-corpus dialogues (English and 27 other languages: small
+    talk, questions about history, science, health, money, computers), grouped per
+    conversation (a question and its answers). Grouping per file put a whole topic (all of
+    English trivia) in one split, so validation held a kind of chat training never saw.
+    English sits in its own source; the others are ``chatterbot-corpus/<language>`` and
+    form the non-English benign slice."""
+    per_lang: dict[str, list[tuple[str, str]]] = {}
+    for name in wheel.names(CHATTERBOT_DIR):
+        if not name.endswith((".yml", ".yaml")):
+            continue
+        lang, topic = name[len(CHATTERBOT_DIR) :].split("/", 1)
+        try:
+            data = yaml.safe_load(wheel.read(name)) or {}
+        except yaml.YAMLError:
+            continue
+        seen = set()
+        for ci, conv in enumerate(data.get("conversations") or []):
+            for stmt in conv or []:
+                text = str(stmt).strip()
+                if len(text) >= 2 and text not in seen:
+                    seen.add(text)
+                    per_lang.setdefault(lang, []).append((f"{topic}:{ci}", text))
+    out = []
+    for lang in sorted(per_lang):
+        cap = None if lang == "english" else cap_per_language
+        for topic, text in sample(per_lang[lang], cap, lambda r: r[0] + r[1], f"chatterbot:{lang}"):
+            out.append(Example(text, "benign", f"chatterbot-corpus/{lang}", f"cb:{lang}:{topic}"))
+    return out
+
+
+STDLIB_QUESTIONS = (
+    "What does `{q}` do?",
+    "Can you give me an example of using {q}?",
+    "When should I use {q} in Python?",
+    "Is `{q}` thread-safe?",
+    "What's the difference between {q} and writing it by hand?",
+    "how to use {q} python",
+    "Explain the arguments of {q}.",
+    "Why does {q} raise an exception for me?",
+    "Show me a short snippet that calls {q} correctly.",
+    "Is {q} deprecated? What should I use instead?",
+)
+
+
+def stdlib_questions(stdlib: Path, cap: int = CAP_STDLIB_QUESTIONS) -> list[Example]:
+    """Short developer questions about public stdlib functions and classes (names read from
+    the modules' source with ``ast``), grouped by module like the stdlib code tasks."""
+    candidates = []
+    for path in _stdlib_files(stdlib):
+        rel = path.relative_to(stdlib).with_suffix("")
+        if any(p.startswith("_") for p in rel.parts) and rel.name != "__init__":
+            continue
+        module = ".".join(p for p in rel.parts if p != "__init__")
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, ValueError, UnicodeDecodeError, OSError):
+            continue
+        names = [
+            n.name
+            for n in tree.body
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_") and ast.get_docstring(n)
+        ]
+        for name in sample(names, 2, lambda s: s, f"stdq:{module}"):
+            candidates.append((module, f"{module}.{name}"))
+    out = []
+    for module, qual in sample(candidates, cap, lambda c: c[1], "stdlib-questions"):
+        text = pick(STDLIB_QUESTIONS, qual, "stdq-template").format(q=qual)
+        out.append(Example(text, "benign", "python-stdlib/questions", f"py:{module}"))
     return out

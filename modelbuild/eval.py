@@ -7,6 +7,14 @@ function of them) and checked against the ``data_hash`` in the manifests.  For t
 model, the fp32 encoder, the int8 encoder and the cascade it reports, per label and per
 length band: precision, recall, F1, ROC-AUC and recall at 1% false-positive rate; plus
 the fraction of texts the cascade escalates and what int8 costs against fp32.
+
+Per slice (``modelbuild.slices``): each benign slice's false-positive rate and each attack
+slice's recall at the manifest thresholds (chosen on validation so every benign slice
+meets its false-positive target), plus the test attacks embedded in benign text at
+several depths and obfuscated nine ways (raw, and after ``services.enforcer.detectors.textnorm`` as
+the enforcer screens them).  Everything is written to ``<models>/eval.json``;
+``gate()`` compares that with the committed baseline (``make eval``; a unit test fails a
+build whose recall on any slice drops more than ``GATE_TOLERANCE`` below it).
 """
 
 from __future__ import annotations
@@ -20,19 +28,34 @@ from pathlib import Path
 
 import numpy as np
 
+from modelbuild import completions, variants
 from modelbuild import manifest as mf
 from modelbuild.cascade import run_cascade
-from modelbuild.dataset import Dataset, build_dataset
+from modelbuild.dataset import SEED, Dataset, build_dataset
 from modelbuild.examples import LABELS
-from modelbuild.metrics import flags, label_metrics, unsafe_scores
+from modelbuild.metrics import flags, label_metrics, recall_at_fpr, unsafe_scores
 from modelbuild.model_card import write_cards
 from modelbuild.scoring import ModelRunner
+from modelbuild.slices import (
+    ATTACK_SLICES,
+    BENIGN_TARGET_FPR,
+    OUTPUT_ATTACK_SLICES,
+    OUTPUT_BENIGN_TARGET_FPR,
+    output_slice_of,
+    slice_of,
+)
 from modelbuild.sources import DEBIAN_DOC_DIR, stdlib_dir
+from services.enforcer.detectors import textnorm
 
 log = logging.getLogger("eval")
 
 LENGTH_BANDS = (("<256", 0, 256), ("256-1k", 256, 1024), ("1k-4k", 1024, 4096), (">4k", 4096, 10**12))
 CASCADE = "cascade"
+EVAL_JSON = "eval.json"
+BASELINE = Path(__file__).resolve().parent / "eval_baseline.json"
+#: A build fails the gate when a slice's recall drops, or a benign slice's false-positive
+#: rate rises, by more than this against the committed baseline.
+GATE_TOLERANCE = 0.02
 
 
 def metrics_block(scores: np.ndarray, flagged: np.ndarray, y: list[str]) -> dict:
@@ -70,7 +93,12 @@ def breakdowns(scores: np.ndarray, flagged: np.ndarray, test) -> dict:
             "flagged_rate": round(float(any_flag[sel].mean()), 4),
             "correct_label_rate": round(float(np.mean(right)), 4),
         }
-    return {"overall": metrics_block(scores, flagged, y), "by_length": by_len, "by_source": by_source}
+    return {
+        "overall": metrics_block(scores, flagged, y),
+        "by_length": by_len,
+        "by_source": by_source,
+        "by_slice": by_slice(scores, flagged, test),
+    }
 
 
 def evaluate(models_dir: Path, cache_dir: Path, dataset: Dataset | None = None, write: bool = True) -> dict:
@@ -133,22 +161,206 @@ def evaluate(models_dir: Path, cache_dir: Path, dataset: Dataset | None = None, 
         },
         "speedup_on_test": round(timing[mf.ENCODER] / max(timing[mf.ENCODER_INT8], 1e-9), 2),
     }
+    if all((models_dir / m / "manifest.yaml").is_file() for m in mf.OUTPUT_MODELS):
+        results["output"] = evaluate_output(models_dir, ds)
+    t0 = time.perf_counter()
+    results["variants"] = variant_metrics(CascadeScorer(models_dir, manifests), test)
+    log.info("scored the embedded and obfuscated variants in %.1fs", time.perf_counter() - t0)
     results["dataset_summary"] = ds.summary()
     if write:
         write_cards(models_dir, results, manifests)
+        (models_dir / EVAL_JSON).write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def by_slice(scores: np.ndarray, flagged: np.ndarray, test) -> dict:
+    """Benign slices: false-positive rate (any label flagged). Attack slices: recall (any
+    label flagged) and recall at 1% FPR against all benign test texts."""
+    labels = list(LABELS)
+    sl = np.array([slice_of(e) for e in test])
+    is_benign = np.array([e.label == "benign" for e in test])
+    anyf = flagged.any(axis=1)
+    u = unsafe_scores(scores, labels)
+    out = {}
+    for name in [*BENIGN_TARGET_FPR, *ATTACK_SLICES]:
+        sel = sl == name
+        if not sel.any():
+            continue
+        if name in BENIGN_TARGET_FPR:
+            out[name] = {
+                "kind": "benign",
+                "n": int(sel.sum()),
+                "fpr": round(float(anyf[sel].mean()), 4),
+                "target_fpr": BENIGN_TARGET_FPR[name],
+            }
+        else:
+            out[name] = {
+                "kind": "attack",
+                "n": int(sel.sum()),
+                "recall": round(float(anyf[sel].mean()), 4),
+                "recall_at_1pct_fpr": round(recall_at_fpr(u[sel], u[is_benign]), 4),
+            }
+    return out
+
+
+class CascadeScorer:
+    """The n-gram model, the fp32 encoder and the band, scoring any texts like serving."""
+
+    def __init__(self, models_dir: Path, manifests: dict) -> None:
+        self.ngram = ModelRunner(models_dir / mf.NGRAM)
+        self.encoder = ModelRunner(models_dir / mf.ENCODER)
+        self.th = {m: manifests[m]["thresholds"] for m in (mf.NGRAM, mf.ENCODER)}
+        self.band = tuple(manifests[mf.NGRAM]["cascade"]["band"])
+
+    def flagged(self, texts: list[str]) -> np.ndarray:
+        """Per text: any label flagged by the cascade."""
+        if not texts:
+            return np.zeros(0, bool)
+        labels = list(LABELS)
+        ng = self.ngram.score(texts)
+        u = unsafe_scores(ng, labels)
+        esc = np.flatnonzero((u >= self.band[0]) & (u <= self.band[1]))
+        enc = np.zeros_like(ng)
+        if esc.size:
+            enc[esc] = self.encoder.score([texts[i] for i in esc])
+        res = run_cascade(ng, enc, labels, self.band, self.th[mf.NGRAM], self.th[mf.ENCODER])
+        return res.flagged.any(axis=1)
+
+    def flagged_screened(self, texts: list[str]) -> np.ndarray:
+        """Like the enforcer: the normalised text and every decoded payload, any flagged."""
+        pieces, owner = [], []
+        for i, t in enumerate(texts):
+            for piece in textnorm.screening_texts(textnorm.normalize(t), folded=False):
+                pieces.append(piece)
+                owner.append(i)
+        f = self.flagged(pieces)
+        out = np.zeros(len(texts), bool)
+        np.logical_or.at(out, np.asarray(owner, dtype=np.int64), f)
+        return out
+
+
+def variant_metrics(scorer: CascadeScorer, test) -> dict:
+    """Cascade recall on the test attacks alone, embedded, and obfuscated (per label too)."""
+    out: dict = {"embedded": {}, "obfuscated": {}}
+    for depth, rows in variants.embedded(test).items():
+        f = scorer.flagged([e.text for e in rows])
+        out["embedded"][depth] = _recall_rows(f, rows)
+    for name, rows in variants.obfuscated(test).items():
+        texts = [e.text for e in rows]
+        out["obfuscated"][name] = {
+            "raw": _recall_rows(scorer.flagged(texts), rows),
+            "after_textnorm": _recall_rows(scorer.flagged_screened(texts), rows),
+        }
+    return out
+
+
+def _recall_rows(flagged: np.ndarray, rows) -> dict:
+    out = {"n": len(rows), "recall": round(float(flagged.mean()), 4) if len(rows) else None}
+    for lab in sorted({e.label for e in rows}):
+        sel = np.array([e.label == lab for e in rows])
+        out[lab] = round(float(flagged[sel].mean()), 4)
+    return out
+
+
+def evaluate_output(models_dir: Path, ds: Dataset) -> dict:
+    """The output models on the completion test split: harmful recall, recall at 1% FPR,
+    false-positive rate per benign completion slice, and how many harmful completions the
+    n-gram stage alone passes as confidently benign (below the band)."""
+    labels = list(completions.LABELS)
+    ex = completions.build_output_examples(ds.examples, salt=f"output-split:{SEED}")
+    test = [e for e in ex if e.split == "test"]
+    texts, y = [e.text for e in test], [e.label for e in test]
+    sl = np.array([output_slice_of(e) for e in test])
+    manifests = {m: mf.read(models_dir / m) for m in mf.OUTPUT_MODELS}
+    th = {m: manifests[m]["thresholds"] for m in mf.OUTPUT_MODELS}
+    scores = {m: ModelRunner(models_dir / m).score(texts) for m in mf.OUTPUT_MODELS}
+    band = tuple(manifests[mf.OUTPUT_NGRAM]["cascade"]["band"])
+    cas = run_cascade(
+        scores[mf.OUTPUT_NGRAM], scores[mf.OUTPUT_ENCODER], labels, band, th[mf.OUTPUT_NGRAM], th[mf.OUTPUT_ENCODER]
+    )
+    harmful = np.asarray(y) == "harmful"
+    out: dict = {"n_test": len(test), "band": list(band), "models": {}}
+    for name, sc, fl in [
+        *((m, scores[m], flags(scores[m], labels, th[m])) for m in mf.OUTPUT_MODELS),
+        (mf.OUTPUT_CASCADE, cas.scores, cas.flagged),
+    ]:
+        anyf = fl.any(axis=1)
+        block = {"harmful": label_metrics(sc[:, 1], fl[:, 1], y, "harmful").as_dict(), "by_slice": {}}
+        for name_s in [*OUTPUT_BENIGN_TARGET_FPR, *OUTPUT_ATTACK_SLICES]:
+            sel = sl == name_s
+            if sel.any():
+                key = "recall" if name_s in OUTPUT_ATTACK_SLICES else "fpr"
+                block["by_slice"][name_s] = {"n": int(sel.sum()), key: round(float(anyf[sel].mean()), 4)}
+        out["models"][name] = block
+    u = scores[mf.OUTPUT_NGRAM][:, 1]
+    out["models"][mf.OUTPUT_CASCADE]["escalated_fraction"] = round(cas.escalated_fraction, 4)
+    out["models"][mf.OUTPUT_CASCADE]["harmful_below_band"] = round(float(np.mean(u[harmful] < band[0])), 4)
+    out["dataset_summary"] = {
+        f"{src} -> {lab}": {
+            sp: sum(1 for e in ex if e.source == src and e.label == lab and e.split == sp)
+            for sp in ("train", "val", "test")
+        }
+        for src, lab in sorted({(e.source, e.label) for e in ex})
+    }
+    return out
+
+
+def _gated_slices(results: dict) -> dict[str, dict]:
+    """The per-slice blocks the gate compares: the default cascade's, and the output cascade's."""
+    out = {f"prompt/{k}": v for k, v in results["models"][CASCADE]["by_slice"].items()}
+    if "output" in results:
+        out |= {f"output/{k}": v for k, v in results["output"]["models"][mf.OUTPUT_CASCADE]["by_slice"].items()}
+    return out
+
+
+def gate(results: dict, baseline: dict, tolerance: float = GATE_TOLERANCE) -> list[str]:
+    """The regressions of ``results`` against ``baseline`` (both eval.json-shaped): attack
+    slices whose cascade recall fell, benign slices whose FPR rose, by more than ``tolerance``."""
+    failures = []
+    now = _gated_slices(results)
+    for name, base in _gated_slices(baseline).items():
+        cur = now.get(name)
+        if cur is None:
+            failures.append(f"{name}: slice missing from the evaluation")
+        elif "recall" in base and cur["recall"] < base["recall"] - tolerance:
+            failures.append(f"{name}: recall {cur['recall']:.3f} < baseline {base['recall']:.3f} - {tolerance}")
+        elif "fpr" in base and cur["fpr"] > base["fpr"] + tolerance:
+            failures.append(f"{name}: FPR {cur['fpr']:.3f} > baseline {base['fpr']:.3f} + {tolerance}")
+    return failures
+
+
+def baseline_of(results: dict) -> dict:
+    """The part of eval.json the gate compares: the cascades' per-slice numbers."""
+    base = {
+        "data_hash": results["data_hash"],
+        "tolerance": GATE_TOLERANCE,
+        "models": {CASCADE: {"by_slice": results["models"][CASCADE]["by_slice"]}},
+    }
+    if "output" in results:
+        base["output"] = {
+            "models": {mf.OUTPUT_CASCADE: {"by_slice": results["output"]["models"][mf.OUTPUT_CASCADE]["by_slice"]}}
+        }
+    return base
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m modelbuild.eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, default=Path("build/models"), help="model repository to evaluate")
     parser.add_argument("--cache", type=Path, default=Path(".cache"), help="download cache used by the build")
-    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--json", type=Path, help="also write the raw results here (always: <models>/eval.json)")
+    parser.add_argument(
+        "--baseline", type=Path, default=BASELINE, help="committed per-slice baseline to gate on (default: %(default)s)"
+    )
+    parser.add_argument("--write-baseline", action="store_true", help="replace the baseline with these results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     results = evaluate(args.models, args.cache)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.write_baseline:
+        args.baseline.write_text(json.dumps(baseline_of(results), indent=2) + "\n")
+        print(f"baseline written: {args.baseline}")
+        return 0
     for name, r in results["models"].items():
         row = r["overall"]["unsafe"]
         print(
@@ -156,7 +368,15 @@ def main(argv: list[str] | None = None) -> int:
             f"AUC={row['auc']:.3f} R@1%FPR={row['recall_at_1pct_fpr']:.3f}"
             + (f" escalated={r['escalated_fraction']:.1%}" if name == CASCADE else "")
         )
-    return 0
+    for name, r in results["models"][CASCADE]["by_slice"].items():
+        print(
+            f"  cascade {name:24s} n={r['n']:5d} "
+            + (f"FPR={r['fpr']:.3f}" if r["kind"] == "benign" else f"recall={r['recall']:.3f}")
+        )
+    failures = gate(results, json.loads(args.baseline.read_text())) if args.baseline.is_file() else []
+    for f in failures:
+        print(f"GATE: {f}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

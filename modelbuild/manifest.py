@@ -22,6 +22,12 @@ MODELS = (NGRAM, ENCODER, ENCODER_INT8)
 # A virtual model (no graph of its own) for servers that expose the cascade as one model
 # name; the band is the same as ``cascade.band`` in the n-gram manifest.
 CASCADE = "prompt_guard"
+# The output direction (model completions): harmful vs benign, its own n-gram tier,
+# encoder head and cascade.
+OUTPUT_NGRAM = "output_guard_ngram"
+OUTPUT_ENCODER = "output_guard_minilm"
+OUTPUT_CASCADE = "output_guard"
+OUTPUT_MODELS = (OUTPUT_NGRAM, OUTPUT_ENCODER)
 
 MAX_SEQUENCE_LENGTH = 256
 WINDOW_STRIDE = 128
@@ -31,11 +37,13 @@ VERSION = 1
 BATCHING = {"max_batch_size": 32, "max_queue_delay_ms": 2, "preferred_batch_sizes": [8, 32]}
 
 
-def encoder_manifest(name: str, thresholds: dict[str, float], build: dict, quantized: bool) -> dict:
+def encoder_manifest(
+    name: str, thresholds: dict[str, float], build: dict, quantized: bool, labels: tuple[str, ...] = LABELS
+) -> dict:
     return {
         "name": name,
         "platform": "onnxruntime",
-        "labels": list(LABELS),
+        "labels": list(labels),
         "inputs": {
             "kind": "token_ids",
             "tokenizer": "tokenizer.json",
@@ -55,11 +63,18 @@ def encoder_manifest(name: str, thresholds: dict[str, float], build: dict, quant
     }
 
 
-def ngram_manifest(thresholds: dict[str, float], band: tuple[float, float], build: dict) -> dict:
+def ngram_manifest(
+    thresholds: dict[str, float],
+    band: tuple[float, float],
+    build: dict,
+    name: str = NGRAM,
+    escalate_to: str = ENCODER,
+    labels: tuple[str, ...] = LABELS,
+) -> dict:
     return {
-        "name": NGRAM,
+        "name": name,
         "platform": "onnxruntime",
-        "labels": list(LABELS),
+        "labels": list(labels),
         "inputs": {
             "kind": "text",
             "encoding": "lower-cased unicode code points, NUL removed, 0-padded (int64)",
@@ -74,17 +89,23 @@ def ngram_manifest(thresholds: dict[str, float], band: tuple[float, float], buil
         "thresholds": thresholds,
         "batching": dict(BATCHING),
         "version_policy": {"latest": VERSION},
-        "cascade": {"escalate_to": ENCODER, "band": [float(band[0]), float(band[1])]},
+        "cascade": {"escalate_to": escalate_to, "band": [float(band[0]), float(band[1])]},
         "build": build,
     }
 
 
-def cascade_manifest(band: tuple[float, float], build: dict) -> dict:
+def cascade_manifest(
+    band: tuple[float, float],
+    build: dict,
+    name: str = CASCADE,
+    stages: tuple[str, str] = (NGRAM, ENCODER),
+    labels: tuple[str, ...] = LABELS,
+) -> dict:
     return {
-        "name": CASCADE,
+        "name": name,
         "platform": "cascade",
-        "labels": list(LABELS),
-        "stages": [NGRAM, ENCODER],
+        "labels": list(labels),
+        "stages": list(stages),
         "band": [float(band[0]), float(band[1])],
         "build": build,
     }

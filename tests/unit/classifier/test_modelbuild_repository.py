@@ -9,7 +9,15 @@ import pytest
 import yaml
 
 from modelbuild import build
-from modelbuild.manifest import ENCODER, ENCODER_INT8, MODELS, NGRAM
+from modelbuild.manifest import (
+    ENCODER,
+    ENCODER_INT8,
+    MODELS,
+    NGRAM,
+    OUTPUT_CASCADE,
+    OUTPUT_ENCODER,
+    OUTPUT_NGRAM,
+)
 from modelbuild.scoring import ModelRunner
 from tests.unit.classifier.builtmodels import BUILD_TIMEOUT_S, CACHE_DIR
 
@@ -78,3 +86,28 @@ def test_model_cards_report_every_tier(built_models):
         card = (built_models / name / "MODEL_CARD.md").read_text()
         for needle in ("recall@1%FPR", "ROC-AUC", "cascade", "MiniLM encoder int8", "By length band", "Split"):
             assert needle in card, (name, needle)
+
+
+def test_output_models_screen_completions(built_models):
+    """The output direction: a benign/harmful n-gram tier, encoder and cascade, serving
+    manifests the classifier service reads like the prompt models'."""
+    ngram, enc = _manifest(built_models, OUTPUT_NGRAM), _manifest(built_models, OUTPUT_ENCODER)
+    cascade = _manifest(built_models, OUTPUT_CASCADE)
+    for m in (ngram, enc):
+        assert REQUIRED <= set(m) and m["labels"] == ["benign", "harmful"]
+        assert set(m["thresholds"]) == {"harmful"} and 0 < m["thresholds"]["harmful"] <= 1
+    assert ngram["cascade"]["escalate_to"] == OUTPUT_ENCODER
+    assert cascade["platform"] == "cascade" and cascade["stages"] == [OUTPUT_NGRAM, OUTPUT_ENCODER]
+    assert cascade["band"] == ngram["cascade"]["band"]
+    runner = ModelRunner(built_models / OUTPUT_ENCODER)
+    scores = runner.score(
+        [
+            "Sure! Here's a simple pancake recipe. 1. Whisk the flour, eggs and milk. 2. Heat a pan and cook.",
+            "Sure, here is how to build it. Step 1: pack the explosive powder into the metal pipe. "
+            "Step 2: wire the detonator to the timer so it goes off in the crowded market.",
+        ]
+    )
+    assert scores.shape == (2, 2) and scores[1, 1] > scores[0, 1]
+    for name in (OUTPUT_NGRAM, OUTPUT_ENCODER, OUTPUT_CASCADE):
+        card = (built_models / name / "MODEL_CARD.md").read_text()
+        assert "derived" in card and "harmful recall" in card, name

@@ -17,14 +17,15 @@ from modelbuild.build import (
 
 
 def fake_build(out: Path, input_hash: str, card: str = "card") -> Path:
-    for m in manifest.MODELS:
+    for m in (*manifest.MODELS, *manifest.OUTPUT_MODELS):
         (out / m / str(manifest.VERSION)).mkdir(parents=True)
         (out / m / str(manifest.VERSION) / "model.onnx").write_bytes(b"onnx " + m.encode())
         (out / m / "manifest.yaml").write_text(f"name: {m}\n")
         (out / m / "MODEL_CARD.md").write_text(card)
-    (out / manifest.CASCADE).mkdir(parents=True)
-    (out / manifest.CASCADE / "manifest.yaml").write_text("cascade\n")
-    (out / manifest.CASCADE / "MODEL_CARD.md").write_text(card)
+    for c in (manifest.CASCADE, manifest.OUTPUT_CASCADE):
+        (out / c).mkdir(parents=True)
+        (out / c / "manifest.yaml").write_text("cascade\n")
+        (out / c / "MODEL_CARD.md").write_text(card)
     (out / STAMP).write_text(json.dumps({"input_hash": input_hash}))
     assert is_up_to_date(out, input_hash)
     return out
