@@ -81,6 +81,7 @@ class ModelResult:
     windows: int
     completeness: str = FULL  # PARTIAL: an earlier cascade stage answered for a later one
     partial_reason: str = ""  # PARTIAL only: DEADLINE, OVERLOADED or UNAVAILABLE
+    uncertain_from: float = 0.0  # PARTIAL only: the cascade's band low edge
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,9 @@ class Classifier:
             if t in position and s2 is not None:
                 out.append(self._result(man.name, s2, position[t], t, second_name))
             elif t in position:
-                out.append(self._result(man.name, s1, t, t, first_name, PARTIAL, reason, threshold_floor=hi))
+                out.append(
+                    self._result(man.name, s1, t, t, first_name, PARTIAL, reason, threshold_floor=hi, uncertain_from=lo)
+                )
             else:
                 out.append(self._result(man.name, s1, t, t, first_name))
         label = self.stats.model(man.name)
@@ -361,11 +364,13 @@ class Classifier:
         completeness: str = FULL,
         partial_reason: str = "",
         threshold_floor: float = 0.0,
+        uncertain_from: float = 0.0,
     ) -> ModelResult:
         """``threshold_floor``: a PARTIAL answer's thresholds are raised to the cascade's
         band edge: the first stage's scores inside its escalation band are the ones the
         cascade itself calls inconclusive, so they must not decide more than a full
-        verdict would (a caller may still act on them as uncertain)."""
+        verdict would (a caller may still act on them as uncertain, from
+        ``uncertain_from``, the band's low edge)."""
         man = s.manifest
         scores, flagged = [], []
         values = s.scores[row]
@@ -381,7 +386,15 @@ class Classifier:
         for label in flagged:
             self.stats.flagged.labels(mlabel, label).inc()
         return ModelResult(
-            model, s.version, scores, flagged, answered_by, int(s.windows[row]), completeness, partial_reason
+            model,
+            s.version,
+            scores,
+            flagged,
+            answered_by,
+            int(s.windows[row]),
+            completeness,
+            partial_reason,
+            uncertain_from,
         )
 
     # -- shadow models --------------------------------------------------------------------------

@@ -38,6 +38,7 @@ def _model_scores(r: ModelResult) -> classifier_pb2.ModelScores:
         windows=r.windows,
         completeness=_COMPLETENESS[r.completeness],
         partial_reason=r.partial_reason,
+        uncertain_from=r.uncertain_from,
     )
 
 

@@ -65,6 +65,8 @@ class ClassifierOutcome:
     unreachable: bool = False
     partial: str = ""  # why, when the verdict is partial
     answered_by: str = ""
+    #: A partial cascade answer's uncertain band low edge (0: none reported).
+    uncertain_from: float = 0.0
 
     @property
     def verdict(self) -> Verdict:
@@ -191,15 +193,19 @@ def decide(
                 reasons.append(
                     Reason(f"classifier.{name}", "forced block" if name in forced_categories else f"score {score:.2f}")
                 )
-        if classifier.partial and not fired:
+        # `uncertain_above: band` (None): from where the answering cascade itself calls
+        # a text uncertain; no band reported (an oversize sample of full answers): none.
+        uncertain = policy.partial.uncertain_above
+        if uncertain is None:
+            uncertain = classifier.uncertain_from or None
+        if classifier.partial and not fired and uncertain is not None:
             top = max(scores, key=lambda c: c.score, default=None)
-            if top is not None and top.score >= policy.partial.uncertain_above:
+            if top is not None and top.score >= uncertain:
                 actions.append(policy.partial.uncertain_action)
                 reasons.append(
                     Reason(
                         "classifier.uncertain",
-                        f"{top.category} score {top.score:.2f} on a partial verdict "
-                        f"(uncertain from {policy.partial.uncertain_above:.2f})",
+                        f"{top.category} score {top.score:.2f} on a partial verdict (uncertain from {uncertain:.2f})",
                     )
                 )
 

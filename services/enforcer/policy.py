@@ -13,9 +13,11 @@ the field, and turned into immutable objects the decision code reads.
                                     # refused, UNAVAILABLE, breaker open): open = ALLOW, marked
                                     # degraded and re-screened in the background; closed = BLOCK
       partial:                      # a verdict that is not FULL while the classifier is up
-        uncertain_above: 0.2        # PARTIAL (an earlier cascade stage answered, or an oversize text
+        uncertain_above: band       # PARTIAL (an earlier cascade stage answered, or an oversize text
         uncertain_action: FLAG      #   was screened in part): decide on its scores, and take this
                                     #   action when no category fired but one scores this high
+                                    #   (a number, or band: from the answering cascade's own
+                                    #   escalation band, whatever the model build chose)
         no_verdict_action: FLAG     # NONE for another reason (e.g. the caller's deadline was too
                                     #   short for any stage); fail_mode closed still BLOCKs
       shadow_models:                # models run in shadow on a sample of live prompts, in the
@@ -92,7 +94,8 @@ class _Strict(BaseModel):
 
 
 class _Partial(_Strict):
-    uncertain_above: float = Field(0.2, ge=0.0, le=1.0)
+    #: A number, or `band`: the answering cascade's own uncertain band (its low edge).
+    uncertain_above: Annotated[float, Field(ge=0.0, le=1.0)] | Literal["band"] = "band"
     uncertain_action: ActionName = "FLAG"
     no_verdict_action: ActionName = "FLAG"
 
@@ -197,7 +200,7 @@ class RateLimitRule:
 class PartialRule:
     """What a verdict that is not FULL means while the classifier is reachable."""
 
-    uncertain_above: float
+    uncertain_above: float | None  # None: the cascade's band (`band`)
     uncertain_action: Action
     no_verdict_action: Action
 
@@ -289,7 +292,7 @@ def parse_policy(text: str, source: str) -> Policy:
         classifier_models=tuple(f.classifier.models),
         classifier_fail_mode=FailMode(f.classifier.fail_mode),
         partial=PartialRule(
-            f.classifier.partial.uncertain_above,
+            None if f.classifier.partial.uncertain_above == "band" else float(f.classifier.partial.uncertain_above),
             Action[f.classifier.partial.uncertain_action],
             Action[f.classifier.partial.no_verdict_action],
         ),

@@ -7,6 +7,7 @@ why, never as exceptions: the policy's fail mode turns them into a decision."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import random
 from collections.abc import Iterable
@@ -189,6 +190,7 @@ class ClassifierCaller:
         pairs: list[tuple[str, float, float]] = []
         versions: dict[str, int] = {}
         partial, answered_by = "", ""
+        uncertain_from = 0.0
         for per_text in response.results:
             for m in per_text.models:
                 pairs.extend((s.label, s.score, s.threshold) for s in m.scores)
@@ -196,6 +198,7 @@ class ClassifierCaller:
                 if m.completeness == classifier_pb2.VERDICT_COMPLETENESS_PARTIAL:
                     partial = _join(partial, m.partial_reason or "partial")
                     answered_by = m.answered_by
+                    uncertain_from = _lowest(uncertain_from, m.uncertain_from)
                 elif not partial:
                     answered_by = m.answered_by or answered_by
         scores, thresholds = strongest(pairs)
@@ -205,7 +208,13 @@ class ClassifierCaller:
             model_versions=versions,
             partial=partial,
             answered_by=answered_by,
+            uncertain_from=uncertain_from,
         )
+
+
+def _lowest(a: float, b: float) -> float:
+    """The lower of two band edges, 0 meaning none reported."""
+    return min(a, b) if a and b else a or b
 
 
 def strongest(pairs: Iterable[tuple[str, float, float]]) -> tuple[dict[str, float], dict[str, float]]:
@@ -248,6 +257,7 @@ def merge_classifier_outcomes(outcomes: list[ClassifierOutcome]) -> ClassifierOu
         model_versions={k: v for o in outcomes for k, v in o.model_versions.items()},
         partial=partial,
         answered_by=next((o.answered_by for o in outcomes if o.partial), outcomes[-1].answered_by),
+        uncertain_from=functools.reduce(_lowest, (o.uncertain_from for o in outcomes), 0.0),
     )
 
 

@@ -26,6 +26,7 @@ from tests.unit.classifier_serving.tinymodel import write_model
 
 SHORT = "hello"  # the tiny model's jailbreak score for it is ~0.37: inside the "mixed" band
 LONG = "x" * 60  # ~0.001: below it
+MIXED_BAND = [0.3, 0.45]
 
 
 def cascade(root: Path, name: str, stages: list[str], band: list[float]) -> None:
@@ -42,7 +43,7 @@ async def env(tmp_path: Path):
     broken = write_model(tmp_path, "c")
     (broken / "1" / "model.onnx").write_bytes(b"not an onnx graph")
     cascade(tmp_path, "guard", ["a", "b"], [0.0, 1.0])
-    cascade(tmp_path, "mixed", ["a", "b"], [0.3, 0.45])
+    cascade(tmp_path, "mixed", ["a", "b"], MIXED_BAND)
     cascade(tmp_path, "guard_c", ["a", "c"], [0.0, 1.0])
     registry = CollectorRegistry()
     stats = ClassifierStats(registry)
@@ -103,6 +104,7 @@ async def test_a_second_stage_refused_at_admission_answers_partial_with_the_firs
     # partial answer's thresholds are raised to the band's edge (1.0 here), so it flags less
     # than a full verdict would; the caller sees the scores and decides (e.g. FLAG).
     assert m.flagged == [] and {s.label: s.threshold for s in m.scores}["jailbreak"] == 1.0
+    assert m.uncertain_from == 0.0  # the band's low edge, from which the caller may FLAG (0.0 here)
     assert sample(registry, "classifier_partial_answers_total", model="guard", reason=DEADLINE) == 1
     assert sample(registry, "classifier_requests_rejected_total", model="b", reason="deadline") == 1
     assert sample(registry, "classifier_texts_total", model="guard", answered_by="a") == 1
@@ -117,6 +119,7 @@ async def test_only_the_escalated_texts_of_a_request_are_partial(env) -> None:
     short, long_ = await classifier.classify([SHORT, LONG], ["mixed"], timeout=2.0)
     assert (short[0].completeness, short[0].partial_reason, short[0].answered_by) == (PARTIAL, DEADLINE, "a")
     assert (long_[0].completeness, long_[0].partial_reason, long_[0].answered_by) == (FULL, "", "a")
+    assert short[0].uncertain_from == pytest.approx(MIXED_BAND[0]) and long_[0].uncertain_from == 0.0
 
 
 async def test_a_second_stage_too_slow_to_answer_in_time_answers_partial_before_the_deadline(env) -> None:
@@ -194,4 +197,3 @@ async def test_a_first_stage_with_no_time_for_every_window_scores_head_and_tail_
     make_slow(repo, "a")
     with pytest.raises(WouldMissDeadline):
         await classifier.classify([SHORT], ["guard"], timeout=1.0)
-

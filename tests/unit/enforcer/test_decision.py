@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -117,18 +118,26 @@ def test_a_partial_verdict_decides_on_the_scores_it_has(policies) -> None:
 
 
 def test_a_partial_verdict_in_the_uncertain_band_takes_the_uncertain_action(policies) -> None:
+    """`uncertain_above: band` (the default): uncertain from where the answering cascade
+    itself escalates, the band low edge it reports with a PARTIAL answer."""
     p = policies.default
-    assert p.partial.uncertain_above == 0.2 and p.partial.uncertain_action is Action.FLAG
+    assert p.partial.uncertain_above is None and p.partial.uncertain_action is Action.FLAG
+    partial = dict(model_thresholds=MODEL_THRESHOLDS, partial="deadline", uncertain_from=0.3)
     mid = {"benign": 0.6, "jailbreak": 0.01, "prompt_injection": 0.01, "harmful": 0.4}
-    out = decide(
-        p, tier0("hi", p), ClassifierOutcome(scores=mid, model_thresholds=MODEL_THRESHOLDS, partial="deadline"), None
-    )
+    out = decide(p, tier0("hi", p), ClassifierOutcome(scores=mid, **partial), None)
     assert out.action is Action.FLAG and "classifier.uncertain" in {r.code for r in out.reasons}
-    low = {**mid, "harmful": 0.05}
-    out = decide(
-        p, tier0("hi", p), ClassifierOutcome(scores=low, model_thresholds=MODEL_THRESHOLDS, partial="deadline"), None
-    )
+    assert "uncertain from 0.30" in next(r.detail for r in out.reasons if r.code == "classifier.uncertain")
+    low = {**mid, "harmful": 0.25}  # under the band: the cascade itself calls it benign
+    out = decide(p, tier0("hi", p), ClassifierOutcome(scores=low, **partial), None)
     assert out.action is Action.ALLOW and [r.code for r in out.reasons] == ["verdict.partial"]
+    # No band reported (an oversize sample of full answers): the thresholds decide alone.
+    out = decide(
+        p, tier0("hi", p), ClassifierOutcome(scores=mid, model_thresholds=MODEL_THRESHOLDS, partial="oversize"), None
+    )
+    assert out.action is Action.ALLOW
+    # A number in the policy wins over the band.
+    fixed = dataclasses.replace(p, partial=dataclasses.replace(p.partial, uncertain_above=0.5))
+    assert decide(fixed, tier0("hi", fixed), ClassifierOutcome(scores=mid, **partial), None).action is Action.ALLOW
     # The same scores on a FULL verdict are simply under the threshold.
     out = decide(p, tier0("hi", p), ClassifierOutcome(scores=mid, model_thresholds=MODEL_THRESHOLDS), None)
     assert out.action is Action.ALLOW and not out.reasons and out.verdict is Verdict.FULL
