@@ -273,8 +273,8 @@ def _variants_section(results: dict) -> list[str]:
         "### Obfuscated attacks (cascade, test split)",
         "",
         "The same test attacks (at most 1 KB) rewritten one way each. *raw*: the text as sent; *after textnorm*: "
-        "what the enforcer screens (`services.common.textnorm`: NFKC, invisibles removed, spoofed words folded, "
-        "base64/hex/percent-encoded runs decoded), any piece flagged.",
+        "what the enforcer screens (`services.enforcer.detectors.textnorm`: NFKC, invisibles removed, spoofed "
+        "words folded, base64/hex/percent-encoded runs decoded), any piece flagged.",
         "",
         "| variant | n | recall raw | recall after textnorm |",
         "|---|---:|---:|---:|",
