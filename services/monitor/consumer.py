@@ -23,6 +23,7 @@ fires.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -120,10 +121,10 @@ class SignalConsumer:
         wait_ms: int = 200,
         rules: RuleEngine | None = None,
         security: KafkaSecurity | None = None,
-        probe_interval_s: float = 5.0,
+        silence_s: float = 1.0,
     ) -> None:
         self.bootstrap = bootstrap
-        self.probe_interval_s = probe_interval_s
+        self.silence_s = silence_s
         self.security = security or KafkaSecurity()
         self.region = region
         self.group_id = group_id
@@ -136,9 +137,10 @@ class SignalConsumer:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._positions: dict[TopicPartition, int] = {}
-        #: Per partition, the offset and digest of the last record applied (`_rewind_replaced`).
+        #: Per partition, the offset and digest of the last record applied (`_check_after_silence`).
         self._last_read: dict[TopicPartition, tuple[int, bytes]] = {}
-        self._next_probe = 0.0
+        #: Per partition, when its last batch arrived (`_check_after_silence`).
+        self._fetched_at: dict[TopicPartition, float] = {}
         self._applying_since: float | None = None
         #: SURFACE_ADMIN signals of the batch in hand (kept in the audit log).
         self._audits: list[signals_pb2.SafeguardSignal] = []
@@ -280,9 +282,6 @@ class SignalConsumer:
         assert self._consumer is not None
         consumer = self._consumer
         while not self._stopping:
-            if time.monotonic() >= self._next_probe:  # between batches: nothing in hand
-                self._next_probe = time.monotonic() + self.probe_interval_s
-                await self._rewind_replaced(consumer)
             try:
                 batches = await consumer.getmany(timeout_ms=self.wait_ms, max_records=self.max_records)
             except KafkaError as exc:
@@ -292,6 +291,9 @@ class SignalConsumer:
             if not batches:
                 await self._rewind_truncated(consumer)
                 self._update_lag()
+                continue
+            batches = await self._check_after_silence(consumer, batches)
+            if not batches:  # all of it to be read again
                 continue
             items = []
             for records in batches.values():
@@ -330,41 +332,51 @@ class SignalConsumer:
             high = consumer.highwater(tp)
             done = self._positions.get(tp)
             if high is not None and done is not None and high < done:
-                log.warning(
-                    "signals partition is shorter than what was consumed: re-reading it",
-                    extra={"partition": tp.partition, "end_offset": high, "consumed": done},
-                )
-                self.metrics.rewinds.inc()
-                del self._positions[tp]
-                self._last_read.pop(tp, None)
-                await consumer.seek_to_beginning(tp)
+                await self._reread(consumer, tp, "is shorter than what was consumed")
 
-    async def _rewind_replaced(self, consumer: AIOKafkaConsumer) -> None:
-        """A partition whose last record applied is no longer the record at that offset
-        was recreated and grew back past where it had been read (a broker that lost its
-        log, then the enforcers' spools replayed into it): read it again from its
-        beginning. Looked at every `probe_interval_s`, between batches."""
-        for tp in consumer.assignment():
+    async def _check_after_silence(self, consumer: AIOKafkaConsumer, batches: dict) -> dict:
+        """A partition's first batch after a silence (a broker away, or no traffic) is
+        looked at before it is applied: the silence may have been a broker that lost its
+        log and whose new log the enforcers' spools refilled past where this consumer
+        had read, so the batch continues the old offsets but skips the new log's first
+        records (offsets alone cannot tell). The record before the batch must still be
+        the one last applied there. Costs one one-record fetch per partition after each
+        silence of `silence_s`; nothing while records flow."""
+        now = time.monotonic()
+        kept = {}
+        for tp, records in batches.items():
+            silent = now - self._fetched_at.get(tp, now) > self.silence_s
+            self._fetched_at[tp] = now
             mark = self._last_read.get(tp)
-            done = self._positions.get(tp)
-            if mark is None or done is None:
+            if not (records and silent and mark is not None and records[0].offset == mark[0] + 1):
+                kept[tp] = records
                 continue
             try:
-                replaced = await log_replaced(consumer, tp, mark[0], mark[1], done)
-            except (KafkaError, IllegalStateError) as exc:  # reassigned meanwhile: its new owner looks
-                log.info("partition check skipped", extra={"error": type(exc).__name__})
-                continue
-            if replaced is None:
-                return  # no answer: the broker is away or slow; the next probe looks again
-            if replaced:
-                log.warning(
-                    "signals partition was replaced by a new log: re-reading it",
-                    extra={"partition": tp.partition, "consumed": done},
-                )
-                self.metrics.rewinds.inc()
-                del self._positions[tp]
-                del self._last_read[tp]
-                await consumer.seek_to_beginning(tp)
+                replaced = await log_replaced(consumer, tp, mark[0], mark[1], records[-1].offset + 1)
+            except (KafkaError, IllegalStateError) as exc:
+                log.info("partition check failed; the batch is fetched again", extra={"error": type(exc).__name__})
+                replaced = None
+            if replaced is None:  # no answer: fetch the batch again and look again then
+                with contextlib.suppress(IllegalStateError):  # reassigned meanwhile: its new owner reads it
+                    consumer.seek(tp, records[0].offset)
+                self._fetched_at[tp] = float("-inf")
+            elif replaced:
+                await self._reread(consumer, tp, "was replaced by a new log")
+            else:
+                kept[tp] = records
+        return kept
+
+    async def _reread(self, consumer: AIOKafkaConsumer, tp: TopicPartition, why: str) -> None:
+        """Read a partition again from its beginning (the store drops what it already
+        applied, by record id)."""
+        log.warning(
+            f"signals partition {why}: re-reading it",
+            extra={"partition": tp.partition, "consumed": self._positions.get(tp)},
+        )
+        self.metrics.rewinds.inc()
+        self._positions.pop(tp, None)
+        self._last_read.pop(tp, None)
+        await consumer.seek_to_beginning(tp)
 
     @property
     def lag(self) -> int:

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from safeguards.v1 import enforcement_pb2 as pb
 from safeguards.v1 import signals_pb2
 
-from services.actions.admin import ActionAdmin, IssueRequest
+from services.actions.admin import MAX_IDEMPOTENCY_KEYS, ActionAdmin, IssueRequest
 from services.actions.authz import FailureThrottle, Operator, Role
 from services.actions.keys import action_key
 from services.actions.projection import ActionMetrics, ActionTable
@@ -526,6 +526,26 @@ async def test_an_idempotency_key_reused_for_another_action_or_after_a_revoke_is
     with pytest.raises(FailedPrecondition, match="revoked"):
         await admin.issue(OTTO, suspend("k-3"))
     assert admin.table.actions() == []  # a revoked action is never brought back by a retry
+
+
+async def test_a_flood_of_idempotency_keys_is_bounded_and_an_evicted_key_still_names_its_action(admin) -> None:
+    """An operator script (or a stolen token) sending a new key per call cannot grow
+    the replica's memory: past the bound the oldest keys are forgotten. A retry with
+    a forgotten key still writes the same action id (derived, not remembered), so the
+    projection replaces the record on its key and no second action appears."""
+    admin.sink = CollectingSink()
+    first = await admin.issue(OTTO, suspend("flood-0", account="acct-0"))
+    for i in range(1, MAX_IDEMPOTENCY_KEYS + 50):
+        await admin.issue(OTTO, suspend(f"flood-{i}", account=f"acct-{i % 7}"))
+    assert len(admin._issued) == MAX_IDEMPOTENCY_KEYS
+    assert ("otto", "flood-0") not in admin._issued and ("otto", f"flood-{MAX_IDEMPOTENCY_KEYS + 49}") in admin._issued
+    sent = len(admin.sink.sent)
+    again = await admin.issue(OTTO, suspend("flood-0", account="acct-0"))
+    assert again.action_id == first.action_id and len(admin.sink.sent) == sent + 1
+    table = ActionTable(admin.region, ActionMetrics(CollectorRegistry()))
+    for _topic, key, value, _revokes in (admin.sink.sent[0], admin.sink.sent[-1]):
+        table.apply(key, value)
+    assert [a.action_id for a in table.actions()] == [first.action_id]
 
 
 @pytest.mark.parametrize("key", ["x" * 129, "has space", "tab\t", "ünïcode", "nul\x00"])
