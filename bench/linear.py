@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.linear [--quick] [--no-write]
 
 Why: every parser, normaliser and detector on the enforcer's request path must cost time
-linear in its input (DESIGN.md, "Linear time"); a quadratic one lets one 256 KB request
+linear in its input (docs/ARCHITECTURE.md, "Failure semantics": linear time); a quadratic one lets one 256 KB request
 hold the event loop for seconds. Each row is an input shape aimed at one of them, measured
 through the entry points the enforcer calls per request:
 

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from safeguards import output
@@ -39,6 +39,7 @@ from safeguards.v1 import (
     safeguards_pb2,
     safeguards_pb2_grpc,
 )
+from services.common import pbtime
 from services.common.settings import ArgumentParser
 from services.common.tls import ClientTLS
 
@@ -457,7 +458,7 @@ def cmd_issue(args: argparse.Namespace) -> Iterator[Message]:
         idempotency_key=args.idempotency_key or uuid.uuid4().hex,
     )
     if args.ttl is not None:
-        request.ttl.CopyFrom(seconds_pb(args.ttl))
+        request.ttl.CopyFrom(pbtime.duration(args.ttl))
     try:
         yield unary(args, "enforcer", enforcement_pb2_grpc.EnforcementAdminServiceStub, "IssueAction", request)
     except grpc.RpcError as exc:
@@ -514,12 +515,6 @@ def cmd_aggregates(args: argparse.Namespace) -> Iterator[Message]:
         model=args.model,
     )
     yield unary(args, "monitor", monitor_pb2_grpc.MonitorServiceStub, "QueryAggregates", request)
-
-
-def seconds_pb(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
 
 
 # ---- main -------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def grpc_health(exc: BaseException) -> Health:
 @dataclass
 class CircuitBreaker:
     """Per dependency; opens only on signs that the dependency is unhealthy, never on
-    what one request did (DESIGN.md "Failures isolated").
+    what one request did (docs/ARCHITECTURE.md "Failure semantics").
 
     Two rules open it:
 

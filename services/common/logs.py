@@ -16,7 +16,7 @@ INFO-and-below records are capped per logger (`--log-decisions-per-s`); the
 suppressed ones are counted too, and the service's metrics keep the full counts.
 WARNING and above are never capped.
 
-Privacy rule (DESIGN.md): no raw prompt or completion text in logs, ever. Log
+Privacy rule (docs/ARCHITECTURE.md "Data residency and privacy"): no raw prompt or completion text in logs, ever. Log
 call sites pass identifiers, sizes and decisions in `extra`, never content; a
 test greps the log bytes of real processes for the text it sent.
 """

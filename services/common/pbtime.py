@@ -1,11 +1,11 @@
-"""Protobuf timestamps from the two clocks the services keep: Unix seconds (floats,
+"""Protobuf timestamps and durations from the two clocks the services keep: Unix seconds (floats,
 `time.time()`) and aware datetimes (PostgreSQL rows). One helper for every service."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 
 def timestamp(when: float | datetime) -> timestamp_pb2.Timestamp:
@@ -16,3 +16,10 @@ def timestamp(when: float | datetime) -> timestamp_pb2.Timestamp:
     else:
         ts.FromNanoseconds(int(when * 1e9))
     return ts
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    """`seconds` as a `google.protobuf.Duration`."""
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d

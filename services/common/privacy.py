@@ -1,4 +1,4 @@
-"""Pseudonymisation with a regional key (DESIGN.md "Data residency and privacy").
+"""Pseudonymisation with a regional key (docs/ARCHITECTURE.md "Data residency and privacy").
 
 Account ids and content hashes leave a process only as HMAC-SHA256 under the
 region's key: stable within the region (so enforcement and review can follow an

@@ -1,4 +1,4 @@
-"""The Kafka topics of DESIGN.md "Async signals", in one place: their names, and the
+"""The Kafka topics (docs/ARCHITECTURE.md "Signals, actions and the other topics"), in one place: their names, and the
 configuration each is created with (`tools/run_mesh.py`, compose's kafka-init).
 
 Every process reads and writes only its own region's topics; the rollup is the one

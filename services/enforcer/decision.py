@@ -9,7 +9,7 @@ without it and marks the decision degraded.
 
 The classifier's verdict is FULL, PARTIAL (an earlier cascade stage answered for a
 text the later stage should have seen, or an oversize text was screened in part) or
-NONE. The safeguard never switches itself off silently (DESIGN.md "Never silently
+NONE. The safeguard never switches itself off silently (docs/ARCHITECTURE.md "Never silently
 off"): a PARTIAL verdict is decided on the scores it has, plus the policy's
 `partial.uncertain_action` when its unsafe score sits in the uncertain band; a NONE
 verdict applies the fail mode only when the classifier is unreachable (connection

@@ -1,7 +1,7 @@
 """Background screening of decided prompts, in memory: retro-screening and shadow models.
 
 Retro-screening: every decision taken on a PARTIAL verdict, or on none, is screened
-again in the background with the full cascade (DESIGN.md "Never silently off").
+again in the background with the full cascade (docs/ARCHITECTURE.md, "Failure semantics").
 Shadow models (issue 13, the promotion path): a tenant's policy may name
 `classifier.shadow_models`; a sample of its prompt decisions is classified again by
 each, and the action the live policy would take on the shadow's scores is published

@@ -1,4 +1,4 @@
-"""The request path of DESIGN.md, protocol-free: canonical requests in, a decision
+"""The request path (docs/ARCHITECTURE.md, "A request's walk"), protocol-free: canonical requests in, a decision
 out, one signal emitted. The native API, ext_authz and ext_proc all convert their
 messages into a `PromptRequest` at the edge and call `Screener.screen_prompt`.
 

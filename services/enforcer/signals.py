@@ -1,5 +1,5 @@
 """One SafeguardSignal per decision, holding content only as the tenant's data
-policy allows (DESIGN.md "Data residency and privacy"):
+policy allows (docs/ARCHITECTURE.md "Data residency and privacy"):
 
 - STANDARD: a PII-masked, truncated snippet, sizes and a keyed hash;
 - METADATA_ONLY: sizes and a keyed hash of the text;
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from google.protobuf import duration_pb2, timestamp_pb2
 from safeguards.v1 import classifier_pb2, safeguards_pb2, signals_pb2
 
+from services.common.pbtime import duration, timestamp
 from services.common.privacy import RegionalKey
 from services.common.spool import Record
 from services.common.topics import signals_topic
@@ -40,12 +40,6 @@ DATA_POLICY_TO_PB = {
     DataPolicy.METADATA_ONLY: signals_pb2.DATA_POLICY_METADATA_ONLY,
     DataPolicy.ZERO_RETENTION: signals_pb2.DATA_POLICY_ZERO_RETENTION,
 }
-
-
-def duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
 
 
 @dataclass(frozen=True)
@@ -79,11 +73,9 @@ class SignalInput:
 
 def build_signal(s: SignalInput, key: RegionalKey, snippet_chars: int) -> signals_pb2.SafeguardSignal:
     zero = s.policy.data_policy is DataPolicy.ZERO_RETENTION
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(s.time_s * 1e9))
     sig = signals_pb2.SafeguardSignal(
         decision_id=s.decision_id,
-        time=ts,
+        time=timestamp(s.time_s),
         region=s.region,
         tenant=s.tenant,
         account_hmac=s.account_hmac,

@@ -1,5 +1,5 @@
-"""Completion screening as the text streams, protocol-free (DESIGN.md "Completions
-are screened as they stream"). The native ScreenCompletion stream and Envoy's
+"""Completion screening as the text streams, protocol-free (docs/ARCHITECTURE.md,
+"A request's walk"). The native ScreenCompletion stream and Envoy's
 ext_proc response path both drive one `CompletionSession` per completion.
 
 Sliding window: whenever `every_chars` new characters have arrived since the last

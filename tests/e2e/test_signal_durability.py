@@ -1,4 +1,4 @@
-"""Signals survive a Kafka outage (DESIGN.md "Async signals"): the broker is stopped
+"""Signals survive a Kafka outage (docs/ARCHITECTURE.md "Failure semantics"): the broker is stopped
 mid-run and restarted on the same port while the enforcer keeps deciding. Every
 process is real: rate limiter (shared Redis, private key prefix), classifier (the
 fast n-gram model only, to keep the test short), enforcer, Tansu broker.

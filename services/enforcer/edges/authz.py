@@ -19,7 +19,7 @@ Answers (`CheckResponse`):
   `x-safeguards-action` (client-sent copies are overwritten).
 - REDACT → OK with the same headers plus `x-safeguards-redact: 1`. ext_authz cannot
   rewrite a body: a gateway that must forward the masked prompt uses ext_proc
-  (services/enforcer/extproc.py) for that route; with ext_authz alone the header
+  (services/enforcer/edges/extproc.py) for that route; with ext_authz alone the header
   tells the upstream the request holds PII the policy wants masked.
 - BLOCK → denied, HTTP 403; THROTTLE → denied, HTTP 429 with `Retry-After`.
 - Client mistakes (no tenant header, malformed / oversize / non-UTF-8 body, a body

@@ -10,6 +10,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor
 from safeguards.v1 import safeguards_pb2, safeguards_pb2_grpc, signals_pb2
 
 from services.common.errors import InvalidArgument
+from services.common.pbtime import duration
 from services.common.server import Draining, ServiceBinding
 from services.common.tls import caller_identity
 from services.enforcer.edges.authz import AuthzConfig, AuthzServicer, authz_binding_parts
@@ -18,7 +19,7 @@ from services.enforcer.edges.extproc import ExtProcConfig, ExtProcServicer, drai
 from services.enforcer.requests import Identity, PromptRequest, ScreenResult
 from services.enforcer.screening import Screener
 from services.enforcer.settings import EnforcerSettings
-from services.enforcer.signals import ACTION_TO_PB, VERDICT_TO_PB, duration
+from services.enforcer.signals import ACTION_TO_PB, VERDICT_TO_PB
 from services.enforcer.streaming import DRAINED, ChunkVerdict
 
 END_GRACE_S = 0.01
