@@ -183,6 +183,11 @@ class CompletionSession:
     def screened_end(self) -> int:
         return self._screened_end
 
+    @property
+    def replacement(self) -> str:
+        """What the tenant's policy shows in place of a cut completion."""
+        return self.policy.completion.replacement
+
     # ---- feeding -----------------------------------------------------------------
     async def feed(self, text: str) -> ChunkVerdict:
         index = self._chunks

@@ -231,7 +231,7 @@ class AuthzServicer(ea_grpc.AuthorizationServicer):
             )
         except ServiceError as e:
             status = HTTP_STATUS_OF.get(e.code)
-            if status is None:
+            if status is None:  # not the client's fault: Envoy answers its status_on_error
                 raise
             return self._bad_request(status, chat.flavor, e.message)
         return decision_response(chat.flavor, result)

@@ -385,10 +385,10 @@ class HttpExchange:
             log.warning("compressed completion cut unscreened", extra={"error": str(exc)[:200]})
             session.abandon()
             if self._sse:
-                return self._cut(session.policy.completion.replacement)
+                return self._cut(session.replacement)
             self._dropping = True
             flavor = self.chat.flavor if self.chat else "openai"
-            return self._body(replaced_completion(flavor, None, session.policy.completion.replacement))
+            return self._body(replaced_completion(flavor, None, session.replacement))
         chunk = ep.HttpBody(body=plain, end_of_stream=body.end_of_stream)
         resp = await (self._sse_chunk(session, chunk) if self._sse else self._json_chunk(session, chunk))
         common = resp.response_body.response
@@ -418,7 +418,7 @@ class HttpExchange:
         if session.closed:  # finished (the format's end marker came): the rest passes
             self._held = b""
             return self._body(None if buf == data else buf)
-        replacement = session.policy.completion.replacement
+        replacement = session.replacement
         try:
             events = self._decoder.feed(data)
             before = copy.copy(self._format)
@@ -461,7 +461,7 @@ class HttpExchange:
         raw = bytes(self._resp_body)
         self._resp_body = bytearray()
         flavor = self.chat.flavor if self.chat else "openai"
-        replacement = session.policy.completion.replacement
+        replacement = session.replacement
         doc: Any = None
         try:
             if len(raw) > limit:
