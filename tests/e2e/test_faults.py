@@ -21,25 +21,16 @@ pytestmark = pytest.mark.slow
 
 WARM_S, FAULT_S, RPS = 1.5, 4.0, 16
 
-# Real defects the suite found; each scenario fails until its defect is fixed. (The
-# kafka-pause one, an IssueAction retried after UNAVAILABLE writing the action twice, is
-# fixed by IssueAction's idempotency key.)
+# Real defects the suite found; each scenario fails until its defect is fixed. (None open:
+# kafka-pause, an IssueAction retried after UNAVAILABLE writing the action twice, is fixed
+# by IssueAction's idempotency key; kafka-kill, the monitor skipping the first records of
+# a memory-only broker's new log, by its check of the first batch after a silence.)
 KNOWN: dict[str, str] = {}
-# Not strict: whether it shows depends on whether a consumer rejoins (and resets) before it fetches.
-FLAKY = {
-    "kafka-kill": "Tansu keeps its log in memory, so a killed broker comes back with empty, recreated topics. "
-    "The consumers re-read a partition found shorter than what they read, or whose last record read is no longer "
-    "at its offset (the enforcers' actions: fixed), but the monitor's signal consumer can still skip the new log's "
-    "first signals when the enforcers' spools refill it past the old offsets and it reads and commits past them "
-    "before it looks (a race, so not strict). Apache Kafka keeps its log across a restart"
-}
 
 
 def _marks(name: str) -> list:
     if name in KNOWN:
         return [pytest.mark.xfail(strict=True, reason=KNOWN[name])]
-    if name in FLAKY:
-        return [pytest.mark.xfail(strict=False, reason=FLAKY[name])]
     return []
 
 
