@@ -295,8 +295,24 @@ def test_overlays_speak_mutual_tls_between_services(path):
             assert f"{service}.safeguards-{path.name}.svc" in allowed
             if service in ("classifier", "ratelimit"):
                 assert f"enforcer.safeguards-{path.name}.svc" in allowed
+            # the gateway: ext_authz / ext_proc to the enforcer, its rate-limit filter to
+            # the rate limiter (deploy/envoy/envoy.yaml)
+            gateway = f"gateway.gateway-{path.name}.svc"
+            assert (gateway in allowed) == (service in ("enforcer", "ratelimit")), service
         if service == "enforcer":
             assert "ENFORCER_UPSTREAM_PLAINTEXT" not in env and env["ENFORCER_UPSTREAM_CA_FILE"]
+
+
+@pytest.mark.parametrize("path", OVERLAYS, ids=_ids(OVERLAYS))
+def test_the_gateway_names_tenants_to_the_rate_limiter_as_to_the_enforcer(path):
+    """Both take the gateway's tenant (its x-safeguards-tenant header, its descriptors'
+    `tenant` entry) under one rule: bound by a caller-tenants file in both or in neither."""
+    files = {}
+    for _, _, c, service in containers(path):
+        if service in ("enforcer", "ratelimit"):
+            prefix = k8s.settings_class(service).model_config["env_prefix"]
+            files[service] = k8s.env_values(path, c).get(f"{prefix}CALLER_TENANTS_FILE", "")
+    assert bool(files["enforcer"]) == bool(files["ratelimit"]), files
 
 
 @pytest.mark.parametrize("path", OVERLAYS, ids=_ids(OVERLAYS))
@@ -384,6 +400,7 @@ EXPECTED = {
     ("operator", "monitor", 8054),
     ("enforcer", "classifier", 50052),
     ("enforcer", "ratelimit", 50053),
+    ("gateway", "ratelimit", 50053),  # Envoy's rate-limit filter (domain "gateway")
     ("enforcer", "kafka", 9092),
     ("monitor", "kafka", 9092),
     ("ratelimit", "redis", 6379),
