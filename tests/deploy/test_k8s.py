@@ -3,7 +3,8 @@ Kubernetes schemas, and the manifests agree with the services (the flags and env
 they pass exist in the settings classes and validate, probes and ports match the
 listen addresses) and with the issue's rules (restricted pods, Secrets mounted,
 headless backends, HPA + PDB + topology spread, deny-by-default NetworkPolicy, one
-region per namespace, a GPU variant of the classifier)."""
+region per namespace, a GPU variant of the classifier, a Redis Cluster variant of
+the rate limiter)."""
 
 from __future__ import annotations
 
@@ -358,6 +359,29 @@ def test_gpu_variant_of_the_classifier():
         else:
             assert "nvidia.com/gpu" not in c["resources"]["limits"] and "nodeSelector" not in spec
             assert env["CLASSIFIER_EXECUTION_PROVIDER"] == "cpu"
+
+
+def test_redis_cluster_variant_of_the_rate_limiter():
+    """components/redis-cluster: the rate limiter in cluster mode, its Secret's URL read
+    as seed nodes; the other overlays say standalone (the base's) out loud."""
+    component = "../../components/redis-cluster"
+    with_cluster = [p for p in OVERLAYS if component in (p / "kustomization.yaml").read_text()]
+    without = [p for p in OVERLAYS if p not in with_cluster]
+    assert with_cluster and without, "one overlay of each kind shows both variants"
+    cls = k8s.settings_class("ratelimit")
+    for path in OVERLAYS:
+        c = objects(path, "Deployment")["ratelimit"]["spec"]["template"]["spec"]["containers"][0]
+        env = k8s.env_values(path, c)
+        secret = next(e for e in c["env"] if e["name"] == "RATELIMIT_REDIS_URL")["valueFrom"]["secretKeyRef"]
+        assert secret == {"name": "ratelimit-redis", "key": "url"}, "the URL carries the password"
+        settings = cls(**{k.removeprefix("RATELIMIT_").lower(): v for k, v in env.items()})
+        if path in with_cluster:
+            from services.ratelimit.store import cluster_seeds
+
+            assert settings.redis_mode == "cluster"
+            assert len(cluster_seeds(settings.redis_url)[1]) == 3
+        else:
+            assert settings.redis_mode == "standalone"
 
 
 # ---------------------------------------------------------------------------------------
