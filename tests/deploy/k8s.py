@@ -92,7 +92,13 @@ def env_values(path: Path, container: dict[str, Any]) -> dict[str, str]:
             out[e["name"]] = SECRET_PLACEHOLDERS[e["name"].split("_", 1)[1]]
         else:
             raise AssertionError(f"env {e['name']}: unsupported valueFrom {ref}")
+    if out.get("RATELIMIT_REDIS_MODE") == "cluster" and _from_secret(container, "RATELIMIT_REDIS_URL"):
+        out["RATELIMIT_REDIS_URL"] = REDIS_CLUSTER_SEEDS  # what the Secret holds for a cluster
     return out
+
+
+def _from_secret(container: dict[str, Any], name: str) -> bool:
+    return any(e["name"] == name and "secretKeyRef" in (e.get("valueFrom") or {}) for e in container.get("env") or [])
 
 
 #: what a Secret-held env var stands for, by field name (validated like the real value)
@@ -100,6 +106,8 @@ SECRET_PLACEHOLDERS = {
     "REDIS_URL": "redis://redis.example:6379/0",
     "DATABASE_URL": "postgresql://monitor:secret@postgres.example:5432/safeguards_monitor",
 }
+#: the rate limiter's Secret-held URL with RATELIMIT_REDIS_MODE=cluster: seed nodes
+REDIS_CLUSTER_SEEDS = "redis://:secret@redis-0.redis.example:6379,redis-1.redis.example:6379,redis-2.redis.example:6379"
 
 
 def mounted_volume(spec: dict[str, Any], container: dict[str, Any], path: str) -> dict[str, Any] | None:

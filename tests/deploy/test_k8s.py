@@ -3,7 +3,8 @@ Kubernetes schemas, and the manifests agree with the services (the flags and env
 they pass exist in the settings classes and validate, probes and ports match the
 listen addresses) and with the issue's rules (restricted pods, Secrets mounted,
 headless backends, HPA + PDB + topology spread, deny-by-default NetworkPolicy, one
-region per namespace, a GPU variant of the classifier)."""
+region per namespace, a GPU variant of the classifier, a Redis Cluster variant of
+the rate limiter)."""
 
 from __future__ import annotations
 
@@ -295,8 +296,24 @@ def test_overlays_speak_mutual_tls_between_services(path):
             assert f"{service}.safeguards-{path.name}.svc" in allowed
             if service in ("classifier", "ratelimit"):
                 assert f"enforcer.safeguards-{path.name}.svc" in allowed
+            # the gateway: ext_authz / ext_proc to the enforcer, its rate-limit filter to
+            # the rate limiter (deploy/envoy/envoy.yaml)
+            gateway = f"gateway.gateway-{path.name}.svc"
+            assert (gateway in allowed) == (service in ("enforcer", "ratelimit")), service
         if service == "enforcer":
             assert "ENFORCER_UPSTREAM_PLAINTEXT" not in env and env["ENFORCER_UPSTREAM_CA_FILE"]
+
+
+@pytest.mark.parametrize("path", OVERLAYS, ids=_ids(OVERLAYS))
+def test_the_gateway_names_tenants_to_the_rate_limiter_as_to_the_enforcer(path):
+    """Both take the gateway's tenant (its x-safeguards-tenant header, its descriptors'
+    `tenant` entry) under one rule: bound by a caller-tenants file in both or in neither."""
+    files = {}
+    for _, _, c, service in containers(path):
+        if service in ("enforcer", "ratelimit"):
+            prefix = k8s.settings_class(service).model_config["env_prefix"]
+            files[service] = k8s.env_values(path, c).get(f"{prefix}CALLER_TENANTS_FILE", "")
+    assert bool(files["enforcer"]) == bool(files["ratelimit"]), files
 
 
 @pytest.mark.parametrize("path", OVERLAYS, ids=_ids(OVERLAYS))
@@ -344,6 +361,29 @@ def test_gpu_variant_of_the_classifier():
             assert env["CLASSIFIER_EXECUTION_PROVIDER"] == "cpu"
 
 
+def test_redis_cluster_variant_of_the_rate_limiter():
+    """components/redis-cluster: the rate limiter in cluster mode, its Secret's URL read
+    as seed nodes; the other overlays say standalone (the base's) out loud."""
+    component = "../../components/redis-cluster"
+    with_cluster = [p for p in OVERLAYS if component in (p / "kustomization.yaml").read_text()]
+    without = [p for p in OVERLAYS if p not in with_cluster]
+    assert with_cluster and without, "one overlay of each kind shows both variants"
+    cls = k8s.settings_class("ratelimit")
+    for path in OVERLAYS:
+        c = objects(path, "Deployment")["ratelimit"]["spec"]["template"]["spec"]["containers"][0]
+        env = k8s.env_values(path, c)
+        secret = next(e for e in c["env"] if e["name"] == "RATELIMIT_REDIS_URL")["valueFrom"]["secretKeyRef"]
+        assert secret == {"name": "ratelimit-redis", "key": "url"}, "the URL carries the password"
+        settings = cls(**{k.removeprefix("RATELIMIT_").lower(): v for k, v in env.items()})
+        if path in with_cluster:
+            from services.ratelimit.store import cluster_seeds
+
+            assert settings.redis_mode == "cluster"
+            assert len(cluster_seeds(settings.redis_url)[1]) == 3
+        else:
+            assert settings.redis_mode == "standalone"
+
+
 # ---------------------------------------------------------------------------------------
 # NetworkPolicy: deny by default, then exactly the mesh's own paths
 # ---------------------------------------------------------------------------------------
@@ -384,6 +424,7 @@ EXPECTED = {
     ("operator", "monitor", 8054),
     ("enforcer", "classifier", 50052),
     ("enforcer", "ratelimit", 50053),
+    ("gateway", "ratelimit", 50053),  # Envoy's rate-limit filter (domain "gateway")
     ("enforcer", "kafka", 9092),
     ("monitor", "kafka", 9092),
     ("ratelimit", "redis", 6379),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import importlib
 import pkgutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -91,3 +92,41 @@ def test_the_validation_catches_a_typo_and_an_unknown_type(doc) -> None:
     authz["typed_config"]["with_request_body"]["pack_as_byte"] = True
     with pytest.raises(json_format.ParseError, match="pack_as_byte"):
         parse(bad_type)
+
+
+def uncomment(text: str, first: str) -> str:
+    """`text` with the commented YAML block that starts with the line `# <first>` (and
+    goes on with more deeply indented comment lines) uncommented in place."""
+    lines = text.splitlines()
+    (start,) = [i for i, line in enumerate(lines) if line.strip() == f"# {first}"]
+    indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
+    end = start + 1
+    while end < len(lines) and lines[end].startswith(indent + "#  "):
+        end += 1
+    block = [indent + line[len(indent) + 2 :] for line in lines[start:end]]
+    return "\n".join(lines[:start] + block + lines[end:]) + "\n"
+
+
+def test_the_commented_tracer_is_what_render_otlp_adds() -> None:
+    """The shipped file keeps tracing off; its commented `tracing` block and
+    `otel_collector` cluster, uncommented, are a valid bootstrap and exactly what
+    tools/envoy_gateway.py render(otlp=...) turns on."""
+    from tools.envoy_gateway import _hcm, http_filter, render
+
+    text = CONFIG.read_text()
+    shipped = yaml.safe_load(text)
+    assert "tracing" not in _hcm(shipped)
+    on = yaml.safe_load(uncomment(uncomment(text, "tracing:"), "- name: otel_collector"))
+    parse(on)
+    jwks = http_filter(shipped, "envoy.filters.http.jwt_authn")["providers"]["gateway"]["local_jwks"]["filename"]
+    rendered = render(
+        listen="0.0.0.0:10000",
+        admin="127.0.0.1:9901",
+        enforcer="enforcer:50051",
+        ratelimit="ratelimit:50053",
+        upstream="https://api.anthropic.com",
+        jwks_path=Path(jwks),
+        otlp="otel-collector:4317",
+    )
+    assert _hcm(on)["tracing"] == _hcm(rendered)["tracing"]
+    assert on["static_resources"]["clusters"] == rendered["static_resources"]["clusters"]
