@@ -23,12 +23,14 @@ Through Envoy, with a valid JWT (jwt_authn sets x-safeguards-tenant from its cla
   failure_mode_deny true answers 500 right there;
 - an Envoy without a client certificate, or with one whose SAN is not allowed: the
   enforcer refuses the handshake / the call, ext_authz fails closed with its
-  status_on_error (503), and the rate-limit filter fails open as for any error."""
+  status_on_error (503), and the rate-limit filter fails open as for any error.
+And Envoy itself accepts the shipped file with its commented blocks turned on."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import urllib.error
 import urllib.request
 import uuid
@@ -42,7 +44,16 @@ from tests.certs import Pki
 from tests.e2e.meshes import REGION, Backends, GatewayParts, backends, gateway_parts, write_config
 from tests.envoy.test_failure_modes import metric
 from tests.support import ROOT, free_port
-from tools.envoy_gateway import EnvoyGateway, UpstreamTLS, http_filter, render
+from tests.unit.enforcer_envoy.test_envoy_upstream_tls import uncommented
+from tools.envoy_gateway import (
+    SHIPPED_TLS_FOLDER,
+    TEMPLATE,
+    EnvoyGateway,
+    UpstreamTLS,
+    envoy_binary,
+    http_filter,
+    render,
+)
 
 GATEWAY = "spiffe://mesh.test/ns/gateway/sa/envoy"
 ENFORCER = "spiffe://mesh.test/ns/safeguards/sa/enforcer"
@@ -214,3 +225,23 @@ def test_an_envoy_the_services_do_not_trust_fails_closed(mesh, caller) -> None:
     assert envoy.stats("http.model_api.ext_authz.")["http.model_api.ext_authz.error"] >= 1
     # The rate limiter refused it as well; the filter failed open, as for any RLS error.
     assert envoy.stats(RLS)[f"{RLS}failure_mode_allowed"] >= 1
+
+
+def test_envoy_itself_accepts_the_shipped_block_uncommented(mesh) -> None:
+    # The shipped file with its transport_socket blocks turned on, the certificate paths
+    # and the JWKS pointed at real files.
+    folder = mesh.tmp / "shipped-tls"
+    folder.mkdir(exist_ok=True)
+    cert, key = mesh.tls("gateway", GATEWAY).cert_file, mesh.tls("gateway", GATEWAY).key_file
+    for src, name in ((cert, "tls.crt"), (key, "tls.key"), (mesh.pki.ca_file, "ca.crt")):
+        shutil.copy(src, folder / name)
+    text = uncommented(TEMPLATE.read_text()).replace(SHIPPED_TLS_FOLDER, str(folder))
+    config = mesh.tmp / "shipped-mtls.yaml"
+    config.write_text(text.replace("/etc/safeguards/gateway/jwks.json", str(mesh.parts.creds.jwks_path)))
+    out = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(config), "--disable-hot-restart", "-l", "error"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
