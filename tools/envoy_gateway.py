@@ -6,7 +6,9 @@ Used by `make run` (tools/run_mesh.py), the Envoy tests (tests/envoy/) and the
 benchmark (bench/envoy.py), so all three run the very same filter chain.
 
 - `render()`: the shipped config, with the listener, admin, enforcer, rate limiter,
-  model upstream and JWKS file of this run, and the failure knobs the tests turn.
+  model upstream and JWKS file of this run, and the failure knobs the tests turn;
+  `UpstreamTLS`: the gateway's mutual TLS to the enforcer and the rate limiter (the
+  transport_socket the shipped file carries commented out).
 - `DevCredentials`: an RS256 key pair, its JWKS and client tokens (JWTs with the
   `tenant` / `sub` / `project` claims jwt_authn turns into identity headers). For
   development and tests only: production points jwt_authn at the identity
@@ -200,6 +202,56 @@ def _set_cluster(doc: dict[str, Any], name: str, addr: str) -> dict[str, Any]:
     return cluster
 
 
+#: Where the shipped config's commented transport_socket reads the gateway's certificate
+#: (a kubernetes.io/tls Secret's keys, mounted at /etc/safeguards/gateway/tls).
+SHIPPED_TLS_FOLDER = "/etc/safeguards/gateway/tls"
+
+
+@dataclass(frozen=True)
+class UpstreamTLS:
+    """The gateway's TLS to the enforcer and the rate limiter (render(upstream_tls=...)):
+    `ca_file` verifies their certificates, which must carry `enforcer_san` /
+    `ratelimit_san` (a DNS SAN, also sent as SNI); `cert_file` / `key_file` are the
+    gateway's client certificate, whose SAN is the identity those services check
+    (--allowed-client-sans, --caller-tenants-file). Without them: TLS without a client
+    certificate (a service requiring mutual TLS refuses the handshake)."""
+
+    ca_file: str | Path
+    cert_file: str | Path = ""
+    key_file: str | Path = ""
+    enforcer_san: str = "enforcer"
+    ratelimit_san: str = "ratelimit"
+
+    @classmethod
+    def shipped(cls) -> UpstreamTLS:
+        """The block deploy/envoy/envoy.yaml carries commented out."""
+        return cls(
+            ca_file=f"{SHIPPED_TLS_FOLDER}/ca.crt",
+            cert_file=f"{SHIPPED_TLS_FOLDER}/tls.crt",
+            key_file=f"{SHIPPED_TLS_FOLDER}/tls.key",
+        )
+
+    def transport_socket(self, server_san: str) -> dict[str, Any]:
+        common: dict[str, Any] = {}
+        if self.cert_file or self.key_file:
+            if not (self.cert_file and self.key_file):
+                raise ValueError("upstream TLS: give both cert_file and key_file, or neither")
+            chain, key = {"filename": str(self.cert_file)}, {"filename": str(self.key_file)}
+            common["tls_certificates"] = [{"certificate_chain": chain, "private_key": key}]
+        common["validation_context"] = {
+            "trusted_ca": {"filename": str(self.ca_file)},
+            "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": server_san}}],
+        }
+        return {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": server_san,
+                "common_tls_context": common,
+            },
+        }
+
+
 def render(
     *,
     listen: str,
@@ -214,6 +266,7 @@ def render(
     bypass_route: bool = False,
     observe_tenants: Sequence[str] = (),
     otlp: str = "",
+    upstream_tls: UpstreamTLS | None = None,
     template: Path = TEMPLATE,
 ) -> dict[str, Any]:
     """deploy/envoy/envoy.yaml with this run's addresses. `upstream` is HOST:PORT of a
@@ -224,7 +277,9 @@ def render(
     screened by a copy (ext_proc in observability mode), never held or refused; `otlp`
     (HOST:PORT of an OpenTelemetry collector, OTLP/gRPC) turns Envoy's tracing on: every
     request starts (or joins, from a client's traceparent) a trace that Envoy's calls to
-    the enforcer and the rate limiter carry on, as the services do with --otlp-endpoint."""
+    the enforcer and the rate limiter carry on, as the services do with --otlp-endpoint;
+    `upstream_tls` gives the enforcer's clusters (ext_authz, ext_proc, observe) and the
+    rate limiter's the gateway's mutual TLS (the block the shipped file has commented out)."""
     doc = copy.deepcopy(yaml.safe_load(template.read_text()))
     doc["static_resources"]["listeners"][0]["address"] = _socket(listen)
     doc["admin"]["address"] = _socket(admin)
@@ -294,6 +349,12 @@ def render(
             "random_sampling": {"value": 100},
             "spawn_upstream_span": True,
         }
+    if upstream_tls is not None:
+        for cluster in doc["static_resources"]["clusters"]:
+            if cluster["name"] in ("safeguards_enforcer", "safeguards_extproc"):
+                cluster["transport_socket"] = upstream_tls.transport_socket(upstream_tls.enforcer_san)
+            elif cluster["name"] == "safeguards_ratelimit":
+                cluster["transport_socket"] = upstream_tls.transport_socket(upstream_tls.ratelimit_san)
     if bypass_route:
         routes = _hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]
         off = {

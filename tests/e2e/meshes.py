@@ -100,12 +100,17 @@ class Backends:
 
 @contextmanager
 def backends(
-    tmp: Path, ratelimit_config: Path, *, topics_region: str = "", classifier_args: Sequence[str] = ()
+    tmp: Path,
+    ratelimit_config: Path,
+    *,
+    topics_region: str = "",
+    classifier_args: Sequence[str] = (),
+    ratelimit_args: Sequence[str] = (),
 ) -> Iterator[Backends]:
     """Start Tansu (with the region's topics created when `topics_region` is given: 3
     partitions each, actions compacted), the rate limiter and the classifier (with
-    `classifier_args` added); stop every process and delete this mesh's Redis keys
-    afterwards."""
+    `ratelimit_args` / `classifier_args` added, e.g. TLS instead of plaintext); stop
+    every process and delete this mesh's Redis keys afterwards."""
     prefix = f"e2e{uuid.uuid4().hex[:8]}:"
     b = Backends(tmp, EmbeddedKafka().start())
     try:
@@ -114,7 +119,7 @@ def backends(
         b.ratelimit = ServiceProcess(
             "services.ratelimit",
             ["--plaintext", "--listen", "127.0.0.1:0", "--metrics-listen", "", "--config", str(ratelimit_config),
-             "--key-prefix", prefix],
+             "--key-prefix", prefix, *ratelimit_args],
         ).start()  # fmt: skip
         b.procs.append(b.ratelimit)
         b.classifier = ServiceProcess(
