@@ -194,7 +194,8 @@ def test_throttled_account_is_throttled_by_the_rate_limiter(mesh) -> None:
     r1, r2 = mesh["replicas"]
     for tenant in ("acme", "nolimit"):  # with and without a rate-limit section in the tenant's policy
         throttled, other = acct(), acct()
-        issue(r1, kind=THROTTLE, tenant=tenant, account=throttled, requests_per_minute=3)
+        action = issue(r1, kind=THROTTLE, tenant=tenant, account=throttled, requests_per_minute=3)
+        holds(r1, action.action_id)  # both replicas send the throttle descriptor from here on
         eventually(
             lambda t=tenant, a=throttled: screen(r2, a, tenant=t).action == pb.ACTION_THROTTLE,
             timeout=15,
