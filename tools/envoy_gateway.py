@@ -50,6 +50,9 @@ PROVIDER = "gateway"
 BYPASS_PREFIX = "/bypass/"
 #: The observe-only ext_proc filter (deploy/envoy/envoy.yaml), enabled per route.
 OBSERVE_FILTER = "safeguards.observe"
+JWT_FILTER = "envoy.filters.http.jwt_authn"
+#: Where jwt_authn puts the verified token's claims (its dynamic metadata, payload_in_metadata).
+JWT_PAYLOAD = "jwt_payload"
 
 
 def envoy_binary() -> str:
@@ -133,6 +136,10 @@ class DevCredentials:
         }
         if project:
             claims["project"] = project
+        return self.sign(claims)
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        """A compact RS256 JWT of exactly `claims` (tests use it for tokens that lack a claim)."""
         header = {"alg": "RS256", "typ": "JWT", "kid": self.kid}
         compact = {"separators": (",", ":")}
         signing_input = (
@@ -315,9 +322,21 @@ def render(
         screened = next(r for r in routes if r["match"] == {"prefix": "/"})
         observe = copy.deepcopy(screened)
         names = "|".join(re.escape(t) for t in observe_tenants)
+        # Matched on the verified token's `tenant` claim (jwt_authn's payload_in_metadata),
+        # never on the x-safeguards-tenant header: Envoy first picks a route from the
+        # headers as the client sent them, and jwt_authn re-picks it only when it adds an
+        # identity header, so a header match would let a token without identity claims
+        # keep a route chosen by a client's own x-safeguards-tenant. Metadata exists only
+        # after verification: until then (or without the claim) the screened route wins.
         observe["match"] = {
             "prefix": "/",
-            "headers": [{"name": "x-safeguards-tenant", "string_match": {"safe_regex": {"regex": f"^({names})$"}}}],
+            "dynamic_metadata": [
+                {
+                    "filter": JWT_FILTER,
+                    "path": [{"key": JWT_PAYLOAD}, {"key": "tenant"}],
+                    "value": {"string_match": {"safe_regex": {"regex": f"^({names})$"}}},
+                }
+            ],
         }
         observe["typed_per_filter_config"] = {
             "envoy.filters.http.ext_authz": {

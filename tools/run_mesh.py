@@ -7,7 +7,8 @@ its own <SERVICE>_LISTEN env var), then the development model upstream (a labell
 stand-in, tools/dev_upstream.py; MODEL_UPSTREAM points at another) and Envoy
 (deploy/envoy/envoy.yaml, ENVOY_LISTEN, default 127.0.0.1:10000) in front of it
 all, with development credentials for its jwt_authn filter made under
-.cache/dev-gateway/. It prints a summary (every address, the console, the dev
+.cache/dev-gateway/ (--observe-tenants puts tenants being onboarded on Envoy's
+observe-only route: screened and recorded, never blocked). It prints a summary (every address, the console, the dev
 credentials, where logs go); each service logs to .cache/logs/<service>.log.
 The monitor gets a PostgreSQL database of this checkout's own (its name derives
 from the checkout's path). Ctrl-C (or SIGTERM) drains the services and stops
@@ -29,9 +30,10 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from services.common.topics import region_topics
 from tools.embedded import EmbeddedKafka, EmbeddedRedis, die_with_parent
@@ -194,6 +196,7 @@ class Mesh:
         self.metrics: dict[str, str] = {}
         self.console = ""
         self.envoy: EnvoyGateway | None = None
+        self.observe_tenants: list[str] = []
         self.stopping = threading.Event()
 
     def start_dependencies(self) -> None:
@@ -278,9 +281,12 @@ class Mesh:
             except (ValueError, KeyError):
                 pass
 
-    def start_gateway(self, upstream: str, listen: str, admin: str) -> tuple[str, str]:
+    def start_gateway(
+        self, upstream: str, listen: str, admin: str, observe_tenants: Sequence[str] = ()
+    ) -> tuple[str, str]:
         """The model upstream (the development stand-in unless `upstream` names one) and
-        Envoy in front of the mesh; return (upstream shown, the dev client token)."""
+        Envoy in front of the mesh, `observe_tenants` on its observe-only route; return
+        (upstream shown, the dev client token)."""
         if not upstream:
             self.start_process(
                 "dev-upstream",
@@ -290,16 +296,10 @@ class Mesh:
             upstream = self.addresses["dev-upstream"]
         creds = DevCredentials(ROOT / ".cache" / "dev-gateway")
         try:
-            config = render(
-                listen=listen,
-                admin=admin,
-                enforcer=self.addresses["enforcer"],
-                ratelimit=self.addresses["ratelimit"],
-                upstream=upstream,
-                jwks_path=creds.jwks_path,
-            )
+            config = gateway_config(self.addresses, upstream, listen, admin, creds.jwks_path, observe_tenants)
         except ValueError as exc:
             raise RuntimeError(f"--model-upstream: {exc}") from None
+        self.observe_tenants = list(observe_tenants)
         self.envoy = EnvoyGateway(config, ROOT / ".cache" / "envoy", concurrency=2, log_level="warning").start()
         self.addresses["envoy"] = self.envoy.address
         print(f"envoy listening on {self.envoy.address}", flush=True)
@@ -321,6 +321,37 @@ class Mesh:
             server.close()
 
 
+def gateway_config(
+    addresses: dict[str, str],
+    upstream: str,
+    listen: str,
+    admin: str,
+    jwks_path: Path,
+    observe_tenants: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The Envoy config of this run: deploy/envoy/envoy.yaml with the bound addresses, the
+    observe-only route rendered for `observe_tenants` (none: every tenant enforced)."""
+    return render(
+        listen=listen,
+        admin=admin,
+        enforcer=addresses["enforcer"],
+        ratelimit=addresses["ratelimit"],
+        upstream=upstream,
+        jwks_path=jwks_path,
+        observe_tenants=observe_tenants,
+    )
+
+
+def tenant_list(value: str) -> list[str]:
+    """--observe-tenants: comma-separated tenant ids (blanks and repeats dropped)."""
+    tenants: list[str] = []
+    for t in value.split(","):
+        t = t.strip()
+        if t and t not in tenants:
+            tenants.append(t)
+    return tenants
+
+
 def rel(path: Path) -> str:
     try:
         return str(path.relative_to(ROOT))
@@ -340,6 +371,8 @@ def summary(mesh: Mesh, *, region: str, upstream: str, token: str, database: str
         rows.append(
             ("model upstream", f"http://{upstream}" + ("   (development stand-in, not a model)" if dev else ""))
         )
+        if mesh.observe_tenants:
+            rows.append(("observe-only", ", ".join(mesh.observe_tenants) + "   (screened and recorded, never blocked)"))
     for name in ("enforcer", "ratelimit", "classifier", "monitor"):
         if name in a:
             metrics = f"   metrics http://{mesh.metrics[name]}/metrics" if name in mesh.metrics else ""
@@ -381,7 +414,7 @@ def summary(mesh: Mesh, *, region: str, upstream: str, token: str, database: str
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tools.run_mesh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -428,11 +461,27 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("NO_ENVOY", "").lower() in ("1", "true", "yes"),
         help="start the services only, without Envoy and the model upstream [env: NO_ENVOY]",
     )
+    parser.add_argument(
+        "--observe-tenants",
+        type=tenant_list,
+        default=tenant_list(os.environ.get("OBSERVE_TENANTS", "")),
+        metavar="TENANT[,TENANT...]",
+        help="tenants being onboarded in shadow, comma-separated: Envoy routes their requests (by the "
+        "token's tenant claim) to its observe-only route, where the enforcer screens a copy and records "
+        "its decisions (signals marked observe_only) but blocks, cuts and redacts nothing; a tenant moves "
+        "to enforcing by leaving the list (restart) [env: OBSERVE_TENANTS] (default: none, every tenant "
+        "enforced)",
+    )
     ns = parser.parse_args(argv)
     for flag, value in (("--envoy-listen", ns.envoy_listen), ("--envoy-admin-listen", ns.envoy_admin_listen)):
         host, _, port = value.rpartition(":")
         if not host or not port.isdigit():
             parser.error(f"{flag} must be HOST:PORT, not {value!r}")
+    return ns
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parse_args(argv)
 
     mesh = Mesh(ns.region, ns.redis_url, ns.kafka_bootstrap)
     done = threading.Event()
@@ -455,7 +504,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{spec.name} listening on {mesh.addresses[spec.name]}", flush=True)
         upstream, token = "", ""
         if not done.is_set() and not ns.no_envoy and {"enforcer", "ratelimit"} <= mesh.addresses.keys():
-            upstream, token = mesh.start_gateway(ns.model_upstream, ns.envoy_listen, ns.envoy_admin_listen)
+            upstream, token = mesh.start_gateway(
+                ns.model_upstream, ns.envoy_listen, ns.envoy_admin_listen, ns.observe_tenants
+            )
         if not done.is_set():
             if mesh.console:
                 print(f"console serving {mesh.console}", flush=True)

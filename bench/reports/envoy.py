@@ -54,6 +54,7 @@ def render_block(res: dict) -> str:
         "(envoyproxy/envoy#16905); an Istio sidecar adds about 2.65 ms at p90 (Istio's published performance "
         "figures). The filters here do more than either: the added time includes the screening decision itself "
         "(tier-0 detectors, the classifier cascade, the tenant's rate-limit call, the signal), not just the "
-        "callout.",
+        "callout. This harness reports p50 and p99 only, not p90: the Istio anchor is a p90 figure, so it is a "
+        "reference for scale, not a percentile-for-percentile comparison.",
     ]
     return "\n".join(lines)

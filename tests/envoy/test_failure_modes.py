@@ -4,7 +4,7 @@
   unscreened and counted in Envoy's ext_proc failure_mode_allowed stat);
 - the rate limiter unreachable: Envoy's ratelimit filter fails open (its
   failure_mode_allowed counter) and so does the enforcer's own limit check, per the
-  policy (enforcer_degraded_decisions / enforcer_dependency_failures);
+  policy (enforcer_degraded_decisions_total / enforcer_dependency_failures_total);
 - the enforcer paused in the middle of a streamed completion: the stream ends (reset),
   the rest of the completion never reaches the client unscreened;
 - a config Envoy itself accepts (`envoy --mode validate`), the shipped one included."""

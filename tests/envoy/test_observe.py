@@ -15,6 +15,7 @@ from safeguards.v1 import safeguards_pb2, signals_pb2
 
 from tests.e2e.meshes import JAILBREAK, REGION, read_signals
 from tools.dev_upstream import HARMFUL, LEAKED_KEY
+from tools.envoy_gateway import AUDIENCE, ISSUER
 
 KEY_MATERIAL = LEAKED_KEY.splitlines()[1][:24]
 
@@ -75,3 +76,40 @@ def test_enforcing_tenants_on_the_same_gateway_are_still_enforced(observe) -> No
         observe("acme").messages.create(
             model="claude-sonnet-4", max_tokens=64, messages=[{"role": "user", "content": JAILBREAK}]
         )
+
+
+# ---- the observe-only route cannot be chosen by the client ---------------------------------
+# The route is picked by x-safeguards-tenant, and Envoy first picks one from the headers as
+# the client sent them (before header_mutation drops the client's x-safeguards-* headers);
+# only the verified token may decide it.
+def test_an_enforcing_tenant_naming_an_observe_only_tenant_in_a_header_is_still_refused(gateway, observe) -> None:
+    marker = "escape-" + str(time.monotonic_ns())
+    client = observe("acme", "acct-escape").with_options(default_headers={"x-safeguards-tenant": "shadowco"})
+    with pytest.raises(anthropic.PermissionDeniedError):
+        client.messages.create(
+            model="claude-sonnet-4", max_tokens=64, messages=[{"role": "user", "content": f"{JAILBREAK} {marker}"}]
+        )
+    assert not [r for r in gateway.upstream_requests() if marker in r["body"]]  # the model never saw it
+
+
+def test_a_token_without_identity_claims_cannot_reach_the_observe_route_by_header(gateway, observe) -> None:
+    """A valid token that sets no identity header (no tenant, sub or project claim) gives
+    jwt_authn nothing to add, so nothing clears the route Envoy chose from the client's
+    headers: the observe-only route must not be among the ones a client can pick."""
+    now = int(time.time())
+    token = gateway.creds.sign({"iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 600})
+    marker = "noclaims-" + str(time.monotonic_ns())
+    client = anthropic.Anthropic(
+        base_url=observe("acme").base_url,
+        api_key=token,
+        max_retries=0,
+        timeout=30,
+        default_headers={"x-safeguards-tenant": "shadowco"},
+    )
+    with pytest.raises(anthropic.APIStatusError) as exc:
+        client.messages.create(
+            model="claude-sonnet-4", max_tokens=64, messages=[{"role": "user", "content": f"{JAILBREAK} {marker}"}]
+        )
+    # Screened as any request: the enforcer refuses a request without a tenant (400).
+    assert exc.value.status_code in (400, 401, 403)
+    assert not [r for r in gateway.upstream_requests() if marker in r["body"]]  # never served unscreened

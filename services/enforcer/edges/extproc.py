@@ -401,12 +401,16 @@ class HttpExchange:
     ) -> ep.ProcessingResponse:
         """End the stream with `replacement`. `prelude`: events of the cut chunk that go
         out first (no text in them), with `before` the format's state ahead of that chunk,
-        so the ending continues from exactly what the client was sent."""
+        so the ending continues from exactly what the client was sent. The state is
+        `before` plus the prelude even when the prelude is empty: the rest of the chunk is
+        withheld, so a block it opened or closed (Anthropic: a thinking or tool_use block
+        ending and a text block starting) never reached the client, and an ending that
+        named it would break the client's parser."""
         assert self._format is not None
         self._dropping = True
         self._held = b""
-        if prelude and before is not None:
-            for ev in prelude:
+        if before is not None:
+            for ev in prelude or ():
                 before.text_of(ev)
             self._format = before
         return self._body(sse_bytes(prelude or []) + self._format.terminal(replacement))

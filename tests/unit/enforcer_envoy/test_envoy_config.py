@@ -130,3 +130,48 @@ def test_the_commented_tracer_is_what_render_otlp_adds() -> None:
     )
     assert _hcm(on)["tracing"] == _hcm(rendered)["tracing"]
     assert on["static_resources"]["clusters"] == rendered["static_resources"]["clusters"]
+
+
+def uncommented_observe_route(text: str) -> str:
+    """deploy/envoy/envoy.yaml with its commented observe-only route uncommented (what a
+    compose user does to onboard tenants in shadow)."""
+    out, inside = [], False
+    for line in text.splitlines():
+        if "# --- observe-only route: begin" in line or "# --- observe-only route: end" in line:
+            inside = "begin" in line
+            continue
+        if inside:
+            indent = line[: len(line) - len(line.lstrip())]
+            assert line.lstrip().startswith("# "), line
+            line = indent + line.lstrip()[2:]
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def test_the_commented_observe_only_route_is_the_one_render_makes(tmp_path) -> None:
+    from tools.envoy_gateway import render
+
+    text = CONFIG.read_text()
+    assert "# --- observe-only route: begin" in text
+    uncommented = yaml.safe_load(uncommented_observe_route(text))
+    parse(uncommented)  # a valid bootstrap once uncommented
+    args = dict(
+        listen="127.0.0.1:10000",
+        admin="127.0.0.1:9901",
+        enforcer="127.0.0.1:50051",
+        ratelimit="127.0.0.1:50053",
+        upstream="127.0.0.1:8080",
+        jwks_path=tmp_path / "jwks.json",
+    )
+    rendered = render(**args, observe_tenants=["newco", "otherco"])
+    parse(rendered)
+    routes = hcm_of(parse(uncommented)).route_config.virtual_hosts[0].routes
+    assert routes == hcm_of(parse(rendered)).route_config.virtual_hosts[0].routes
+    # The route is chosen by the verified claim (jwt_authn's metadata), never by a header.
+    observe = routes[len(routes) - 2]
+    assert not observe.match.headers
+    assert observe.match.dynamic_metadata[0].filter == "envoy.filters.http.jwt_authn"
+    # As shipped (commented out): no tenant is observe-only.
+    assert hcm_of(parse(render(**args))).route_config.virtual_hosts[0].routes == [
+        r for i, r in enumerate(routes) if i != len(routes) - 2
+    ]

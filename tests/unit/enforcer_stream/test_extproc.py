@@ -152,3 +152,68 @@ def test_throttle_maps_to_429_rate_limit_exceeded_with_retry_after_of_at_least_a
     assert (r.status, r.code, r.retry_after_s) == (429, "rate_limit_exceeded", 1)
     assert refusal(Action.THROTTLE, "d1", 7.1).retry_after_s == 8
     assert refusal(Action.ALLOW, "d1", 0) is None and refusal(Action.REDACT, "d1", 0) is None
+
+
+def anthropic_sse(*events: dict) -> bytes:
+    return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
+
+
+def delta(index: int, kind: str, field: str, text: str) -> dict:
+    return {"type": "content_block_delta", "index": index, "delta": {"type": kind, field: text}}
+
+
+def blocks_as_a_client_sees_them(stream: bytes) -> list[str]:
+    """Replay the bytes the client got as the Anthropic SDK accumulates them: a delta or
+    stop for a block it was never told of is an error there (IndexError)."""
+    content: list[str] = []
+    for raw in stream.decode().split("\n\n"):
+        data = "".join(line[6:] for line in raw.splitlines() if line.startswith("data: "))
+        if not data:
+            continue
+        ev = json.loads(data)
+        if ev["type"] == "content_block_start":
+            assert ev["index"] == len(content), (ev, content)
+            content.append(ev["content_block"]["type"])
+        elif ev["type"] in ("content_block_delta", "content_block_stop"):
+            assert ev["index"] < len(content), (ev, content)
+    return content
+
+
+async def test_a_cut_chunk_that_crosses_a_block_boundary_ends_the_blocks_the_client_saw(tmp_path) -> None:
+    """The cut chunk has text from its first event, and inside it the thinking block ends
+    and the answer's text block starts: that chunk is withheld, so the ending continues
+    from the thinking block the client has open, never from the withheld text block."""
+    screener, _cl, _pub = make_screener(tmp_path, every=10, window=400)
+    x = HttpExchange(screener, ExtProcConfig(after_authz=True))
+    await x.handle(
+        ep.ProcessingRequest(
+            request_headers=hdrs(
+                **{":path": "/v1/messages", "x_safeguards_tenant": "acme", "x_safeguards_decision_id": "d1"}
+            )
+        )
+    )
+    await x.handle(
+        body(json.dumps({"model": "c", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode(), True)
+    )
+    await x.handle(
+        ep.ProcessingRequest(response_headers=hdrs(**{":status": "200", "content_type": "text/event-stream"}))
+    )
+    first = anthropic_sse(
+        {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "content": []}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}},
+        delta(0, "thinking_delta", "thinking", "Let me think about the question carefully."),
+    )
+    out1 = (await x.handle(body(first, False, response=True))).response_body.response
+    sent = out1.body_mutation.body if out1.HasField("body_mutation") else first
+    second = anthropic_sse(
+        delta(0, "thinking_delta", "thinking", " It is HARMFUL to answer."),
+        delta(0, "signature_delta", "signature", "sig"),
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}},
+        delta(1, "text_delta", "text", "Here is the answer."),
+        {"type": "content_block_stop", "index": 1},
+    )
+    cut = (await x.handle(body(second, False, response=True))).response_body.response.body_mutation.body
+    assert b"HARMFUL" not in cut and b"Here is the answer" not in cut
+    assert b'"stop_reason":"refusal"' in cut and b"[cut]" in cut
+    assert blocks_as_a_client_sees_them(sent + cut) == ["thinking", "text"]
