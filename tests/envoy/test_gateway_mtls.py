@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import urllib.error
 import urllib.request
 import uuid
@@ -44,15 +43,15 @@ from tests.certs import Pki
 from tests.e2e.meshes import REGION, Backends, GatewayParts, backends, gateway_parts, write_config
 from tests.envoy.test_failure_modes import metric
 from tests.support import ROOT, free_port
-from tests.unit.enforcer_envoy.test_envoy_upstream_tls import uncommented
+from tests.unit.enforcer_envoy.test_envoy_config import uncomment
 from tools.envoy_gateway import (
     SHIPPED_TLS_FOLDER,
     TEMPLATE,
     EnvoyGateway,
     UpstreamTLS,
-    envoy_binary,
     http_filter,
     render,
+    validate,
 )
 
 GATEWAY = "spiffe://mesh.test/ns/gateway/sa/envoy"
@@ -235,13 +234,8 @@ def test_envoy_itself_accepts_the_shipped_block_uncommented(mesh) -> None:
     cert, key = mesh.tls("gateway", GATEWAY).cert_file, mesh.tls("gateway", GATEWAY).key_file
     for src, name in ((cert, "tls.crt"), (key, "tls.key"), (mesh.pki.ca_file, "ca.crt")):
         shutil.copy(src, folder / name)
-    text = uncommented(TEMPLATE.read_text()).replace(SHIPPED_TLS_FOLDER, str(folder))
+    text = uncomment(TEMPLATE.read_text(), "transport_socket:").replace(SHIPPED_TLS_FOLDER, str(folder))
     config = mesh.tmp / "shipped-mtls.yaml"
     config.write_text(text.replace("/etc/safeguards/gateway/jwks.json", str(mesh.parts.creds.jwks_path)))
-    out = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(config), "--disable-hot-restart", "-l", "error"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = validate(config)
     assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr

@@ -95,16 +95,24 @@ def test_the_validation_catches_a_typo_and_an_unknown_type(doc) -> None:
 
 
 def uncomment(text: str, first: str) -> str:
-    """`text` with the commented YAML block that starts with the line `# <first>` (and
-    goes on with more deeply indented comment lines) uncommented in place."""
-    lines = text.splitlines()
-    (start,) = [i for i, line in enumerate(lines) if line.strip() == f"# {first}"]
-    indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
-    end = start + 1
-    while end < len(lines) and lines[end].startswith(indent + "#  "):
-        end += 1
-    block = [indent + line[len(indent) + 2 :] for line in lines[start:end]]
-    return "\n".join(lines[:start] + block + lines[end:]) + "\n"
+    """`text` with every commented YAML block that starts with the line `# <first>` (and
+    goes on with more deeply indented comment lines) uncommented in place: what an
+    operator does to turn on an option the shipped file carries commented out."""
+    lines, out, i = text.splitlines(), [], 0
+    while i < len(lines):
+        line = lines[i]
+        indent = line[: len(line) - len(line.lstrip())]
+        if line.strip() != f"# {first}":
+            out.append(line)
+            i += 1
+            continue
+        out.append(indent + line[len(indent) + 2 :])
+        i += 1
+        while i < len(lines) and lines[i].startswith(indent + "#  "):
+            out.append(indent + lines[i][len(indent) + 2 :])
+            i += 1
+    assert len(out) == len(lines) and out != lines, f"no commented block starts with '# {first}'"
+    return "\n".join(out) + "\n"
 
 
 def test_the_commented_tracer_is_what_render_otlp_adds() -> None:

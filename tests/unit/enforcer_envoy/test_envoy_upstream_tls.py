@@ -11,29 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.unit.enforcer_envoy.test_envoy_config import CONFIG, parse
+from tests.unit.enforcer_envoy.test_envoy_config import CONFIG, parse, uncomment
 from tools.envoy_gateway import UpstreamTLS, render
 
 SERVICES = {"safeguards_enforcer": "enforcer", "safeguards_ratelimit": "ratelimit"}
-
-
-def uncommented(text: str) -> str:
-    """The shipped file with its commented `transport_socket:` blocks turned on (what an
-    operator does by removing the `# `)."""
-    out: list[str] = []
-    inside = False
-    for line in text.splitlines():
-        body = line.lstrip(" ")
-        indent = line[: len(line) - len(body)]
-        if body == "# transport_socket:":
-            inside = True
-            out.append(f"{indent}transport_socket:")
-        elif inside and body.startswith("#   "):
-            out.append(indent + body[2:])
-        else:
-            inside = False
-            out.append(line)
-    return "\n".join(out) + "\n"
 
 
 def clusters(doc: dict) -> dict[str, dict]:
@@ -55,7 +36,7 @@ def rendered(**kw) -> dict:
 def test_the_shipped_file_is_plaintext_until_the_block_is_uncommented() -> None:
     shipped = clusters(yaml.safe_load(CONFIG.read_text()))
     assert all("transport_socket" not in shipped[name] for name in SERVICES)
-    on = clusters(yaml.safe_load(uncommented(CONFIG.read_text())))
+    on = clusters(yaml.safe_load(uncomment(CONFIG.read_text(), "transport_socket:")))
     for name, san in SERVICES.items():
         assert on[name]["transport_socket"] == UpstreamTLS.shipped().transport_socket(san), name
     # Nothing else changed: the model upstream keeps its own (server-only) TLS.
@@ -63,7 +44,7 @@ def test_the_shipped_file_is_plaintext_until_the_block_is_uncommented() -> None:
 
 
 def test_the_uncommented_file_is_a_valid_envoy_bootstrap() -> None:
-    boot = parse(yaml.safe_load(uncommented(CONFIG.read_text())))
+    boot = parse(yaml.safe_load(uncomment(CONFIG.read_text(), "transport_socket:")))
     for cluster in boot.static_resources.clusters:
         if cluster.name in SERVICES:
             assert cluster.transport_socket.typed_config.type_url.endswith("UpstreamTlsContext")
