@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -26,13 +26,13 @@ import onnx
 from safetensors.numpy import load as load_safetensors
 from tokenizers import Tokenizer
 
-from services.classifier import tokenize
+from services.classifier import segment, tokenize
 
 from . import bert_onnx, completions, manifest, ngram_onnx, train
 from .cascade import choose_band, run_cascade
 from .dataset import SEED, Dataset, build_dataset
 from .examples import LABELS
-from .metrics import choose_slice_thresholds
+from .metrics import choose_segment_floors, choose_slice_thresholds
 from .quantize import quantize_encoder
 from .scoring import EmbeddingCache, run_rows, session
 from .slices import BENIGN_TARGET_FPR, OUTPUT_BENIGN_TARGET_FPR, output_slice_of, slice_of
@@ -82,7 +82,7 @@ class BuildInputs:
 
 def _code_files() -> list[Path]:
     here = Path(__file__).resolve().parent
-    return [*here.glob("*.py"), Path(tokenize.__file__).resolve()]
+    return [*here.glob("*.py"), Path(tokenize.__file__).resolve(), Path(segment.__file__).resolve()]
 
 
 def is_up_to_date(out: Path, input_hash: str) -> bool:
@@ -211,7 +211,6 @@ def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool, sh
     ox_train = emb_cache.run(base_sess, otw.arrays, bert_onnx.EMBEDDINGS, orows)
     ox_val = emb_cache.run(base_sess, ovw.arrays, bert_onnx.EMBEDDINGS)
     emb_cache.save()
-    del base_sess
     lap(f"embedded {len(orows) + ovw.n_rows} windows of {len(out_ex)} completions")
 
     head = train.train_head(x_train, yr_train, len(LABELS), train.HeadConfig(seed=SEED % 2**32))
@@ -246,8 +245,34 @@ def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool, sh
     lap("trained the n-gram model")
     val_ngram = _score_ngram(ngram_path, val_ex, LABELS)
 
-    # --- thresholds and cascade band from the validation split ---------------------------
+    # --- segments: calibrate on the scores the server computes ---------------------------
+    # The cascade scores each text's windows and segments with the n-gram model, and an
+    # escalated text's windows plus its top_k segments (by n-gram score) with the encoder
+    # (services.classifier.pipeline). Thresholds and band are chosen on exactly those.
+    # Each stage's segment floors come first (a segment counts from its floor: few benign
+    # texts per slice have one above it), then thresholds on the folded scores.
+    pieces, owners = segment.segment_texts([e.text for e in val_ex], manifest.SEGMENTS)
+    seg_ngram = _score_ngram_texts(ngram_path, pieces, LABELS)
+    top = segment.top_segments(seg_ngram, owners, LABELS, manifest.SEGMENTS.top_k)
+    sw = tokenize.token_windows(tok, [pieces[i] for i in top], manifest.MAX_SEQUENCE_LENGTH, manifest.WINDOW_STRIDE)
+    x_seg = emb_cache.run(base_sess, sw.arrays, bert_onnx.EMBEDDINGS)
+    emb_cache.save()
+    del base_sess
+    seg_enc = tokenize.max_over_windows(train.head_predict(head, x_seg), sw.text_index, sw.n_texts, LABELS)
     s_val = [slice_of(e) for e in val_ex]
+    floor_targets = {s: manifest.SEGMENT_FLOOR_FPR for s in BENIGN_TARGET_FPR}
+    floors = {
+        stage: choose_segment_floors(
+            sc, own, len(val_ex), y_val, s_val, list(LABELS), floor_targets, manifest.SEGMENT_LABELS
+        )
+        for stage, sc, own in ((manifest.NGRAM, seg_ngram, owners), (manifest.ENCODER, seg_enc, owners[top]))
+    }
+    spec = replace(manifest.SEGMENTS, floors=floors)
+    val_ngram = segment.fold(val_ngram, seg_ngram, owners, LABELS, floors[manifest.NGRAM])
+    val_enc = segment.fold(val_enc, seg_enc, owners[top], LABELS, floors[manifest.ENCODER])
+    lap(f"scored {len(pieces)} validation segments (n-gram), the top {top.size} with the encoder; floors {floors}")
+
+    # --- thresholds and cascade band from the validation split ---------------------------
     s_val_benign = [slice_of(e) for e in val_benign]
     th_enc = choose_slice_thresholds(val_enc, y_val, s_val, list(LABELS), BENIGN_TARGET_FPR)
     th_int8 = choose_slice_thresholds(
@@ -261,7 +286,7 @@ def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool, sh
     manifest.write(enc_dir, manifest.encoder_manifest(manifest.ENCODER, th_enc, build_info, quantized=False))
     manifest.write(int8_dir, manifest.encoder_manifest(manifest.ENCODER_INT8, th_int8, build_info, quantized=True))
     manifest.write(ngram_dir, manifest.ngram_manifest(th_ngram, band, build_info))
-    manifest.write(staging / manifest.CASCADE, manifest.cascade_manifest(band, build_info))
+    manifest.write(staging / manifest.CASCADE, manifest.cascade_manifest(band, build_info, segments=spec))
 
     # --- the output direction: harmful model completions ---------------------------------
     out_info = {**build_info, "examples": {s: sum(e.split == s for e in out_ex) for s in ("train", "val", "test")}}
@@ -308,7 +333,13 @@ def _train_ngram(examples, y: np.ndarray, labels: tuple[str, ...], model_dir: Pa
 
 
 def _score_ngram(path: Path, examples, labels: tuple[str, ...]) -> np.ndarray:
-    cw = tokenize.char_windows([e.text for e in examples], manifest.NGRAM_MAX_CHARS, manifest.NGRAM_STRIDE)
+    return _score_ngram_texts(path, [e.text for e in examples], labels)
+
+
+def _score_ngram_texts(path: Path, texts: list[str], labels: tuple[str, ...]) -> np.ndarray:
+    if not texts:
+        return np.zeros((0, len(labels)), np.float32)
+    cw = tokenize.char_windows(texts, manifest.NGRAM_MAX_CHARS, manifest.NGRAM_STRIDE)
     probs = run_rows(session(path), cw.arrays, ngram_onnx.PROBABILITIES)
     return tokenize.max_over_windows(probs, cw.text_index, cw.n_texts, labels)
 

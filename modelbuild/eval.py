@@ -24,6 +24,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,8 @@ from modelbuild.slices import (
     slice_of,
 )
 from modelbuild.sources import DEBIAN_DOC_DIR, stdlib_dir
+from services.classifier import manifest as serving_manifest
+from services.classifier import segment
 from services.enforcer.detectors import textnorm
 
 log = logging.getLogger("eval")
@@ -117,17 +120,24 @@ def evaluate(models_dir: Path, cache_dir: Path, dataset: Dataset | None = None, 
     y = [e.label for e in test]
     labels = list(LABELS)
 
-    scores, timing = {}, {}
+    scores, rows, timing = {}, {}, {}
     for name in mf.MODELS:
         runner = ModelRunner(models_dir / name)
         t0 = time.perf_counter()
-        scores[name] = runner.score(texts)
+        scores[name], rows[name] = runner.score_rows(texts)
         timing[name] = time.perf_counter() - t0
         log.info("scored %d test texts with %s in %.1fs", len(texts), name, timing[name])
 
     th = {m: manifests[m]["thresholds"] for m in mf.MODELS}
     band = tuple(manifests[mf.NGRAM]["cascade"]["band"])
-    cascade = run_cascade(scores[mf.NGRAM], scores[mf.ENCODER], labels, band, th[mf.NGRAM], th[mf.ENCODER])
+    scorer = CascadeScorer(models_dir, manifests)
+    scorer.remember(texts, (scores[mf.NGRAM], rows[mf.NGRAM]), (scores[mf.ENCODER], rows[mf.ENCODER]))
+    # The cascade as served: windows and segments (when its manifest names them).
+    served = scorer.run(texts)
+    cascade = run_cascade(served.first, served.second, labels, band, th[mf.NGRAM], th[mf.ENCODER])
+    # The same models and thresholds on windows only: what segments change.
+    plain = scorer.run(texts, segments=False)
+    windows_only = run_cascade(plain.first, plain.second, labels, band, th[mf.NGRAM], th[mf.ENCODER])
 
     results: dict = {
         "data_hash": ds.data_hash,
@@ -146,8 +156,20 @@ def evaluate(models_dir: Path, cache_dir: Path, dataset: Dataset | None = None, 
         "escalated_fraction": round(cascade.escalated_fraction, 4),
         "escalated_fraction_benign": round(float(cascade.escalated[np.asarray(y) == "benign"].mean()), 4),
         "seconds_on_test_estimate": round(timing[mf.NGRAM] + cascade.escalated_fraction * timing[mf.ENCODER], 2),
+        "segments": scorer.segments_block(),
+        "rows_per_text": served.rows_per_text(),
         **breakdowns(cascade.scores, cascade.flagged, test),
+        "windows_only": {
+            "escalated_fraction": round(windows_only.escalated_fraction, 4),
+            "rows_per_text": plain.rows_per_text(),
+            "overall": metrics_block(windows_only.scores, windows_only.flagged, y),
+            "by_slice": by_slice(windows_only.scores, windows_only.flagged, test),
+        },
     }
+    if BASELINE.is_file():
+        results["models"][CASCADE]["baseline_by_slice"] = json.loads(BASELINE.read_text())["models"][CASCADE][
+            "by_slice"
+        ]
     f32, i8 = scores[mf.ENCODER], scores[mf.ENCODER_INT8]
     results["int8_vs_fp32"] = {
         "max_abs_prob_diff": round(float(np.abs(f32 - i8).max()), 4),
@@ -164,7 +186,7 @@ def evaluate(models_dir: Path, cache_dir: Path, dataset: Dataset | None = None, 
     if all((models_dir / m / "manifest.yaml").is_file() for m in mf.OUTPUT_MODELS):
         results["output"] = evaluate_output(models_dir, ds)
     t0 = time.perf_counter()
-    results["variants"] = variant_metrics(CascadeScorer(models_dir, manifests), test)
+    results["variants"] = variant_metrics(scorer, test)
     log.info("scored the embedded and obfuscated variants in %.1fs", time.perf_counter() - t0)
     results["dataset_summary"] = ds.summary()
     if write:
@@ -203,27 +225,110 @@ def by_slice(scores: np.ndarray, flagged: np.ndarray, test) -> dict:
     return out
 
 
+@dataclass
+class CascadeRun:
+    """What a cascade computed for some texts, as the server computes it."""
+
+    first: np.ndarray  # [texts, labels]: the first stage's scores (windows and segments)
+    second: np.ndarray  # [texts, labels]: the second stage's, for escalated texts (zeros elsewhere)
+    escalated: np.ndarray  # [texts] bool
+    rows_first: np.ndarray  # [texts]: model rows the first stage ran
+    rows_second: np.ndarray  # [texts]: model rows the second stage ran (0 when not escalated)
+
+    def rows_per_text(self) -> dict:
+        n = max(len(self.escalated), 1)
+        esc = max(int(self.escalated.sum()), 1)
+        return {
+            "first_stage": round(float(self.rows_first.sum()) / n, 3),
+            "second_stage": round(float(self.rows_second.sum()) / n, 3),
+            "second_stage_per_escalated_text": round(float(self.rows_second.sum()) / esc, 3),
+        }
+
+
 class CascadeScorer:
-    """The n-gram model, the fp32 encoder and the band, scoring any texts like serving."""
+    """The n-gram model, the fp32 encoder, the band and the segment spec, scoring any
+    texts exactly like serving (``services.classifier.pipeline``): the first stage scores
+    windows and segments, escalated texts get the encoder on their windows and on the
+    ``top_k`` segments the first stage found most unsafe.  Window scores are kept per
+    text, so scoring the same texts with and without segments runs each window once."""
 
     def __init__(self, models_dir: Path, manifests: dict) -> None:
         self.ngram = ModelRunner(models_dir / mf.NGRAM)
         self.encoder = ModelRunner(models_dir / mf.ENCODER)
         self.th = {m: manifests[m]["thresholds"] for m in (mf.NGRAM, mf.ENCODER)}
         self.band = tuple(manifests[mf.NGRAM]["cascade"]["band"])
+        # Read by the server's own parser: the eval segments texts exactly as served.
+        cascade = models_dir / mf.CASCADE
+        self.spec = serving_manifest.load(cascade).segments if (cascade / "manifest.yaml").is_file() else None
+        self.floors = self.spec.floors if self.spec else {}
+        self._memo: dict[str, dict[str, tuple[np.ndarray, int]]] = {"ngram": {}, "encoder": {}}
 
-    def flagged(self, texts: list[str]) -> np.ndarray:
+    def segments_block(self) -> dict | None:
+        s = self.spec
+        if s is None:
+            return None
+        return {
+            "max_segments": s.max_segments,
+            "min_chars": s.min_chars,
+            "min_words": s.min_words,
+            "top_k": s.top_k,
+            "floors": s.floors,
+        }
+
+    def remember(self, texts: list[str], ngram: tuple, encoder: tuple) -> None:
+        """Window scores (and row counts) already computed for ``texts``."""
+        for name, (sc, rows) in (("ngram", ngram), ("encoder", encoder)):
+            memo = self._memo[name]
+            for t, v, r in zip(texts, sc, rows, strict=True):
+                memo[t] = (v, int(r))
+
+    def _windows(self, name: str, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        memo, runner = self._memo[name], self.ngram if name == "ngram" else self.encoder
+        missing = list(dict.fromkeys(t for t in texts if t not in memo))
+        if missing:
+            sc, rows = runner.score_rows(missing)
+            for t, v, r in zip(missing, sc, rows, strict=True):
+                memo[t] = (v, int(r))
+        if not texts:
+            return np.zeros((0, len(runner.labels)), np.float32), np.zeros(0, np.int64)
+        return np.stack([memo[t][0] for t in texts]), np.array([memo[t][1] for t in texts], np.int64)
+
+    def run(self, texts: list[str], segments: bool = True) -> CascadeRun:
+        labels = list(LABELS)
+        spec = self.spec if segments else None
+        first, rows1 = self._windows("ngram", texts)
+        pieces, owners = segment.segment_texts(texts, spec) if spec else ([], np.zeros(0, np.int64))
+        seg1 = np.zeros((0, len(labels)), np.float32)
+        if pieces:
+            seg1, seg_rows = self.ngram.score_rows(pieces)
+            first = segment.fold(first, seg1, owners, labels, self.floors.get(mf.NGRAM))
+            rows1 = rows1 + np.bincount(owners, weights=seg_rows, minlength=len(texts)).astype(np.int64)
+        u = unsafe_scores(first, labels) if len(texts) else np.zeros(0)
+        esc = np.flatnonzero((u >= self.band[0]) & (u <= self.band[1]))
+        second = np.zeros_like(first)
+        rows2 = np.zeros(len(texts), np.int64)
+        if esc.size:
+            enc, enc_rows = self._windows("encoder", [texts[i] for i in esc])
+            top = segment.top_segments(seg1, owners, labels, spec.top_k if spec else 0, esc)
+            if top.size:
+                rank = np.full(len(texts), -1, np.int64)
+                rank[esc] = np.arange(esc.size)
+                seg2, seg2_rows = self.encoder.score_rows([pieces[i] for i in top])
+                enc = segment.fold(enc, seg2, rank[owners[top]], labels, self.floors.get(mf.ENCODER))
+                enc_rows = enc_rows + np.bincount(rank[owners[top]], weights=seg2_rows, minlength=esc.size).astype(
+                    np.int64
+                )
+            second[esc], rows2[esc] = enc, enc_rows
+        escalated = np.zeros(len(texts), bool)
+        escalated[esc] = True
+        return CascadeRun(first, second, escalated, rows1, rows2)
+
+    def flagged(self, texts: list[str], segments: bool = True) -> np.ndarray:
         """Per text: any label flagged by the cascade."""
         if not texts:
             return np.zeros(0, bool)
-        labels = list(LABELS)
-        ng = self.ngram.score(texts)
-        u = unsafe_scores(ng, labels)
-        esc = np.flatnonzero((u >= self.band[0]) & (u <= self.band[1]))
-        enc = np.zeros_like(ng)
-        if esc.size:
-            enc[esc] = self.encoder.score([texts[i] for i in esc])
-        res = run_cascade(ng, enc, labels, self.band, self.th[mf.NGRAM], self.th[mf.ENCODER])
+        r = self.run(texts, segments)
+        res = run_cascade(r.first, r.second, list(LABELS), self.band, self.th[mf.NGRAM], self.th[mf.ENCODER])
         return res.flagged.any(axis=1)
 
     def flagged_screened(self, texts: list[str]) -> np.ndarray:
@@ -240,11 +345,22 @@ class CascadeScorer:
 
 
 def variant_metrics(scorer: CascadeScorer, test) -> dict:
-    """Cascade recall on the test attacks alone, embedded, and obfuscated (per label too)."""
+    """Cascade recall on the test attacks alone, embedded, and obfuscated (per label too);
+    the embedded ones also on windows only (segments off, same thresholds), with the
+    model rows each text cost."""
     out: dict = {"embedded": {}, "obfuscated": {}}
     for depth, rows in variants.embedded(test).items():
-        f = scorer.flagged([e.text for e in rows])
-        out["embedded"][depth] = _recall_rows(f, rows)
+        texts = [e.text for e in rows]
+        served, plain = scorer.run(texts), scorer.run(texts, segments=False)
+        flagged = {}
+        for key, r in (("segments", served), ("windows_only", plain)):
+            res = run_cascade(r.first, r.second, list(LABELS), scorer.band, scorer.th[mf.NGRAM], scorer.th[mf.ENCODER])
+            flagged[key] = res.flagged.any(axis=1)
+        out["embedded"][depth] = {
+            **_recall_rows(flagged["segments"], rows),
+            "rows_per_text": served.rows_per_text(),
+            "windows_only": {**_recall_rows(flagged["windows_only"], rows), "rows_per_text": plain.rows_per_text()},
+        }
     for name, rows in variants.obfuscated(test).items():
         texts = [e.text for e in rows]
         out["obfuscated"][name] = {

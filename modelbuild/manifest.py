@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from services.classifier.segment import SegmentSpec
+
 from . import bert_onnx, ngram_onnx
 from .examples import LABELS
 
@@ -34,6 +36,18 @@ WINDOW_STRIDE = 128
 NGRAM_MAX_CHARS = 1024
 NGRAM_STRIDE = 512
 VERSION = 1
+#: The prompt cascade scores sentences and lines too (issue 13 item 4: an attack inside
+#: benign text scores like the attack alone); the output cascade scores windows only.
+SEGMENTS = SegmentSpec()
+#: The labels a segment may raise. Prompt injections and harmful requests are short and
+#: are what benign context dilutes (recall after one benign sentence: a third of alone);
+#: jailbreaks are long role-play framings that windows already catch at every depth, and
+#: one sentence of a benign persona prompt ("I am a highly intelligent question answering
+#: bot...") scores as a jailbreak out of context.
+SEGMENT_LABELS = ("prompt_injection", "harmful")
+#: Per benign slice, at most this fraction of validation texts may have a segment whose
+#: score counts (its floor, per stage and label).
+SEGMENT_FLOOR_FPR = 0.01
 BATCHING = {"max_batch_size": 32, "max_queue_delay_ms": 2, "preferred_batch_sizes": [8, 32]}
 
 
@@ -100,15 +114,26 @@ def cascade_manifest(
     name: str = CASCADE,
     stages: tuple[str, str] = (NGRAM, ENCODER),
     labels: tuple[str, ...] = LABELS,
+    segments: SegmentSpec | None = None,
 ) -> dict:
-    return {
+    """``segments``: score each text's sentences and lines too (the prompt cascade);
+    thresholds and band must then have been chosen on scores computed the same way."""
+    out = {
         "name": name,
         "platform": "cascade",
         "labels": list(labels),
         "stages": list(stages),
         "band": [float(band[0]), float(band[1])],
-        "build": build,
     }
+    if segments is not None:
+        out["segments"] = {
+            "max_segments": segments.max_segments,
+            "min_chars": segments.min_chars,
+            "min_words": segments.min_words,
+            "top_k": segments.top_k,
+            "floors": {m: {k: float(v) for k, v in f.items()} for m, f in segments.floors.items()},
+        }
+    return {**out, "build": build}
 
 
 def write(model_dir: Path, manifest: dict) -> None:

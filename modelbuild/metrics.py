@@ -172,3 +172,28 @@ def flags(scores: np.ndarray, labels: list[str], thresholds: dict[str, float]) -
         if lab in thresholds:
             out[:, i] = scores[:, i] >= thresholds[lab]
     return out
+
+
+def choose_segment_floors(
+    seg_scores: np.ndarray,
+    owners: np.ndarray,
+    n_texts: int,
+    y: list[str],
+    slices: list[str],
+    labels: list[str],
+    targets: dict[str, float],
+    counted: tuple[str, ...],
+    benign: str = "benign",
+) -> dict[str, float]:
+    """Per-label floors for segment scores (``services.classifier.segment.fold``): the
+    :func:`choose_slice_thresholds` rule applied to each validation text's highest segment
+    score, so that in every benign slice at most its target of texts has any segment that
+    counts.  Only the ``counted`` labels get a floor (the others' segments never count)."""
+    top = np.zeros((n_texts, len(labels)), np.float32)
+    for j in range(len(labels)):
+        np.maximum.at(top[:, j], np.asarray(owners, dtype=np.int64), np.asarray(seg_scores)[:, j])
+    sel = np.asarray(y) == benign
+    th = choose_slice_thresholds(
+        top[sel], [benign] * int(sel.sum()), list(np.asarray(slices)[sel]), labels, targets, benign
+    )
+    return {lab: th[lab] for lab in counted}

@@ -258,15 +258,23 @@ def _variants_section(results: dict) -> list[str]:
         "### Attacks embedded in benign text (cascade, test split)",
         "",
         "The same test attacks (at most 1.2 KB; jailbreaks, injections and harmful requests) alone, after one "
-        "benign chat sentence, and pasted at the start, middle and end of a ~2 KB benign test document.",
+        "benign chat sentence, and pasted at the start, middle and end of a ~2 KB benign test document. "
+        "*segments*: the cascade as served (windows and segments, see *Segments* above); *windows only*: the "
+        "same models and thresholds with segments off. Rows: model rows per text, first stage / second stage "
+        "(averaged over all texts of the row).",
         "",
-        "| placement | n | recall | jailbreak | prompt_injection | harmful |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| placement | n | recall: windows only | recall: segments | jailbreak | prompt_injection | harmful "
+        "| rows: windows only | rows: segments |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for depth, r in v["embedded"].items():
+        w = r.get("windows_only", {})
         lines.append(
-            f"| {depth} | {r['n']} | {_f(r['recall'])} | {_f(r.get('jailbreak'))} | "
-            f"{_f(r.get('prompt_injection'))} | {_f(r.get('harmful'))} |"
+            f"| {depth} | {r['n']} | {_f(w.get('recall'))} | {_f(r['recall'])} | "
+            f"{_f(w.get('jailbreak'))} → {_f(r.get('jailbreak'))} | "
+            f"{_f(w.get('prompt_injection'))} → {_f(r.get('prompt_injection'))} | "
+            f"{_f(w.get('harmful'))} → {_f(r.get('harmful'))} | {_rows(w.get('rows_per_text'))} | "
+            f"{_rows(r.get('rows_per_text'))} |"
         )
     lines += [
         "",
@@ -281,6 +289,69 @@ def _variants_section(results: dict) -> list[str]:
     ]
     for name, r in v["obfuscated"].items():
         lines.append(f"| {name} | {r['raw']['n']} | {_f(r['raw']['recall'])} | {_f(r['after_textnorm']['recall'])} |")
+    return [*lines, ""]
+
+
+def _rows(r: dict | None) -> str:
+    return "–" if not r else f"{r['first_stage']:.2f} / {r['second_stage']:.2f}"
+
+
+def _segments_section(results: dict) -> list[str]:
+    """What segment scoring changes: per-slice FPR and recall, overall recall and rows per
+    text, windows only against segments (same build, same thresholds), and the committed
+    baseline (the previous build's per-slice figures the gate compares with)."""
+    c = results["models"]["cascade"]
+    w = c.get("windows_only")
+    if not w:
+        return []
+    spec = c.get("segments")
+    base = c.get("baseline_by_slice", {})
+    lines = [
+        "### Segments",
+        "",
+        (
+            f"Each text is also cut into segments (`services.classifier.segment`: lines, then sentences, at most "
+            f"{spec['max_segments']} per text, none under {spec['min_chars']} characters or "
+            f"{spec.get('min_words', 0)} words; rule lines are separators). The n-gram stage scores every segment "
+            f"as well as every window; an escalated text gets the encoder on its windows and on the "
+            f"{spec['top_k']} segments the n-gram stage found most unsafe; a text scores as its worst window or "
+            "segment, so benign text around an attack cannot dilute it. A segment's score counts from its "
+            f"label's floor (per stage: `{spec.get('floors')}`; labels without one never count from a segment), "
+            "chosen on validation so that at most 1% of each benign slice's texts have a segment that counts: "
+            "a sentence of a long benign document, out of context, can look like an attack, and without floors "
+            "the many segments of long texts raise every threshold. The thresholds and the band were then chosen "
+            "on validation scores computed the same way (the build calls the same functions as the server)."
+            if spec
+            else "This cascade scores windows only (its manifest names no `segments`)."
+        ),
+        "",
+        "Same models and thresholds, segments off (*windows only*) and on (*segments*, as served); *baseline*: "
+        "the committed `modelbuild/eval_baseline.json` (the build it was written from, calibrated on its own "
+        "scoring).",
+        "",
+        "| slice | kind | baseline | windows only | segments |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name, r in c["by_slice"].items():
+        key = "fpr" if r["kind"] == "benign" else "recall"
+        b = base.get(name, {}).get(key)
+        lines.append(
+            f"| {name} | {r['kind']} {'FPR' if key == 'fpr' else 'recall'} | {_f(b)} | "
+            f"{_f(w['by_slice'].get(name, {}).get(key))} | {_f(r[key])} |"
+        )
+    lines += ["", "| label | recall: windows only | recall: segments |", "|---|---:|---:|"]
+    for lab in ROWS:
+        lines.append(f"| {lab} | {_f(w['overall'][lab]['recall'])} | {_f(c['overall'][lab]['recall'])} |")
+    wr, sr = w.get("rows_per_text"), c.get("rows_per_text")
+    if wr and sr:
+        lines += [
+            "",
+            f"Cost on the test split (model rows per text, first stage / second stage): windows only "
+            f"{_rows(wr)}, segments {_rows(sr)}; per escalated text the encoder runs "
+            f"{wr['second_stage_per_escalated_text']:.2f} rows on windows only, "
+            f"{sr['second_stage_per_escalated_text']:.2f} with segments. Escalated: "
+            f"{w['escalated_fraction']:.1%} of texts on windows only, {c['escalated_fraction']:.1%} with segments.",
+        ]
     return [*lines, ""]
 
 
@@ -396,6 +467,7 @@ def render(name: str, results: dict, manifests: dict) -> str:
         "",
         *_slice_table(r["by_slice"]),
         "",
+        *(_segments_section(results) if is_cascade else []),
         *(_variants_section(results) if is_cascade else []),
         "### By length band",
         "",

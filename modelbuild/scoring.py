@@ -138,6 +138,13 @@ class ModelRunner:
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """Per-text scores ``[texts, labels]`` (max over windows for non-benign labels)."""
+        return self.score_rows(texts)[0]
+
+    def score_rows(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per-text scores, and the number of model rows (windows) each text took."""
+        if not len(texts):
+            return np.zeros((0, len(self.labels)), np.float32), np.zeros(0, np.int64)
         w = self.windows(texts)
         probs = run_rows(self.session, w.arrays, self.output)
-        return tokenize.max_over_windows(probs, w.text_index, w.n_texts, self.labels)
+        scores = tokenize.max_over_windows(probs, w.text_index, w.n_texts, self.labels)
+        return scores, np.bincount(w.text_index, minlength=w.n_texts).astype(np.int64)

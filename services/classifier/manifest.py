@@ -11,7 +11,10 @@ Two platforms:
 * ``onnxruntime``: an ONNX graph per version directory;
 * ``cascade``: a virtual model with no version directories that runs ``stages[0]`` and
   escalates texts whose unsafe score (max non-benign probability) falls inside ``band``
-  to ``stages[1]``.
+  to ``stages[1]``.  Optional ``segments: {max_segments, min_chars, min_words, top_k,
+  floors: {stage: {label: floor}}}``: each text's
+  segments (sentences, lines) are scored too, so benign context cannot dilute an attack
+  (``services.classifier.segment``); absent, texts are scored by their windows only.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from services.classifier.segment import SegmentSpec
 from services.common.errors import ConfigError
 
 MANIFEST = "manifest.yaml"
@@ -88,6 +92,7 @@ class CascadeManifest:
     band: tuple[float, float]
     shadow_models: tuple[str, ...] = ()
     platform: str = CASCADE
+    segments: SegmentSpec | None = None  # None: windows only
 
 
 Manifest = ModelManifest | CascadeManifest
@@ -126,7 +131,25 @@ def parse(data: Any, dir_name: str, where: str = MANIFEST) -> Manifest:
         band = f.number_list(data, "band")
         if len(band) != 2 or not 0.0 <= band[0] <= band[1] <= 1.0:
             raise ConfigError(f"{where}: band: expected [lo, hi] with 0 <= lo <= hi <= 1, got {band}")
-        return CascadeManifest(name, (stages[0], stages[1]), (band[0], band[1]), shadows)
+        segments = None
+        if data.get("segments") is not None:
+            seg = f.mapping(data, "segments")
+            fs = _Fields(f"{where}: segments")
+            d = SegmentSpec()
+            floors: dict[str, dict[str, float]] = {}
+            raw = fs.mapping(seg, "floors", default={})
+            for model in raw:
+                per = _Fields(f"{where}: segments: floors").mapping(raw, model)
+                fl = _Fields(f"{where}: segments: floors: {model}")
+                floors[str(model)] = {str(k): fl.number(per, k, minimum=0.0) for k in per}
+            segments = SegmentSpec(
+                max_segments=fs.integer(seg, "max_segments", default=d.max_segments, minimum=2),
+                min_chars=fs.integer(seg, "min_chars", default=d.min_chars, minimum=1),
+                min_words=fs.integer(seg, "min_words", default=d.min_words, minimum=0),
+                top_k=fs.integer(seg, "top_k", default=d.top_k, minimum=0),
+                floors=floors,
+            )
+        return CascadeManifest(name, (stages[0], stages[1]), (band[0], band[1]), shadows, segments=segments)
     if platform != ONNXRUNTIME:
         raise ConfigError(f"{where}: platform: {platform!r} is not supported (onnxruntime or cascade)")
 

@@ -16,6 +16,11 @@ For each model a request names (or the default model):
   ``PARTIAL`` with the reason (``deadline``, ``overloaded``, ``unavailable``).  The first
   stage itself is never replaced by a made-up verdict: if it cannot answer in time the
   request is DEADLINE_EXCEEDED;
+  a cascade whose manifest names ``segments`` also cuts each text into segments
+  (sentences, lines: ``segment.py``): the first stage scores every segment as well as
+  every window, the second stage the windows plus the ``top_k`` segments the first stage
+  found most unsafe, and a text scores as its worst window or segment, so an attack after
+  a benign sentence or inside a benign document scores as it would alone;
 * its ``shadow_models`` run afterwards as background work on the same texts (their rows
   only run when no live row waits): their scores go to metrics and logs, never into the
   answer, and they never delay it.
@@ -39,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.classifier import manifest as mf
+from services.classifier import segment
 from services.classifier.batcher import InferenceFailed, lowest_priority
 from services.classifier.repository import READY, LoadedVersion, ModelRepository
 from services.classifier.stats import ClassifierStats
@@ -78,7 +84,7 @@ class ModelResult:
     scores: list[LabelScore]
     flagged: list[str]
     answered_by: str  # cascades: the stage that answered; "" otherwise
-    windows: int
+    windows: int  # model rows the answering stage ran for the text (a segmenting cascade: windows + segments)
     completeness: str = FULL  # PARTIAL: an earlier cascade stage answered for a later one
     partial_reason: str = ""  # PARTIAL only: DEADLINE, OVERLOADED or UNAVAILABLE
     uncertain_from: float = 0.0  # PARTIAL only: the cascade's band low edge
@@ -240,9 +246,13 @@ class Classifier:
         first_name, second_name = man.stages
         self._check_cascade(man)
         sampled = False
+        pieces: list[str] = []
+        owners = np.zeros(0, dtype=np.int64)
         with self.repository.acquire(first_name) as first:
             try:
-                s1 = await self._score(first, texts, job)
+                if man.segments is not None:
+                    pieces, owners = await self._cpu(job, texts, segment.segment_texts, texts, man.segments)
+                s1 = await self._score(first, [*texts, *pieces], job)
             except WouldMissDeadline:
                 # The cheap stage cannot score every window in time (a burst of long texts
                 # queued ahead). The best verdict left is its scores on each text's head and
@@ -251,8 +261,11 @@ class Classifier:
                 cut = [head_and_tail(t, first.manifest.inputs) for t in texts]
                 if cut == list(texts):
                     raise
+                pieces, owners = [], np.zeros(0, dtype=np.int64)
                 s1 = await self._score(first, cut, job)
                 sampled = True
+        floors = man.segments.floors_of if man.segments is not None else lambda _: None
+        s1, seg1 = _fold_segments(s1, len(texts), owners, floors(first_name))
         unsafe = _unsafe(s1.scores, s1.manifest.labels)
         lo, hi = man.band
         escalate = np.flatnonzero((unsafe >= lo) & (unsafe <= hi))
@@ -260,7 +273,17 @@ class Classifier:
         if sampled:
             escalate, reason = np.arange(len(texts)), DEADLINE  # every text: PARTIAL, first stage
         elif escalate.size:
-            s2, reason = await self._escalate(second_name, [texts[i] for i in escalate], job)
+            # The second stage: the escalated texts' windows, and only the top_k segments of
+            # each that the first stage found most unsafe (its cost stays windows + top_k).
+            k = man.segments.top_k if man.segments is not None else 0
+            top = segment.top_segments(seg1, owners, s1.manifest.labels, k, escalate)
+            rank = np.full(len(texts), -1, dtype=np.int64)
+            rank[escalate] = np.arange(escalate.size)
+            s2, reason = await self._escalate(
+                second_name, [*(texts[i] for i in escalate), *(pieces[i] for i in top)], job
+            )
+            if s2 is not None:
+                s2, _ = _fold_segments(s2, int(escalate.size), rank[owners[top]], floors(second_name))
         position = {int(t): k for k, t in enumerate(escalate)}
         out = []
         for t in range(len(texts)):
@@ -311,6 +334,16 @@ class Classifier:
             return None, OVERLOADED
         except (Unavailable, NotFound, InferenceFailed):
             return None, UNAVAILABLE
+
+    async def _cpu(self, job: _Job, texts: Sequence[str], fn, *args):
+        """``fn(*args)``, CPU work proportional to ``texts``: inline when they are short,
+        otherwise in a thread (background work: at the lowest OS priority), so that
+        cutting megabytes never stalls the event loop."""
+        if job.background:
+            return await asyncio.get_running_loop().run_in_executor(self._background_pool, fn, *args)
+        if sum(len(t) for t in texts) <= self.limits.tokenize_inline_chars:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
 
     async def _score(self, lv: LoadedVersion, texts: Sequence[str], job: _Job, wait: bool = False) -> _Scored:
         """Run ``texts`` through one model version under the job's deadline.
@@ -461,6 +494,23 @@ def head_and_tail(text: str, spec: mf.InputSpec) -> str:
     if len(text) <= 2 * span:
         return text
     return text[:span] + "\n" + text[-span:]
+
+
+def _fold_segments(
+    s: _Scored, n_texts: int, owners: np.ndarray, floors: dict[str, float] | None
+) -> tuple[_Scored, np.ndarray]:
+    """``s`` scored ``n_texts`` texts followed by their segments (``owners[i]``: the text
+    of segment ``i``): the texts' scores with their segments' folded in (max, min for
+    benign; a segment's score counts from its label's floor), their row counts including
+    the segments' rows, and the segments' own scores."""
+    seg_scores = s.scores[n_texts:]
+    if not len(owners):
+        return s, seg_scores
+    scores = segment.fold(s.scores[:n_texts], seg_scores, owners, s.manifest.labels, floors)
+    rows = s.windows[:n_texts] + np.bincount(owners, weights=s.windows[n_texts:], minlength=n_texts).astype(
+        s.windows.dtype
+    )
+    return _Scored(scores, rows, s.version, s.manifest), seg_scores
 
 
 def _unsafe(scores: np.ndarray, labels: Sequence[str]) -> np.ndarray:

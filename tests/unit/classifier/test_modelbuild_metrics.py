@@ -91,3 +91,27 @@ def test_band_leaves_at_most_half_a_percent_of_attacks_below_it():
     low, high = choose_band(ngram, encoder, y, LABELS, th, {"jailbreak": 0.5, "prompt_injection": 0.5, "harmful": 0.5})
     assert np.mean(u[n_benign:] < low) <= MAX_ATTACKS_BELOW_BAND
     assert low <= high
+
+
+def test_segment_floors_let_at_most_the_target_of_each_benign_slice_through():
+    from modelbuild.metrics import choose_segment_floors
+
+    rng = np.random.default_rng(0)
+    n = 400
+    y = ["benign"] * 300 + ["jailbreak"] * 100
+    slices = ["chat"] * 200 + ["docs"] * 100 + ["jailbreak"] * 100
+    owners = np.repeat(np.arange(n), 3)  # three segments per text
+    seg = rng.random((3 * n, len(LABELS))).astype(np.float32)
+    floors = choose_segment_floors(
+        seg, owners, n, y, slices, LABELS, {"chat": 0.02, "docs": 0.02}, counted=("prompt_injection", "harmful")
+    )
+    assert set(floors) == {"prompt_injection", "harmful"}  # jailbreak: no floor, never counts
+    top = np.zeros((n, len(LABELS)))
+    for j in range(len(LABELS)):
+        np.maximum.at(top[:, j], owners, seg[:, j])
+    for sl in ("chat", "docs"):
+        sel = np.array([s == sl for s in slices])
+        counted = np.zeros(sel.sum(), bool)
+        for lab, f in floors.items():
+            counted |= top[sel, LABELS.index(lab)] >= f
+        assert counted.mean() <= 0.02

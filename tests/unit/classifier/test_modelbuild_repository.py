@@ -10,6 +10,7 @@ import yaml
 
 from modelbuild import build
 from modelbuild.manifest import (
+    CASCADE,
     ENCODER,
     ENCODER_INT8,
     MODELS,
@@ -17,6 +18,7 @@ from modelbuild.manifest import (
     OUTPUT_CASCADE,
     OUTPUT_ENCODER,
     OUTPUT_NGRAM,
+    SEGMENT_LABELS,
 )
 from modelbuild.scoring import ModelRunner
 from tests.unit.classifier.builtmodels import BUILD_TIMEOUT_S, CACHE_DIR
@@ -111,3 +113,16 @@ def test_output_models_screen_completions(built_models):
     for name in (OUTPUT_NGRAM, OUTPUT_ENCODER, OUTPUT_CASCADE):
         card = (built_models / name / "MODEL_CARD.md").read_text()
         assert "derived" in card and "harmful recall" in card, name
+
+
+def test_the_prompt_cascade_scores_segments_and_the_server_reads_them(built_models):
+    """The prompt cascade names its segments (floors per stage, for the labels a segment
+    may raise); the output cascade scores windows only. The classifier service parses both."""
+    from services.classifier import manifest as serving
+
+    prompt = serving.load(built_models / CASCADE)
+    assert prompt.segments is not None and prompt.segments.top_k >= 1
+    assert set(prompt.segments.floors) == {NGRAM, ENCODER}
+    for floors in prompt.segments.floors.values():
+        assert set(floors) == set(SEGMENT_LABELS) and all(0 < f <= 1 for f in floors.values())
+    assert serving.load(built_models / OUTPUT_CASCADE).segments is None

@@ -18,11 +18,14 @@ from services.common.errors import InvalidArgument, NotFound, Unavailable
 from tests.unit.classifier_serving.tinymodel import write_model
 
 
-def cascade(root: Path, name: str, stages: list[str], band: list[float]) -> None:
+def cascade(root: Path, name: str, stages: list[str], band: list[float], **extra) -> None:
     (root / name).mkdir()
     (root / name / "manifest.yaml").write_text(
-        yaml.safe_dump({"name": name, "platform": "cascade", "stages": stages, "band": band})
+        yaml.safe_dump({"name": name, "platform": "cascade", "stages": stages, "band": band, **extra})
     )
+
+
+SEGMENTS = {"min_chars": 4, "min_words": 1, "top_k": 1}
 
 
 @pytest.fixture
@@ -32,6 +35,8 @@ async def classifier(tmp_path: Path):
     cascade(tmp_path, "all_escalate", ["a", "b"], [0.0, 1.0])
     cascade(tmp_path, "none_escalate", ["a", "b"], [0.99, 1.0])
     cascade(tmp_path, "broken_cascade", ["a", "missing"], [0.0, 1.0])
+    cascade(tmp_path, "seg_first", ["a", "b"], [0.99, 1.0], segments=SEGMENTS)
+    cascade(tmp_path, "seg_escalate", ["a", "b"], [0.0, 1.0], segments=SEGMENTS)
     registry = CollectorRegistry()
     stats = ClassifierStats(registry)
     repo = ModelRepository(tmp_path, RuntimeOptions(), stats, poll_seconds=0)
@@ -82,3 +87,37 @@ async def test_a_cascade_routes_by_band_and_says_which_stage_answered(classifier
 async def test_a_cascade_with_a_missing_stage_is_unavailable(classifier) -> None:
     with pytest.raises(Unavailable, match=r"model 'broken_cascade' is not ready \(FAILED: stage 'missing' is not in"):
         await classifier.classify(["hello"], ["broken_cascade"])
+
+
+def _by_label(result) -> dict[str, float]:
+    return {s.label: s.score for s in result.scores}
+
+
+async def test_a_segmenting_cascade_scores_each_text_as_its_worst_window_or_segment(classifier) -> None:
+    text = "zz zz zz. aa aa aa"  # two sentences: two segments
+    parts = ["zz zz zz.", "aa aa aa"]
+    (whole,), (seg_first,) = await classifier.classify([text], ["a"]), await classifier.classify([text], ["seg_first"])
+    alone = [(await classifier.classify([p], ["a"]))[0][0] for p in parts]
+    got = _by_label(seg_first[0])
+    assert seg_first[0].answered_by == "a"
+    assert seg_first[0].windows == whole[0].windows + 2  # the text's window, and one row per segment
+    candidates = [_by_label(r) for r in (whole[0], *alone)]
+    assert got["jailbreak"] == pytest.approx(max(c["jailbreak"] for c in candidates))
+    assert got["benign"] == pytest.approx(min(c["benign"] for c in candidates))
+
+
+async def test_an_escalated_text_gets_its_windows_and_top_k_segments_scored_by_the_second_stage(classifier) -> None:
+    text = "zz zz zz. aa aa aa"
+    (esc,), (plain,) = await classifier.classify([text], ["seg_escalate"]), await classifier.classify([text], ["b"])
+    assert esc[0].answered_by == "b"
+    assert esc[0].windows == plain[0].windows + 1  # top_k = 1 segment, one row
+    assert _by_label(esc[0])["jailbreak"] >= _by_label(plain[0])["jailbreak"]
+
+
+async def test_a_text_of_one_segment_costs_no_extra_row(classifier) -> None:
+    (seg,), (plain,) = (
+        await classifier.classify(["hello there"], ["seg_first"]),
+        await classifier.classify(["hello there"], ["a"]),
+    )
+    assert seg[0].windows == plain[0].windows
+    assert _by_label(seg[0]) == pytest.approx(_by_label(plain[0]))
