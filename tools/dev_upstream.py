@@ -35,6 +35,9 @@ unless the last user message carries a marker:
 - `[[dev:pii]]`     the completion carries an e-mail address and a phone number;
 - `[[dev:echo]]`    the completion is the prompt's last user text as received, so a
   client sees what reached the model (masked PII after a REDACT decision);
+- `[[dev:paced]]`   streamed events come PACE_S apart, as from a model writing as it
+  goes (without it every event is written at once, and a proxy often forwards the whole
+  answer as one piece);
 - `[[dev:gzip]]`    the response is gzip-compressed whatever the request's
   accept-encoding said (as a misbehaving upstream would); `--gzip` does this for
   every response.
@@ -70,7 +73,11 @@ GZIP = "[[dev:gzip]]"
 TOOL = "[[dev:tool]]"
 TOOL_UNSAFE = "[[dev:tool-unsafe]]"
 THINKING_UNSAFE = "[[dev:thinking-unsafe]]"
-MARKERS = (HARMFUL, UNSAFE, LONG, PII, ECHO, GZIP, TOOL, TOOL_UNSAFE, THINKING_UNSAFE)
+PACED = "[[dev:paced]]"
+MARKERS = (HARMFUL, UNSAFE, LONG, PII, ECHO, GZIP, TOOL, TOOL_UNSAFE, THINKING_UNSAFE, PACED)
+#: `[[dev:paced]]`: the pause between streamed events (a model writes as it goes, so a
+#: proxy passes the stream on in many pieces, not one).
+PACE_S = 0.005
 
 # A syntactically plausible but made-up key: what a model leaking a secret would print.
 LEAKED_KEY = (
@@ -397,8 +404,11 @@ class DevUpstream:
     def _compress(self, prompt: str) -> bool:
         return self.gzip_all or GZIP in prompt
 
+    def _pace(self, prompt: str) -> float:
+        return max(self.delay_s, PACE_S) if PACED in prompt else self.delay_s
+
     async def _send(
-        self, request: web.Request, status_headers: dict[str, str], frames: list[bytes], gz: bool
+        self, request: web.Request, status_headers: dict[str, str], frames: list[bytes], gz: bool, delay_s: float
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers=status_headers)
         if gz:
@@ -406,8 +416,8 @@ class DevUpstream:
         await resp.prepare(request)
         comp = zlib.compressobj(6, zlib.DEFLATED, 31) if gz else None
         for frame in frames:
-            if self.delay_s:
-                await asyncio.sleep(self.delay_s)
+            if delay_s:
+                await asyncio.sleep(delay_s)
             data = frame if comp is None else comp.compress(frame) + comp.flush(zlib.Z_SYNC_FLUSH)
             await resp.write(data)
         if comp is not None:
@@ -428,7 +438,11 @@ class DevUpstream:
         if doc.get("stream"):
             frames = anthropic_events(model, text, msg_id, tokens)
             return await self._send(
-                request, {"content-type": "text/event-stream", "cache-control": "no-cache"}, frames, gz
+                request,
+                {"content-type": "text/event-stream", "cache-control": "no-cache"},
+                frames,
+                gz,
+                self._pace(prompt),
             )
         body = json.dumps(anthropic_message(model, text, msg_id, tokens)).encode()
         return self._json(body, gz)
@@ -448,7 +462,11 @@ class DevUpstream:
             usage = bool((doc.get("stream_options") or {}).get("include_usage"))
             frames = openai_events(model, text, cid, created, tokens, usage)
             return await self._send(
-                request, {"content-type": "text/event-stream", "cache-control": "no-cache"}, frames, gz
+                request,
+                {"content-type": "text/event-stream", "cache-control": "no-cache"},
+                frames,
+                gz,
+                self._pace(prompt),
             )
         return self._json(json.dumps(openai_completion(model, text, cid, created, tokens)).encode(), gz)
 

@@ -18,6 +18,7 @@ from tests.envoy.test_sdks import REPLACEMENT, ask, claude, gpt
 from tools.dev_upstream import (
     LONG,
     LONG_TEXT,
+    PACED,
     THINKING_ANSWER,
     THINKING_UNSAFE,
     TOOL,
@@ -58,13 +59,13 @@ def openai_stream(gateway, prompt: str) -> tuple[str, str | None]:
 
 
 def test_a_harmful_answer_is_cut_within_every_chars_in_the_anthropic_format(gateway) -> None:
-    text, stop = anthropic_stream(gateway, f"How do household chemicals react? {UNSAFE}")
+    text, stop = anthropic_stream(gateway, f"How do household chemicals react? {UNSAFE} {PACED}")
     assert stop == "refusal"
     assert harmful_characters_delivered(text) <= EVERY_CHARS + DELTA
 
 
 def test_a_harmful_answer_is_cut_within_every_chars_in_the_openai_format(gateway) -> None:
-    text, finish = openai_stream(gateway, f"How do household chemicals react? {UNSAFE}")
+    text, finish = openai_stream(gateway, f"How do household chemicals react? {UNSAFE} {PACED}")
     assert finish == "content_filter"
     assert harmful_characters_delivered(text) <= EVERY_CHARS + DELTA
 
