@@ -214,12 +214,12 @@ class Mesh:
         self.procs["ratelimit"] = self._proc("ratelimit", [
             *common, *any_port, "--metrics-listen", "", "--config", str(w / "ratelimit"),
             "--redis-url", self.redis_url, "--key-prefix", self.prefix,
-        ], w).start()  # fmt: skip
+        ]).start()  # fmt: skip
         # A fixed port, so that a restarted classifier is found by the enforcer's channel.
         self.procs["classifier"] = self._proc("classifier", [
             *common, "--listen", f"127.0.0.1:{free_port()}", "--metrics-listen", "",
             "--models", str(REPO / "build" / "models"),
-        ], w).start()  # fmt: skip
+        ]).start()  # fmt: skip
         self.metrics_port = free_port()
         self.procs["enforcer"] = self._proc("enforcer", [
             *common, *any_port, "--upstream-plaintext", "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
@@ -227,7 +227,7 @@ class Mesh:
             "--ratelimit-addr", self.procs["ratelimit"].address, "--kafka-bootstrap", self.kafka.bootstrap,
             "--policy", str(w / "policies"), "--hmac-key-file", str(w / "hmac.key"), "--spool-dir", str(w / "spool"),
             "--insecure-dev-action-key",
-        ], w).start()  # fmt: skip
+        ]).start()  # fmt: skip
         for name, p in self.procs.items():
             log(f"{name} on {p.address}")
 
