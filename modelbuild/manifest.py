@@ -131,6 +131,7 @@ def cascade_manifest(
             "min_chars": segments.min_chars,
             "min_words": segments.min_words,
             "top_k": segments.top_k,
+            "max_text_chars": segments.max_text_chars,
             "floors": {m: {k: float(v) for k, v in f.items()} for m, f in segments.floors.items()},
         }
     return {**out, "build": build}

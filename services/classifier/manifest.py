@@ -11,7 +11,7 @@ Two platforms:
 * ``onnxruntime``: an ONNX graph per version directory;
 * ``cascade``: a virtual model with no version directories that runs ``stages[0]`` and
   escalates texts whose unsafe score (max non-benign probability) falls inside ``band``
-  to ``stages[1]``.  Optional ``segments: {max_segments, min_chars, min_words, top_k,
+  to ``stages[1]``.  Optional ``segments: {max_segments, min_chars, min_words, top_k, max_text_chars,
   floors: {stage: {label: floor}}}``: each text's
   segments (sentences, lines) are scored too, so benign context cannot dilute an attack
   (``services.classifier.segment``); absent, texts are scored by their windows only.
@@ -147,6 +147,7 @@ def parse(data: Any, dir_name: str, where: str = MANIFEST) -> Manifest:
                 min_chars=fs.integer(seg, "min_chars", default=d.min_chars, minimum=1),
                 min_words=fs.integer(seg, "min_words", default=d.min_words, minimum=0),
                 top_k=fs.integer(seg, "top_k", default=d.top_k, minimum=0),
+                max_text_chars=fs.integer(seg, "max_text_chars", default=d.max_text_chars, minimum=0),
                 floors=floors,
             )
         return CascadeManifest(name, (stages[0], stages[1]), (band[0], band[1]), shadows, segments=segments)

@@ -56,6 +56,12 @@ class SegmentSpec:
     min_chars: int = 16  # shorter sentences run on into the next
     min_words: int = 3  # pieces with fewer words (headings, "4.6.", long tokens) are no segment
     top_k: int = 2  # segments the second stage scores per escalated text
+    #: Texts longer than this are not segmented (0: no limit). Their windows already cost
+    #: the encoder more than the default 50 ms budget, so a segment that escalates one only
+    #: turns its full first-stage verdict into a PARTIAL one (bench/RESULTS.md, fail-safe:
+    #: every 4-16 KB benign document FLAGged at rest without this limit); they keep the
+    #: windows' scores. A completion's screening window (2,000 characters) stays under it.
+    max_text_chars: int = 4096
     #: Per stage model, per label: the score a segment must reach to count (see ``fold``).
     floors: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -65,6 +71,8 @@ class SegmentSpec:
     def __post_init__(self) -> None:
         if self.max_segments < 2 or self.min_chars < 1 or self.min_words < 0 or self.top_k < 0:
             raise ValueError("segments: max_segments >= 2, min_chars >= 1, min_words >= 0, top_k >= 0")
+        if self.max_text_chars < 0:
+            raise ValueError("segments: max_text_chars >= 0")
 
 
 def _cut(text: str, pattern: re.Pattern[str], spec: SegmentSpec, max_segments: int) -> list[tuple[int, int]]:
@@ -101,7 +109,10 @@ def _count_words(text: str, start: int, end: int, enough: int) -> int:
 def spans(text: str, spec: SegmentSpec = SegmentSpec()) -> list[tuple[int, int]]:
     """The segments of ``text`` as ``[start, end)`` spans: its lines, then its sentences
     (those that are not already a line), at most ``spec.max_segments`` in all; ``[]``
-    when the text is a single segment (its windows already cover it)."""
+    when the text is a single segment (its windows already cover it) or longer than
+    ``spec.max_text_chars``."""
+    if spec.max_text_chars and len(text) > spec.max_text_chars:
+        return []
     lines = _cut(text, _LINE, spec, spec.max_segments // 2)
     if len(lines) < 2:
         lines = []

@@ -63,7 +63,7 @@ def test_short_sentences_are_merged_with_the_next() -> None:
 )
 @pytest.mark.parametrize("max_segments", [2, 8, 32, 64])
 def test_the_number_of_segments_is_bounded(text: str, max_segments: int) -> None:
-    spec = SegmentSpec(max_segments=max_segments)
+    spec = SegmentSpec(max_segments=max_segments, max_text_chars=0)
     got = spans(text, spec)
     assert len(got) <= max_segments
     for a, b in got:
@@ -71,8 +71,18 @@ def test_the_number_of_segments_is_bounded(text: str, max_segments: int) -> None
 
 
 def test_a_million_dots_is_one_segment() -> None:
-    assert spans("." * 1_000_000) == []
-    assert spans("x" * 1_000_000) == []
+    unlimited = SegmentSpec(max_text_chars=0)
+    assert spans("." * 1_000_000, unlimited) == []
+    assert spans("x" * 1_000_000, unlimited) == []
+
+
+def test_a_text_over_max_text_chars_keeps_its_windows_only() -> None:
+    """Long documents are not segmented: their windows already take the encoder past the
+    default budget, so a segment escalating one would only make its verdict PARTIAL."""
+    doc = (BENIGN + " ") * 60 + ATTACK  # ~4.4k characters
+    assert len(doc) > SegmentSpec().max_text_chars and spans(doc) == []
+    assert ATTACK in pieces(doc, SegmentSpec(max_text_chars=0))
+    assert ATTACK in pieces(doc[-1500:])  # a completion's screening window is segmented
 
 
 def test_segment_texts_names_each_segment_s_text() -> None:
