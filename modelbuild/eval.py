@@ -264,16 +264,7 @@ class CascadeScorer:
         self._memo: dict[str, dict[str, tuple[np.ndarray, int]]] = {"ngram": {}, "encoder": {}}
 
     def segments_block(self) -> dict | None:
-        s = self.spec
-        if s is None:
-            return None
-        return {
-            "max_segments": s.max_segments,
-            "min_chars": s.min_chars,
-            "min_words": s.min_words,
-            "top_k": s.top_k,
-            "floors": s.floors,
-        }
+        return None if self.spec is None else mf.segments_dict(self.spec)
 
     def remember(self, texts: list[str], ngram: tuple, encoder: tuple) -> None:
         """Window scores (and row counts) already computed for ``texts``."""

@@ -126,15 +126,20 @@ def cascade_manifest(
         "band": [float(band[0]), float(band[1])],
     }
     if segments is not None:
-        out["segments"] = {
-            "max_segments": segments.max_segments,
-            "min_chars": segments.min_chars,
-            "min_words": segments.min_words,
-            "top_k": segments.top_k,
-            "max_text_chars": segments.max_text_chars,
-            "floors": {m: {k: float(v) for k, v in f.items()} for m, f in segments.floors.items()},
-        }
+        out["segments"] = segments_dict(segments)
     return {**out, "build": build}
+
+
+def segments_dict(spec: SegmentSpec) -> dict:
+    """A segment spec as the cascade manifest (and the eval's report) spells it."""
+    return {
+        "max_segments": spec.max_segments,
+        "min_chars": spec.min_chars,
+        "min_words": spec.min_words,
+        "top_k": spec.top_k,
+        "max_text_chars": spec.max_text_chars,
+        "floors": {m: {k: float(v) for k, v in f.items()} for m, f in spec.floors.items()},
+    }
 
 
 def write(model_dir: Path, manifest: dict) -> None:

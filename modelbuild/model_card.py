@@ -312,7 +312,9 @@ def _segments_section(results: dict) -> list[str]:
         (
             f"Each text is also cut into segments (`services.classifier.segment`: lines, then sentences, at most "
             f"{spec['max_segments']} per text, none under {spec['min_chars']} characters or "
-            f"{spec.get('min_words', 0)} words; rule lines are separators). The n-gram stage scores every segment "
+            f"{spec.get('min_words', 0)} words; rule lines are separators; texts over "
+            f"{spec.get('max_text_chars', 0):,} characters are not segmented, since their windows already cost "
+            "the encoder more than the default budget). The n-gram stage scores every segment "
             f"as well as every window; an escalated text gets the encoder on its windows and on the "
             f"{spec['top_k']} segments the n-gram stage found most unsafe; a text scores as its worst window or "
             "segment, so benign text around an attack cannot dilute it. A segment's score counts from its "

@@ -266,7 +266,7 @@ class Classifier:
                 sampled = True
         floors = man.segments.floors_of if man.segments is not None else lambda _: None
         s1, seg1 = _fold_segments(s1, len(texts), owners, floors(first_name))
-        unsafe = _unsafe(s1.scores, s1.manifest.labels)
+        unsafe = segment.unsafe(s1.scores, s1.manifest.labels)
         lo, hi = man.band
         escalate = np.flatnonzero((unsafe >= lo) & (unsafe <= hi))
         s2, reason = None, ""
@@ -511,10 +511,3 @@ def _fold_segments(
         s.windows.dtype
     )
     return _Scored(scores, rows, s.version, s.manifest), seg_scores
-
-
-def _unsafe(scores: np.ndarray, labels: Sequence[str]) -> np.ndarray:
-    cols = [j for j, label in enumerate(labels) if label != mf.BENIGN]
-    if not cols:
-        return np.zeros(scores.shape[0], dtype=np.float32)
-    return scores[:, cols].max(axis=1)
