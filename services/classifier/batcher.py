@@ -239,17 +239,18 @@ class _Lane:
             self.ring.append(t)
         return t
 
-    def ahead(self, key: str, tokens: int, rows: int) -> tuple[float, float]:
+    def ahead(self, key: str, tokens: int, rows: int, urgent: bool = False) -> tuple[float, float]:
         """(tokens, rows) queued that deficit round robin would run before a new request
-        of ``tokens`` real tokens in ``rows`` rows from tenant ``key``, its own included.
+        of ``tokens`` real tokens in ``rows`` rows from tenant ``key``, its own included
+        (an ``urgent`` request goes to the front of its tenant's queue: only itself).
 
         Round robin weighted by tokens gives every waiting tenant about the same tokens
         while the new request's tenant drains its queue up to and including the request,
         so each other tenant contributes at most that many tokens.
         """
         own = self.tenants.get(key)
-        own_tokens = (own.tokens if own else 0) + tokens
-        own_rows = (own.rows if own else 0) + rows
+        own_tokens = (0 if urgent or own is None else own.tokens) + tokens
+        own_rows = (0 if urgent or own is None else own.rows) + rows
         out_tokens, out_rows = float(own_tokens), float(own_rows)
         for t in self.tenants.values():
             if t is own or t.tokens <= 0:
@@ -386,6 +387,7 @@ class Batcher:
         timeout: float | None = None,
         tenant: str = "",
         background: bool = False,
+        urgent: bool = False,
     ) -> asyncio.Future:
         """Queue ``len(lengths)`` rows; row ``i`` is ``arrays[name][i, :lengths[i]]``.
 
@@ -393,7 +395,10 @@ class Batcher:
         ``ResourceExhausted`` when the queue is full, ``WouldMissDeadline`` when the rows
         are predicted to finish after ``timeout`` (the caller's remaining time in seconds;
         None: no deadline) and ``Unavailable`` when closing.  ``tenant`` is the fairness
-        key; ``background`` rows only run when no live row waits.
+        key; ``background`` rows only run when no live row waits.  ``urgent`` rows go to
+        the front of their tenant's queue (Triton's request priority, within a tenant):
+        a cascade's fallback, a few rows that stand for a text refused in full, must not
+        wait behind the same tenant's earlier long texts; between tenants nothing changes.
         """
         n = len(lengths)
         if self._closing:
@@ -415,16 +420,7 @@ class Batcher:
             return future
         lengths = np.maximum(np.asarray(lengths, dtype=np.int64), 1)
         now = time.monotonic()
-        predicted = self.predict(int(lengths.sum()), n, tenant, background, now)
-        probe = False
-        if timeout is not None and predicted is not None and predicted > timeout:
-            probe = self._may_probe(now)
-        if timeout is not None and predicted is not None and predicted > timeout and not probe:
-            self._count_reject("deadline")
-            raise WouldMissDeadline(
-                f"model {self.name} would answer in about {predicted * 1000:.1f} ms but the deadline is in "
-                f"{max(0.0, timeout) * 1000:.1f} ms ({n} rows, {self._queued} rows waiting); refused at admission"
-            )
+        predicted, probe = self._admit(int(lengths.sum()), n, timeout, tenant, background, urgent, now)
         req = _Request(arrays, lengths, future, None if timeout is None else now + timeout, now)
         req.predicted = predicted
         req.probe = probe
@@ -434,7 +430,10 @@ class Batcher:
         lane = self._background if background else self._live
         t = lane.tenant(tenant)
         req.tenant = t
-        t.queue.extend((req, i) for i in range(n))
+        if urgent:
+            t.queue.extendleft((req, i) for i in reversed(range(n)))
+        else:
+            t.queue.extend((req, i) for i in range(n))
         t.rows += n
         t.tokens += req.queued_tokens
         lane.rows += n
@@ -446,8 +445,45 @@ class Batcher:
         self._wake.set()
         return future
 
+    def admit(
+        self,
+        tokens: int,
+        rows: int,
+        timeout: float | None,
+        tenant: str = "",
+        background: bool = False,
+        urgent: bool = False,
+    ) -> None:
+        """Raise ``WouldMissDeadline`` now if ``rows`` rows of ``tokens`` tokens (a low
+        estimate, before the text is tokenised) could not be answered within ``timeout``:
+        the caller then skips tokenising what this model would refuse anyway (WordPiece
+        on a 16 KB text costs milliseconds of CPU a burst of them cannot spare).
+        ``submit`` decides again on the real rows."""
+        self._admit(tokens, rows, timeout, tenant, background, urgent, time.monotonic())
+
+    def _admit(
+        self, tokens: int, rows: int, timeout: float | None, tenant: str, background: bool, urgent: bool, now: float
+    ) -> tuple[float | None, bool]:
+        """(predicted seconds, whether to admit as a probe), or ``WouldMissDeadline``."""
+        predicted = self.predict(tokens, rows, tenant, background, now, urgent)
+        if timeout is None or predicted is None or predicted <= timeout:
+            return predicted, False
+        if self._may_probe(now):
+            return predicted, True
+        self._count_reject("deadline")
+        raise WouldMissDeadline(
+            f"model {self.name} would answer in about {predicted * 1000:.1f} ms but the deadline is in "
+            f"{max(0.0, timeout) * 1000:.1f} ms ({rows} rows, {self._queued} rows waiting); refused at admission"
+        )
+
     def predict(
-        self, tokens: int, rows: int, tenant: str = "", background: bool = False, now: float | None = None
+        self,
+        tokens: int,
+        rows: int,
+        tenant: str = "",
+        background: bool = False,
+        now: float | None = None,
+        urgent: bool = False,
     ) -> float | None:
         """Seconds until a request of ``rows`` rows and ``tokens`` real tokens would be
         answered if submitted now; None while the cost of a batch is still unknown."""
@@ -455,11 +491,11 @@ class Batcher:
             return None
         now = time.monotonic() if now is None else now
         if background:
-            ahead_tokens, ahead_rows = self._background.ahead(tenant, tokens, rows)
+            ahead_tokens, ahead_rows = self._background.ahead(tenant, tokens, rows, urgent)
             ahead_tokens += self._live.tokens
             ahead_rows += self._live.rows
         else:
-            ahead_tokens, ahead_rows = self._live.ahead(tenant, tokens, rows)
+            ahead_tokens, ahead_rows = self._live.ahead(tenant, tokens, rows, urgent)
         running = max(0.0, self._running_until - now) if self._running_until else 0.0
         batches = math.ceil(ahead_rows / self.policy.max_batch_size - 1e-9)
         # An idle queue holds a lone row up to the delay, waiting for companions.

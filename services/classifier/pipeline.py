@@ -249,21 +249,11 @@ class Classifier:
         pieces: list[str] = []
         owners = np.zeros(0, dtype=np.int64)
         with self.repository.acquire(first_name) as first:
-            try:
-                if man.segments is not None:
-                    pieces, owners = await self._cpu(job, texts, segment.segment_texts, texts, man.segments)
-                s1 = await self._score(first, [*texts, *pieces], job)
-            except WouldMissDeadline:
-                # The cheap stage cannot score every window in time (a burst of long texts
-                # queued ahead). The best verdict left is its scores on each text's head and
-                # tail, marked PARTIAL, with no time to escalate; a text already that short
-                # has nothing left to cut, so the refusal stands.
-                cut = [head_and_tail(t, first.manifest.inputs) for t in texts]
-                if cut == list(texts):
-                    raise
+            if man.segments is not None:
+                pieces, owners = await self._cpu(job, texts, segment.segment_texts, texts, man.segments)
+            s1, sampled = await self._first_stage(first, texts, pieces, job)
+            if sampled:
                 pieces, owners = [], np.zeros(0, dtype=np.int64)
-                s1 = await self._score(first, cut, job)
-                sampled = True
         floors = man.segments.floors_of if man.segments is not None else lambda _: None
         s1, seg1 = _fold_segments(s1, len(texts), owners, floors(first_name))
         unsafe = segment.unsafe(s1.scores, s1.manifest.labels)
@@ -308,6 +298,35 @@ class Classifier:
             )
         return out
 
+    async def _first_stage(
+        self, first: LoadedVersion, texts: Sequence[str], pieces: list[str], job: _Job
+    ) -> tuple[_Scored, bool]:
+        """The cheap stage's scores on every window and segment, or, when it cannot give
+        them in time (a burst of long texts queued ahead, often the same tenant's: refused
+        at admission, dropped in the queue, or not back before the deadline), its scores
+        on each text's head and tail, ``True`` (PARTIAL, no time to escalate). If even
+        those cannot be had in time, the DeadlineExceeded stands: never a made-up verdict.
+
+        The head-and-tail rows go ahead of the tenant's own queued rows (``urgent``). For a
+        text longer than its head and tail they are scored alongside the full request (a
+        hedge: two rows a text, the cheap model's), so a full request that fails late
+        still leaves a verdict; a short text is retried alone only if it is refused."""
+        cut = [head_and_tail(t, first.manifest.inputs) for t in texts]
+        hedge = None
+        if job.deadline is not None and cut != list(texts):
+            hedge = asyncio.ensure_future(self._score(first, cut, job, wait=True, urgent=True))
+        try:
+            return await self._score(first, [*texts, *pieces], job, wait=hedge is not None), False
+        except DeadlineExceeded as exc:
+            if hedge is None and not isinstance(exc, WouldMissDeadline):
+                raise  # a short text whose own rows ran out of time: nothing cheaper to try
+            return await (hedge or self._score(first, cut, job, urgent=True)), True
+        finally:
+            if hedge is not None and not hedge.done():
+                hedge.cancel()  # the batcher drops the rows of a caller that went away
+            elif hedge is not None and not hedge.cancelled():
+                hedge.exception()  # a hedge not needed may have failed: that is not an error
+
     def _check_cascade(self, man: mf.CascadeManifest) -> None:
         """A cascade answers when its first stage serves; a second stage that exists but
         has no ready version makes answers PARTIAL, not errors.  A cascade whose stages
@@ -345,15 +364,21 @@ class Classifier:
             return fn(*args)
         return await asyncio.to_thread(fn, *args)
 
-    async def _score(self, lv: LoadedVersion, texts: Sequence[str], job: _Job, wait: bool = False) -> _Scored:
+    async def _score(
+        self, lv: LoadedVersion, texts: Sequence[str], job: _Job, wait: bool = False, urgent: bool = False
+    ) -> _Scored:
         """Run ``texts`` through one model version under the job's deadline.
 
         ``wait``: stop waiting for the batcher when the deadline (less the reply margin)
         comes, and raise DeadlineExceeded (the batcher then drops the rows if they have
         not run): a cascade's later stage must leave time to answer with the earlier one.
+        ``urgent``: ahead of the tenant's own queued rows (see ``Batcher.submit``).
         """
         featurizer = lv.featurizer
-        self._time_left(lv, job)  # no tokenising for a model there is no time left for
+        timeout = self._time_left(lv, job)  # no tokenising for a model there is no time left for
+        if timeout is not None:  # nor for rows it would refuse at admission (a low estimate of them)
+            tokens, rows = featurizer.estimate(texts)
+            lv.batcher.admit(tokens, rows, timeout, tenant=job.tenant, background=job.background, urgent=urgent)
         size = sum(len(t) for t in texts)
         if job.background:
             windows = await asyncio.get_running_loop().run_in_executor(self._background_pool, featurizer.windows, texts)
@@ -363,7 +388,9 @@ class Classifier:
             windows = await asyncio.to_thread(featurizer.windows, texts)
         lengths = featurizer.lengths(windows)
         timeout = self._time_left(lv, job)
-        future = lv.batcher.submit(windows.arrays, lengths, timeout, tenant=job.tenant, background=job.background)
+        future = lv.batcher.submit(
+            windows.arrays, lengths, timeout, tenant=job.tenant, background=job.background, urgent=urgent
+        )
         if wait and timeout is not None:
             try:
                 rows = await asyncio.wait_for(future, timeout)

@@ -81,6 +81,16 @@ def providers(opts: RuntimeOptions) -> list:
     return [CPU]
 
 
+#: WordPiece makes at least one token per this many characters of running text (English
+#: prose ~4, code and long words fewer), so ``chars // MAX_CHARS_PER_TOKEN`` is a low
+#: estimate of a text's tokens before it is tokenised, and admission on it refuses only
+#: work the real rows would not fit either. (Not for text of a few very long words that
+#: are single tokens, or of words WordPiece cannot piece, each one [UNK] however long:
+#: such a text may be refused where it would have fit; the cascade then answers it with
+#: its first stage, PARTIAL.)
+MAX_CHARS_PER_TOKEN = 8
+
+
 class Featurizer:
     """Text -> model rows, cut exactly as the build and the evaluation cut them
     (``services.classifier.tokenize``), under the manifest's input names."""
@@ -116,6 +126,23 @@ class Featurizer:
             w = tokenize.char_windows(texts, spec.max_sequence_length, spec.window_stride)
             arrays = {spec.names[0]: w.arrays["codepoints"]}
         return tokenize.Windows(arrays=arrays, text_index=w.text_index, n_texts=w.n_texts)
+
+    def estimate(self, texts: Sequence[str]) -> tuple[int, int]:
+        """(tokens, rows) the texts will cost, without tokenising: exact for code points,
+        a low estimate for WordPiece (`MAX_CHARS_PER_TOKEN`), so that admission
+        on it never refuses what the real rows would fit."""
+        spec = self.spec
+        per = MAX_CHARS_PER_TOKEN if spec.kind == TOKEN_IDS else 1
+        extra = 2 if spec.kind == TOKEN_IDS else 0  # [CLS] and [SEP]
+        body = spec.max_sequence_length - extra
+        stride = min(spec.window_stride, body)
+        tokens = rows = 0
+        for text in texts:
+            n = len(text) // per
+            r = len(tokenize.window_starts(n, body, stride))
+            rows += r
+            tokens += (n if r == 1 else r * body) + r * extra
+        return tokens, rows
 
     def lengths(self, windows: tokenize.Windows) -> np.ndarray:
         """Real (unpadded) length of every row, so the batcher can re-pad per batch."""

@@ -164,6 +164,29 @@ async def test_queued_work_ahead_counts_but_only_the_fair_share_of_other_tenants
     await batcher.close()
 
 
+async def test_an_urgent_request_waits_only_for_itself_in_its_tenants_queue(model) -> None:
+    """A cascade's fallback (a few rows standing for a text refused in full) is queued
+    ahead of its own tenant's backlog: admitted where the same rows at the back are
+    refused, and run in the very next batch; other tenants' shares are unchanged."""
+    batcher = make(model, seed=SEED)
+    model.gate.clear()
+    running = batcher.submit(*rows(row(1, 10)))
+    await asyncio.to_thread(model.started.wait, 5)
+    backlog = batcher.submit(*rows(*(row(10 + k, 100) for k in range(8))), tenant="a")  # ~800 ms queued
+    with pytest.raises(WouldMissDeadline):
+        batcher.submit(*rows(row(2, 100)), timeout=0.5, tenant="a")
+    other = batcher.submit(*rows(*(row(30 + k, 100) for k in range(2))), tenant="b")
+    # Ahead of it: a's own urgent row only, and b's share up to that many tokens (~200 ms).
+    assert batcher.predict(100, 1, "a", urgent=True) == pytest.approx(0.21, abs=0.02)
+    urgent = batcher.submit(*rows(row(2, 100)), timeout=0.5, tenant="a", urgent=True)
+    model.gate.set()
+    await asyncio.gather(running, backlog, other, urgent)
+    a_rows = [v for b in model.batch_values() for v in sorted(b) if v < 30]
+    assert a_rows[:2] == [1, 2], f"the urgent row runs before tenant a's backlog: {model.batch_values()}"
+    assert sorted(a_rows[2:]) == a_rows[2:], "the backlog keeps its order behind it"
+    await batcher.close()
+
+
 async def test_a_flood_of_long_rows_from_one_tenant_does_not_take_every_slot(model) -> None:
     batcher = make(model)
     model.gate.clear()

@@ -96,8 +96,13 @@ async def test_a_second_stage_refused_at_admission_answers_partial_with_the_firs
     classifier, repo, registry = env
     ((first,),) = await classifier.classify([SHORT], ["a"])
     make_slow(repo, "b")
+    featurizer = repo.serving("b").featurizer
+    cut = []
+    real_windows = featurizer.windows
+    featurizer.windows = lambda texts: cut.append(len(texts)) or real_windows(texts)
     ((m,),) = await asyncio.wait_for(classifier.classify([SHORT], ["guard"], timeout=2.0), 2.0)
     assert (m.completeness, m.partial_reason, m.answered_by) == (PARTIAL, DEADLINE, "a")
+    assert cut == [], "refused on its estimated rows before the text was tokenised for it"
     assert m.model == "guard" and m.version == first.version
     assert scores(m) == pytest.approx(scores(first)) and first.flagged == ["jailbreak"]
     # In its escalation band the first stage is inconclusive by the cascade's own rule: a
@@ -193,7 +198,57 @@ async def test_a_first_stage_with_no_time_for_every_window_scores_head_and_tail_
     assert (m.completeness, m.partial_reason, m.answered_by) == (PARTIAL, DEADLINE, "a")
     assert m.windows < 10
     assert sample(registry, "classifier_partial_answers_total", model="guard", reason=DEADLINE) == 1
-    # A text already as short as two windows has nothing to cut: the refusal stands.
+    # A first stage that cannot score even that in time (10 s a token): the refusal stands.
     make_slow(repo, "a")
     with pytest.raises(WouldMissDeadline):
         await classifier.classify([SHORT], ["guard"], timeout=1.0)
+
+
+async def test_a_tenants_own_backlog_does_not_cost_its_next_texts_a_verdict(env) -> None:
+    """Fair queueing puts a tenant behind its own queued rows: after a burst of its long
+    texts, its next text (long or short) would miss the deadline behind them. The first
+    stage's fallback rows go ahead of that backlog, so it still gets a PARTIAL verdict,
+    not DEADLINE_EXCEEDED (once ~20% of a flooding tenant's long prompts at 100 req/s)."""
+    classifier, repo, registry = env
+    batcher = repo.serving("a").batcher
+    batcher.cost.observe(1000, 1.0)  # 1 ms a token: one long text costs ~10 s, two windows ~0.1 s
+    batcher.policy = dataclasses.replace(batcher.policy, probe_interval_s=math.inf, max_batch_size=2)
+    gate = Gate(repo, "a")
+    long_text = "benign words " * 400
+    backlog = [asyncio.ensure_future(classifier.classify([long_text], ["a"], tenant="flood")) for _ in range(3)]
+    await asyncio.to_thread(gate.started.wait, 5)  # one batch running (held), the rest queued
+    late = [
+        asyncio.ensure_future(classifier.classify([text], ["guard"], timeout=2.0, tenant="flood"))
+        for text in (long_text, SHORT)
+    ]
+    await asyncio.sleep(0.05)
+    gate.open.set()
+    ((m_long,),), ((m_short,),) = await asyncio.gather(*late)
+    for m in (m_long, m_short):
+        assert (m.completeness, m.partial_reason, m.answered_by) == (PARTIAL, DEADLINE, "a")
+    assert m_long.windows < 10
+    await asyncio.gather(*backlog)
+
+
+async def test_a_long_texts_full_request_admitted_but_late_still_leaves_a_partial_verdict(env) -> None:
+    """Admission predicted the cheap stage in time, then the machine slowed (every batch
+    takes 0.2 s): the full request cannot finish before the deadline. Its head and tail,
+    scored alongside it ahead of the queue, answer PARTIAL before the deadline."""
+    classifier, repo, _ = env
+    batcher = repo.serving("a").batcher
+    batcher.cost.observe(1000, 0.001)  # the cost model believes 1 us a token: admitted
+    batcher.policy = dataclasses.replace(batcher.policy, probe_interval_s=math.inf, max_batch_size=2)
+    real = batcher._infer
+
+    def slow(feeds):
+        threading.Event().wait(0.2)
+        return real(feeds)
+
+    batcher._infer = slow
+    long_text = "benign words " * 300  # 3,900 characters: ~120 windows of 64
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    ((m,),) = await classifier.classify([long_text], ["guard"], timeout=1.5)
+    assert loop.time() - t0 < 1.5
+    assert (m.completeness, m.partial_reason, m.answered_by) == (PARTIAL, DEADLINE, "a")
+    assert m.windows < 10
