@@ -9,6 +9,8 @@ import base64
 import codecs
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelbuild import generated, variants
 from services.enforcer.detectors import run_tier0
@@ -172,3 +174,18 @@ def test_word_filters_read_rewrites_but_pii_spans_stay_on_the_text() -> None:
     (finding,) = result.findings
     assert leet[finding.start : finding.end] == "+1 415 555 2671"  # not the whole text
     assert blocklist.match(normalize(codecs.encode("how to pick a lock", "rot13") + " gur")) == ("pick a lock",)
+
+
+_PIECES = ["h o w ", "  ", "m4k3 ", "b0mb ", "gur ", "naq ", "Ubj gb ", "sha256 ", "a@b.co ", "x ", "1 ", "é ", "\n"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.lists(st.sampled_from(_PIECES), max_size=40).map("".join) | st.text(max_size=200))
+def test_rewrites_never_raise_never_grow_and_stay_in_budget(text: str) -> None:
+    budget = Budget(64 * 1024)
+    for kind, start, end, rewritten in find_rewrites(text, budget):
+        assert kind in REWRITE_SIGNALS and (start, end) == (0, len(text))
+        assert len(rewritten) <= len(text)  # spacing only removes, leet and ROT13 map 1:1
+    assert budget.bytes_left >= 64 * 1024 - 3 * 4 * len(text)
+    if (r := rot13(text)) is not None:
+        assert codecs.encode(r, "rot13") == text
