@@ -1,10 +1,11 @@
 """Build the default model repository: data -> encoder graph -> heads -> int8 -> eval.
 
 Deterministic (fixed seeds, hash-ranked sampling, sorted inputs) and idempotent: the
-hash of every input (wheels, benign corpora listing, this package's code, toolchain
-versions) is stamped into ``DIR/.build-stamp``; a second run with the same inputs
-returns at once.  Models are written to a staging folder first and moved into place
-one model at a time, so a server watching ``DIR`` never sees a half-written version.
+hash of every input (wheels, benign corpora listing, this package's code and the
+enforcer's text normalisation the evaluation screens with, toolchain versions) is
+stamped into ``DIR/.build-stamp``; a second run with the same inputs returns at once.
+Models are written to a staging folder first and moved into place one model at a
+time, so a server watching ``DIR`` never sees a half-written version.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from safetensors.numpy import load as load_safetensors
 from tokenizers import Tokenizer
 
 from services.classifier import segment, tokenize
+from services.enforcer.detectors import decoding, textnorm, tricks
 
 from . import bert_onnx, completions, manifest, ngram_onnx, train
 from .cascade import choose_band, run_cascade
@@ -74,7 +76,7 @@ class BuildInputs:
                         h.update(f"{p.relative_to(root)} {p.stat().st_size}\n".encode())
         for path in sorted(_code_files()):
             h.update(path.name.encode() + b"\n" + path.read_bytes())
-        for dist in ("onnx", "onnxruntime", "numpy", "tokenizers", "safetensors"):
+        for dist in ("onnx", "onnxruntime", "numpy", "tokenizers", "safetensors", "confusable-homoglyphs"):
             h.update(f"{dist} {metadata.version(dist)}\n".encode())
         h.update(f"python {sys.version_info[:2]}\n".encode())
         return h.hexdigest()
@@ -82,7 +84,10 @@ class BuildInputs:
 
 def _code_files() -> list[Path]:
     here = Path(__file__).resolve().parent
-    return [*here.glob("*.py"), Path(tokenize.__file__).resolve(), Path(segment.__file__).resolve()]
+    # The evaluation screens texts as the enforcer does (textnorm and its decoders), so
+    # its figures depend on that code too.
+    screening = [Path(m.__file__).resolve() for m in (textnorm, decoding, tricks)]
+    return [*here.glob("*.py"), Path(tokenize.__file__).resolve(), Path(segment.__file__).resolve(), *screening]
 
 
 def is_up_to_date(out: Path, input_hash: str) -> bool:

@@ -323,10 +323,11 @@ class CascadeScorer:
         return res.flagged.any(axis=1)
 
     def flagged_screened(self, texts: list[str]) -> np.ndarray:
-        """Like the enforcer: the normalised text and every decoded payload, any flagged."""
+        """Like the enforcer: what ``textnorm.classifier_texts`` gives for each text (the
+        normalised text, what was decoded and rewritten from it), any flagged."""
         pieces, owner = [], []
         for i, t in enumerate(texts):
-            for piece in textnorm.screening_texts(textnorm.normalize(t), folded=False):
+            for piece in textnorm.classifier_texts(textnorm.normalize(t)):
                 pieces.append(piece)
                 owner.append(i)
         f = self.flagged(pieces)
@@ -357,6 +358,31 @@ def variant_metrics(scorer: CascadeScorer, test) -> dict:
         out["obfuscated"][name] = {
             "raw": _recall_rows(scorer.flagged(texts), rows),
             "after_textnorm": _recall_rows(scorer.flagged_screened(texts), rows),
+        }
+    out["benign_screened"] = benign_screened(scorer, test)
+    return out
+
+
+def benign_screened(scorer: CascadeScorer, test) -> dict:
+    """What screening as the enforcer does (``flagged_screened``: the normalised text and
+    what was decoded or rewritten from it) costs on the benign test texts, per benign
+    slice: the false-positive rate raw and after textnorm, and the share of texts that
+    the classifier screens as more than one text."""
+    benign = [e for e in test if e.label == "benign"]
+    texts = [e.text for e in benign]
+    raw, screened = scorer.flagged(texts), scorer.flagged_screened(texts)
+    more = np.array([len(textnorm.classifier_texts(textnorm.normalize(t))) > 1 for t in texts], bool)
+    sl = np.array([slice_of(e) for e in benign])
+    out = {}
+    for name in ["all", *BENIGN_TARGET_FPR]:
+        sel = np.ones(len(benign), bool) if name == "all" else sl == name
+        if not sel.any():
+            continue
+        out[name] = {
+            "n": int(sel.sum()),
+            "fpr_raw": round(float(raw[sel].mean()), 4),
+            "fpr_after_textnorm": round(float(screened[sel].mean()), 4),
+            "more_than_one_text": round(float(more[sel].mean()), 4),
         }
     return out
 

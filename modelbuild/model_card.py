@@ -281,14 +281,31 @@ def _variants_section(results: dict) -> list[str]:
         "### Obfuscated attacks (cascade, test split)",
         "",
         "The same test attacks (at most 1 KB) rewritten one way each. *raw*: the text as sent; *after textnorm*: "
-        "what the enforcer screens (`services.enforcer.detectors.textnorm`: NFKC, invisibles removed, spoofed "
-        "words folded, base64/hex/percent-encoded runs decoded), any piece flagged.",
+        "what the enforcer's classifier call screens (`services.enforcer.detectors.textnorm.classifier_texts`: "
+        "the text with NFKC, invisibles removed and spoofed words folded, plus what was decoded from it "
+        "(base64, hex, percent and other escapes) and its rewrites when it reads as letter spacing, leetspeak "
+        "or ROT13), any piece flagged.",
         "",
         "| variant | n | recall raw | recall after textnorm |",
         "|---|---:|---:|---:|",
     ]
     for name, r in v["obfuscated"].items():
         lines.append(f"| {name} | {r['raw']['n']} | {_f(r['raw']['recall'])} | {_f(r['after_textnorm']['recall'])} |")
+    if "benign_screened" in v:
+        lines += [
+            "",
+            "What the same screening costs on the benign test texts: the false-positive rate raw and after "
+            "textnorm (any piece flagged), and the share of texts screened as more than one text (something "
+            "decoded or rewritten).",
+            "",
+            "| benign slice | n | FPR raw | FPR after textnorm | more than one text |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, r in v["benign_screened"].items():
+            lines.append(
+                f"| {name} | {r['n']} | {_f(r['fpr_raw'])} | {_f(r['fpr_after_textnorm'])} | "
+                f"{_f(r['more_than_one_text'])} |"
+            )
     return [*lines, ""]
 
 

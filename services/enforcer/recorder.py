@@ -45,8 +45,8 @@ class Decided:
     findings: tuple[Finding, ...]
     latencies: dict[str, float]
     models: dict[str, int]
-    #: What the classifier screened (the normalised text), for a re-screen; "" for none.
-    classify_text: str = ""
+    #: What the classifier screened (`textnorm.classifier_texts`), for a re-screen; () for none.
+    classify_texts: tuple[str, ...] = ()
     tier0: Tier0Result | None = None
     prompt_decision_id: str = ""
     #: The tenant's candidate policy's would-be decision (shadow.py), if it has one.
@@ -138,7 +138,7 @@ class DecisionRecorder:
         outcome = d.outcome
         if outcome.verdict is Verdict.FULL or outcome.action is Action.BLOCK or self.retro is None:
             return
-        if not d.classify_text:
+        if not d.classify_texts:
             return
         ident = d.identity
         self.retro.submit(
@@ -149,7 +149,7 @@ class DecisionRecorder:
                 project=ident.project,
                 model=ident.model,
                 request_id=ident.request_id,
-                text=d.classify_text,
+                texts=d.classify_texts,
                 raw_text=d.text,
                 messages=d.messages,
                 tier0=d.tier0 if d.tier0 is not None else _NO_TIER0,
@@ -172,7 +172,7 @@ class DecisionRecorder:
         """Queue a background classification of a prompt decision's text by each
         shadow model its policy names, each on its sample of decisions; returns the
         jobs queued. Nothing is queued for a decision no classifier saw."""
-        if self.retro is None or not d.policy.shadow_models or not d.classify_text:
+        if self.retro is None or not d.policy.shadow_models or not d.classify_texts:
             return 0
         ident, queued = d.identity, 0
         for rule in d.policy.shadow_models:
@@ -186,7 +186,7 @@ class DecisionRecorder:
                     project=ident.project,
                     model=ident.model,
                     request_id=ident.request_id,
-                    text=d.classify_text,
+                    texts=d.classify_texts,
                     tier0=d.tier0 if d.tier0 is not None else _NO_TIER0,
                     policy=d.policy,
                     original=d.outcome,

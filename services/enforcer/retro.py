@@ -39,6 +39,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -65,7 +66,7 @@ log = logging.getLogger("safeguards.enforcer.retro")
 
 class WholeTextClassifier(Protocol):
     async def classify_whole(
-        self, text: str, models: tuple[str, ...], timeout_s: float, *, tenant: str = ""
+        self, texts: Sequence[str], models: tuple[str, ...], timeout_s: float, *, tenant: str = ""
     ) -> ClassifierOutcome: ...
 
 
@@ -79,7 +80,7 @@ class RetroJob:
     project: str
     model: str
     request_id: str
-    text: str  # the normalised text the classifier screens (held in memory only)
+    texts: tuple[str, ...]  # what the classifier screens: the normalised text, its payloads (in memory only)
     raw_text: str  # the text as sent: the snippet and the hash, as the data policy allows
     messages: int
     tier0: Tier0Result
@@ -92,7 +93,7 @@ class RetroJob:
 
     @property
     def size(self) -> int:
-        return len(self.text) + len(self.raw_text)
+        return sum(map(len, self.texts)) + len(self.raw_text)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class ShadowModelJob:
     project: str
     model: str
     request_id: str
-    text: str  # the normalised text the classifier screened (held in memory only)
+    texts: tuple[str, ...]  # what the classifier screened (held in memory only)
     tier0: Tier0Result
     policy: Policy
     original: Outcome
@@ -119,7 +120,7 @@ class ShadowModelJob:
 
     @property
     def size(self) -> int:
-        return len(self.text)
+        return sum(map(len, self.texts))
 
 
 Job = RetroJob | ShadowModelJob
@@ -291,7 +292,7 @@ class BackgroundScreener:
         """Screen one job with the full cascade and publish its follow-up signal."""
         started = time.perf_counter()
         cl = await self._classifier.classify_whole(
-            job.text, job.models or job.policy.classifier_models, self.timeout_s, tenant=job.tenant
+            job.texts, job.models or job.policy.classifier_models, self.timeout_s, tenant=job.tenant
         )
         outcome = decide(job.policy, job.tier0, cl, None, forced_categories=job.forced_categories)
         signal = self._follow_up(
@@ -365,7 +366,7 @@ class BackgroundScreener:
         """Classify one sampled decision's text with a shadow model and publish what
         the live policy would have done on its scores (SURFACE_SHADOW_MODEL, no content)."""
         started = time.perf_counter()
-        cl = await self._classifier.classify_whole(job.text, (job.shadow_model,), self.timeout_s, tenant=job.tenant)
+        cl = await self._classifier.classify_whole(job.texts, (job.shadow_model,), self.timeout_s, tenant=job.tenant)
         outcome = decide(
             job.policy,
             job.tier0,

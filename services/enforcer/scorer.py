@@ -5,6 +5,7 @@ decision's deadline budget. The prompt path (screening.py) and the completion pa
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from services.common.clients import Budget
@@ -36,13 +37,14 @@ class Scorer:
         return await asyncio.get_running_loop().run_in_executor(self._tier0_pool, run_tier0, text, blocklist, pii_kinds)
 
     async def classify(
-        self, text: str, policy: Policy, budget: Budget, *, tenant: str, completion: bool = False
+        self, texts: Sequence[str], policy: Policy, budget: Budget, *, tenant: str, completion: bool = False
     ) -> ClassifierOutcome:
         """The policy's classifier models (its completion models for a `completion`
-        window) on `text` within `budget`; a call that did not answer is counted here,
-        once, whatever path asked."""
+        window) on `texts` (`textnorm.classifier_texts`: the text and what was decoded
+        from it; the verdict is the worst over them) within `budget`; a call that did not
+        answer is counted here, once, whatever path asked."""
         models = policy.completion.models if completion else policy.classifier_models
-        outcome = await self.classifier.classify(text, models, budget, tenant=tenant)
+        outcome = await self.classifier.classify(texts, models, budget, tenant=tenant)
         if outcome.failed:
             self._stats.dependency_failures.labels("classifier", outcome.failed).inc()
         return outcome

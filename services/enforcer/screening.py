@@ -36,6 +36,7 @@ from services.enforcer.decision import (
     decide,
 )
 from services.enforcer.detectors import Redactor, Tier0Result, run_tier0
+from services.enforcer.detectors.textnorm import classifier_texts
 from services.enforcer.policy import Action, FailMode, Policy, PolicySet, RateLimitRule
 from services.enforcer.recorder import Decided, DecisionRecorder
 from services.enforcer.requests import Identity, Limits, PromptRequest, ScreenResult, check_identity
@@ -191,7 +192,7 @@ class Screener:
         if verdict is not None and verdict.action is Action.BLOCK:
             # Suspended account or kill switch: no classifier or rate-limit cost.
             tier0 = run_tier0("", None, [])
-            classify_text = ""
+            classify_texts: tuple[str, ...] = ()
             outcome = decide(policy, tier0, ClassifierOutcome(), None, enforcement=verdict)
             models: dict[str, int] = {}
             shadow = None  # an enforcement block stands under any policy
@@ -201,12 +202,12 @@ class Screener:
             tier0 = await self.scorer.tier0(text, policy)
             latencies["tier0"] = time.perf_counter() - t1
             budget = Budget.start(policy.deadline_s, caller_remaining_s)
-            classify_text = tier0.normalized.text if tier0.normalized else text
+            classify_texts = tuple(classifier_texts(tier0.normalized)) if tier0.normalized else (text,)
             tokens = req.estimated_tokens or max(1, len(text) // CHARS_PER_TOKEN)
             context = {"tenant": ident.tenant, "account": account_hmac, "model": ident.model, "project": ident.project}
             cl, rl = await asyncio.gather(
                 self._timed(
-                    latencies, "classifier", self.scorer.classify(classify_text, policy, budget, tenant=ident.tenant)
+                    latencies, "classifier", self.scorer.classify(classify_texts, policy, budget, tenant=ident.tenant)
                 ),
                 self._timed(latencies, "ratelimit", self._ratelimit(policy, context, tokens, budget)),
             )
@@ -236,7 +237,7 @@ class Screener:
             findings=tier0.findings,
             latencies=latencies,
             models=models,
-            classify_text=classify_text,
+            classify_texts=classify_texts,
             tier0=tier0,
             shadow=shadow,
             observe_only=req.observe_only,

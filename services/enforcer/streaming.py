@@ -29,6 +29,7 @@ from services.common.clients import Budget
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.enforcer.decision import CategoryScore, ClassifierOutcome, EnforcementVerdict, Outcome, Reason, decide
 from services.enforcer.detectors import Tier0Result, run_tier0
+from services.enforcer.detectors.textnorm import classifier_texts
 from services.enforcer.policy import Action, Policy
 from services.enforcer.recorder import Decided, DecisionRecorder
 from services.enforcer.requests import Identity, ScreenResult
@@ -85,6 +86,16 @@ def merge_outcomes(outcomes: list[Outcome]) -> Outcome:
         verdict_reason=worst.verdict_reason,
         answered_by=worst.answered_by,
     )
+
+
+def _window_texts(window: str, tier0: Tier0Result, limit: int) -> list[str]:
+    """What the classifier screens for one window: its normalised text (its last `limit`
+    characters) and what was decoded from it, as for a prompt (`classifier_texts`)."""
+    if tier0.normalized is None:
+        return [window[-limit:]]
+    texts = classifier_texts(tier0.normalized)
+    texts[0] = texts[0][-limit:]
+    return texts
 
 
 NO_OUTCOME = Outcome(Action.ALLOW, (), (), False, False, ())
@@ -311,7 +322,7 @@ class CompletionSession:
         classified = await asyncio.gather(
             *(
                 self._scorer.classify(
-                    (t0r.normalized.text if t0r.normalized else t)[-limit:],
+                    _window_texts(t, t0r, limit),
                     policy,
                     budget,
                     tenant=ident.tenant,
@@ -372,7 +383,7 @@ class CompletionSession:
                 models=dict(self._models),
                 # Windows screened on less than a full verdict: the whole completion again,
                 # in the background (the classifier part only: tier 0 saw every window).
-                classify_text=text,
+                classify_texts=(text,),
                 prompt_decision_id=self.prompt_decision_id,
                 observe_only=self.observe_only,
                 log_fields={

@@ -10,7 +10,7 @@ import asyncio
 import functools
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import grpc
@@ -78,15 +78,20 @@ class Segments:
     oversize: bool
 
 
-def segment(text: str, max_chars: int, limits: ClassifierLimits, rng: random.Random | None = None) -> Segments:
-    """The rule for over-long input on the hot path: a text of up to `max_chars`
-    characters is screened whole (in pieces the classifier accepts); a longer one by its
-    head, its tail and two windows at random offsets in between, each `max_chars // 4`
-    characters: where an attacker hides the payload cannot be known in advance, and the
-    whole text is re-screened in the background (retro-screening). Never unscreened."""
-    if len(text) <= max_chars:
-        chosen, oversize = [text], False
+def segment(
+    texts: Sequence[str], max_chars: int, limits: ClassifierLimits, rng: random.Random | None = None
+) -> Segments:
+    """The rule for over-long input on the hot path. `texts` are what one decision
+    screens (`textnorm.classifier_texts`: the text, then what was decoded from it); up to
+    `max_chars` characters in all, each is screened whole (in pieces the classifier
+    accepts); more, and they are screened joined, by the head, the tail and two windows at
+    random offsets in between, each `max_chars // 4` characters: where an attacker hides
+    the payload cannot be known in advance, and the whole is re-screened in the background
+    (retro-screening). Never unscreened."""
+    if sum(len(t) for t in texts) <= max_chars:
+        chosen, oversize = list(texts), False
     else:
+        text = "\n".join(texts)
         part = max(1, max_chars // 4)
         rng = rng or random.SystemRandom()
         middle = sorted(rng.randrange(part, len(text) - 2 * part + 1) for _ in range(2))
@@ -100,9 +105,9 @@ def segment(text: str, max_chars: int, limits: ClassifierLimits, rng: random.Ran
     return Segments(texts, oversize)
 
 
-def whole(text: str, limits: ClassifierLimits) -> list[list[str]]:
-    """Every piece of `text`, in requests the classifier accepts (retro-screening)."""
-    pieces = split_utf8(text, limits.max_text_bytes) or [""]
+def whole(texts: Sequence[str], limits: ClassifierLimits) -> list[list[str]]:
+    """Every piece of `texts`, in requests the classifier accepts (retro-screening)."""
+    pieces = [p for t in texts for p in split_utf8(t, limits.max_text_bytes)] or [""]
     n = max(1, limits.max_batch_texts)
     return [pieces[i : i + n] for i in range(0, len(pieces), n)]
 
@@ -139,25 +144,25 @@ class ClassifierCaller:
         return self.limits
 
     async def classify(
-        self, text: str, models: tuple[str, ...], budget: Budget, *, tenant: str = ""
+        self, texts: Sequence[str], models: tuple[str, ...], budget: Budget, *, tenant: str = ""
     ) -> ClassifierOutcome:
-        """One decision's verdict under its budget: the text (or, when over-long, the
-        `segment` rule's sample of it) in one request, scores the max over pieces."""
-        seg = segment(text, self.max_chars, self.limits)
+        """One decision's verdict under its budget: its texts (or, when over-long, the
+        `segment` rule's sample of them) in one request, scores the max over pieces."""
+        seg = segment(texts, self.max_chars, self.limits)
         outcome = await self._call(seg.texts or [""], models, budget, tenant=tenant, background=False)
         if seg.oversize and not outcome.failed:
             outcome = replace(outcome, partial=_join(outcome.partial, "oversize"))
         return outcome
 
     async def classify_whole(
-        self, text: str, models: tuple[str, ...], timeout_s: float, *, tenant: str = ""
+        self, texts: Sequence[str], models: tuple[str, ...], timeout_s: float, *, tenant: str = ""
     ) -> ClassifierOutcome:
-        """Every piece of the text, as background work (retro-screening): verdicts of
+        """Every piece of the texts, as background work (retro-screening): verdicts of
         all requests merged; not through the breaker, which guards the hot path."""
         outcomes = []
-        for texts in whole(text, self.limits):
+        for batch in whole(texts, self.limits):
             budget = Budget.start(timeout_s)
-            outcomes.append(await self._call(texts, models, budget, tenant=tenant, background=True))
+            outcomes.append(await self._call(batch, models, budget, tenant=tenant, background=True))
             if outcomes[-1].failed:
                 return outcomes[-1]
         return merge_classifier_outcomes(outcomes)

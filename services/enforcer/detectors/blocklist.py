@@ -24,7 +24,7 @@ from collections.abc import Iterable
 
 import ahocorasick
 
-from services.enforcer.detectors.textnorm import Normalized, non_ascii_runs, normalize
+from services.enforcer.detectors.textnorm import Normalized, non_ascii_runs, normalize, screening_texts
 
 __all__ = ["Blocklist"]
 
@@ -150,12 +150,12 @@ class Blocklist:
         return self._terms
 
     def match(self, normalized: Normalized) -> tuple[str, ...]:
-        """The configured terms found in the text or in any payload decoded from it,
-        each once, in the order first found."""
+        """The configured terms found in the text or in any payload decoded from it (or
+        rewritten from it: spacing, leetspeak, ROT13), each once, in the order first found."""
         if not self._size:
             return ()
         hits: dict[str, None] = {}
-        for folded in (normalized.folded, *(p.folded for p in normalized.payloads)):
+        for folded in screening_texts(normalized):
             self._match_one(folded, hits)
         return tuple(hits)
 

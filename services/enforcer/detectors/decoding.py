@@ -1,7 +1,8 @@
 """Finding and decoding encoded payloads in text (base64, base64url, hex, percent
 escapes, `\\uXXXX`-style escapes, HTML numeric entities, and the ASCII that invisible
 Unicode tag characters spell), for `textnorm.normalize`, which screens what they decode
-to like the text itself.
+to like the text itself; and rewrites of the whole text that undo letter-level tricks
+(letters spaced out, leetspeak, ROT13), screened the same way.
 
 Every search is linear in the text and every decode is bounded by a shared `Budget`
 (bytes and count): a hostile wall of candidate tokens costs its length, not more.
@@ -13,7 +14,8 @@ import base64
 import binascii
 import html
 import re
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from urllib.parse import unquote
 
 from services.enforcer.detectors.tricks import Signal
@@ -258,4 +260,213 @@ def tag_payloads(original: str, budget: Budget) -> list[tuple[str, int, int, str
         budget.payloads_left -= 1
         budget.bytes_left -= len(s)
         found.append((Signal.TAG, m.start(), m.end(), s))
+    return found
+
+
+# --------------------------------------------------------------------------- rewrites
+#
+# Tricks that change letters rather than encode bytes: the text spaced out letter by
+# letter, written in leetspeak, or ROT13'd. What they hide is a reading of the whole
+# text, not a token inside it, so each is emitted (at most once per text searched) as
+# the whole text rewritten: the classifier reads the trick undone, in its context. Each
+# is gated by a C-speed byte scan, so ordinary text costs a translate and a find; each
+# rewrites only when the text clearly reads as the trick, and costs a few linear passes.
+
+#: A run of at least this many single-character tokens is read as spaced-out letters.
+MIN_SPACED_TOKENS = 6
+#: Leetspeak: at least this many leet words, making up at least `LEET_SHARE` of the words.
+MIN_LEET_WORDS = 3
+LEET_SHARE = 0.25
+#: ROT13: its rotation has at least this many different common English words, at least
+#: twice as many in all as the text itself, making up at least `ROT13_SHARE` of the words.
+MIN_ROT13_HITS = 2
+ROT13_SHARE = 0.15
+
+# Whitespace -> " ", anything else -> "x" (after encode(errors="replace")).
+_SPACE_MASK = bytes(0x20 if chr(i) in " \t\n\r\x0b\x0c" else 0x78 for i in range(256))
+# A run of single-character tokens, separated by whitespace. Deterministic: a token is
+# one non-space character, a separator only whitespace, so a failed start costs at
+# most MIN_SPACED_TOKENS tokens and a match consumes its run.
+_SPACED_RUN_RE = re.compile(rf"(?<!\S)\S(?:\s+\S(?!\S)){{{MIN_SPACED_TOKENS - 1},}}")
+_SEPARATOR_RE = re.compile(r"\s+")
+
+
+def _rejoin(run: str) -> str | None:
+    """ "h o w  t o" -> "how to": a single space inside a word, two or more (or a line
+    break) between words; with no wider gap the letters are joined into one word.
+    None when the run holds too few letters to be spaced-out writing."""
+    tokens = run.split()
+    letters = sum(1 for t in tokens if t.isalpha())
+    if letters < MIN_SPACED_TOKENS - 1 or letters * 3 < len(tokens) * 2:
+        return None  # "- - - - - -", "1 2 3 4 5 6", "x = a * b + c": not spaced-out words
+    seps = _SEPARATOR_RE.findall(run)
+    if not any(len(s) > 1 or s != " " for s in seps):
+        return "".join(tokens)
+    out = [tokens[0]]
+    for sep, tok in zip(seps, tokens[1:], strict=True):
+        out.append(tok if sep == " " else " " + tok)
+    return "".join(out)
+
+
+def letter_spacing(text: str) -> str | None:
+    """`text` with each run of >= MIN_SPACED_TOKENS spaced-out characters rejoined
+    ("tell me h o w  t o  m a k e  i t" -> "tell me how to make it"), or None if there
+    is none. A spaced-out word shows as " x x " in a whitespace mask: found with
+    bytes.find before any regex runs."""
+    if text.encode("ascii", "replace").translate(_SPACE_MASK).find(b" x x ") < 0:
+        return None
+    changed = False
+
+    def repl(m: re.Match[str]) -> str:
+        nonlocal changed
+        joined = _rejoin(m.group())
+        if joined is None:
+            return m.group()
+        changed = True
+        return joined
+
+    out = _SPACED_RUN_RE.sub(repl, text)
+    return out if changed else None
+
+
+_LEET_TABLE = str.maketrans({"4": "a", "@": "a", "3": "e", "1": "i", "0": "o", "5": "s", "$": "s", "7": "t"})
+_LEET_CHARS = frozenset("4@3105$7")
+# ASCII letters -> "a", leet characters -> "1", other digits -> "9", the rest -> " ".
+_LEET_MASK = (
+    bytes(
+        0x61 if chr(i).isalpha() else 0x31 if chr(i) in _LEET_CHARS else 0x39 if chr(i).isdigit() else 0x20
+        for i in range(128)
+    )
+    + b" " * 128
+)
+_LEET_TOKEN_RE = re.compile(r"[A-Za-z0-9@$]+")
+# Tokens for counting: letters, digits, "@", "$" and "." kept, the rest -> " ". A dot
+# keeps a domain, an address, a version or a file name in one token ("a@b.co", "v1.2.3",
+# "m5.large"), which is then no leet word.
+_LEET_COUNT_TOKENS = bytes(i if chr(i).isalnum() or chr(i) in "@$." else 0x20 for i in range(128)) + b" " * 128
+_HEX_TOKEN_RE = re.compile(rb"(?:0[xX])?[0-9A-Fa-f]+")
+_MAX_LEET_WORD = 24
+
+
+def _leet_word(word: bytes) -> bool:
+    """A word written in leetspeak: letters and leet characters alternating at least
+    twice ("b0mb", "m4k3", "7h3"). Not the shapes of ordinary technical words: one
+    letter block and one digit block ("sha256", "ipv4", "h264", "x1", "3d"), a dimension
+    ("4x4"), hexadecimal ("3f5a1e", "0x1F"), long tokens (hashes, base64)."""
+    mask = word.translate(_LEET_MASK)
+    if b"1" not in mask or len(word) > _MAX_LEET_WORD:
+        return False
+    letters = mask.count(b"a")
+    if not letters or (letters == 1 and word.lower().count(b"x")) or _HEX_TOKEN_RE.fullmatch(word):
+        return False
+    flat = mask.replace(b"9", b"1")
+    return flat.count(b"a1") + flat.count(b"1a") >= 2
+
+
+def _deleet_token(m: re.Match[str]) -> str:
+    word = m.group()
+    has_letter = any(c.isalpha() for c in word)
+    if has_letter or (len(word) <= 4 and all(c in _LEET_CHARS for c in word)):
+        return word.translate(_LEET_TABLE)
+    return word
+
+
+def leetspeak(text: str) -> str | None:
+    """`text` with its words de-leeted ("h0w 70 m4k3 4 b0mb" -> "how to make a bomb")
+    when at least MIN_LEET_WORDS words, and LEET_SHARE of the words, are leetspeak;
+    else None. Gated in a byte mask: a letter next to a leet character somewhere, and
+    letter/leet alternations enough for MIN_LEET_WORDS words."""
+    raw = text.encode("ascii", "replace")
+    mask = raw.translate(_LEET_MASK)
+    if mask.find(b"a1") < 0 and mask.find(b"1a") < 0:
+        return None
+    flat = mask.replace(b"9", b"1")
+    if flat.count(b"a1") + flat.count(b"1a") < 2 * MIN_LEET_WORDS:
+        return None
+    words = leet = 0
+    for token in raw.translate(_LEET_COUNT_TOKENS).split():
+        if token.isdigit():
+            continue
+        words += 1
+        word = token.strip(b".")
+        if b"." not in word:
+            leet += _leet_word(word)
+    if leet < MIN_LEET_WORDS or leet < LEET_SHARE * words:
+        return None
+    return _LEET_TOKEN_RE.sub(_deleet_token, text)
+
+
+_ROT13 = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+    b"NOPQRSTUVWXYZABCDEFGHIJKLMnopqrstuvwxyzabcdefghijklm",
+)
+_ROT13_STR = str.maketrans(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+    "NOPQRSTUVWXYZABCDEFGHIJKLMnopqrstuvwxyzabcdefghijklm",
+)
+# Over UTF-8: ASCII letters -> lower case; digits, "_" and the bytes of non-ASCII
+# characters -> "0" (a word holding one is not an English word: "anlamına" must not
+# count as "anlam" and "na"); the rest -> " ".
+_WORD_MASK = (
+    bytes(
+        ord(chr(i).lower()) if chr(i).isalpha() else 0x30 if chr(i).isdigit() or i == 0x5F else 0x20 for i in range(128)
+    )
+    + b"0" * 128
+)
+#: Common English words, none of whose ROT13 is itself a common English word ("be" <->
+#: "or", "she" <-> "fur" are left out).
+ENGLISH_WORDS = frozenset(
+    b"the and to of a in is it you that for on with as this at how what can do not your my me all from have an "
+    b"we will was they there about would which make tell give write step into any are were has his her him them "
+    b"then than when where who why does did should could just some its but more other also only like instead "
+    b"following people every".split()
+)
+_ENGLISH_ROT13 = frozenset(w.translate(_ROT13) for w in ENGLISH_WORDS)
+
+
+def rot13(text: str) -> str | None:
+    """The ROT13 of `text` when that reads far more like English than `text` does:
+    counted in common English words (`ENGLISH_WORDS`) among the words of each — one
+    Counter of the text's words answers both, since ROT13 maps words to words."""
+    data = text.encode("utf-8", "surrogatepass")
+    # The gate, in byte counts at C speed: English is rich in e, t, o, i and poor in their
+    # ROT13s r, g, b, v; ROT13'd English the other way round. Words are counted only then.
+    low = data.lower()
+    if sum(map(low.count, b"rgbv")) <= sum(map(low.count, b"etoi")):
+        return None
+    words = data.translate(_WORD_MASK).split()
+    counts = Counter(words)
+    plain = sum(counts[w] for w in ENGLISH_WORDS if w in counts)
+    distinct = [counts[w] for w in _ENGLISH_ROT13 if w in counts]
+    rotated = sum(distinct)
+    if len(distinct) < MIN_ROT13_HITS or rotated < 2 * plain or rotated < ROT13_SHARE * len(words):
+        return None
+    return text.translate(_ROT13_STR)
+
+
+#: The rewrites, in the order they are tried (each within what the budget has left).
+REWRITES: tuple[tuple[str, Callable[[str], str | None]], ...] = (
+    (Signal.LETTER_SPACING, letter_spacing),
+    (Signal.LEETSPEAK, leetspeak),
+    (Signal.ROT13, rot13),
+)
+
+
+def find_rewrites(text: str, budget: Budget) -> list[tuple[str, int, int, str]]:
+    """The rewrites of `text` that apply: (kind, 0, len(text), rewritten). A text longer
+    than the bytes left in `budget` is rewritten in its first part only (`hit`)."""
+    found: list[tuple[str, int, int, str]] = []
+    for kind, rewrite in REWRITES:
+        if budget.payloads_left <= 0 or budget.bytes_left <= 0:
+            budget.hit = True
+            break
+        source = text[: budget.bytes_left]
+        s = rewrite(source)
+        if s is None:
+            continue
+        if len(source) < len(text):
+            budget.hit = True
+        budget.payloads_left -= 1
+        budget.bytes_left -= len(s.encode("utf-8", "surrogatepass"))
+        found.append((kind, 0, len(text), s))
     return found

@@ -10,7 +10,9 @@ a decodable header for JWTs, entropy for generic `api_key = "..."` assignments.
 Detectors scan `textnorm`'s *view* of the text (invisible characters removed,
 fullwidth digits folded) and map spans back, so "4111\u200b1111..." is found and its
 mask covers the zero-width space too. Payloads that `textnorm` decoded (base64, hex...)
-are scanned as well; a finding inside one masks the whole encoded token.
+are scanned as well; a finding inside one masks the whole encoded token. Rewrites of the
+whole text (letters spaced out, leetspeak, ROT13) are not: they are for word filters and
+the classifier, and a finding in one would mask the whole text.
 
 Findings hold kinds and offsets only, never the matched value, so they are safe to log.
 """
@@ -699,6 +701,8 @@ def detect(
         os_, oe = view.to_original(s, e)
         findings.append(Finding(str(kind), os_, oe, detail))
     for p in n.payloads:
+        if p.rewrite:
+            continue  # the whole text read another way: its span would mask all of it
         seen: set[str] = set()
         for kind, _s, _e, detail in _scan(p.text, wanted, phone_regions, phone_budget):
             if kind not in seen:

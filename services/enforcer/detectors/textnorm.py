@@ -21,7 +21,8 @@ Forms produced (see `Normalized`):
            numeric-entity runs found in the text, and what invisible Unicode tag
            characters spell ("ASCII smuggling"), decoded and normalised themselves
            (recursively up to `max_depth`, within `max_decoded_bytes` in all), so that
-           they are screened too.
+           they are screened too; and rewrites of the whole text that undo letter-level
+           tricks (letters spaced out, leetspeak, ROT13), when it clearly reads as one.
 * `view`   the original text with only invisible characters removed and per-character
            NFKC applied, with an offset map back to the original. PII detectors scan
            it and report spans in the *original* text, so masking works on what the
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
-from services.enforcer.detectors.decoding import Budget, find_payloads, tag_payloads
+from services.enforcer.detectors.decoding import REWRITES, Budget, find_payloads, find_rewrites, tag_payloads
 from services.enforcer.detectors.tricks import Signal
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "mapped_view",
     "non_ascii_runs",
     "normalize",
+    "classifier_texts",
     "screening_texts",
     "warm_up",
 ]
@@ -362,6 +364,16 @@ class Payload:
     def __repr__(self) -> str:
         return f"Payload(kind={self.kind!r}, span=({self.start}, {self.end}), len={len(self.text)}, depth={self.depth})"
 
+    @property
+    def rewrite(self) -> bool:
+        """A reading of the whole text it came from (letters spaced out, leetspeak,
+        ROT13) rather than a decoded token: its span is that whole text, so it is for
+        word filters and the classifier, not for locating PII."""
+        return self.kind in _REWRITE_KINDS
+
+
+_REWRITE_KINDS = frozenset(kind for kind, _fn in REWRITES)
+
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Normalized:
@@ -383,13 +395,25 @@ def warm_up() -> None:
     _view_change_re()
 
 
-def screening_texts(n: Normalized, *, folded: bool = True) -> list[str]:
-    """Every string a detector should scan: the text and each decoded payload. The
-    case-folded forms by default (word filters); `folded=False` gives the case-kept
-    forms (PII patterns whose case matters, the classifier)."""
-    if folded:
-        return [n.folded, *(p.folded for p in n.payloads)]
-    return [n.text, *(p.text for p in n.payloads)]
+def screening_texts(n: Normalized) -> list[str]:
+    """Every string a word filter scans: the text and each payload, case-folded."""
+    return [n.folded, *(p.folded for p in n.payloads)]
+
+
+def classifier_texts(n: Normalized) -> list[str]:
+    """The texts the ML classifier screens for `n`, the verdict being the worst over
+    them: the normalised text first, then each payload's text (decoded tokens and
+    rewrites), empty and repeated ones left out. Text with no payloads (nearly all
+    traffic) is one text. The enforcer (prompts and completion windows) and the model
+    build's evaluation both call this, so what is evaluated is what is served."""
+    texts = [n.text]
+    if n.payloads:
+        seen = {n.text}
+        for p in n.payloads:
+            if p.text.strip() and p.text not in seen:
+                seen.add(p.text)
+                texts.append(p.text)
+    return texts
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -666,10 +690,13 @@ def _decode_all(original: str, view: MappedText, max_depth: int, budget: Budget,
             text = _normalize_text(decoded, set())
             payloads.append(Payload(kind, s, e, text, fold_for_matching(text), 1))
     # Breadth-first: (text to search, depth of what we find there, span of outer token).
+    # Rewrites of a text are searched after its encoded tokens (they are heuristic; the
+    # decoders are not) and are not searched again themselves: what a token decodes to
+    # is rewritten at the next depth, but a rewrite holds the text's own tokens.
     queue: list[tuple[str, int, tuple[int, int] | None]] = [(view.text, 1, None)]
     while queue:
         source, depth, outer = queue.pop(0)
-        for kind, s, e, decoded in find_payloads(source, budget):
+        for kind, s, e, decoded in [*find_payloads(source, budget), *find_rewrites(source, budget)]:
             signals.add(kind)
             if depth > 1:
                 signals.add(Signal.NESTED_ENCODING)
@@ -679,6 +706,8 @@ def _decode_all(original: str, view: MappedText, max_depth: int, budget: Budget,
             # Invisible-character tricks inside a payload count as tricks in the request.
             signals.update(sub_signals)
             payloads.append(Payload(kind, span[0], span[1], text, fold_for_matching(text), depth))
+            if kind in _REWRITE_KINDS:
+                continue
             if depth < max_depth:
                 queue.append((_strip_view(decoded), depth + 1, span))
             elif find_payloads(_strip_view(decoded), Budget(budget.bytes_left)):

@@ -21,5 +21,8 @@ class Signal:
     PERCENT = "percent"
     UNICODE_ESCAPE = "unicode_escape"
     HTML_ENTITY = "html_entity"
+    LETTER_SPACING = "letter_spacing"  # "h o w  t o": spaced-out letters (a rewrite of the whole text)
+    LEETSPEAK = "leetspeak"  # "h0w 70 m4k3": leet digits and symbols for letters (a rewrite)
+    ROT13 = "rot13"  # the text reads as English once ROT13'd (a rewrite)
     NESTED_ENCODING = "nested_encoding"  # a payload decoded from inside a payload
     DECODE_LIMIT = "decode_limit"  # size/count/depth limit reached: something was not decoded

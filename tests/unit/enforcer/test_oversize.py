@@ -30,13 +30,13 @@ def test_cjk_text_is_cut_on_character_boundaries_by_bytes_not_characters() -> No
 
 
 def test_a_text_within_the_hot_path_budget_is_screened_whole() -> None:
-    seg = segment("x" * 1000, 1000, ClassifierLimits())
+    seg = segment(["x" * 1000], 1000, ClassifierLimits())
     assert seg.texts == ["x" * 1000] and not seg.oversize
 
 
 def test_an_over_long_text_is_sampled_head_tail_and_middle_and_marked_oversize() -> None:
     text = "".join(f"{i:07d} " for i in range(10_000))  # 80,000 characters, every offset distinct
-    seg = segment(text, 16_000, ClassifierLimits(), random.Random(7))
+    seg = segment([text], 16_000, ClassifierLimits(), random.Random(7))
     assert seg.oversize
     assert seg.texts[0] == text[:4000] and seg.texts[-1] == text[-4000:]
     assert len(seg.texts) == 4 and all(t in text for t in seg.texts)
@@ -45,18 +45,18 @@ def test_an_over_long_text_is_sampled_head_tail_and_middle_and_marked_oversize()
 
 def test_middle_windows_move_so_a_payload_cannot_be_hidden_at_a_known_offset() -> None:
     marked = "".join(chr(0x4E00 + (i % 2000)) for i in range(100_000))
-    seen = {segment(marked, 16_000, ClassifierLimits(), random.Random(s)).texts[1][:5] for s in range(20)}
+    seen = {segment([marked], 16_000, ClassifierLimits(), random.Random(s)).texts[1][:5] for s in range(20)}
     assert len(seen) > 10
 
 
 def test_tiny_classifier_limits_keep_head_and_tail_and_say_oversize() -> None:
-    seg = segment("y" * 1000, 1000, ClassifierLimits(max_text_bytes=100, max_batch_texts=3))
+    seg = segment(["y" * 1000], 1000, ClassifierLimits(max_text_bytes=100, max_batch_texts=3))
     assert seg.oversize and len(seg.texts) == 3
 
 
 def test_retro_screening_covers_every_piece_in_requests_the_classifier_accepts() -> None:
     text = "z" * 10_000
-    batches = whole(text, ClassifierLimits(max_text_bytes=100, max_batch_texts=8))
+    batches = whole([text], ClassifierLimits(max_text_bytes=100, max_batch_texts=8))
     assert all(len(b) <= 8 for b in batches)
     assert "".join(p for b in batches for p in b) == text
 
@@ -83,3 +83,18 @@ async def test_a_flood_of_refused_requests_asks_the_classifier_for_its_limits_on
             caller._refresh_limits_soon()
         assert caller._refreshing is first
         assert await first == ClassifierLimits()  # unreachable: the known limits stay
+
+
+def test_payload_texts_count_against_the_same_budget() -> None:
+    """A decision's texts (the text, then what was decoded from it) are screened each
+    whole while they fit `max_chars` together; past it, joined and sampled: oversize."""
+    seg = segment(["a" * 600, "b" * 400], 1000, ClassifierLimits())
+    assert seg.texts == ["a" * 600, "b" * 400] and not seg.oversize
+    seg = segment(["a" * 600, "b" * 401], 1000, ClassifierLimits(), random.Random(1))
+    assert seg.oversize and seg.texts[0] == "a" * 250 and seg.texts[-1] == "b" * 250
+
+
+def test_never_more_texts_than_the_classifier_takes_in_one_request() -> None:
+    seg = segment([f"payload {i}" for i in range(100)], 16_000, ClassifierLimits(max_batch_texts=64))
+    assert len(seg.texts) == 64 and seg.oversize
+    assert seg.texts[0] == "payload 0" and seg.texts[-1] == "payload 99"

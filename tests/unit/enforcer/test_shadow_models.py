@@ -38,13 +38,13 @@ class PerModelClassifier:
 
     def __init__(self, hot: ClassifierOutcome, background: dict[str, ClassifierOutcome], gate=None) -> None:
         self.hot, self.background, self.gate = hot, background, gate
-        self.whole_calls: list[tuple[str, tuple[str, ...]]] = []
+        self.whole_calls: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
 
-    async def classify(self, text, models, budget, *, tenant: str = "") -> ClassifierOutcome:
+    async def classify(self, texts, models, budget, *, tenant: str = "") -> ClassifierOutcome:
         return self.hot
 
-    async def classify_whole(self, text, models, timeout_s, *, tenant: str = "") -> ClassifierOutcome:
-        self.whole_calls.append((text, tuple(models)))
+    async def classify_whole(self, texts, models, timeout_s, *, tenant: str = "") -> ClassifierOutcome:
+        self.whole_calls.append((tuple(texts), tuple(models)))
         if self.gate is not None:
             await self.gate.wait()
         return self.background[models[0]]
@@ -89,7 +89,7 @@ async def test_a_sampled_decision_gets_a_shadow_follow_up_with_the_would_be_acti
     assert not follow_up.retro_catch  # nothing acts on a shadow: it is no catch
     assert not follow_up.HasField("content") and b"centre a div" not in follow_up.SerializeToString()
     assert follow_up.policy_version == "shadow-models.1" and follow_up.tenant == "acme"
-    assert cl.whole_calls == [("how do I centre a div", ("candidate_model",))]
+    assert cl.whole_calls == [(("how do I centre a div",), ("candidate_model",))]
     assert registry.get_sample_value("enforcer_shadow_model_jobs_total", {"result": "stricter"}) == 1
 
 

@@ -36,16 +36,18 @@ class RecordingClassifier:
     """Scores `harmful` 0.9 when the text contains "HARMFUL", else 0.1; or fails."""
 
     def __init__(self, fail: str = "") -> None:
-        self.texts: list[str] = []
+        self.texts: list[str] = []  # each call's first text: the window itself
+        self.calls: list[list[str]] = []  # each call's texts: the window, then its payloads
         self.models: list[tuple[str, ...]] = []
         self.fail = fail
 
-    async def classify(self, text, models, budget, *, tenant: str = "") -> ClassifierOutcome:
-        self.texts.append(text)
+    async def classify(self, texts, models, budget, *, tenant: str = "") -> ClassifierOutcome:
+        self.texts.append(texts[0])
+        self.calls.append(list(texts))
         self.models.append(tuple(models))
         if self.fail:
             return ClassifierOutcome(failed=self.fail, unreachable=self.fail == "unavailable")
-        score = 0.9 if "HARMFUL" in text else 0.1
+        score = 0.9 if any("HARMFUL" in t for t in texts) else 0.1
         return ClassifierOutcome(scores={"harmful": score}, model_versions={"prompt_guard": 3})
 
 

@@ -4,6 +4,8 @@ one signal per completion under the data policy."""
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -66,6 +68,20 @@ async def test_feeds_screen_windows_at_the_due_offsets_with_the_last_window_char
     assert windows_per_chunk == [0, 0, 1, 0, 1, 0, 1]
     assert cl.texts == [text[0:10], text[0:24], text[17:47]]
     assert not pub.records  # no signal before the end
+
+
+async def test_a_window_is_classified_with_what_it_decodes_to(tmp_path) -> None:
+    """Completion windows go through textnorm.classifier_texts like prompts: an encoded
+    harmful passage is classified decoded (the classifier here flags "HARMFUL")."""
+    screener, cl, pub = make_screener(tmp_path, every=10, window=200)
+    s = screener.open_completion(IDENT, surface=signals_pb2.SURFACE_SCREEN_COMPLETION)
+    encoded = base64.b64encode(b"HARMFUL step by step instructions").decode()
+    v = await s.feed("Here it is: " + encoded)
+    assert v.cut and v.action is Action.BLOCK
+    assert cl.calls == [["Here it is: " + encoded, "HARMFUL step by step instructions"]]
+    plain = screener.open_completion(IDENT, surface=signals_pb2.SURFACE_SCREEN_COMPLETION)
+    assert not (await plain.feed("A plain answer with no payload.")).cut
+    assert cl.calls[-1] == ["A plain answer with no payload."]
 
 
 async def test_finish_screens_the_unscreened_tail_and_emits_one_signal(tmp_path) -> None:
