@@ -147,15 +147,21 @@ async def test_a_warm_up_seed_lets_admission_refuse_before_any_batch_ran(model) 
     await batcher.close()
 
 
-async def test_queued_work_ahead_counts_but_only_the_fair_share_of_other_tenants(model) -> None:
+async def backlogged(model: CostlyModel) -> tuple[Batcher, asyncio.Future, asyncio.Future]:
+    """A batcher running one held batch, with ~800 ms of tenant a's rows queued behind it:
+    a 100-token row of tenant a (~100 ms alone, ~900 ms behind that) is refused."""
     batcher = make(model, seed=SEED)
     model.gate.clear()
     running = batcher.submit(*rows(row(1, 10)))
     await asyncio.to_thread(model.started.wait, 5)
-    backlog = batcher.submit(*rows(*(row(10 + k, 100) for k in range(8))), tenant="a")  # ~800 ms queued
-    # Alone this would take ~100 ms; behind tenant a's own backlog it would take ~900 ms.
+    backlog = batcher.submit(*rows(*(row(10 + k, 100) for k in range(8))), tenant="a")
     with pytest.raises(WouldMissDeadline):
         batcher.submit(*rows(row(2, 100)), timeout=0.5, tenant="a")
+    return batcher, running, backlog
+
+
+async def test_queued_work_ahead_counts_but_only_the_fair_share_of_other_tenants(model) -> None:
+    batcher, running, backlog = await backlogged(model)
     # Tenant b's short row only waits for a's share of the next rounds: admitted.
     fair = batcher.submit(*rows(row(3, 10)), timeout=0.5, tenant="b")
     model.gate.set()
@@ -168,13 +174,7 @@ async def test_an_urgent_request_waits_only_for_itself_in_its_tenants_queue(mode
     """A cascade's fallback (a few rows standing for a text refused in full) is queued
     ahead of its own tenant's backlog: admitted where the same rows at the back are
     refused, and run in the very next batch; other tenants' shares are unchanged."""
-    batcher = make(model, seed=SEED)
-    model.gate.clear()
-    running = batcher.submit(*rows(row(1, 10)))
-    await asyncio.to_thread(model.started.wait, 5)
-    backlog = batcher.submit(*rows(*(row(10 + k, 100) for k in range(8))), tenant="a")  # ~800 ms queued
-    with pytest.raises(WouldMissDeadline):
-        batcher.submit(*rows(row(2, 100)), timeout=0.5, tenant="a")
+    batcher, running, backlog = await backlogged(model)
     other = batcher.submit(*rows(*(row(30 + k, 100) for k in range(2))), tenant="b")
     # Ahead of it: a's own urgent row only, and b's share up to that many tokens (~200 ms).
     assert batcher.predict(100, 1, "a", urgent=True) == pytest.approx(0.21, abs=0.02)
