@@ -47,6 +47,8 @@ class Decided:
     models: dict[str, int]
     #: What the classifier screened (`textnorm.classifier_texts`), for a re-screen; () for none.
     classify_texts: tuple[str, ...] = ()
+    #: `classify_texts` are text as sent, which the re-screen normalises first (a completion).
+    classify_raw: bool = False
     tier0: Tier0Result | None = None
     prompt_decision_id: str = ""
     #: The tenant's candidate policy's would-be decision (shadow.py), if it has one.
@@ -150,6 +152,7 @@ class DecisionRecorder:
                 model=ident.model,
                 request_id=ident.request_id,
                 texts=d.classify_texts,
+                raw=d.classify_raw,
                 raw_text=d.text,
                 messages=d.messages,
                 tier0=d.tier0 if d.tier0 is not None else _NO_TIER0,

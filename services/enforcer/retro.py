@@ -58,6 +58,7 @@ from services.enforcer.decision import (
     decide,
 )
 from services.enforcer.detectors import Tier0Result
+from services.enforcer.detectors.textnorm import classifier_texts, normalize
 from services.enforcer.policy import Policy
 from services.enforcer.signals import SignalInput, build_signal, signal_record
 
@@ -90,6 +91,9 @@ class RetroJob:
     #: The models to screen with: the policy's prompt or completion models.
     models: tuple[str, ...] = ()
     enqueued: float = 0.0
+    #: `texts` are text as sent (a whole completion, screened window by window on the hot
+    #: path): normalised and decoded here first, off the event loop, as a prompt's were.
+    raw: bool = False
 
     @property
     def size(self) -> int:
@@ -291,8 +295,9 @@ class BackgroundScreener:
     async def screen(self, job: RetroJob) -> signals_pb2.SafeguardSignal:
         """Screen one job with the full cascade and publish its follow-up signal."""
         started = time.perf_counter()
+        texts = await asyncio.to_thread(_screened, job.texts) if job.raw else job.texts
         cl = await self._classifier.classify_whole(
-            job.texts, job.models or job.policy.classifier_models, self.timeout_s, tenant=job.tenant
+            texts, job.models or job.policy.classifier_models, self.timeout_s, tenant=job.tenant
         )
         outcome = decide(job.policy, job.tier0, cl, None, forced_categories=job.forced_categories)
         signal = self._follow_up(
@@ -405,3 +410,8 @@ class BackgroundScreener:
             },
         )
         return signal
+
+
+def _screened(raw: Sequence[str]) -> tuple[str, ...]:
+    """What the classifier screens for text as sent (`textnorm.classifier_texts`)."""
+    return tuple(t for text in raw for t in classifier_texts(normalize(text)))

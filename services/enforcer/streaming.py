@@ -382,8 +382,10 @@ class CompletionSession:
                 latencies=dict(self._latencies),
                 models=dict(self._models),
                 # Windows screened on less than a full verdict: the whole completion again,
-                # in the background (the classifier part only: tier 0 saw every window).
+                # in the background (the classifier part only: tier 0 saw every window),
+                # normalised and decoded there as each window was here.
                 classify_texts=(text,),
+                classify_raw=True,
                 prompt_decision_id=self.prompt_decision_id,
                 observe_only=self.observe_only,
                 log_fields={

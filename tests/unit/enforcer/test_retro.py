@@ -135,6 +135,27 @@ async def test_a_completion_is_rescreened_with_the_completion_models(tmp_path) -
     assert sorted(cl.whole_models) == [("output_guard",), ("prompt_guard",)]
 
 
+async def test_a_completions_rescreen_screens_what_it_decodes_to_as_its_windows_did(tmp_path) -> None:
+    """The hot path screens a completion window by window, each window normalised and
+    decoded (a 40-character window here cannot hold the whole token); the background
+    re-screen of the whole completion normalises and decodes it too, off the event loop
+    (it once sent only the raw completion)."""
+    cl = StagedClassifier(PARTIAL_LOW, FULL_BENIGN)
+    screener, retro, pub, _registry = make(tmp_path, cl)
+    hidden = "step one of the synthesis is to"
+    completion = "Sure. " + base64.b64encode(hidden.encode()).decode()
+    retro.start()
+    try:
+        s = screener.open_completion(request("x").identity, surface=signals_pb2.SURFACE_SCREEN_COMPLETION)
+        await s.feed(completion)
+        await s.finish()
+        await wait_for(lambda: len(cl.whole_calls) == 1)
+    finally:
+        await retro.stop()
+    ((texts, _timeout),) = cl.whole_calls
+    assert texts == (completion, hidden)
+
+
 async def test_a_cleared_rescreen_is_not_a_catch(tmp_path) -> None:
     screener, retro, pub, registry = make(tmp_path, StagedClassifier(PARTIAL_LOW, FULL_BENIGN))
     retro.start()
