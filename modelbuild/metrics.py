@@ -129,27 +129,17 @@ def choose_thresholds(
 MIN_SLICE_N = 50
 
 
-def choose_slice_thresholds(
-    scores: np.ndarray,
-    y: list[str],
-    slices: list[str],
-    labels: list[str],
-    targets: dict[str, float],
-    benign: str = "benign",
-) -> dict[str, float]:
-    """Per-label thresholds such that *every* benign slice meets its own false-positive
-    target: the union rule of :func:`choose_thresholds` applied to each slice alone, then
-    the strictest threshold per label.  Slices with fewer than ``MIN_SLICE_N`` benign
-    validation texts are pooled into one (with the strictest of their targets): with 12
-    texts a 2% target would mean "none at all", set by whichever one text scores highest.
-    Slices absent from ``scores`` are skipped."""
-    y_arr, s_arr = np.asarray(y), np.asarray(slices)
-    out = choose_thresholds(scores, y, labels, min(targets.values(), default=TARGET_FPR), benign)
-    groups: list[tuple[np.ndarray, float]] = []
-    small = np.zeros(len(y_arr), bool)
+def _benign_groups(
+    y: np.ndarray, slices: np.ndarray, targets: dict[str, float], benign: str
+) -> list[tuple[np.ndarray, float]]:
+    """(mask over texts, target) for each benign slice with at least ``MIN_SLICE_N``
+    texts, the smaller ones pooled (with the strictest of their targets), and all benign
+    texts together (the strictest target of all)."""
+    groups: list[tuple[np.ndarray, float]] = [(y == benign, min(targets.values(), default=TARGET_FPR))]
+    small = np.zeros(len(y), bool)
     small_target = 1.0
     for name, target in sorted(targets.items()):
-        sel = (y_arr == benign) & (s_arr == name)
+        sel = (y == benign) & (slices == name)
         if not sel.any():
             continue
         if sel.sum() < MIN_SLICE_N:
@@ -159,10 +149,101 @@ def choose_slice_thresholds(
             groups.append((sel, target))
     if small.any():
         groups.append((small, small_target))
-    for sel, target in groups:
+    return groups
+
+
+def choose_slice_thresholds(
+    scores: np.ndarray,
+    y: list[str],
+    slices: list[str],
+    labels: list[str],
+    targets: dict[str, float],
+    benign: str = "benign",
+) -> dict[str, float]:
+    """Per-label thresholds such that *every* benign slice meets its own false-positive
+    target (any label flagged counts), catching as many of the attack texts in ``scores``
+    as that allows.
+
+    First the union rule of :func:`choose_thresholds` applied to each slice alone, and the
+    strictest threshold per label: feasible, but it gives every label the same share of
+    each slice's budget, so a slice where one label's benign scores run high holds every
+    label back. Then, when there are attack texts, each slice's unused budget is spent
+    greedily (:func:`_spend_budget`): a label's threshold is lowered to just above the
+    next benign scores that would trip it while every slice stays within its target, the
+    label that catches the most attacks per false positive first.  Slices with fewer than
+    ``MIN_SLICE_N`` benign validation texts are pooled into one (with the strictest of
+    their targets): with 12 texts a 2% target would mean "none at all", set by whichever
+    one text scores highest. Slices absent from ``scores`` are skipped."""
+    y_arr, s_arr = np.asarray(y), np.asarray(slices)
+    groups = _benign_groups(y_arr, s_arr, targets, benign)
+    out: dict[str, float] = {}
+    for i, (sel, target) in enumerate(groups):
         th = choose_thresholds(scores[sel], [benign] * int(sel.sum()), labels, target, benign)
-        out = {k: max(out[k], th[k]) for k in out}
-    return out
+        out = th if i == 0 else {k: max(out[k], th[k]) for k in out}
+    if not (y_arr != benign).any():
+        return out
+    return _spend_budget(scores, y_arr != benign, groups, labels, out, benign)
+
+
+#: Lowest threshold any label gets (as in :func:`choose_thresholds`).
+MIN_THRESHOLD = 0.05
+#: How many benign texts one greedy step may look past for a label (a step that trips
+#: one more may catch nothing while the next would catch many).
+LOOKAHEAD = 3
+
+
+def _spend_budget(
+    scores: np.ndarray,
+    attack: np.ndarray,
+    groups: list[tuple[np.ndarray, float]],
+    labels: list[str],
+    start: dict[str, float],
+    benign: str,
+) -> dict[str, float]:
+    """Lower ``start``'s thresholds greedily while every group stays within its target:
+    a step takes one label's threshold down to just above the next unflagged benign score
+    of that label (free when that trips no new benign text; else it costs the benign
+    texts it trips) and is chosen by attacks newly caught per benign text tripped; it
+    stops when no step within budget catches anything more."""
+    cols = {lab: i for i, lab in enumerate(labels) if lab != benign and lab in start}
+    allowed = [int(np.floor(target * sel.sum())) for sel, target in groups]
+    masks = np.stack([sel for sel, _t in groups]) if groups else np.zeros((0, len(scores)), bool)
+    t = dict(start)
+
+    def tripped(th: dict[str, float]) -> np.ndarray:
+        hit = np.zeros(len(scores), bool)
+        for lab, c in cols.items():
+            hit |= scores[:, c] >= th[lab]
+        return hit
+
+    hit = tripped(t)
+    while True:
+        best: tuple[float, int, dict[str, float], np.ndarray] | None = None
+        for lab, c in cols.items():
+            below = scores[~attack & ~hit, c]
+            levels = np.unique(below[below < t[lab]])[::-1][: LOOKAHEAD + 1]
+            # Just above each of the next benign scores (the first trips none), then the floor.
+            candidates = [float(np.nextafter(v, np.inf)) for v in levels] + [MIN_THRESHOLD]
+            for cand in candidates:
+                cand = max(cand, MIN_THRESHOLD)
+                if cand >= t[lab]:
+                    continue
+                trial = {**t, lab: cand}
+                new = tripped(trial)
+                counts = (masks & (new & ~attack)).sum(axis=1)
+                if any(int(n) > a for n, a in zip(counts, allowed, strict=True)):
+                    break  # lower only trips more
+                gained = int((new & attack & ~hit).sum())
+                cost = int((new & ~attack & ~hit).sum())
+                if gained == 0:
+                    continue
+                rate = gained / max(cost, 0.5)  # a free step beats any paid one
+                if best is None or rate > best[0] or (rate == best[0] and cost < best[1]):
+                    best = (rate, cost, trial, new)
+        if best is None:
+            break
+        _rate, _cost, t, hit = best
+    return {k: min(max(math.ceil(v * 1e6) / 1e6, MIN_THRESHOLD), 1.0) for k, v in t.items()}
 
 
 def flags(scores: np.ndarray, labels: list[str], thresholds: dict[str, float]) -> np.ndarray:

@@ -432,8 +432,10 @@ CONVENTIONS = [
     "Precision/recall/F1 are one-vs-rest over all test texts at the manifest thresholds, so an attack "
     "flagged under the wrong attack label counts against both. `unsafe` = any non-benign label (score: "
     "max non-benign probability; flagged: any label over its threshold). Thresholds are set on the "
-    "validation split so that at most 2% of the benign texts of every benign slice trip any label (slices "
-    "with fewer than 50 validation texts are pooled for that choice; `target` in the slice table).",
+    "validation split so that at most its `target` (in the slice table) of the benign texts of every benign "
+    "slice trip any label (slices with fewer than 50 validation texts are pooled for that choice): first the "
+    "same share of each slice for every label, then each slice's unused share spent, label by label, where "
+    "it catches the most validation attacks (`modelbuild.metrics.choose_slice_thresholds`).",
 ]
 
 

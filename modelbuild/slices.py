@@ -17,16 +17,16 @@ from .examples import Example
 #: to 0.9999 and harmful recall fell to 0.32 on the test split; 2% on validation keeps
 #: every slice at or under 3% on test (see the model card for the figures).
 BENIGN_TARGET_FPR = {
-    "short_chat": 0.02,
-    "everyday_instructions": 0.02,
-    "developer_questions": 0.02,
-    "customer_support": 0.02,
-    "hard_negatives": 0.02,
-    "sensitive_topics": 0.02,
-    "code": 0.02,
-    "long_documents": 0.02,
-    "non_english": 0.02,
-    "task_prompts": 0.02,
+    "short_chat": 0.01,
+    "everyday_instructions": 0.01,
+    "developer_questions": 0.01,
+    "customer_support": 0.01,
+    "hard_negatives": 0.01,
+    "sensitive_topics": 0.01,
+    "code": 0.01,
+    "long_documents": 0.01,
+    "non_english": 0.01,
+    "task_prompts": 0.01,
 }
 ATTACK_SLICES = ("jailbreak", "prompt_injection", "harmful", "hidden_in_document")
 

@@ -77,6 +77,33 @@ def test_slice_thresholds_hold_every_benign_slice_to_its_target(seed):
     assert all(th[k] >= pooled[k] for k in pooled)
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_with_attacks_the_unused_budget_goes_where_it_catches_most_and_every_slice_still_holds(seed):
+    """Chat's benign text runs high on harmful, code's on jailbreak. The equal split gives
+    each label a third of each slice's budget, so harmful's threshold (set in chat) leaves
+    chat's other two thirds unused. With attacks to catch, that budget is spent on
+    harmful; every slice (and all benign text) stays within its target."""
+    rng = np.random.default_rng(seed)
+    n_benign, n_attack = 800, 1000
+    scores = rng.random((n_benign + n_attack, 4)) * 0.3
+    scores[:300, 3] = rng.random(300)  # chat: harmful-looking benign text
+    scores[300:800, 1] = rng.random(500)  # code: jailbreak-looking benign text
+    scores[n_benign:, 3] = 0.5 + 0.5 * rng.random(n_attack)  # the attacks: harmful
+    slices = ["chat"] * 300 + ["code"] * 500 + ["-"] * n_attack
+    y = ["benign"] * n_benign + ["harmful"] * n_attack
+    targets = {"chat": 0.04, "code": 0.04}
+    th = choose_slice_thresholds(scores, y, slices, LABELS, targets)
+    flagged = np.zeros(len(y), bool)
+    for i, lab in enumerate(LABELS[1:], start=1):
+        flagged |= scores[:, i] >= th[lab]
+    assert flagged[:300].mean() <= 0.04 and flagged[300:800].mean() <= 0.04
+    equal = choose_slice_thresholds(scores[:n_benign], y[:n_benign], slices[:n_benign], LABELS, targets)
+    assert th["harmful"] < equal["harmful"]
+    assert (scores[n_benign:, 3] >= th["harmful"]).sum() > (scores[n_benign:, 3] >= equal["harmful"]).sum()
+    assert all(th[k] <= equal[k] for k in equal)  # it only spends what the equal split left unused
+
+
 def test_band_leaves_at_most_half_a_percent_of_attacks_below_it():
     rng = np.random.default_rng(0)
     n_benign, n_attack = 1000, 1000
