@@ -301,31 +301,17 @@ class Classifier:
     async def _first_stage(
         self, first: LoadedVersion, texts: Sequence[str], pieces: list[str], job: _Job
     ) -> tuple[_Scored, bool]:
-        """The cheap stage's scores on every window and segment, or, when it cannot give
-        them in time (a burst of long texts queued ahead, often the same tenant's: refused
-        at admission, dropped in the queue, or not back before the deadline), its scores
-        on each text's head and tail, ``True`` (PARTIAL, no time to escalate). If even
-        those cannot be had in time, the DeadlineExceeded stands: never a made-up verdict.
-
-        The head-and-tail rows go ahead of the tenant's own queued rows (``urgent``). For a
-        text longer than its head and tail they are scored alongside the full request (a
-        hedge: two rows a text, the cheap model's), so a full request that fails late
-        still leaves a verdict; a short text is retried alone only if it is refused."""
-        cut = [head_and_tail(t, first.manifest.inputs) for t in texts]
-        hedge = None
-        if job.deadline is not None and cut != list(texts):
-            hedge = asyncio.ensure_future(self._score(first, cut, job, wait=True, urgent=True))
+        """The cheap stage's scores on every window and segment, or, when it is refused
+        at admission (a burst of long texts queued ahead, often the same tenant's), its
+        scores on each text's head and tail (a short text: the text alone), ``True``
+        (PARTIAL, no time to escalate). Those rows go ahead of the tenant's own queued
+        rows (``urgent``). If even they cannot be answered in time, the refusal stands:
+        never a made-up verdict."""
         try:
-            return await self._score(first, [*texts, *pieces], job, wait=hedge is not None), False
-        except DeadlineExceeded as exc:
-            if hedge is None and not isinstance(exc, WouldMissDeadline):
-                raise  # a short text whose own rows ran out of time: nothing cheaper to try
-            return await (hedge or self._score(first, cut, job, urgent=True)), True
-        finally:
-            if hedge is not None and not hedge.done():
-                hedge.cancel()  # the batcher drops the rows of a caller that went away
-            elif hedge is not None and not hedge.cancelled():
-                hedge.exception()  # a hedge not needed may have failed: that is not an error
+            return await self._score(first, [*texts, *pieces], job), False
+        except WouldMissDeadline:
+            cut = [head_and_tail(t, first.manifest.inputs) for t in texts]
+            return await self._score(first, cut, job, urgent=True), True
 
     def _check_cascade(self, man: mf.CascadeManifest) -> None:
         """A cascade answers when its first stage serves; a second stage that exists but
