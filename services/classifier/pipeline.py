@@ -245,7 +245,6 @@ class Classifier:
     async def _cascade(self, man: mf.CascadeManifest, texts: Sequence[str], job: _Job) -> list[ModelResult]:
         first_name, second_name = man.stages
         self._check_cascade(man)
-        sampled = False
         pieces: list[str] = []
         owners = np.zeros(0, dtype=np.int64)
         with self.repository.acquire(first_name) as first:
