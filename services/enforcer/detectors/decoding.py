@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import html
 import re
 from collections import Counter
@@ -396,14 +397,6 @@ def leetspeak(text: str) -> str | None:
     return _LEET_TOKEN_RE.sub(_deleet_token, text)
 
 
-_ROT13 = bytes.maketrans(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
-    b"NOPQRSTUVWXYZABCDEFGHIJKLMnopqrstuvwxyzabcdefghijklm",
-)
-_ROT13_STR = str.maketrans(
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
-    "NOPQRSTUVWXYZABCDEFGHIJKLMnopqrstuvwxyzabcdefghijklm",
-)
 # Over UTF-8: ASCII letters -> lower case; digits, "_" and the bytes of non-ASCII
 # characters -> "0" (a word holding one is not an English word: "anlamına" must not
 # count as "anlam" and "na"); the rest -> " ".
@@ -421,7 +414,7 @@ ENGLISH_WORDS = frozenset(
     b"then than when where who why does did should could just some its but more other also only like instead "
     b"following people every".split()
 )
-_ENGLISH_ROT13 = frozenset(w.translate(_ROT13) for w in ENGLISH_WORDS)
+_ENGLISH_ROT13 = frozenset(codecs.encode(w.decode(), "rot13").encode() for w in ENGLISH_WORDS)
 
 
 def rot13(text: str) -> str | None:
@@ -441,7 +434,7 @@ def rot13(text: str) -> str | None:
     rotated = sum(distinct)
     if len(distinct) < MIN_ROT13_HITS or rotated < 2 * plain or rotated < ROT13_SHARE * len(words):
         return None
-    return text.translate(_ROT13_STR)
+    return codecs.encode(text, "rot13")
 
 
 #: The rewrites, in the order they are tried (each within what the budget has left).
