@@ -325,15 +325,20 @@ class CascadeScorer:
     def flagged_screened(self, texts: list[str]) -> np.ndarray:
         """Like the enforcer: what ``textnorm.classifier_texts`` gives for each text (the
         normalised text, what was decoded and rewritten from it), any flagged."""
-        pieces, owner = [], []
-        for i, t in enumerate(texts):
-            for piece in textnorm.classifier_texts(textnorm.normalize(t)):
-                pieces.append(piece)
-                owner.append(i)
-        f = self.flagged(pieces)
-        out = np.zeros(len(texts), bool)
+        return self.flagged_any([screened_texts(t) for t in texts])
+
+    def flagged_any(self, groups: list[list[str]]) -> np.ndarray:
+        """Per group of texts: any of them flagged."""
+        owner = [i for i, g in enumerate(groups) for _ in g]
+        f = self.flagged([t for g in groups for t in g])
+        out = np.zeros(len(groups), bool)
         np.logical_or.at(out, np.asarray(owner, dtype=np.int64), f)
         return out
+
+
+def screened_texts(text: str) -> list[str]:
+    """What the enforcer's classifier call screens for ``text``."""
+    return textnorm.classifier_texts(textnorm.normalize(text))
 
 
 def variant_metrics(scorer: CascadeScorer, test) -> dict:
@@ -370,8 +375,9 @@ def benign_screened(scorer: CascadeScorer, test) -> dict:
     the classifier screens as more than one text."""
     benign = [e for e in test if e.label == "benign"]
     texts = [e.text for e in benign]
-    raw, screened = scorer.flagged(texts), scorer.flagged_screened(texts)
-    more = np.array([len(textnorm.classifier_texts(textnorm.normalize(t))) > 1 for t in texts], bool)
+    groups = [screened_texts(t) for t in texts]
+    raw, screened = scorer.flagged(texts), scorer.flagged_any(groups)
+    more = np.array([len(g) > 1 for g in groups], bool)
     sl = np.array([slice_of(e) for e in benign])
     out = {}
     for name in ["all", *BENIGN_TARGET_FPR]:
