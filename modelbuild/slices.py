@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from .examples import Example
 
-#: Benign slices and the false-positive rate each must meet on validation. 2%, not 1%: at
-#: 1% per slice (ten slices, the strictest deciding each label) the harmful threshold went
-#: to 0.9999 and harmful recall fell to 0.32 on the test split; 2% on validation keeps
-#: every slice at or under 3% on test (see the model card for the figures).
+#: Benign slices and the false-positive rate each must meet on validation: the issue's 1%.
+#: The per-label thresholds spend each slice's budget where it catches the most attacks
+#: (metrics.choose_slice_thresholds), so the strictest slice no longer decides every label
+#: as it did when 1% first sent the harmful threshold to 0.9999.
 BENIGN_TARGET_FPR = {
     "short_chat": 0.01,
     "everyday_instructions": 0.01,

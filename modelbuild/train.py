@@ -1,8 +1,8 @@
 """Training in plain numpy: the encoder's classification head and the n-gram linear model.
 
-Both are small convex-ish problems on fixed features (frozen sentence embeddings; hashed
-n-gram counts), so a seeded mini-batch Adam loop is enough and keeps torch out of the
-build.  Classes are weighted by inverse square-root frequency so the rare
+Both are small convex-ish problems on fixed features (a frozen encoder's per-layer
+mean-pooled outputs; hashed n-gram counts), so a seeded mini-batch Adam loop is enough and
+keeps torch out of the build.  Classes are weighted by inverse square-root frequency so the rare
 prompt-injection class is not drowned by benign chat, without over-weighting it.
 """
 
@@ -57,8 +57,8 @@ class HeadConfig:
 
 
 def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadConfig = HeadConfig()) -> list[DenseLayer]:
-    """A one-hidden-layer MLP on sentence embeddings; input standardisation is folded into
-    the first layer so the ONNX head is just two dense layers."""
+    """A one-hidden-layer MLP on the frozen encoder's features; input standardisation is
+    folded into the first layer so the ONNX head is just two dense layers."""
     rng = np.random.default_rng(cfg.seed)
     x = x.astype(np.float32)
     mu = x.mean(axis=0)

@@ -1,5 +1,5 @@
-"""The hand-built ONNX encoder computes the same sentence embeddings as an independent
-numpy BERT forward pass written here from the same safetensors weights."""
+"""The hand-built ONNX encoder computes the same sentence embeddings and per-layer features
+as an independent numpy BERT forward pass written here from the same safetensors weights."""
 
 from __future__ import annotations
 
@@ -50,17 +50,19 @@ def _gelu(x):
 
 
 def reference_embeddings(weights, cfg, input_ids, attention_mask):
-    """BERT (post-LN) + mask-weighted mean pooling + L2 normalisation, per sentence-transformers."""
+    """BERT (post-LN) + mask-weighted mean pooling + L2 normalisation, per sentence-transformers,
+    and the features the classification head reads: every layer's mean, concatenated."""
     W = {k: v.astype(np.float64) for k, v in weights.items() if v.dtype != np.int64}
     n_heads, hidden = cfg.num_heads, cfg.hidden_size
     d = hidden // n_heads
-    out = []
+    out, feats = [], []
     for ids, mask in zip(input_ids, attention_mask, strict=True):
         n = int(mask.sum())
         ids = ids[:n]  # padding never influences real tokens, so drop it outright
         x = W["embeddings.word_embeddings.weight"][ids] + W["embeddings.position_embeddings.weight"][:n]
         x = x + W["embeddings.token_type_embeddings.weight"][0]
         x = _layer_norm(x, W["embeddings.LayerNorm.weight"], W["embeddings.LayerNorm.bias"], cfg.layer_norm_eps)
+        means = []
         for i in range(cfg.num_layers):
             p = f"encoder.layer.{i}."
 
@@ -82,9 +84,11 @@ def reference_embeddings(weights, cfg, input_ids, attention_mask):
             )
             h = lin(_gelu(lin(x, "intermediate.dense")), "output.dense")
             x = _layer_norm(h + x, W[p + "output.LayerNorm.weight"], W[p + "output.LayerNorm.bias"], cfg.layer_norm_eps)
-        pooled = x.mean(0)
+            means.append(x.mean(0))
+        pooled = means[-1]
         out.append(pooled / max(np.linalg.norm(pooled), 1e-12))
-    return np.stack(out)
+        feats.append(np.concatenate(means))
+    return np.stack(out), np.stack(feats)
 
 
 # --- tests ----------------------------------------------------------------------------------
@@ -100,21 +104,33 @@ def batch(encoder_parts):
 
 
 @pytest.fixture(scope="module")
-def reference(encoder_parts, batch):
+def references(encoder_parts, batch):
     weights, cfg, _ = encoder_parts
     return reference_embeddings(weights, cfg, batch.arrays["input_ids"], batch.arrays["attention_mask"])
+
+
+@pytest.fixture(scope="module")
+def reference(references):
+    return references[0]
+
+
+@pytest.fixture(scope="module")
+def reference_features(references):
+    return references[1]
 
 
 def _cos(a, b):
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def test_graph_built_from_safetensors_matches_numpy_reference(encoder_parts, batch, reference):
+def test_graph_built_from_safetensors_matches_numpy_reference(encoder_parts, batch, reference, reference_features):
     weights, cfg, _ = encoder_parts
     sess = session(bert_onnx.build_encoder_graph(weights, cfg).SerializeToString())
-    got = sess.run([bert_onnx.EMBEDDINGS], batch.arrays)[0]
+    got, feats = sess.run([bert_onnx.EMBEDDINGS, bert_onnx.FEATURES], batch.arrays)
     assert got.shape == reference.shape
     assert np.abs(got - reference).max() < TOLERANCE
+    assert feats.shape == (len(reference), cfg.num_layers * cfg.hidden_size)
+    assert np.abs(feats - reference_features).max() < TOLERANCE * np.abs(reference_features).max()
 
 
 def test_padding_does_not_change_a_sentence_embedding(encoder_parts, batch):
@@ -138,15 +154,15 @@ def test_similarity_structure_is_sensible(reference):
 @pytest.mark.slow
 @pytest.mark.timeout(BUILD_TIMEOUT_S)
 @pytest.mark.parametrize("model", ["prompt_guard_minilm"])
-def test_shipped_model_embeddings_and_head_match_reference(built_models, batch, reference, model):
+def test_shipped_model_embeddings_and_head_match_reference(built_models, batch, reference, reference_features, model):
     path = built_models / model / "1" / "model.onnx"
     sess = session(path)
     emb, probs = sess.run([bert_onnx.EMBEDDINGS, bert_onnx.PROBABILITIES], batch.arrays)
     assert np.abs(emb - reference).max() < TOLERANCE
-    # The head, applied in numpy to the reference embeddings, gives the graph's probabilities.
+    # The head, applied in numpy to the reference features, gives the graph's probabilities.
     graph = onnx.load(str(path)).graph
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name.startswith("head.")}
-    h = np.maximum(reference @ inits["head.0.weight"] + inits["head.0.bias"], 0)
+    h = np.maximum(reference_features @ inits["head.0.weight"] + inits["head.0.bias"], 0)
     z = h @ inits["head.1.weight"] + inits["head.1.bias"]
     z = np.exp(z - z.max(1, keepdims=True))
     assert np.abs(z / z.sum(1, keepdims=True) - probs).max() < TOLERANCE
