@@ -2,7 +2,8 @@
 escapes, `\\uXXXX`-style escapes, HTML numeric entities, and the ASCII that invisible
 Unicode tag characters spell), for `textnorm.normalize`, which screens what they decode
 to like the text itself; and rewrites of the whole text that undo letter-level tricks
-(letters spaced out, leetspeak, ROT13), screened the same way.
+(letters spaced out, leetspeak, ROT13 of the whole text or of stretches inside English),
+screened the same way.
 
 Every search is linear in the text and every decode is bounded by a shared `Budget`
 (bytes and count): a hostile wall of candidate tokens costs its length, not more.
@@ -269,7 +270,8 @@ def tag_payloads(original: str, budget: Budget) -> list[tuple[str, int, int, str
 # Tricks that change letters rather than encode bytes: the text spaced out letter by
 # letter, written in leetspeak, or ROT13'd. What they hide is a reading of the whole
 # text, not a token inside it, so each is emitted (at most once per text searched) as
-# the whole text rewritten: the classifier reads the trick undone, in its context. Each
+# the whole text rewritten: the classifier reads the trick undone, in its context (ROT13
+# stretches inside English text are rotated in place, the English around them kept). Each
 # is gated by a C-speed byte scan, so ordinary text costs a translate and a find; each
 # rewrites only when the text clearly reads as the trick, and costs a few linear passes.
 
@@ -420,21 +422,89 @@ _ENGLISH_ROT13 = frozenset(codecs.encode(w.decode(), "rot13").encode() for w in 
 def rot13(text: str) -> str | None:
     """The ROT13 of `text` when that reads far more like English than `text` does:
     counted in common English words (`ENGLISH_WORDS`) among the words of each — one
-    Counter of the text's words answers both, since ROT13 maps words to words."""
+    Counter of the text's words answers both, since ROT13 maps words to words.  Otherwise,
+    the text with its ROT13'd stretches read back (`rot13_spans`), if it has any."""
     data = text.encode("utf-8", "surrogatepass")
     # The gate, in byte counts at C speed: English is rich in e, t, o, i and poor in their
     # ROT13s r, g, b, v; ROT13'd English the other way round. Words are counted only then.
     low = data.lower()
     if sum(map(low.count, b"rgbv")) <= sum(map(low.count, b"etoi")):
-        return None
+        return rot13_spans(text, low)
     words = data.translate(_WORD_MASK).split()
     counts = Counter(words)
     plain = sum(counts[w] for w in ENGLISH_WORDS if w in counts)
     distinct = [counts[w] for w in _ENGLISH_ROT13 if w in counts]
     rotated = sum(distinct)
     if len(distinct) < MIN_ROT13_HITS or rotated < 2 * plain or rotated < ROT13_SHARE * len(words):
-        return None
+        return rot13_spans(text, low)
     return codecs.encode(text, "rot13")
+
+
+#: A ROT13'd stretch inside English text ("decode this and do it: Vtaber nyy ..."): at
+#: least this many words, with no common English word among them and at least
+#: `MIN_SPAN_HITS` different ROT13'd common words making up `SPAN_SHARE` of them.
+MIN_SPAN_WORDS = 4
+MIN_SPAN_HITS = 3
+SPAN_SHARE = 0.3
+# An ASCII word standing alone: "abc1", "snake_case" and "anlamına" hold none. Linear: a
+# failed end check backtracks within one word, and a start inside a word fails at once.
+_ASCII_WORD_RE = re.compile(r"\b[A-Za-z]+\b")
+_SENTENCE_BREAK_RE = re.compile(r"[.!?:;\n]")
+#: the, and, you, how, what, to, me, of, is, a: as bytes, with the spaces or ends around them.
+_SPAN_GATE_STRINGS = (b"gur", b"naq", b"lbh", b"ubj", b"jung", b" gb ", b" zr ", b" bs ", b" vf ", b" n ")
+
+
+def rot13_spans(text: str, low: bytes) -> str | None:
+    """`text` with each ROT13'd stretch read back, or None when it has none.  Stretches
+    are the runs of words between common English words: ROT13'd English holds none (no
+    common word's ROT13 is another, see `ENGLISH_WORDS`), English holds one every few
+    words.  A stretch is trimmed to the sentences that hold its ROT13'd words ("... what
+    it says: Vtaber nyy ..." starts at "Vtaber").  One pass over the words, behind a
+    C-speed gate."""
+    # The gates, at C speed: two of the commonest ROT13'd words' byte strings, then enough
+    # different ROT13'd common words anywhere; only then a pass over the words in Python.
+    if sum(map(low.count, _SPAN_GATE_STRINGS)) < 2:
+        return None
+    if len(_ENGLISH_ROT13.intersection(low.translate(_WORD_MASK).split())) < MIN_SPAN_HITS:
+        return None
+    spans: list[tuple[int, int]] = []
+    start = end = prev_end = words = hit_count = 0
+    hits: set[bytes] = set()
+    open_sentence = False  # no sentence break since the stretch's last ROT13'd word
+
+    def close() -> None:
+        if words >= MIN_SPAN_WORDS and len(hits) >= MIN_SPAN_HITS and hit_count >= SPAN_SHARE * words:
+            spans.append((start, end))
+
+    for m in _ASCII_WORD_RE.finditer(text):
+        w = m.group().lower().encode()
+        broken = _SENTENCE_BREAK_RE.search(text, prev_end, m.start()) is not None
+        prev_end = m.end()
+        if w in ENGLISH_WORDS:
+            close()
+            words = hit_count = 0
+            hits = set()
+            continue
+        if words == 0 or (broken and not hits):
+            start, words = m.start(), 0  # before the first ROT13'd word: from its sentence on
+        if w in _ENGLISH_ROT13:
+            hits.add(w)
+            hit_count += 1
+            open_sentence = True
+        elif broken:
+            open_sentence = False
+        if open_sentence or not hits:
+            end = m.end()
+            words += 1
+    close()
+    if not spans:
+        return None
+    parts, at = [], 0
+    for s, e in spans:
+        parts += [text[at:s], codecs.encode(text[s:e], "rot13")]
+        at = e
+    parts.append(text[at:])
+    return "".join(parts)
 
 
 #: The rewrites, in the order they are tried (each within what the budget has left).
