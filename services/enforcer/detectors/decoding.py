@@ -271,7 +271,8 @@ def tag_payloads(original: str, budget: Budget) -> list[tuple[str, int, int, str
 # letter, written in leetspeak, or ROT13'd. What they hide is a reading of the whole
 # text, not a token inside it, so each is emitted (at most once per text searched) as
 # the whole text rewritten: the classifier reads the trick undone, in its context (ROT13
-# stretches inside English text are rotated in place, the English around them kept). Each
+# stretches inside English text are emitted alone, read back, one per line: the English
+# around them is screened as the text itself, and would dilute them). Each
 # is gated by a C-speed byte scan, so ordinary text costs a translate and a find; each
 # rewrites only when the text clearly reads as the trick, and costs a few linear passes.
 
@@ -423,7 +424,7 @@ def rot13(text: str) -> str | None:
     """The ROT13 of `text` when that reads far more like English than `text` does:
     counted in common English words (`ENGLISH_WORDS`) among the words of each — one
     Counter of the text's words answers both, since ROT13 maps words to words.  Otherwise,
-    the text with its ROT13'd stretches read back (`rot13_spans`), if it has any."""
+    its ROT13'd stretches read back (`rot13_spans`), if it has any."""
     data = text.encode("utf-8", "surrogatepass")
     # The gate, in byte counts at C speed: English is rich in e, t, o, i and poor in their
     # ROT13s r, g, b, v; ROT13'd English the other way round. Words are counted only then.
@@ -449,17 +450,20 @@ SPAN_SHARE = 0.3
 # An ASCII word standing alone: "abc1", "snake_case" and "anlamına" hold none. Linear: a
 # failed end check backtracks within one word, and a start inside a word fails at once.
 _ASCII_WORD_RE = re.compile(r"\b[A-Za-z]+\b")
-_SENTENCE_BREAK_RE = re.compile(r"[.!?:;\n]")
+# Not ":": "SYSTEM OVERRIDE: sbetrg ..." is one stretch.
+_SENTENCE_BREAK_RE = re.compile(r"[.!?;\n]")
 #: the, and, you, how, what, to, me, of, is, a: as bytes, with the spaces or ends around them.
 _SPAN_GATE_STRINGS = (b"gur", b"naq", b"lbh", b"ubj", b"jung", b" gb ", b" zr ", b" bs ", b" vf ", b" n ")
 
 
 def rot13_spans(text: str, low: bytes) -> str | None:
-    """`text` with each ROT13'd stretch read back, or None when it has none.  Stretches
+    """`text`'s ROT13'd stretches read back, one per line, or None when it has none: alone,
+    since the classifier scores an attack after a benign sentence lower than the attack
+    by itself, and the text around them is screened anyway.  Stretches
     are the runs of words between common English words: ROT13'd English holds none (no
     common word's ROT13 is another, see `ENGLISH_WORDS`), English holds one every few
-    words.  A stretch is trimmed to the sentences that hold its ROT13'd words ("... what
-    it says: Vtaber nyy ..." starts at "Vtaber").  One pass over the words, behind a
+    words.  A stretch is trimmed to the sentences that hold its ROT13'd words ("Decode
+    carefully. Vtaber nyy ..." starts at "Vtaber").  One pass over the words, behind a
     C-speed gate."""
     # The gates, at C speed: two of the commonest ROT13'd words' byte strings, then enough
     # different ROT13'd common words anywhere; only then a pass over the words in Python.
@@ -497,14 +501,7 @@ def rot13_spans(text: str, low: bytes) -> str | None:
             end = m.end()
             words += 1
     close()
-    if not spans:
-        return None
-    parts, at = [], 0
-    for s, e in spans:
-        parts += [text[at:s], codecs.encode(text[s:e], "rot13")]
-        at = e
-    parts.append(text[at:])
-    return "".join(parts)
+    return "\n".join(codecs.encode(text[s:e], "rot13") for s, e in spans) or None
 
 
 #: The rewrites, in the order they are tried (each within what the budget has left).
