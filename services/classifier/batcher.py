@@ -509,10 +509,14 @@ class Batcher:
         machine was busy) would otherwise never be corrected when every caller has a
         tight deadline: refused work is never measured.  So when the model is idle and
         has measured nothing for ``probe_interval_s``, one refused request runs anyway.
-        Idle means nobody waits behind it; if it does finish late, its caller (a cascade)
-        has already answered with its earlier stage.
+        Idle means no live row waits behind it and no live batch runs; if it does finish
+        late, its caller (a cascade) has already answered with its earlier stage.
+        Background rows do not count: they run on their own low-priority thread (or,
+        without one, only when no live row waits), and a retro-screening backlog after
+        a burst of long prompts can last seconds, during which a pessimistic model would
+        otherwise refuse every short live text without ever being measured again.
         """
-        idle = self._queued == 0 and not self._running_until and not self._running
+        idle = self._live.rows == 0 and not self._running_until and not self._running
         quiet = now - max(self._last_measured, self._last_probe) >= self.policy.probe_interval_s
         return idle and quiet
 

@@ -84,6 +84,19 @@ def test_short_harmful_prompts_blocked_at_rest_stay_blocked_after_a_burst_of_lon
     long_prompts = [long_benign(3000 + 1000 * (i % 14), seed=i) for i in range(24)]
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: screen(mesh, long_prompts[i], tenant=f"long-{i % 8}", timeout=30), range(24)))
+    # The burst's last encoder batches may still be finishing when its callers have their
+    # answers (a batch cannot be interrupted; max_batch_ms 150), and the classifier's
+    # cost model, timed while 8 long prompts were tokenised at once, is pessimistic for a
+    # moment: the first short texts after it can get the cheap stage's PARTIAL verdict
+    # (FLAG). Give the encoder up to 2 s to answer a short benign text in full again,
+    # while the burst's re-screens still queue behind; never skipped by the classifier.
+    settle = time.monotonic() + 2.0
+    while time.monotonic() < settle:
+        d = screen(mesh, "What is the capital of France?", tenant="victim")
+        assert not d.degraded, "the classifier was skipped after the burst (its breaker opened)"
+        if d.verdict == classifier_pb2.VERDICT_COMPLETENESS_FULL:
+            break
+        time.sleep(0.05)
     after = screen_all(mesh, blocked, 1, tenant="victim")
     assert [d.action for d in after] == [pb.ACTION_BLOCK] * len(blocked), [
         (d.verdict_reason, d.answered_by, d.latency.ToMilliseconds()) for d in after if d.action != pb.ACTION_BLOCK
@@ -185,4 +198,3 @@ def test_texts_over_the_classifiers_limits_are_screened_in_pieces_it_accepts_nev
             with pytest.raises(grpc.RpcError) as err:
                 screen(small, "hello", tenant="t" * 1500)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "tenant" in err.value.details()
-

@@ -317,6 +317,38 @@ async def test_an_idle_model_probes_a_refused_request_so_a_pessimistic_cost_mode
     await batcher.close()
 
 
+async def test_a_retro_screening_backlog_does_not_stop_live_probes(model_path) -> None:
+    """After a burst of long prompts their background re-screens queue for seconds. They
+    run on their own thread, so the live side is idle: a cost model made pessimistic by
+    the burst must still be probed and corrected, not refuse every short live text until
+    the backlog drains (seen as a flake: short harmful prompts FLAGged, not BLOCKed, right
+    after a burst)."""
+    live = CostlyModel(model_path, seconds_per_token=0.0)
+    slow = CostlyModel(model_path, seconds_per_token=0.0)
+    slow.gate.clear()  # the background batch holds its thread: the backlog stays queued
+    b = Batcher(
+        "tiny",
+        live.infer,
+        {"x": 0},
+        BatchPolicy(max_batch_size=1, max_queue_delay_s=0.0, capacity=1000, probe_interval_s=0.0),
+        seed=[(10, 1.0), (20, 2.0)],  # believes 100 ms a token
+        background_infer=slow.infer,
+    )
+    b.start()
+    try:
+        backlog = [b.submit(*rows(row(1, 50)), timeout=30, tenant="retro", background=True) for _ in range(4)]
+        assert await asyncio.to_thread(slow.started.wait, 5)
+        assert b.queued >= 3  # background rows still wait behind the running one
+        out = await asyncio.wait_for(b.submit(*rows(row(2, 10)), timeout=0.5, tenant="victim"), 5)
+        assert out[0][0] == 2 + 9 and b.probes == 1
+        assert b.predict(10, 1) < 1.0, "the probe's measurement moved the model"
+        slow.gate.set()
+        await asyncio.wait_for(asyncio.gather(*backlog), 5)
+    finally:
+        slow.gate.set()
+        await b.close()
+
+
 async def test_a_live_row_never_waits_behind_a_background_batch_on_its_own_low_priority_thread(model_path) -> None:
     """Retro-screening's long batches run beside live ones, on a thread at nice 19: a live
     row that arrives while one runs is answered without waiting for it (a 500 ms
