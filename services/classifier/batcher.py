@@ -24,7 +24,8 @@ background loop turns whatever is queued into batches.  Why each piece is here:
   repository's warm-up runs when there are any), so it follows the machine it runs on,
   including the CPU other work takes.  Predicted queue work is the queued rows' real
   tokens times the padding factor the batches actually had.  Until a first batch has
-  been measured nothing is refused on prediction, and a model idle and unmeasured for
+  been measured nothing is refused on prediction, and a model idle on its live side (no
+  live row waiting or running; queued background rows do not count) and unmeasured for
   ``probe_interval_s`` admits one refused request anyway, so a model made too
   pessimistic (refused work is never measured) gets measured again.
 
