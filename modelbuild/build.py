@@ -199,7 +199,9 @@ def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool, sh
         )
 
     emb_cache = EmbeddingCache(
-        cache_dir / "embeddings" / f"{sha256_file(inputs.wheels[ENCODER.name])[:16]}-{bert_onnx.FEATURES}.npz"
+        cache_dir
+        / "embeddings"
+        / f"{sha256_file(inputs.wheels[ENCODER.name])[:16]}-{bert_onnx.FEATURES}-{EmbeddingCache.FORMAT}.npz"
     )
     tw = windows(train_ex)
     rows = select_training_rows(tw.text_index)

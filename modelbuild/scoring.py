@@ -63,9 +63,19 @@ def run_rows(
 
 class EmbeddingCache:
     """Encoder outputs per window, keyed by the hash of the window's token ids, kept in one
-    ``.npz`` under the build cache (named after the encoder wheel's hash), so a rebuild
-    after a data change embeds only the new windows.  Scores computed in another batch may
-    differ from a cold build's in the last float bits; decisions do not move."""
+    ``.npz`` under the build cache (named after the encoder wheel's hash and ``FORMAT``),
+    so a rebuild after a data change embeds only the new windows.
+
+    Missing windows are run one at a time: ONNX Runtime's result for a row depends in
+    its last float bits on the batch it ran in (the kernels' blocking follows the
+    batch's shape), and which windows are missing together depends on the cache's
+    history.  Batched, a warm rebuild and a cold one (CI's) gave
+    heads whose per-slice thresholds differed by enough to move harmful recall 4 points;
+    one row per run makes each window's output a function of its tokens alone, so every
+    build of the same inputs is the same build.  It costs about a fifth more time on a
+    cold cache (a batch barely helps an encoder on a CPU)."""
+
+    FORMAT = "rowwise"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -91,7 +101,7 @@ class EmbeddingCache:
         keys = [self._key(arrays, int(r), int(lengths[r])) for r in rows]
         missing = np.asarray([i for i, k in enumerate(keys) if k not in self.table], dtype=np.int64)
         if missing.size:
-            out = run_rows(sess, arrays, output, rows[missing])
+            out = run_rows(sess, arrays, output, rows[missing], batch=1)
             for i, v in zip(missing, out, strict=True):
                 self.table[keys[i]] = v
             self.dirty = True

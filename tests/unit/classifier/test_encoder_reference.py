@@ -11,7 +11,7 @@ import pytest
 from onnx import numpy_helper
 
 from modelbuild import bert_onnx
-from modelbuild.scoring import session
+from modelbuild.scoring import EmbeddingCache, session
 from services.classifier.tokenize import token_windows
 from tests.unit.classifier.builtmodels import BUILD_TIMEOUT_S
 
@@ -143,6 +143,19 @@ def test_padding_does_not_change_a_sentence_embedding(encoder_parts, batch):
         n = int(batch.arrays["attention_mask"][row].sum())
         alone = sess.run([bert_onnx.EMBEDDINGS], {k: v[row : row + 1, :n] for k, v in batch.arrays.items()})[0]
         assert np.abs(alone[0] - together[row]).max() < TOLERANCE
+
+
+def test_the_build_cache_gives_the_same_bits_whatever_its_history(encoder_parts, batch, tmp_path):
+    """A window's cached features must not depend on which other windows were missing
+    with it: batched, they did (last float bits), and a warm rebuild's head, thresholds
+    and per-slice recall then differed from CI's cold build (harmful recall by 4 points)."""
+    weights, cfg, _ = encoder_parts
+    sess = session(bert_onnx.build_encoder_graph(weights, cfg).SerializeToString())
+    cold = EmbeddingCache(tmp_path / "cold.npz").run(sess, batch.arrays, bert_onnx.FEATURES)
+    warm = EmbeddingCache(tmp_path / "warm.npz")
+    for row in (0, batch.n_rows - 1):  # earlier builds embedded a short text, then a long window
+        warm.run(sess, batch.arrays, bert_onnx.FEATURES, np.array([row]))
+    assert np.array_equal(warm.run(sess, batch.arrays, bert_onnx.FEATURES), cold)
 
 
 def test_similarity_structure_is_sensible(reference):
