@@ -222,24 +222,21 @@ def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool, sh
     emb_cache.save()
     lap(f"embedded {len(orows) + ovw.n_rows} windows of {len(out_ex)} completions")
 
-    # Both heads read every layer's mean (bert_onnx explains why), from the one cached
-    # pass. For the prompt head this was chosen on validation (4-fold CV over train and
-    # validation templates, then the build's own validation split, same calibration
-    # rule): jailbreak 0.905 -> 0.968, injection 0.884 -> 0.974, harmful 0.438 -> 0.688
-    # of validation attacks flagged, every benign slice still within its target, against
-    # the sentence embedding.
-    head = train.train_head(x_train, yr_train, len(LABELS), train.HeadConfig(seed=SEED % 2**32))
+    # The prompt head reads the sentence embedding, the output head every layer's mean
+    # (bert_onnx explains why); both come from the one cached pass.
+    head = train.train_head(
+        bert_onnx.embeddings_of(x_train, config.hidden_size), yr_train, len(LABELS), train.HeadConfig(seed=SEED % 2**32)
+    )
     y_val = [e.label for e in val_ex]
-    val_enc = tokenize.max_over_windows(train.head_predict(head, x_val), vw.text_index, vw.n_texts, LABELS)
+    val_enc = tokenize.max_over_windows(
+        train.head_predict(head, bert_onnx.embeddings_of(x_val, config.hidden_size)), vw.text_index, vw.n_texts, LABELS
+    )
     lap("trained the classification head")
 
     enc_dir = staging / manifest.ENCODER
     (enc_dir / str(manifest.VERSION)).mkdir(parents=True)
     enc_path = enc_dir / str(manifest.VERSION) / "model.onnx"
-    onnx.save(
-        bert_onnx.build_encoder_graph(weights, config, head, graph_name=manifest.ENCODER),
-        str(enc_path),
-    )
+    onnx.save(bert_onnx.build_encoder_graph(weights, config, head, graph_name=manifest.ENCODER), str(enc_path))
     tok.save(str(enc_dir / str(manifest.VERSION) / "tokenizer.json"))
 
     int8_dir = staging / manifest.ENCODER_INT8
@@ -276,7 +273,9 @@ def _build_locked(out: Path, cache_dir: Path, *, force: bool, run_eval: bool, sh
     x_seg = emb_cache.run(base_sess, sw.arrays, bert_onnx.FEATURES)
     emb_cache.save()
     del base_sess
-    seg_enc = tokenize.max_over_windows(train.head_predict(head, x_seg), sw.text_index, sw.n_texts, LABELS)
+    seg_enc = tokenize.max_over_windows(
+        train.head_predict(head, bert_onnx.embeddings_of(x_seg, config.hidden_size)), sw.text_index, sw.n_texts, LABELS
+    )
     s_val = [slice_of(e) for e in val_ex]
     floor_targets = {s: manifest.SEGMENT_FLOOR_FPR for s in BENIGN_TARGET_FPR}
     floors = {
@@ -380,7 +379,9 @@ def _build_output_direction(staging: Path, train_ex, val_ex, train_emb, val_emb,
     enc_dir = staging / manifest.OUTPUT_ENCODER
     (enc_dir / str(manifest.VERSION)).mkdir(parents=True)
     onnx.save(
-        bert_onnx.build_encoder_graph(weights, config, head, graph_name=manifest.OUTPUT_ENCODER),
+        bert_onnx.build_encoder_graph(
+            weights, config, head, head_input=bert_onnx.FEATURES, graph_name=manifest.OUTPUT_ENCODER
+        ),
         str(enc_dir / str(manifest.VERSION) / "model.onnx"),
     )
     tok.save(str(enc_dir / str(manifest.VERSION) / "tokenizer.json"))

