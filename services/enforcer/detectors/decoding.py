@@ -456,7 +456,7 @@ _SENTENCE_BREAK_RE = re.compile(r"[.!?;\n]")
 _SPAN_GATE_STRINGS = (b"gur", b"naq", b"lbh", b"ubj", b"jung", b" gb ", b" zr ", b" bs ", b" vf ", b" n ")
 
 
-def rot13_spans(text: str, low: bytes, words: list[bytes] | None = None) -> str | None:
+def rot13_spans(text: str, low: bytes, masked: list[bytes] | None = None) -> str | None:
     """`text`'s ROT13'd stretches read back, one per line, or None when it has none: alone,
     since the classifier scores an attack after a benign sentence lower than the attack
     by itself, and the text around them is screened anyway.  Stretches
@@ -464,15 +464,15 @@ def rot13_spans(text: str, low: bytes, words: list[bytes] | None = None) -> str 
     common word's ROT13 is another, see `ENGLISH_WORDS`), English holds one every few
     words.  A stretch is trimmed to the sentences that hold its ROT13'd words ("Decode
     carefully. Vtaber nyy ..." starts at "Vtaber").  One pass over the words, behind a
-    C-speed gate.  `low` is the text's UTF-8 lower-cased, `words` its masked words when
+    C-speed gate.  `low` is the text's UTF-8 lower-cased, `masked` its masked words when
     `rot13` has split them already."""
     # The gates, at C speed: two of the commonest ROT13'd words' byte strings, then enough
     # different ROT13'd common words anywhere; only then a pass over the words in Python.
     if sum(map(low.count, _SPAN_GATE_STRINGS)) < 2:
         return None
-    if words is None:
-        words = low.translate(_WORD_MASK).split()
-    if len(_ENGLISH_ROT13.intersection(words)) < MIN_SPAN_HITS:
+    if masked is None:
+        masked = low.translate(_WORD_MASK).split()
+    if len(_ENGLISH_ROT13.intersection(masked)) < MIN_SPAN_HITS:
         return None
     spans: list[tuple[int, int]] = []
     start = end = prev_end = words = hit_count = 0
