@@ -517,7 +517,7 @@ class Batcher:
         a burst of long prompts can last seconds, during which a pessimistic model would
         otherwise refuse every short live text without ever being measured again.
         """
-        idle = self._live.rows == 0 and not self._running_until and not self._running
+        idle = self._live.rows == 0 and not self._running
         quiet = now - max(self._last_measured, self._last_probe) >= self.policy.probe_interval_s
         return idle and quiet
 
